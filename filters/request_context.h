@@ -1,0 +1,92 @@
+// Per-request state shared by the proxy and the filters.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "proxy/arena.h"
+#include "proxy/http_message.h"
+
+namespace portcullis {
+
+struct RouteConfig;
+struct Snapshot;
+
+// A reply the proxy makes itself (SPEC §5): status, error code for the JSON
+// body, and any extra headers (e.g. WWW-Authenticate, Retry-After, Allow).
+struct LocalReply {
+  int status = 0;
+  std::string_view code;  // "not_found", ...; static storage or arena
+  std::vector<AddedHeader> headers;
+  bool close = false;     // close the connection after replying
+};
+
+class RequestContext {
+ public:
+  // Why the callbacks exist: a filter that returned kPause calls resume() from
+  // the worker thread (e.g. from a timer or an async completion). The owner
+  // (the connection) installs the function that continues the chain.
+  using ResumeFn = void (*)(void* owner);
+
+  RequestContext() = default;
+  RequestContext(const RequestContext&) = delete;
+  RequestContext& operator=(const RequestContext&) = delete;
+
+  // Sets the local reply; the filter then returns FilterStatus::kRespond.
+  // `filter` names who refused (access log `rejected_by`), `reason` says why.
+  void respond(int status, std::string_view code, std::string_view filter = {}, std::string_view reason = {}) {
+    local_reply.status = status;
+    local_reply.code = code;
+    if (!filter.empty()) rejected_by = filter;
+    if (!reason.empty()) this->reason = reason;
+  }
+  void resume() {
+    if (resume_fn_ != nullptr) resume_fn_(resume_owner_);
+  }
+  Arena& arena() { return *arena_; }
+
+  // --- Set by the proxy before the chain runs; read-only for filters. ---
+  const Snapshot* snapshot = nullptr;
+  const RouteConfig* route = nullptr;   // null when no route matched
+  std::string_view request_id;          // 32 hex chars
+  std::string_view remote_ip;           // textual peer address
+  uint16_t remote_port = 0;
+  bool secure = false;                  // arrived over TLS (or trusted proxy said so)
+  std::string_view tls_version;         // "" on plaintext
+  uint64_t start_us = 0;                // monotonic, at head completion
+
+  // --- Written by filters. ---
+  LocalReply local_reply;
+  std::string_view rejected_by;
+  std::string_view reason;
+  std::string_view token_id;
+  std::string_view account;
+
+  // --- Owner wiring (the connection). ---
+  void bind(Arena* arena, ResumeFn fn, void* owner) {
+    arena_ = arena;
+    resume_fn_ = fn;
+    resume_owner_ = owner;
+  }
+  void reset() {
+    snapshot = nullptr;
+    route = nullptr;
+    request_id = remote_ip = tls_version = {};
+    secure = false;
+    start_us = 0;
+    local_reply.status = 0;
+    local_reply.code = {};
+    local_reply.headers.clear();
+    local_reply.close = false;
+    rejected_by = reason = token_id = account = {};
+  }
+
+ private:
+  Arena* arena_ = nullptr;
+  ResumeFn resume_fn_ = nullptr;
+  void* resume_owner_ = nullptr;
+};
+
+}  // namespace portcullis

@@ -1,0 +1,478 @@
+#include "proxy/access_log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+namespace portcullis {
+
+// ---------------------------------------------------------------------------
+// JSON formatting
+// ---------------------------------------------------------------------------
+
+namespace {
+
+constexpr char kHex[] = "0123456789abcdef";
+
+// Length of the well-formed UTF-8 sequence starting at s[i], or 0 if the byte at
+// s[i] does not start one (RFC 3629 table 3-7: no overlongs, no surrogates, no
+// code points above U+10FFFF).
+size_t utf8SequenceLength(std::string_view s, size_t i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  const auto cont = [&](size_t k) { return (b(k) & 0xC0) == 0x80; };
+  const size_t left = s.size() - i;
+  const unsigned char c = b(0);
+  if (c >= 0xC2 && c <= 0xDF) return left >= 2 && cont(1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (left < 3 || !cont(1) || !cont(2)) return 0;
+    if (c == 0xE0 && b(1) < 0xA0) return 0;   // overlong
+    if (c == 0xED && b(1) >= 0xA0) return 0;  // UTF-16 surrogate
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (left < 4 || !cont(1) || !cont(2) || !cont(3)) return 0;
+    if (c == 0xF0 && b(1) < 0x90) return 0;   // overlong
+    if (c == 0xF4 && b(1) >= 0x90) return 0;  // above U+10FFFF
+    return 4;
+  }
+  return 0;
+}
+
+template <typename T>
+void appendNumber(T v, std::string& out) {
+  char buf[24];
+  auto res = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, res.ptr);
+}
+
+void appendKey(std::string_view key, std::string& out) {
+  out += ",\"";
+  out += key;
+  out += "\":";
+}
+
+void appendStringField(std::string_view key, std::string_view value, std::string& out) {
+  appendKey(key, out);
+  out += '"';
+  appendJsonEscaped(value, out);
+  out += '"';
+}
+
+void appendOptionalField(std::string_view key, std::string_view value, std::string& out) {
+  if (!value.empty()) appendStringField(key, value, out);
+}
+
+// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+// civil_from_days), valid for the whole int64 microsecond range.
+void civilFromDays(int64_t z, int64_t& y, unsigned& m, unsigned& d) {
+  z += 719468;
+  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+  const unsigned doe = static_cast<unsigned>(z - era * 146097);
+  const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  const unsigned mp = (5 * doy + 2) / 153;
+  d = doy - (153 * mp + 2) / 5 + 1;
+  m = mp < 10 ? mp + 3 : mp - 9;
+  y = static_cast<int64_t>(yoe) + era * 400 + (m <= 2 ? 1 : 0);
+}
+
+void appendDigits(uint64_t v, int width, std::string& out) {
+  char buf[20];
+  for (int i = width - 1; i >= 0; --i) {
+    buf[i] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  }
+  out.append(buf, static_cast<size_t>(width));
+}
+
+}  // namespace
+
+void appendJsonEscaped(std::string_view s, std::string& out) {
+  size_t run = 0;  // start of the pending run of bytes copied verbatim
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
+      ++i;
+      continue;
+    }
+    if (c >= 0x80) {
+      if (size_t n = utf8SequenceLength(s, i)) {
+        i += n;
+        continue;
+      }
+    }
+    out.append(s.data() + run, i - run);
+    if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\\') {
+      out += "\\\\";
+    } else if (c >= 0x80) {
+      out += "\\ufffd";
+    } else {  // control character or DEL
+      const char esc[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xF]};
+      out.append(esc, sizeof esc);
+    }
+    run = ++i;
+  }
+  out.append(s.data() + run, s.size() - run);
+}
+
+void appendRfc3339Micros(int64_t ts_unix_us, std::string& out) {
+  constexpr int64_t kUsPerDay = 86400LL * 1000000;
+  int64_t days = ts_unix_us / kUsPerDay;
+  int64_t rem = ts_unix_us % kUsPerDay;
+  if (rem < 0) {
+    rem += kUsPerDay;
+    --days;
+  }
+  int64_t year;
+  unsigned month, day;
+  civilFromDays(days, year, month, day);
+  const uint64_t us_of_day = static_cast<uint64_t>(rem);
+  const uint64_t secs = us_of_day / 1000000;
+  if (year < 0 || year > 9999) {
+    // RFC 3339 has four-digit years only; out-of-range clocks stay parseable.
+    appendNumber(year, out);
+  } else {
+    appendDigits(static_cast<uint64_t>(year), 4, out);
+  }
+  out += '-';
+  appendDigits(month, 2, out);
+  out += '-';
+  appendDigits(day, 2, out);
+  out += 'T';
+  appendDigits(secs / 3600, 2, out);
+  out += ':';
+  appendDigits(secs / 60 % 60, 2, out);
+  out += ':';
+  appendDigits(secs % 60, 2, out);
+  out += '.';
+  appendDigits(us_of_day % 1000000, 6, out);
+  out += 'Z';
+}
+
+void formatAccessRecord(const AccessRecord& r, std::string& out) {
+  std::string_view path = r.path;
+  if (size_t q = path.find('?'); q != std::string_view::npos) path = path.substr(0, q);
+
+  out += "{\"ts\":\"";
+  appendRfc3339Micros(r.ts_unix_us, out);
+  out += '"';
+  appendStringField("request_id", r.request_id, out);
+  appendStringField("remote_ip", r.remote_ip, out);
+  appendStringField("method", r.method, out);
+  appendStringField("path", path, out);
+  appendKey("status", out);
+  appendNumber(r.status, out);
+  appendKey("bytes_in", out);
+  appendNumber(r.bytes_in, out);
+  appendKey("bytes_out", out);
+  appendNumber(r.bytes_out, out);
+  appendKey("duration_us", out);
+  appendNumber(r.duration_us, out);
+  if (r.upstream.empty()) {
+    appendKey("upstream", out);
+    out += "null";
+  } else {
+    appendStringField("upstream", r.upstream, out);
+  }
+  appendKey("upstream_status", out);
+  if (r.upstream_status == 0) {
+    out += "null";
+  } else {
+    appendNumber(r.upstream_status, out);
+  }
+  appendOptionalField("token_id", r.token_id, out);
+  appendOptionalField("account", r.account, out);
+  appendOptionalField("tls_version", r.tls_version, out);
+  appendOptionalField("rejected_by", r.rejected_by, out);
+  appendOptionalField("reason", r.reason, out);
+  out += "}\n";
+}
+
+// ---------------------------------------------------------------------------
+// LogWriter
+// ---------------------------------------------------------------------------
+
+namespace {
+
+constexpr auto kIdleWake = std::chrono::milliseconds(100);
+
+void futexWait(std::atomic<uint32_t>* word, uint32_t expected, long timeout_ns) {
+  struct timespec ts = {timeout_ns / 1000000000L, timeout_ns % 1000000000L};
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, &ts,
+          nullptr, 0);
+}
+
+void futexWakeOne(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, 1, nullptr,
+          nullptr, 0);
+}
+
+size_t roundUpPow2(size_t n) {
+  size_t c = 2;
+  while (c < n) c <<= 1;
+  return c;
+}
+
+// mkdir -p for the directories above `path`.
+bool makeParents(const std::string& path, std::string& error) {
+  for (size_t pos = path.find('/', 1); pos != std::string::npos;
+       pos = path.find('/', pos + 1)) {
+    std::string dir = path.substr(0, pos);
+    if (dir.empty() || dir.back() == '/') continue;
+    if (mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
+      error = "cannot create directory " + dir + ": " + std::strerror(errno);
+      return false;
+    }
+  }
+  return true;
+}
+
+int openLog(const std::string& path, std::string& error) {
+  if (!makeParents(path, error)) return -1;
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+  if (fd < 0) error = "cannot open " + path + ": " + std::strerror(errno);
+  return fd;
+}
+
+}  // namespace
+
+LogWriter::LogWriter(size_t capacity)
+    : mask_(roundUpPow2(capacity) - 1),
+      cells_(new Cell[mask_ + 1]),
+      batch_(new std::string[kMaxBatch]) {
+  for (size_t i = 0; i <= mask_; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
+}
+
+LogWriter::~LogWriter() { stop(); }
+
+bool LogWriter::start(const std::string& path, std::string& error) {
+  std::lock_guard<std::mutex> lock(lifecycle_mu_);
+  if (started_ || stopped_) {
+    error = "log writer already started";
+    return false;
+  }
+  if (path.empty()) {
+    discard_.store(true, std::memory_order_relaxed);
+    started_ = true;
+    // Lines queued before start() are discarded too.
+    while (collectBatch() > 0) {
+      for (size_t i = 0; i < batch_len_; ++i) std::string().swap(batch_[i]);
+      batch_len_ = 0;
+    }
+    return true;
+  }
+  int fd = openLog(path, error);
+  if (fd < 0) return false;
+  path_ = path;
+  fd_ = fd;
+  started_ = true;
+  running_.store(true, std::memory_order_release);
+
+  // The writer thread must not take the process's signals (SIGHUP, SIGUSR1, ...),
+  // so it is created with all of them blocked.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  thread_ = std::thread([this] { run(); });
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  pthread_setname_np(thread_.native_handle(), "pc-logwriter");
+  return true;
+}
+
+bool LogWriter::submit(std::string&& line) {
+  if (discard_.load(std::memory_order_relaxed)) return true;
+  if (!accepting_.load(std::memory_order_relaxed)) {
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  size_t pos = enqueue_pos_.load(std::memory_order_relaxed);
+  Cell* cell;
+  for (;;) {
+    cell = &cells_[pos & mask_];
+    const size_t seq = cell->seq.load(std::memory_order_acquire);
+    const intptr_t dif = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos);
+    if (dif == 0) {
+      if (enqueue_pos_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) break;
+    } else if (dif < 0) {
+      // Full. This is the one place an overflow policy lives: the access log
+      // drops; the audit log's future "never drop" mode will decide here instead.
+      dropped_.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    } else {
+      pos = enqueue_pos_.load(std::memory_order_relaxed);
+    }
+  }
+  cell->line = std::move(line);
+  // Dekker handshake with run(), both sides seq_cst (on x86 this store is one
+  // xchg): either the writer sees this cell before it sleeps, or this thread
+  // sees it sleeping and wakes it.
+  cell->seq.store(pos + 1, std::memory_order_seq_cst);
+  if (sleeping_.load(std::memory_order_seq_cst) != 0) wakeWriter();
+  return true;
+}
+
+void LogWriter::wakeWriter() {
+  if (sleeping_.exchange(0, std::memory_order_seq_cst) != 0) futexWakeOne(&sleeping_);
+}
+
+void LogWriter::reopen() {
+  reopen_requested_.store(true, std::memory_order_seq_cst);
+  wakeWriter();
+}
+
+void LogWriter::flush() {
+  if (!running_.load(std::memory_order_acquire)) return;
+  const size_t target = enqueue_pos_.load(std::memory_order_seq_cst);
+  std::unique_lock<std::mutex> lock(flush_mu_);
+  flush_waiters_.fetch_add(1, std::memory_order_seq_cst);
+  while (processed_.load(std::memory_order_seq_cst) < target &&
+         running_.load(std::memory_order_acquire)) {
+    // The timeout only guards against a missed notify; progress is notified.
+    flush_cv_.wait_for(lock, kIdleWake);
+  }
+  flush_waiters_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void LogWriter::stop() {
+  std::lock_guard<std::mutex> lock(lifecycle_mu_);
+  if (stopped_) return;
+  stopped_ = true;
+  accepting_.store(false, std::memory_order_relaxed);
+  if (thread_.joinable()) {
+    stopping_.store(true, std::memory_order_seq_cst);
+    wakeWriter();
+    thread_.join();
+  }
+  running_.store(false, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> flush_lock(flush_mu_);
+    flush_cv_.notify_all();
+  }
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+}
+
+size_t LogWriter::depth() const {
+  const size_t enq = enqueue_pos_.load(std::memory_order_relaxed);
+  const size_t deq = dequeue_pos_.load(std::memory_order_relaxed);
+  return enq > deq ? enq - deq : 0;
+}
+
+// Moves up to kMaxBatch published lines from the ring into batch_. A cell claimed
+// by a producer but not yet published ends the batch: lines leave in queue order.
+size_t LogWriter::collectBatch() {
+  size_t pos = dequeue_pos_.load(std::memory_order_relaxed);
+  while (batch_len_ < kMaxBatch) {
+    Cell& cell = cells_[pos & mask_];
+    if (cell.seq.load(std::memory_order_acquire) != pos + 1) break;
+    batch_[batch_len_++] = std::move(cell.line);
+    cell.seq.store(pos + mask_ + 1, std::memory_order_release);
+    ++pos;
+  }
+  dequeue_pos_.store(pos, std::memory_order_relaxed);
+  return batch_len_;
+}
+
+void LogWriter::writeBatch() {
+  struct iovec iov[kMaxBatch];
+  size_t n = 0;
+  for (size_t i = 0; i < batch_len_; ++i) {
+    if (batch_[i].empty()) continue;
+    iov[n].iov_base = batch_[i].data();
+    iov[n].iov_len = batch_[i].size();
+    ++n;
+  }
+  size_t first = 0;
+  while (first < n) {
+    ssize_t w = ::writev(fd_, iov + first, static_cast<int>(n - first));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (!write_failing_) {
+        std::fprintf(stderr, "portcullis: writing %s failed: %s; dropping lines\n",
+                     path_.c_str(), std::strerror(errno));
+        write_failing_ = true;
+      }
+      break;
+    }
+    size_t left = static_cast<size_t>(w);
+    while (first < n && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+    if (first < n) {
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+      iov[first].iov_len -= left;
+    }
+  }
+  if (first == n) write_failing_ = false;
+  // A line counts as written only when all of its bytes are.
+  written_.fetch_add(first + (batch_len_ - n), std::memory_order_relaxed);
+  dropped_.fetch_add(n - first, std::memory_order_relaxed);
+  for (size_t i = 0; i < batch_len_; ++i) std::string().swap(batch_[i]);
+  batch_len_ = 0;
+}
+
+void LogWriter::doReopen() {
+  std::string error;
+  int fd = openLog(path_, error);
+  if (fd < 0) {
+    std::fprintf(stderr, "portcullis: reopening log failed, keeping the old file: %s\n",
+                 error.c_str());
+    return;
+  }
+  ::close(fd_);
+  fd_ = fd;
+  write_failing_ = false;
+}
+
+void LogWriter::publishProgress() {
+  processed_.store(dequeue_pos_.load(std::memory_order_relaxed), std::memory_order_seq_cst);
+  if (flush_waiters_.load(std::memory_order_seq_cst) > 0) {
+    std::lock_guard<std::mutex> lock(flush_mu_);
+    flush_cv_.notify_all();
+  }
+}
+
+void LogWriter::run() {
+  for (;;) {
+    const bool stopping = stopping_.load(std::memory_order_acquire);
+    if (reopen_requested_.exchange(false, std::memory_order_acq_rel)) doReopen();
+    if (collectBatch() > 0) {
+      writeBatch();
+      publishProgress();
+      continue;
+    }
+    if (stopping) break;
+    // Announce the sleep, then look once more: a producer that published after
+    // our last look either is seen here or sees sleeping_ == 1 and wakes us.
+    sleeping_.store(1, std::memory_order_seq_cst);
+    const size_t pos = dequeue_pos_.load(std::memory_order_relaxed);
+    const bool ready =
+        cells_[pos & mask_].seq.load(std::memory_order_seq_cst) == pos + 1 ||
+        stopping_.load(std::memory_order_seq_cst) ||
+        reopen_requested_.load(std::memory_order_seq_cst);
+    if (!ready) {
+      futexWait(&sleeping_, 1,
+                std::chrono::duration_cast<std::chrono::nanoseconds>(kIdleWake).count());
+    }
+    sleeping_.store(0, std::memory_order_relaxed);
+  }
+  publishProgress();
+}
+
+}  // namespace portcullis

@@ -1,0 +1,191 @@
+// Access log: the JSON line format of SPEC.md §8 and LogWriter, the background
+// thread that owns a log file so that an event loop never blocks on disk.
+//
+// The data path formats one AccessRecord into a std::string (formatAccessRecord)
+// and hands it to LogWriter::submit(), which moves it into a bounded lock-free
+// queue and returns at once. One writer thread per LogWriter drains the queue and
+// writes whole batches with one writev(2) each.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+
+namespace portcullis {
+
+// One finished (or refused) request. The string_views are borrowed: they need to
+// stay valid only for the duration of the formatAccessRecord() call, so a caller
+// can point them straight into its request state.
+struct AccessRecord {
+  int64_t ts_unix_us = 0;  // written as "ts", RFC 3339 UTC with microseconds:
+                           // "2026-12-04T16:40:47.123456Z"
+  std::string_view request_id;
+  std::string_view remote_ip;
+  std::string_view method;
+  std::string_view path;  // without the query string; cut at the first '?' anyway
+  int status = 0;
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
+  uint64_t duration_us = 0;
+  std::string_view upstream;  // "" is written as JSON null (no upstream was chosen)
+  int upstream_status = 0;    // 0 is written as JSON null (no upstream response)
+  std::string_view token_id;  // "" omits the field (never the token itself)
+  std::string_view account;   // "" omits the field
+  std::string_view tls_version;  // "" omits the field (plaintext listener)
+  std::string_view rejected_by;  // the refusing filter; "" omits the field
+  std::string_view reason;       // why it refused; "" omits the field
+};
+
+// Appends exactly one JSON object followed by '\n' to `out`. The keys are, in this
+// order: ts, request_id, remote_ip, method, path, status, bytes_in, bytes_out,
+// duration_us, upstream, upstream_status, then token_id, account, tls_version,
+// rejected_by, reason when non-empty. Every string is escaped per RFC 8259: '"'
+// and '\\' as \" and \\, every control character (U+0000..U+001F) and DEL as
+// \u00XX, and each byte that is not part of a well-formed UTF-8 sequence (RFC 3629:
+// no overlongs, no surrogates, nothing above U+10FFFF) as \ufffd. Whatever a client
+// puts in a path or header, the result is one valid JSON line. Never fails, never
+// throws (beyond std::bad_alloc from growing `out`), takes no lock.
+void formatAccessRecord(const AccessRecord& r, std::string& out);
+
+// Appends `s` to `out` as the body of a JSON string (without the quotes), escaped
+// as described above. Shared with the audit log and other JSON line writers.
+void appendJsonEscaped(std::string_view s, std::string& out);
+
+// Appends `ts_unix_us` as RFC 3339 UTC with exactly six fractional digits, e.g.
+// "2026-12-04T16:40:47.123456Z". Pure arithmetic: no gmtime, no locale, no lock.
+void appendRfc3339Micros(int64_t ts_unix_us, std::string& out);
+
+// LogWriter owns one append-only log file and one background thread that writes
+// to it. Any number of threads may call submit() concurrently; none of them ever
+// blocks, takes a lock or makes a system call except, rarely, one futex wake when
+// the writer thread is asleep.
+//
+// Queue: a bounded multi-producer ring with a sequence number per cell (Dmitry
+// Vyukov's bounded MPMC queue, used here with a single consumer). When it is full,
+// submit() returns false and the line is counted in dropped(): an access log loses
+// lines under overload rather than slow down the proxy.
+//
+// Writer thread: drains up to kMaxBatch lines at a time and writes them with one
+// writev(2) (more only after a short write). When the queue is empty it sleeps on
+// a futex and is woken by the first submit() that finds it asleep, by reopen(),
+// flush() and stop(), and by a 100 ms timeout in any case.
+//
+// Reuse for the audit log: an audit LogWriter is just another instance with its
+// own file. The audit log will need a "never drop" overflow mode (and probably an
+// fsync after each batch); both belong here — the overflow policy at the single
+// full-queue branch of submit(), fsync in writeBatch() — and are not built yet.
+class LogWriter {
+ public:
+  // `capacity` is the number of queued lines, rounded up to a power of two (at
+  // least 2). The ring is allocated here, once.
+  explicit LogWriter(size_t capacity = 65536);
+  // Calls stop(): every line submitted before is written.
+  ~LogWriter();
+
+  LogWriter(const LogWriter&) = delete;
+  LogWriter& operator=(const LogWriter&) = delete;
+
+  // Opens `path` for appending (O_WRONLY|O_CREAT|O_APPEND|O_CLOEXEC, mode 0640,
+  // creating missing parent directories with mode 0750) and starts the writer
+  // thread. An empty path makes this a discarding writer: submit() accepts and
+  // drops every line without counting it and no thread is started. Returns false
+  // with a message in `error` if the file cannot be opened or the writer was
+  // already started. Lines submitted before start() wait in the queue and are
+  // written once it has started. Call once.
+  bool start(const std::string& path, std::string& error);
+
+  // Queues one line (it should end in '\n'; nothing is added). Thread-safe and
+  // wait-free in practice: never blocks, never takes a mutex, never allocates
+  // (the string's buffer is moved, not copied). Returns false, leaves `line`
+  // unchanged and counts a drop when the queue is full or after stop().
+  bool submit(std::string&& line);
+
+  // Asks the writer thread to reopen the path (for logrotate: rename the file,
+  // then reopen(), e.g. from the SIGUSR1 handler on the main loop). Thread-safe,
+  // non-blocking, not async-signal-safe. Every write after the reopen goes to the
+  // new file; if opening it fails, the old file stays in use and the failure is
+  // reported on stderr.
+  void reopen();
+
+  // Blocks until every line submitted before this call (and accepted) has been
+  // written or has failed to write. For tests and shutdown; never call it from
+  // an event loop. Returns at once if the writer is not running.
+  void flush();
+
+  // Stops accepting lines, writes everything already queued, closes the file and
+  // joins the thread. Idempotent; a stopped writer cannot be started again.
+  void stop();
+
+  // Whether lines are kept at all (false for an empty path), so callers can skip
+  // formatting a record nobody will read.
+  bool enabled() const { return !discard_.load(std::memory_order_relaxed); }
+
+  // Counters for /metrics (relaxed reads; exact only when quiescent).
+  uint64_t written() const { return written_.load(std::memory_order_relaxed); }
+  // Lines refused because the queue was full or the writer stopped, plus lines
+  // lost to write errors (disk full, I/O error).
+  uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  // Lines queued and not yet written.
+  size_t depth() const;
+
+  // Most lines written by one writev(2); IOV_MAX on Linux.
+  static constexpr size_t kMaxBatch = 1024;
+
+ private:
+  struct Cell {
+    std::atomic<size_t> seq;
+    std::string line;
+  };
+
+  void run();
+  size_t collectBatch();
+  void writeBatch();
+  void doReopen();
+  void wakeWriter();
+  void publishProgress();
+
+  const size_t mask_;
+  std::unique_ptr<Cell[]> cells_;
+
+  // Producers contend on enqueue_pos_; the writer alone advances dequeue_pos_
+  // (atomic only so depth() can read it). Separate cache lines.
+  alignas(64) std::atomic<size_t> enqueue_pos_{0};
+  alignas(64) std::atomic<size_t> dequeue_pos_{0};
+  // Writer: 1 while it sleeps (or is about to) on the futex; producers that see 1
+  // swap it to 0 and wake it. 32-bit because it is the futex word.
+  alignas(64) std::atomic<uint32_t> sleeping_{0};
+  std::atomic<bool> reopen_requested_{false};
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> accepting_{true};
+  std::atomic<bool> running_{false};
+  std::atomic<bool> discard_{false};
+  std::atomic<uint64_t> written_{0};
+  std::atomic<uint64_t> dropped_{0};
+
+  // flush() waiters only; producers never touch these. processed_ is the queue
+  // position up to which every line has been written or has failed.
+  std::atomic<size_t> processed_{0};
+  std::atomic<int> flush_waiters_{0};
+  std::mutex flush_mu_;
+  std::condition_variable flush_cv_;
+
+  // Writer thread state.
+  std::string path_;
+  int fd_ = -1;
+  bool write_failing_ = false;  // to report a failure streak once, not per batch
+  std::unique_ptr<std::string[]> batch_;
+  size_t batch_len_ = 0;
+
+  std::mutex lifecycle_mu_;  // start()/stop() against each other, never on the data path
+  bool started_ = false;
+  bool stopped_ = false;
+  std::thread thread_;
+};
+
+}  // namespace portcullis

@@ -1,0 +1,136 @@
+// Portcullis configuration: the typed form of the TOML file described in
+// SPEC.md §3. A Config is built once by loadConfig(), validated completely, and
+// then never modified: it becomes part of an immutable Snapshot that workers read.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace portcullis {
+
+// A parsed "host:port" listen or server address. `host` is a numeric IPv4 or
+// IPv6 literal (without brackets); name resolution is never done at load time.
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+  bool empty() const { return host.empty(); }
+  std::string str() const;  // "1.2.3.4:80" or "[::1]:80"
+};
+
+struct ServerConfig {
+  unsigned workers = 0;  // 0 = one per core (resolved by the loader to >= 1)
+  HostPort listen_https;  // accepted by the loader, served once TLS lands
+  HostPort listen_http;
+  HostPort admin_listen{"127.0.0.1", 9901};
+  std::vector<std::string> names;
+  uint32_t shutdown_grace_ms = 10000;
+  std::string state_dir = "var/state";
+  uint32_t max_connections = 100000;
+  uint32_t max_connections_per_ip = 1000;
+};
+
+struct TimeoutsConfig {
+  uint32_t request_header_ms = 10000;
+  uint32_t body_idle_ms = 30000;
+  uint32_t min_body_rate = 500;
+  uint32_t keepalive_idle_ms = 60000;
+  uint32_t upstream_connect_ms = 2000;
+  uint32_t upstream_response_ms = 30000;
+};
+
+struct LimitsConfig {
+  uint32_t max_uri_bytes = 8192;
+  uint32_t max_header_bytes = 16384;
+  uint32_t max_headers = 100;
+  uint64_t max_body_bytes = 10485760;
+};
+
+enum class LbPolicy : uint8_t { kRoundRobin, kLeastRequest };
+
+struct HealthCheckConfig {
+  bool enabled = false;
+  std::string path = "/healthz";
+  uint32_t interval_ms = 2000;
+  uint32_t timeout_ms = 1000;
+  uint32_t unhealthy_threshold = 2;  // consecutive failures that take a server out
+  uint32_t healthy_threshold = 1;    // consecutive successes that put it back
+};
+
+struct UpstreamConfig {
+  std::string name;
+  std::vector<HostPort> servers;
+  LbPolicy lb = LbPolicy::kRoundRobin;
+  HealthCheckConfig health_check;
+  uint32_t max_idle_per_server = 64;  // pooled keep-alive connections per worker
+  uint32_t fail_timeout_ms = 10000;   // a server that failed to connect is skipped this long
+};
+
+// Method bits, used for route method lists and role allow patterns.
+enum MethodBit : uint16_t {
+  kMethodGet = 1 << 0,
+  kMethodHead = 1 << 1,
+  kMethodPost = 1 << 2,
+  kMethodPut = 1 << 3,
+  kMethodPatch = 1 << 4,
+  kMethodDelete = 1 << 5,
+  kMethodOptions = 1 << 6,
+  kMethodTrace = 1 << 7,
+  kMethodConnect = 1 << 8,
+};
+inline constexpr uint16_t kDefaultRouteMethods = kMethodGet | kMethodHead | kMethodPost | kMethodPut |
+                                                 kMethodPatch | kMethodDelete | kMethodOptions;
+
+struct RouteConfig {
+  std::string prefix;
+  std::string upstream;        // name of an [[upstream]]
+  size_t upstream_index = 0;   // resolved by the loader
+  uint16_t methods = kDefaultRouteMethods;
+  bool auth = true;
+  std::vector<std::string> content_types;
+  uint64_t max_body_bytes = 0;  // 0 = limits.max_body_bytes (resolved by the loader)
+  bool validate_json = false;
+  bool upload = false;
+  bool encrypt_body = false;
+};
+
+struct LogConfig {
+  std::string access = "var/log/access.log";  // empty = access log off
+  std::string audit = "var/log/audit.log";
+  std::string syslog;
+};
+
+struct Config {
+  std::string path;  // the file this was loaded from
+  ServerConfig server;
+  TimeoutsConfig timeouts;
+  LimitsConfig limits;
+  std::vector<UpstreamConfig> upstreams;
+  std::vector<RouteConfig> routes;
+  LogConfig log;
+};
+
+// Loads and validates `path`. On success fills `out` and returns true. On
+// failure returns false and sets `error` to one line per problem, each of the
+// form "FILE:LINE: KEY: what is wrong" (LINE is the line of the offending key
+// or table). Unknown keys and tables are errors. Never throws.
+bool loadConfig(const std::string& path, Config& out, std::string& error);
+
+// Same, from TOML text already in memory; `source_name` is used in messages.
+bool loadConfigFromString(std::string_view text, const std::string& source_name, Config& out,
+                          std::string& error);
+
+// Refuses settings whose enforcement is not built yet, so a config never
+// silently promises a protection the proxy does not give (e.g. a route with
+// `auth = true` while token checking is absent). Returns false with one
+// "FILE: KEY: ..." line per problem.
+bool checkSupported(const Config& config, std::string& error);
+
+// Parses "host:port", "[v6]:port" or ":port" (= 0.0.0.0). Returns false on a
+// malformed address or a port outside 1..65535 (0 allowed only if allow_zero).
+bool parseHostPort(std::string_view s, HostPort& out, bool allow_zero = true);
+
+// Parses a method name (exact, upper case) into its MethodBit; 0 if unknown.
+uint16_t methodBitFromName(std::string_view name);
+
+}  // namespace portcullis

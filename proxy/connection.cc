@@ -1,0 +1,933 @@
+// The data path: what happens to a request, top to bottom.
+//
+//  1. Bytes arrive from the client into rbuf_ (a pooled buffer, held only
+//     while there is something to parse). codec_ parses the head in place:
+//     names and values are views into rbuf_.
+//  2. beginRequest(): a request id, the snapshot, the route (404/405), the
+//     body limit (413), then the filter chain's head phase (which may answer,
+//     or pause and resume later).
+//  3. connectUpstream(): a pooled keep-alive connection to a server chosen by
+//     the upstream's policy, or a new one (502/503/504 on failure).
+//  4. sendRequestHead() + pumpRequestBody(): the edited head is serialised
+//     once; body slices go from rbuf_ straight to the upstream socket (with
+//     chunk framing when the client sent chunked). While an upstream write is
+//     pending the client is not read: backpressure.
+//  5. parseResponse(): the response head is parsed in the upstream's buffer,
+//     edited, serialised to the client; body bytes are forwarded as received
+//     (framing already validated by the parser). While a client write is
+//     pending the upstream is not read: backpressure the other way.
+//  6. finishExchange(): access log, metrics, the upstream connection back to
+//     its pool, and the next (possibly pipelined) request.
+//
+// Memory bound per client connection: at most two pooled buffers (the client
+// read buffer and the upstream read buffer, `worker.buffer_size` each, 64 KiB
+// by default) plus the serialised heads. Nothing else grows with body size.
+
+#include "proxy/connection.h"
+
+#include <xxhash.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+#include "proxy/access_log.h"
+#include "proxy/worker.h"
+
+namespace portcullis {
+
+namespace {
+
+constexpr std::string_view kJsonType = "application/json";
+
+bool methodAllowed(uint16_t methods, std::string_view name) {
+  uint16_t bit = methodBitFromName(name);
+  return bit != 0 && (methods & bit) != 0;
+}
+
+void appendAllow(std::string& out, uint16_t methods) {
+  static constexpr std::string_view kNames[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"};
+  for (std::string_view n : kNames) {
+    if ((methods & methodBitFromName(n)) == 0) continue;
+    if (!out.empty()) out.append(", ");
+    out.append(n);
+  }
+}
+
+}  // namespace
+
+Connection::Connection(Worker* worker)
+    : worker_(worker), codec_(HTTP_REQUEST, worker->codecLimits()) {
+  ctx_.bind(&arena_, &Connection::resumeThunk, this);
+  codec_.setBodySink(this);
+}
+
+Connection::~Connection() = default;
+
+int Connection::accept(uv_stream_t* listener) {
+  uv_tcp_init(worker_->loop(), &tcp_);
+  tcp_.data = this;
+  handles_open_ = 1;
+  int rc = uv_accept(listener, reinterpret_cast<uv_stream_t*>(&tcp_));
+  uv_timer_init(worker_->loop(), &timer_);
+  timer_.data = this;
+  handles_open_ = 2;
+  if (rc != 0) {
+    close();
+    return rc;
+  }
+  uv_tcp_nodelay(&tcp_, 1);
+  peerAddress(&tcp_, peer_ip_, sizeof(peer_ip_), &peer_port_);
+  codec_.startRequest(&req_, &arena_);
+  armClientTimer(worker_->snapshot()->config->timeouts.request_header_ms);
+  updateClientReading();
+  return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Client reading and request parsing
+
+void Connection::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+  auto* c = static_cast<Connection*>(h->data);
+  c->worker_->buffers().acquire(c->rbuf_);
+  buf->base = c->rbuf_.data + c->rbuf_.end;
+  buf->len = c->rbuf_.room();
+}
+
+void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+  auto* c = static_cast<Connection*>(s->data);
+  if (nread > 0) {
+    c->rbuf_.end += static_cast<size_t>(nread);
+    c->req_bytes_in_ += static_cast<uint64_t>(nread);
+    c->worker_->metrics().bytes_in.inc(static_cast<uint64_t>(nread));
+    c->processClient();
+    return;
+  }
+  if (nread == 0) return;
+  // EOF or error from the client.
+  if (c->rbuf_.held() && c->rbuf_.unparsed() == 0 && c->req_state_ == ReqState::kReadingHead && !c->codec_.inMessage()) {
+    c->worker_->buffers().release(c->rbuf_);
+  }
+  if (nread == UV_EOF && (c->req_state_ == ReqState::kDone) && c->resp_state_ != RespState::kDone) {
+    // Half-close after a complete request: answer, then close.
+    c->client_eof_ = true;
+    c->close_after_ = true;
+    c->updateClientReading();
+    return;
+  }
+  if (c->req_state_ == ReqState::kReadingHead && c->codec_.inMessage()) {
+    c->worker_->metrics().parse_errors.inc();
+  }
+  c->close();
+}
+
+void Connection::updateClientReading() {
+  if (closing_) return;
+  bool want = !client_eof_ && !paused_in_body_;
+  if (rbuf_.held() && rbuf_.room() == 0) want = false;
+  if (up_ != nullptr && up_->write_pending) want = false;
+  if (req_state_ == ReqState::kHeadFilters || req_state_ == ReqState::kWaitUpstream) {
+    // Body bytes may arrive and wait in rbuf_ until the upstream is ready.
+    if (!rbuf_.held() || rbuf_.room() == 0) want = rbuf_.held() ? false : want;
+  }
+  if (want && !reading_) {
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), &Connection::onAlloc, &Connection::onRead);
+    reading_ = true;
+  } else if (!want && reading_) {
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+    reading_ = false;
+  }
+}
+
+void Connection::processClient() {
+  if (closing_) return;
+  if (req_state_ == ReqState::kReadingHead) {
+    if (rbuf_.unparsed() == 0) {
+      updateClientReading();
+      return;
+    }
+    if (!head_bytes_seen_) {
+      head_bytes_seen_ = true;
+      if (!first_request_) armClientTimer(snap_ ? snap_->config->timeouts.request_header_ms
+                                                : worker_->snapshot()->config->timeouts.request_header_ms);
+    }
+    size_t consumed = 0;
+    HttpCodec::Status st = codec_.execute(rbuf_.data + rbuf_.start, rbuf_.unparsed(), consumed);
+    rbuf_.start += consumed;
+    switch (st) {
+      case HttpCodec::Status::kNeedMore:
+        if (rbuf_.room() == 0) {
+          // Head larger than the buffer; the codec's limit is below the
+          // buffer size, so this only happens with a huge request line.
+          sendError(431, "headers_too_large", "codec", "head does not fit", true);
+          return;
+        }
+        updateClientReading();
+        return;
+      case HttpCodec::Status::kHeadComplete:
+        head_end_ = rbuf_.start;
+        body_base_ = rbuf_.start;
+        beginRequest();
+        return;
+      case HttpCodec::Status::kMessageComplete:
+        // Cannot happen before the head; treat as a framing error.
+      case HttpCodec::Status::kError: {
+        worker_->metrics().parse_errors.inc();
+        ctx_.remote_ip = peer_ip_;
+        switch (codec_.error()) {
+          case CodecError::kUriTooLong:
+            sendError(414, "uri_too_long", "codec", "request target too long", true);
+            break;
+          case CodecError::kHeadersTooLarge:
+            sendError(431, "headers_too_large", "codec", "request head too large", true);
+            break;
+          case CodecError::kBadVersion:
+            sendError(505, "bad_request", "codec", "unsupported HTTP version", true);
+            break;
+          default:
+            sendError(400, "bad_request", "codec", codec_.errorReason(), true);
+            break;
+        }
+        return;
+      }
+    }
+    return;
+  }
+  if (req_state_ == ReqState::kStreamingBody) {
+    pumpRequestBody();
+    return;
+  }
+  updateClientReading();
+}
+
+void Connection::beginRequest() {
+  uv_timer_stop(&timer_);
+  snap_ = worker_->snapshot();
+  ctx_.reset();
+  worker_->nextRequestId(request_id_);
+  ctx_.snapshot = snap_.get();
+  ctx_.request_id = std::string_view(request_id_, 32);
+  ctx_.remote_ip = peer_ip_;
+  ctx_.remote_port = peer_port_;
+  ctx_.start_us = nowUs();
+  req_state_ = ReqState::kHeadFilters;
+  resp_state_ = RespState::kNone;
+  local_reply_ = false;
+  continue_sent_ = false;
+  retried_ = false;
+  connect_attempts_ = 0;
+  status_ = upstream_status_ = 0;
+  resp_bytes_out_ = 0;
+  req_body_bytes_ = 0;
+  head_sent_ = false;
+  if (!req_.keep_alive || draining_) close_after_ = true;
+
+  // Routing sees the path; a route must exist and allow the method.
+  ctx_.route = snap_->match(req_.path);
+  if (ctx_.route == nullptr) {
+    sendError(404, "not_found", "router", "no route", !req_.hasBody() ? close_after_ : true);
+    return;
+  }
+  if (!methodAllowed(ctx_.route->methods, req_.method_name)) {
+    std::string allow;
+    appendAllow(allow, ctx_.route->methods);
+    ctx_.local_reply.headers.push_back({"Allow", arena_.copy(allow)});
+    sendError(405, "method_not_allowed", "router", "method not allowed on route",
+              !req_.hasBody() ? close_after_ : true);
+    return;
+  }
+  max_body_ = ctx_.route->max_body_bytes;
+  if (req_.has_content_length && req_.content_length > max_body_) {
+    // Answered from the head alone, without reading (or inviting) the body.
+    sendError(413, "payload_too_large", "router", "content-length over route limit", true);
+    return;
+  }
+
+  // Proxy-owned request edits (SPEC §6): hop-by-hop headers are dropped by
+  // the serialiser; identity headers are replaced, never trusted.
+  for (Header& h : req_.headers) {
+    switch (h.id) {
+      case HeaderId::kXForwardedFor:
+      case HeaderId::kXForwardedProto:
+      case HeaderId::kXRequestId:
+      case HeaderId::kXPortcullis:
+      case HeaderId::kExpect:
+        h.removed = true;
+        break;
+      case HeaderId::kOther:
+        if (h.name.find('_') != std::string_view::npos) h.removed = true;
+        break;
+      default:
+        break;
+    }
+  }
+  req_.add("X-Request-Id", ctx_.request_id);
+  req_.add("X-Forwarded-For", ctx_.remote_ip);
+  req_.add("X-Forwarded-Proto", ctx_.secure ? "https" : "http");
+
+  chain_.start(snap_->filters, ctx_);
+  runHeadFilters();
+}
+
+void Connection::resumeThunk(void* self) {
+  auto* c = static_cast<Connection*>(self);
+  if (c->closing_) return;
+  if (c->req_state_ == ReqState::kHeadFilters) {
+    c->runHeadFilters();
+  } else if (c->paused_in_body_) {
+    c->paused_in_body_ = false;
+    c->pumpRequestBody();
+  }
+}
+
+void Connection::runHeadFilters() {
+  FilterStatus s = chain_.runRequestHead(ctx_, req_);
+  if (s == FilterStatus::kPause) return;  // resumeThunk() continues
+  if (s == FilterStatus::kRespond) {
+    const LocalReply& r = ctx_.local_reply;
+    sendLocalReply(r.status, r.code, r.close || req_.hasBody() || close_after_);
+    return;
+  }
+  req_state_ = ReqState::kWaitUpstream;
+  connectUpstream(false);
+}
+
+// ---------------------------------------------------------------------------
+// Upstream connection and request forwarding
+
+void Connection::connectUpstream(bool fresh) {
+  pool_ = worker_->pool(ctx_.route->upstream_index);
+  UpstreamError err = UpstreamError::kNoHealthyServer;
+  up_ = pool_->acquire(fresh, err);
+  if (up_ == nullptr) {
+    handleUpstreamFailure(err, err == UpstreamError::kNoHealthyServer ? 503 : 502);
+    return;
+  }
+  ++connect_attempts_;
+  up_->owner = this;
+  if (up_->state == UpstreamConn::State::kActive) {
+    sendRequestHead();
+  } else {
+    uv_timer_start(&up_->timer, [](uv_timer_t* t) {
+      auto* u = static_cast<UpstreamConn*>(t->data);
+      if (u->owner != nullptr) u->owner->onUpstreamTimeout();
+    }, snap_->config->timeouts.upstream_connect_ms, 0);
+  }
+  updateClientReading();
+}
+
+void Connection::onUpstreamConnected(int status) {
+  uv_timer_stop(&up_->timer);
+  if (status != 0) {
+    pool_->markFailed(up_->server);
+    releaseUpstream(false);
+    worker_->metrics().upstream_errors[static_cast<size_t>(UpstreamError::kConnectFailed)].inc();
+    if (connect_attempts_ < 3 && connect_attempts_ < pool_->serverCount()) {
+      connectUpstream(true);
+      return;
+    }
+    handleUpstreamFailure(UpstreamError::kConnectFailed, 502);
+    return;
+  }
+  sendRequestHead();
+}
+
+void Connection::sendRequestHead() {
+  up_head_.clear();
+  const bool has_body = req_.hasBody();
+  serializeRequest(req_, has_body, req_.chunked, req_.content_length, up_head_);
+  head_sent_ = false;
+  req_state_ = ReqState::kStreamingBody;
+  resp_state_ = RespState::kHead;
+  up_->codec.setBodySink(this);
+  up_->codec.setLimits(CodecLimits{65536, 65536, 1000});
+  up_->codec.startResponse(&resp_, &arena_, req_.method == HTTP_HEAD);
+  up_->startReading();
+  upstream_sent_at_us_ = nowUs();
+  uv_timer_start(&up_->timer, [](uv_timer_t* t) {
+    auto* u = static_cast<UpstreamConn*>(t->data);
+    if (u->owner != nullptr) u->owner->onUpstreamTimeout();
+  }, snap_->config->timeouts.upstream_response_ms, 0);
+  if (has_body && req_.expect_continue && rbuf_.unparsed() == 0 && !continue_sent_) {
+    // The client waits for our go-ahead before sending the body.
+    static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    continue_sent_ = true;
+    uv_buf_t b = uv_buf_init(const_cast<char*>(kContinue), sizeof(kContinue) - 1);
+    uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
+  }
+  if (has_body) armClientTimer(snap_->config->timeouts.body_idle_ms);
+  pumpRequestBody();
+}
+
+void Connection::onBodyData(std::string_view data) {
+  if (collecting_response_) {
+    client_bufs_.push_back(uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size())));
+    return;
+  }
+  req_body_bytes_ += data.size();
+  if (req_.chunked) {
+    if (chunk_frames_used_ == chunk_frames_.size()) chunk_frames_.emplace_back();
+    ChunkLine& f = chunk_frames_[chunk_frames_used_++];
+    int n = std::snprintf(f.text, sizeof(f.text), "%zx\r\n", data.size());
+    up_bufs_.push_back(uv_buf_init(f.text, static_cast<unsigned>(n)));
+  }
+  up_bufs_.push_back(uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size())));
+  if (req_.chunked) up_bufs_.push_back(uv_buf_init(const_cast<char*>("\r\n"), 2));
+}
+
+// Parses whatever body bytes are buffered and writes them (with the head, the
+// first time) to the upstream in one write.
+void Connection::pumpRequestBody() {
+  if (closing_ || up_ == nullptr || up_->write_pending || paused_in_body_) return;
+  up_bufs_.clear();
+  chunk_frames_used_ = 0;
+  if (!head_sent_) up_bufs_.push_back(uv_buf_init(up_head_.data(), static_cast<unsigned>(up_head_.size())));
+  bool request_done = false;
+  if (!req_.hasBody()) {
+    // A body-less request still has to reach its end in the parser, which
+    // happens without consuming input.
+    size_t consumed = 0;
+    HttpCodec::Status st = codec_.execute(rbuf_.data + rbuf_.start, 0, consumed);
+    request_done = (st == HttpCodec::Status::kMessageComplete);
+    if (!request_done) std::abort();  // llhttp ends body-less messages at once
+  } else if (rbuf_.unparsed() > 0) {
+    size_t consumed = 0;
+    HttpCodec::Status st = codec_.execute(rbuf_.data + rbuf_.start, rbuf_.unparsed(), consumed);
+    rbuf_.start += consumed;
+    if (st == HttpCodec::Status::kError) {
+      worker_->metrics().parse_errors.inc();
+      releaseUpstream(false);  // the upstream sees an unterminated request
+      sendError(400, "bad_request", "codec", codec_.errorReason(), true);
+      return;
+    }
+    request_done = (st == HttpCodec::Status::kMessageComplete);
+    if (req_body_bytes_ > max_body_) {
+      releaseUpstream(false);
+      sendError(413, "payload_too_large", "router", "body over route limit", true);
+      return;
+    }
+    if (request_done && req_.chunked) up_bufs_.push_back(uv_buf_init(const_cast<char*>("0\r\n\r\n"), 5));
+  }
+  if (chain_.wantsBody() && (up_bufs_.size() > (head_sent_ ? 0u : 1u) || request_done)) {
+    // Body filters see the decoded bytes; they may answer (kRespond). Filters
+    // that transform bytes replace the slice they are given.
+    for (uv_buf_t& b : up_bufs_) {
+      if (b.base == up_head_.data()) continue;
+      BodyChunk chunk{std::string_view(b.base, b.len)};
+      FilterStatus s = chain_.runRequestBody(ctx_, chunk, false);
+      if (s == FilterStatus::kRespond) {
+        releaseUpstream(false);
+        sendLocalReply(ctx_.local_reply.status, ctx_.local_reply.code, true);
+        return;
+      }
+      b = uv_buf_init(const_cast<char*>(chunk.data.data()), static_cast<unsigned>(chunk.data.size()));
+    }
+    if (request_done) {
+      BodyChunk last{};
+      if (chain_.runRequestBody(ctx_, last, true) == FilterStatus::kRespond) {
+        releaseUpstream(false);
+        sendLocalReply(ctx_.local_reply.status, ctx_.local_reply.code, true);
+        return;
+      }
+    }
+  }
+  if (request_done) {
+    req_state_ = ReqState::kDone;
+    uv_timer_stop(&timer_);
+  }
+  flushToUpstream();
+}
+
+void Connection::flushToUpstream() {
+  if (up_bufs_.empty()) {
+    updateClientReading();
+    return;
+  }
+  head_sent_ = true;
+  int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&up_->tcp), &up_->write_req, up_bufs_.data(),
+                        static_cast<unsigned>(up_bufs_.size()), [](uv_write_t* req, int status) {
+                          auto* u = static_cast<UpstreamConn*>(req->data);
+                          u->write_pending = false;
+                          if (u->owner != nullptr) u->owner->onUpstreamWritten(status);
+                        });
+  up_bufs_.clear();
+  if (rc < 0) {
+    onUpstreamWritten(rc);
+    return;
+  }
+  if (rc == 1) {
+    up_->write_req.data = up_;
+    up_->write_pending = true;
+    updateClientReading();
+    return;
+  }
+  onUpstreamWritten(0);
+}
+
+void Connection::onUpstreamWritten(int status) {
+  if (status != 0) {
+    // The upstream went away while we wrote. Reading will tell the rest
+    // (the response may already be there); if it does not, it is a reset.
+    handleUpstreamFailure(UpstreamError::kReset, 502);
+    return;
+  }
+  // All slices handed to the kernel: the body region of rbuf_ is free again.
+  if (rbuf_.held()) {
+    size_t left = rbuf_.unparsed();
+    if (left > 0 && rbuf_.start != body_base_) std::memmove(rbuf_.data + body_base_, rbuf_.data + rbuf_.start, left);
+    rbuf_.start = body_base_;
+    rbuf_.end = body_base_ + left;
+  }
+  if (req_state_ == ReqState::kStreamingBody) {
+    armClientTimer(snap_->config->timeouts.body_idle_ms);
+    if (rbuf_.unparsed() > 0) {
+      pumpRequestBody();
+      return;
+    }
+  }
+  updateClientReading();
+}
+
+void Connection::onUpstreamTimeout() {
+  if (up_ == nullptr) return;
+  if (up_->state == UpstreamConn::State::kConnecting) {
+    pool_->markFailed(up_->server);
+    releaseUpstream(false);
+    handleUpstreamFailure(UpstreamError::kConnectTimeout, 504);
+    return;
+  }
+  handleUpstreamFailure(UpstreamError::kResponseTimeout, 504);
+}
+
+// Any upstream failure: retry once when safe, answer 502/503/504 when the
+// client has seen nothing yet, else abort the client connection (a truncated
+// response must never look complete).
+void Connection::handleUpstreamFailure(UpstreamError kind, int status) {
+  worker_->metrics().upstream_errors[static_cast<size_t>(kind)].inc();
+  const bool reused = up_ != nullptr && up_->reused;
+  if (up_ != nullptr) releaseUpstream(false);
+  if (resp_state_ == RespState::kBody || resp_bytes_out_ > 0) {
+    close();
+    return;
+  }
+  if (kind == UpstreamError::kReset && reused && !retried_ && req_body_bytes_ == 0 && !req_.hasBody()) {
+    // A pooled connection the server had already closed: nothing of this
+    // request was processed, so it is safe to send it again.
+    retried_ = true;
+    worker_->metrics().upstream_retries.inc();
+    req_state_ = ReqState::kWaitUpstream;
+    resp_state_ = RespState::kNone;
+    connectUpstream(true);
+    return;
+  }
+  std::string_view code = status == 504 ? "gateway_timeout" : status == 503 ? "unavailable" : "bad_gateway";
+  sendError(status, code, "upstream", upstreamErrorName(kind), close_after_ || req_state_ != ReqState::kDone);
+}
+
+void Connection::releaseUpstream(bool reusable) {
+  if (up_ == nullptr) return;
+  UpstreamConn* u = up_;
+  up_ = nullptr;
+  uv_timer_stop(&u->timer);
+  u->owner = nullptr;
+  if (reusable) {
+    u->pool->release(u, true);
+  } else {
+    u->pool->release(u, false);
+  }
+  updateClientReading();
+}
+
+// ---------------------------------------------------------------------------
+// Response from the upstream back to the client
+
+void Connection::onUpstreamRead(ssize_t nread) {
+  if (nread > 0) {
+    up_->rbuf.end += static_cast<size_t>(nread);
+    if (resp_state_ == RespState::kBody) {
+      uv_timer_start(&up_->timer, [](uv_timer_t* t) {
+        auto* u = static_cast<UpstreamConn*>(t->data);
+        if (u->owner != nullptr) u->owner->onUpstreamTimeout();
+      }, snap_->config->timeouts.upstream_response_ms, 0);
+    }
+    parseResponse();
+    return;
+  }
+  if (nread == 0) return;
+  // EOF or error from the upstream.
+  if (nread == UV_EOF && resp_state_ == RespState::kBody && up_->codec.needsEof()) {
+    HttpCodec::Status st = up_->codec.finish();
+    if (st == HttpCodec::Status::kMessageComplete) {
+      resp_state_ = RespState::kDone;
+      releaseUpstream(false);
+      close_after_ = true;
+      maybeFinishExchange();
+      return;
+    }
+  }
+  handleUpstreamFailure(UpstreamError::kReset, 502);
+}
+
+void Connection::parseResponse() {
+  if (up_ == nullptr || client_write_pending_) return;
+  IoBuffer& b = up_->rbuf;
+  // After a head, a body-less message ends without consuming input: `poke`
+  // runs the parser once more on zero bytes to reach that end.
+  bool poke = resp_state_ == RespState::kBody;
+  while (up_ != nullptr && (b.unparsed() > 0 || poke) && !client_write_pending_ &&
+         resp_state_ != RespState::kDone) {
+    poke = false;
+    if (resp_state_ == RespState::kNone) {
+      // Bytes from an upstream we have not sent a request to.
+      handleUpstreamFailure(UpstreamError::kBadResponse, 502);
+      return;
+    }
+    client_bufs_.clear();
+    collecting_response_ = true;
+    const char* start = b.data + b.start;
+    size_t consumed = 0;
+    HttpCodec::Status st = up_->codec.execute(start, b.unparsed(), consumed);
+    collecting_response_ = false;
+    b.start += consumed;
+    if (st == HttpCodec::Status::kError) {
+      handleUpstreamFailure(UpstreamError::kBadResponse, 502);
+      return;
+    }
+    if (resp_state_ == RespState::kHead) {
+      if (!up_->codec.headDone()) {
+        if (b.room() == 0) {
+          handleUpstreamFailure(UpstreamError::kBadResponse, 502);
+          return;
+        }
+        break;  // need more
+      }
+      if (resp_.status < 200) {
+        // Interim 1xx responses are not forwarded: the proxy answers
+        // Expect itself and supports no protocol upgrades.
+        if (st == HttpCodec::Status::kHeadComplete) {
+          // A 1xx completes at once; run the parser to its end.
+          size_t c2 = 0;
+          up_->codec.execute(b.data + b.start, 0, c2);
+        }
+        up_->codec.startResponse(&resp_, &arena_, req_.method == HTTP_HEAD);
+        continue;
+      }
+      onResponseHead();
+      if (up_ == nullptr || closing_) return;
+      if (st == HttpCodec::Status::kMessageComplete) resp_state_ = RespState::kDone;
+      // The head is sent with the first body bytes (or alone) below.
+      uv_buf_t bufs[1] = {uv_buf_init(client_head_.data(), static_cast<unsigned>(client_head_.size()))};
+      writeToClient(bufs, 1);
+      poke = resp_state_ != RespState::kDone;
+      continue;
+    }
+    // Body bytes: raw passthrough keeps the upstream's (validated) framing;
+    // otherwise the decoded slices collected by onBodyData() are sent.
+    if (raw_response_) {
+      client_bufs_.clear();
+      if (consumed > 0) client_bufs_.push_back(uv_buf_init(const_cast<char*>(start), static_cast<unsigned>(consumed)));
+    }
+    if (st == HttpCodec::Status::kMessageComplete) resp_state_ = RespState::kDone;
+    if (!client_bufs_.empty()) writeToClient(client_bufs_.data(), static_cast<unsigned>(client_bufs_.size()));
+  }
+  if (resp_state_ == RespState::kDone && up_ != nullptr && !client_write_pending_) {
+    if (up_->rbuf.unparsed() > 0) {
+      // Bytes after the end of the response: the connection cannot be reused.
+      releaseUpstream(false);
+    }
+    maybeFinishExchange();
+    return;
+  }
+  if (up_ != nullptr && !client_write_pending_) {
+    if (b.unparsed() == 0) {
+      b.start = b.end = 0;
+    } else if (b.start > 0 && resp_state_ == RespState::kBody) {
+      std::memmove(b.data, b.data + b.start, b.unparsed());
+      b.end -= b.start;
+      b.start = 0;
+    }
+    up_->startReading();
+  }
+}
+
+void Connection::onResponseHead() {
+  upstream_status_ = resp_.status;
+  status_ = resp_.status;
+  worker_->metrics().upstream_latency.observe(nowUs() - upstream_sent_at_us_);
+  // Response edits: the upstream's identity stays private; every response
+  // carries the request id.
+  for (Header& h : resp_.headers) {
+    if (h.id == HeaderId::kServer || h.id == HeaderId::kXRequestId) h.removed = true;
+  }
+  resp_.add("X-Request-Id", ctx_.request_id);
+  chain_.runResponseHead(ctx_, resp_);
+
+  const bool no_body = req_.method == HTTP_HEAD || resp_.status == 204 || resp_.status == 304;
+  if (!resp_.keep_alive) {
+    // The upstream will close after this response; fine for us, but the
+    // upstream connection is not reused (handled at release).
+  }
+  bool close_client = close_after_ || client_eof_;
+  if (no_body) {
+    resp_framing_ = ResponseFraming::kNone;
+    raw_response_ = true;
+  } else if (resp_.chunked) {
+    if (req_.http_minor >= 1) {
+      resp_framing_ = ResponseFraming::kChunked;
+      raw_response_ = true;
+    } else {
+      resp_framing_ = ResponseFraming::kUntilClose;
+      raw_response_ = false;
+      close_client = true;
+    }
+  } else if (resp_.has_content_length) {
+    resp_framing_ = ResponseFraming::kContentLength;
+    raw_response_ = true;
+  } else {
+    resp_framing_ = ResponseFraming::kUntilClose;
+    raw_response_ = false;
+    close_client = true;
+  }
+  if (close_client) close_after_ = true;
+  client_head_.clear();
+  // Content-Length passes through unchanged for CL bodies and HEAD.
+  serializeResponse(resp_,
+                    resp_framing_ == ResponseFraming::kChunked ? ResponseFraming::kChunked : ResponseFraming::kNone,
+                    0, close_after_, client_head_);
+  resp_state_ = RespState::kBody;
+}
+
+void Connection::writeToClient(uv_buf_t* bufs, unsigned n) {
+  size_t total = 0;
+  for (unsigned i = 0; i < n; ++i) total += bufs[i].len;
+  resp_bytes_out_ += total;
+  worker_->metrics().bytes_out.inc(total);
+  int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&tcp_), &write_req_, bufs, n, &Connection::onClientWritten);
+  if (rc < 0) {
+    // The client is gone: abort the exchange.
+    close();
+    return;
+  }
+  if (rc == 1) {
+    write_req_.data = this;
+    client_write_pending_ = true;
+    if (up_ != nullptr) up_->stopReading();
+    armClientTimer(snap_ ? snap_->config->timeouts.body_idle_ms : 30000);
+  }
+}
+
+void Connection::onClientWritten(uv_write_t* req, int status) {
+  auto* c = static_cast<Connection*>(req->data);
+  c->client_write_pending_ = false;
+  if (c->closing_) return;
+  if (status != 0) {
+    c->close();
+    return;
+  }
+  if (c->local_reply_) {
+    c->maybeFinishExchange();
+    return;
+  }
+  if (c->up_ != nullptr) {
+    c->parseResponse();
+  } else {
+    c->maybeFinishExchange();
+  }
+}
+
+void Connection::maybeFinishExchange() {
+  if (closing_ || client_write_pending_) return;
+  if (resp_state_ != RespState::kDone) return;
+  if (req_state_ != ReqState::kDone) {
+    // The response ended before the request body: the two sides can no
+    // longer be kept in step.
+    releaseUpstream(false);
+    close_after_ = true;
+  }
+  finishExchange();
+}
+
+void Connection::finishExchange() {
+  if (up_ != nullptr) {
+    const bool reusable = resp_.keep_alive && up_->rbuf.unparsed() == 0 && req_state_ == ReqState::kDone &&
+                          !up_->write_pending;
+    ++up_->requests;
+    releaseUpstream(reusable);
+  }
+  const uint64_t dur = nowUs() - ctx_.start_us;
+  WorkerMetrics& m = worker_->metrics();
+  size_t label = ctx_.route != nullptr ? snap_->route_labels[snap_->routeIndex(ctx_.route)] : 0;
+  m.requests[label][methodSlot(req_.method_name)][statusSlot(status_)].inc();
+  m.request_latency.observe(dur);
+  logAccess();
+  chain_.complete(ctx_);
+  if (close_after_ || draining_) {
+    close();
+    return;
+  }
+  startNextRequest();
+}
+
+void Connection::startNextRequest() {
+  // Pipelined bytes (if any) move to the front; everything else is reset.
+  if (rbuf_.held()) {
+    size_t left = rbuf_.unparsed();
+    if (left > 0) {
+      std::memmove(rbuf_.data, rbuf_.data + rbuf_.start, left);
+    }
+    rbuf_.start = 0;
+    rbuf_.end = left;
+    if (left == 0) worker_->buffers().release(rbuf_);
+  }
+  arena_.reset();
+  codec_.startRequest(&req_, &arena_);
+  snap_.reset();
+  req_state_ = ReqState::kReadingHead;
+  resp_state_ = RespState::kNone;
+  local_reply_ = false;
+  head_bytes_seen_ = false;
+  first_request_ = false;
+  req_bytes_in_ = rbuf_.held() ? rbuf_.end : 0;
+  body_base_ = head_end_ = 0;
+  armClientTimer(worker_->snapshot()->config->timeouts.keepalive_idle_ms);
+  if (rbuf_.held() && rbuf_.unparsed() > 0) {
+    processClient();
+  } else {
+    updateClientReading();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Local replies (SPEC §5) and teardown
+
+void Connection::sendError(int status, std::string_view code, std::string_view rejected_by, std::string_view reason,
+                           bool close) {
+  if (ctx_.rejected_by.empty()) ctx_.rejected_by = rejected_by;
+  if (ctx_.reason.empty()) ctx_.reason = reason.empty() ? code : reason;
+  sendLocalReply(status, code, close);
+}
+
+void Connection::sendLocalReply(int status, std::string_view code, bool close) {
+  if (ctx_.request_id.empty()) {
+    worker_->nextRequestId(request_id_);
+    ctx_.request_id = std::string_view(request_id_, 32);
+    ctx_.start_us = nowUs();
+  }
+  if (ctx_.start_us == 0) ctx_.start_us = nowUs();
+  if (!chain_.active() && snap_ == nullptr) snap_ = worker_->snapshot();
+  status_ = status;
+  local_reply_ = true;
+  if (close || draining_) close_after_ = true;
+  // Anything the client has not sent yet of this request is never read.
+  if (req_state_ != ReqState::kDone && req_.hasBody()) close_after_ = true;
+  req_state_ = ReqState::kDone;
+  resp_state_ = RespState::kDone;
+  uv_timer_stop(&timer_);
+
+  local_body_.clear();
+  local_body_.append("{\"error\":\"");
+  local_body_.append(code);
+  local_body_.append("\",\"request_id\":\"");
+  local_body_.append(ctx_.request_id);
+  local_body_.append("\"}");
+
+  resp_.clear();
+  resp_.status = status;
+  resp_.add("Content-Type", kJsonType);
+  resp_.add("Cache-Control", "no-store");
+  resp_.add("X-Request-Id", ctx_.request_id);
+  for (const AddedHeader& h : ctx_.local_reply.headers) resp_.add(h.name, h.value);
+  if (chain_.active()) chain_.runResponseHead(ctx_, resp_);
+  client_head_.clear();
+  serializeResponse(resp_, ResponseFraming::kContentLength, local_body_.size(), close_after_, client_head_);
+  uv_buf_t bufs[2] = {uv_buf_init(client_head_.data(), static_cast<unsigned>(client_head_.size())),
+                      uv_buf_init(local_body_.data(), static_cast<unsigned>(local_body_.size()))};
+  writeToClient(bufs, req_.method == HTTP_HEAD ? 1 : 2);
+  if (closing_) return;
+  maybeFinishExchange();
+}
+
+void Connection::armClientTimer(uint64_t ms) {
+  if (closing_) return;
+  uv_timer_start(&timer_, &Connection::onTimer, ms, 0);
+}
+
+void Connection::onTimer(uv_timer_t* t) {
+  auto* c = static_cast<Connection*>(t->data);
+  if (c->closing_) return;
+  if (c->client_write_pending_) {
+    c->close();  // a client that stopped reading
+    return;
+  }
+  if (c->req_state_ == ReqState::kReadingHead) {
+    if (c->head_bytes_seen_ || c->codec_.inMessage()) {
+      c->ctx_.remote_ip = c->peer_ip_;
+      c->sendError(408, "request_timeout", "timeout", "request head not received in time", true);
+    } else {
+      c->close();  // idle keep-alive connection
+    }
+    return;
+  }
+  if (c->req_state_ == ReqState::kStreamingBody && c->resp_state_ != RespState::kBody) {
+    c->releaseUpstream(false);
+    c->sendError(408, "request_timeout", "timeout", "request body stalled", true);
+    return;
+  }
+  c->close();
+}
+
+void Connection::drain(bool force) {
+  draining_ = true;
+  close_after_ = true;
+  if (force) {
+    close();
+    return;
+  }
+  if (req_state_ == ReqState::kReadingHead && !head_bytes_seen_ && !codec_.inMessage()) close();
+}
+
+void Connection::logAccess() {
+  LogWriter* log = worker_->accessLog();
+  if (log == nullptr) return;
+  AccessRecord r;
+  r.ts_unix_us = worker_->wallClockUs();
+  r.request_id = ctx_.request_id;
+  r.remote_ip = peer_ip_;
+  r.method = req_.method_name;
+  r.path = req_.path;
+  r.status = status_;
+  r.bytes_in = req_bytes_in_;
+  r.bytes_out = resp_bytes_out_;
+  r.duration_us = nowUs() - ctx_.start_us;
+  if (upstream_status_ != 0 && ctx_.route != nullptr) r.upstream = snap_->config->upstreams[ctx_.route->upstream_index].name;
+  r.upstream_status = upstream_status_;
+  r.token_id = ctx_.token_id;
+  r.account = ctx_.account;
+  r.tls_version = ctx_.tls_version;
+  r.rejected_by = ctx_.rejected_by;
+  r.reason = ctx_.reason;
+  std::string line;
+  line.reserve(384);
+  formatAccessRecord(r, line);
+  log->submit(std::move(line));
+}
+
+void Connection::close() {
+  if (closing_) return;
+  closing_ = true;
+  if (up_ != nullptr) releaseUpstream(false);
+  chain_.complete(ctx_);
+  uv_timer_stop(&timer_);
+  if (reading_) uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+  reading_ = false;
+  worker_->buffers().release(rbuf_);
+  if (handles_open_ >= 1) uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), &Connection::onClosed);
+  if (handles_open_ >= 2) uv_close(reinterpret_cast<uv_handle_t*>(&timer_), &Connection::onClosed);
+}
+
+void Connection::onClosed(uv_handle_t* h) {
+  auto* c = static_cast<Connection*>(h->data);
+  if (--c->handles_open_ == 0) c->worker_->connectionClosed(c);
+}
+
+}  // namespace portcullis

@@ -1,0 +1,164 @@
+// One client connection and the requests it carries: the proxy's data path.
+// See connection.cc for the walk-through of what happens to a request.
+#pragma once
+
+#include <uv.h>
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "filters/filter_chain.h"
+#include "proxy/arena.h"
+#include "proxy/http_codec.h"
+#include "proxy/io.h"
+#include "proxy/snapshot.h"
+#include "proxy/upstream.h"
+
+namespace portcullis {
+
+class Worker;
+
+class Connection : public BodySink {
+ public:
+  explicit Connection(Worker* worker);
+  ~Connection() override;
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Accepts a pending connection from `listener` and starts reading. Returns
+  // a libuv error if accept failed (then the caller deletes this object).
+  int accept(uv_stream_t* listener);
+
+  // Worker is shutting down: close now if idle, else after the current
+  // exchange. `force` closes at once.
+  void drain(bool force);
+
+  // Events from the upstream connection while this connection owns it.
+  void onUpstreamConnected(int status);
+  void onUpstreamRead(ssize_t nread);
+  void onUpstreamWritten(int status);
+  void onUpstreamTimeout();
+
+  // Intrusive list of the worker's connections.
+  Connection* prev = nullptr;
+  Connection* next = nullptr;
+
+ private:
+  enum class ReqState : uint8_t {
+    kReadingHead,    // waiting for / parsing a request head
+    kHeadFilters,    // head parsed; filters running (may be paused)
+    kWaitUpstream,   // connecting to (or acquiring) an upstream
+    kStreamingBody,  // request head sent; body streaming to the upstream
+    kDone,           // whole request sent (or answered locally)
+  };
+  enum class RespState : uint8_t {
+    kNone,       // nothing from upstream yet
+    kHead,       // waiting for / parsing the response head
+    kBody,       // streaming the response body to the client
+    kDone,       // response complete
+  };
+
+  // BodySink: decoded body slices from whichever codec is executing.
+  void onBodyData(std::string_view data) override;
+
+  // Client side.
+  static void onAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+  static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  static void onClientWritten(uv_write_t* req, int status);
+  static void onTimer(uv_timer_t* t);
+  static void onClosed(uv_handle_t* h);
+  static void resumeThunk(void* self);
+
+  void processClient();
+  void beginRequest();
+  void runHeadFilters();
+  void connectUpstream(bool fresh);
+  void sendRequestHead();
+  void pumpRequestBody();
+  void flushToUpstream();
+  void handleUpstreamFailure(UpstreamError kind, int status);
+
+  void parseResponse();
+  void onResponseHead();
+  void writeToClient(uv_buf_t* bufs, unsigned n);
+  void maybeFinishExchange();
+  void finishExchange();
+  void startNextRequest();
+
+  void sendLocalReply(int status, std::string_view code, bool close);
+  void sendError(int status, std::string_view code, std::string_view rejected_by, std::string_view reason,
+                 bool close);
+  void releaseUpstream(bool reusable);
+  void updateClientReading();
+  void armClientTimer(uint64_t ms);
+  void logAccess();
+  void close();
+
+  Worker* worker_;
+  uv_tcp_t tcp_;
+  uv_timer_t timer_;
+  uv_write_t write_req_;
+  IoBuffer rbuf_;
+  HttpCodec codec_;          // client requests
+  Arena arena_;
+  RequestHead req_;
+  ResponseHead resp_;
+  RequestContext ctx_;
+  FilterChain chain_;
+  std::shared_ptr<const Snapshot> snap_;  // held for the current request
+  UpstreamConn* up_ = nullptr;
+  UpstreamPool* pool_ = nullptr;
+
+  ReqState req_state_ = ReqState::kReadingHead;
+  RespState resp_state_ = RespState::kNone;
+
+  // Outgoing data. Head strings are kept until the next request: the request
+  // head for a retry, the response head until its write completes.
+  std::string up_head_;
+  std::string client_head_;
+  std::vector<uv_buf_t> up_bufs_;      // pending slices for the upstream write
+  std::vector<uv_buf_t> client_bufs_;  // pending slices for the client write
+  struct ChunkLine {
+    char text[20];
+  };
+  std::deque<ChunkLine> chunk_frames_;  // chunk-size lines for re-framed bodies (stable addresses)
+  size_t chunk_frames_used_ = 0;
+  bool collecting_response_ = false;   // onBodyData target: client_bufs_ vs up_bufs_
+  size_t body_base_ = 0;               // rbuf_ offset where body bytes may be reused
+  size_t head_end_ = 0;
+
+  char peer_ip_[64] = {0};
+  uint16_t peer_port_ = 0;
+  char request_id_[33] = {0};
+  std::string local_body_;
+
+  uint64_t req_body_bytes_ = 0;   // decoded request body bytes seen
+  uint64_t req_bytes_in_ = 0;     // raw request bytes (head + body) from the client
+  uint64_t resp_bytes_out_ = 0;   // bytes written to the client for this request
+  uint64_t upstream_sent_at_us_ = 0;
+  uint64_t max_body_ = 0;
+  ResponseFraming resp_framing_ = ResponseFraming::kNone;
+  int upstream_status_ = 0;
+  int status_ = 0;
+  uint8_t connect_attempts_ = 0;
+
+  bool client_write_pending_ = false;
+  bool reading_ = false;
+  bool closing_ = false;
+  bool close_after_ = false;      // close once the current exchange is done
+  bool client_eof_ = false;
+  bool head_bytes_seen_ = false;  // some bytes of the next head arrived
+  bool head_sent_ = false;        // request head handed to the upstream socket
+  bool retried_ = false;
+  bool local_reply_ = false;      // the response is the proxy's own
+  bool continue_sent_ = false;    // "100 Continue" was written
+  bool first_request_ = true;
+  bool raw_response_ = false;     // forward response body bytes as received
+  bool paused_in_body_ = false;
+  bool draining_ = false;
+  int handles_open_ = 0;
+};
+
+}  // namespace portcullis

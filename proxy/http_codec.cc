@@ -1,0 +1,231 @@
+#include "proxy/http_codec.h"
+
+#include <cstdlib>
+
+namespace portcullis {
+
+namespace {
+
+inline HttpCodec* self(llhttp_t* p) { return static_cast<HttpCodec*>(p->data); }
+
+std::string_view trimOws(std::string_view v) {
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  return v;
+}
+
+}  // namespace
+
+HttpCodec::HttpCodec(llhttp_type_t type, CodecLimits limits) : limits_(limits) {
+  llhttp_settings_init(&settings_);
+  settings_.on_message_begin = &HttpCodec::onMessageBegin;
+  settings_.on_header_field = &HttpCodec::onHeaderField;
+  settings_.on_header_value = &HttpCodec::onHeaderValue;
+  settings_.on_header_value_complete = &HttpCodec::onHeaderValueComplete;
+  settings_.on_headers_complete = &HttpCodec::onHeadersComplete;
+  settings_.on_body = &HttpCodec::onBody;
+  settings_.on_message_complete = &HttpCodec::onMessageComplete;
+  if (type == HTTP_REQUEST) {
+    settings_.on_url = &HttpCodec::onUrl;
+  } else {
+    settings_.on_status = &HttpCodec::onStatus;
+  }
+  llhttp_init(&parser_, type, &settings_);
+  parser_.data = this;
+}
+
+void HttpCodec::startRequest(RequestHead* head, Arena* arena) {
+  req_ = head;
+  resp_ = nullptr;
+  head_ = head;
+  arena_ = arena;
+  head_done_ = false;
+  head->clear();
+}
+
+void HttpCodec::startResponse(ResponseHead* head, Arena* arena, bool request_was_head) {
+  resp_ = head;
+  req_ = nullptr;
+  head_ = head;
+  arena_ = arena;
+  request_was_head_ = request_was_head;
+  head_done_ = false;
+  head->clear();
+}
+
+int HttpCodec::fail(CodecError e) {
+  error_ = e;
+  return HPE_USER;
+}
+
+std::string_view HttpCodec::append(std::string_view cur, const char* at, size_t len) {
+  if (cur.empty()) return {at, len};
+  if (cur.data() + cur.size() == at) return {cur.data(), cur.size() + len};
+  // Not contiguous in the input (the owner moved or replaced its buffer
+  // between reads): keep one copy in the arena.
+  return arena_->concat(cur, {at, len});
+}
+
+int HttpCodec::onMessageBegin(llhttp_t* p) {
+  HttpCodec* c = self(p);
+  c->in_message_ = true;
+  c->head_done_ = false;
+  c->head_bytes_ = 0;
+  c->field_ = c->value_ = c->url_ = c->status_ = {};
+  c->in_value_ = false;
+  // A message that starts with no head set up (e.g. a response without a
+  // request) is a protocol violation of the peer.
+  if (c->head_ == nullptr) return c->fail(CodecError::kMalformed);
+  return 0;
+}
+
+int HttpCodec::onUrl(llhttp_t* p, const char* at, size_t len) {
+  HttpCodec* c = self(p);
+  c->url_ = c->append(c->url_, at, len);
+  if (c->url_.size() > c->limits_.max_uri_bytes) return c->fail(CodecError::kUriTooLong);
+  return 0;
+}
+
+int HttpCodec::onStatus(llhttp_t* p, const char* at, size_t len) {
+  HttpCodec* c = self(p);
+  c->status_ = c->append(c->status_, at, len);
+  return 0;
+}
+
+int HttpCodec::onHeaderField(llhttp_t* p, const char* at, size_t len) {
+  HttpCodec* c = self(p);
+  c->field_ = c->append(c->field_, at, len);
+  if (c->field_.size() > c->limits_.max_header_bytes) return c->fail(CodecError::kHeadersTooLarge);
+  return 0;
+}
+
+int HttpCodec::onHeaderValue(llhttp_t* p, const char* at, size_t len) {
+  HttpCodec* c = self(p);
+  c->value_ = c->append(c->value_, at, len);
+  c->in_value_ = true;
+  if (c->value_.size() > c->limits_.max_header_bytes) return c->fail(CodecError::kHeadersTooLarge);
+  return 0;
+}
+
+int HttpCodec::onHeaderValueComplete(llhttp_t* p) {
+  HttpCodec* c = self(p);
+  if (c->head_->headers.size() >= c->limits_.max_headers) return c->fail(CodecError::kHeadersTooLarge);
+  Header h;
+  h.name = c->field_;
+  h.value = trimOws(c->value_);
+  h.id = lookupHeader(h.name);
+  c->head_->headers.push_back(h);
+  c->field_ = c->value_ = {};
+  c->in_value_ = false;
+  return 0;
+}
+
+int HttpCodec::onHeadersComplete(llhttp_t* p) {
+  HttpCodec* c = self(p);
+  MessageHead* h = c->head_;
+  h->http_major = llhttp_get_http_major(p);
+  h->http_minor = llhttp_get_http_minor(p);
+  if (h->http_major != 1 || h->http_minor > 1) return c->fail(CodecError::kBadVersion);
+  h->chunked = (p->flags & F_CHUNKED) != 0;
+  h->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
+  h->content_length = h->has_content_length ? p->content_length : 0;
+  h->keep_alive = llhttp_should_keep_alive(p) != 0;
+  if (c->req_ != nullptr) {
+    RequestHead* r = c->req_;
+    r->method = llhttp_get_method(p);
+    r->method_name = llhttp_method_name(static_cast<llhttp_method_t>(r->method));
+    r->target = c->url_;
+    size_t q = r->target.find('?');
+    if (q == std::string_view::npos) {
+      r->path = r->target;
+      r->query = {};
+    } else {
+      r->path = r->target.substr(0, q);
+      r->query = r->target.substr(q + 1);
+    }
+    if (const Header* e = r->find(HeaderId::kExpect)) {
+      if (equalsIgnoreCase(e->value, "100-continue")) r->expect_continue = true;
+    }
+  } else {
+    c->resp_->status = llhttp_get_status_code(p);
+    c->resp_->reason = c->status_;
+  }
+  c->head_done_ = true;
+  // Pausing here makes llhttp_execute() return right after the head; the
+  // skip-body decision for HEAD responses is taken by llhttp from our return
+  // value, so that case cannot pause and is reported after execute().
+  if (c->resp_ != nullptr && c->request_was_head_) return 1;
+  return HPE_PAUSED;
+}
+
+int HttpCodec::onBody(llhttp_t* p, const char* at, size_t len) {
+  HttpCodec* c = self(p);
+  if (c->sink_ != nullptr) c->sink_->onBodyData({at, len});
+  return 0;
+}
+
+int HttpCodec::onMessageComplete(llhttp_t* p) {
+  HttpCodec* c = self(p);
+  c->in_message_ = false;
+  return HPE_PAUSED;
+}
+
+HttpCodec::Status HttpCodec::execute(const char* data, size_t len, size_t& consumed) {
+  consumed = 0;
+  if (error_ != CodecError::kNone) return Status::kError;
+  const bool head_was_done = head_done_;
+  const bool was_in_message = in_message_;
+  llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  if (err == HPE_OK) {
+    consumed = len;
+    if (!head_done_ && (in_message_ || was_in_message)) {
+      head_bytes_ += len;
+      if (head_bytes_ > limits_.max_header_bytes) {
+        error_ = CodecError::kHeadersTooLarge;
+        return Status::kError;
+      }
+    }
+    // A HEAD response completes without pausing in onHeadersComplete.
+    if (!head_was_done && head_done_ && !in_message_) return Status::kHeadComplete;
+    return Status::kNeedMore;
+  }
+  if (err == HPE_PAUSED) {
+    const char* pos = llhttp_get_error_pos(&parser_);
+    consumed = static_cast<size_t>(pos - data);
+    llhttp_resume(&parser_);
+    if (!in_message_) {
+      // Message complete. If the head also finished within this call, the
+      // owner still learns about the head first via headDone().
+      return Status::kMessageComplete;
+    }
+    if (!head_was_done && head_done_) {
+      head_bytes_ += consumed;
+      if (head_bytes_ > limits_.max_header_bytes) {
+        error_ = CodecError::kHeadersTooLarge;
+        return Status::kError;
+      }
+      return Status::kHeadComplete;
+    }
+    return Status::kNeedMore;
+  }
+  if (err == HPE_USER) return Status::kError;  // error_ set by fail()
+  if (err == HPE_INVALID_VERSION) {
+    error_ = CodecError::kBadVersion;
+  } else {
+    error_ = CodecError::kMalformed;
+  }
+  return Status::kError;
+}
+
+HttpCodec::Status HttpCodec::finish() {
+  if (error_ != CodecError::kNone) return Status::kError;
+  if (!in_message_) return Status::kNeedMore;
+  llhttp_errno_t err = llhttp_finish(&parser_);
+  if (err == HPE_OK || err == HPE_PAUSED) {
+    if (!in_message_) return Status::kMessageComplete;
+  }
+  error_ = CodecError::kMalformed;
+  return Status::kError;
+}
+
+}  // namespace portcullis

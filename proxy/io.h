@@ -1,0 +1,86 @@
+// Small I/O helpers shared by client and upstream connections.
+#pragma once
+
+#include <uv.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <vector>
+
+#include "proxy/metrics.h"
+
+namespace portcullis {
+
+// A fixed-size I/O buffer from a worker's pool. Bytes [start, end) are
+// received but not yet consumed by the parser.
+struct IoBuffer {
+  char* data = nullptr;
+  size_t cap = 0;
+  size_t start = 0;
+  size_t end = 0;
+  bool held() const { return data != nullptr; }
+  size_t unparsed() const { return end - start; }
+  size_t room() const { return cap - end; }
+};
+
+// Per-worker pool of equally sized buffers, so a keep-alive connection holds
+// no buffer while idle and a busy one reuses warm memory. Single-threaded.
+class BufferPool {
+ public:
+  BufferPool(size_t buffer_size, Gauge* held_bytes) : size_(buffer_size), held_(held_bytes) {}
+  ~BufferPool() {
+    for (char* p : free_) std::free(p);
+  }
+  size_t bufferSize() const { return size_; }
+  // Changes the size of buffers handed out from now on (before first use).
+  void setBufferSize(size_t size) {
+    for (char* p : free_) std::free(p);
+    free_.clear();
+    size_ = size;
+  }
+  void acquire(IoBuffer& b) {
+    if (b.held()) return;
+    if (!free_.empty()) {
+      b.data = free_.back();
+      free_.pop_back();
+    } else {
+      b.data = static_cast<char*>(std::malloc(size_));
+      if (b.data == nullptr) std::abort();
+    }
+    b.cap = size_;
+    b.start = b.end = 0;
+    held_->add(static_cast<int64_t>(size_));
+  }
+  void release(IoBuffer& b) {
+    if (!b.held()) return;
+    if (free_.size() < kMaxCached) {
+      free_.push_back(b.data);
+    } else {
+      std::free(b.data);
+    }
+    held_->add(-static_cast<int64_t>(size_));
+    b = IoBuffer{};
+  }
+
+ private:
+  static constexpr size_t kMaxCached = 256;
+  size_t size_;
+  Gauge* held_;
+  std::vector<char*> free_;
+};
+
+// Writes `bufs` to `stream`: first with uv_try_write, and whatever did not fit
+// with uv_write(req, cb). Returns 0 when everything was written synchronously
+// (cb will NOT be called), 1 when a write is pending (cb will be called once),
+// or a negative libuv error (cb will not be called). The bytes must stay
+// valid until cb runs; the bufs array itself may be reused at once.
+int writeOrQueue(uv_stream_t* stream, uv_write_t* req, uv_buf_t* bufs, unsigned nbufs, uv_write_cb cb);
+
+// Monotonic clock in microseconds.
+uint64_t nowUs();
+
+// Formats the peer address of `tcp` into `out` (numeric, no port).
+void peerAddress(const uv_tcp_t* tcp, char* out, size_t out_len, uint16_t* port);
+
+}  // namespace portcullis

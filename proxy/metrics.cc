@@ -1,0 +1,197 @@
+#include "proxy/metrics.h"
+
+#include <cstdarg>
+#include <cstdio>
+
+namespace portcullis {
+
+namespace {
+
+constexpr int kKnownStatuses[] = {100, 101, 200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404,
+                                  405, 408, 409, 411, 413, 414, 415, 422, 429, 431, 500, 501, 502, 503, 504, 505};
+constexpr size_t kKnown = sizeof(kKnownStatuses) / sizeof(kKnownStatuses[0]);
+static_assert(kKnown + 6 <= kStatusSlots);
+
+constexpr std::string_view kMethodNames[kMethodSlots] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"};
+
+void appendF(std::string& out, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+void appendF(std::string& out, const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  if (n > 0) out.append(buf, static_cast<size_t>(n) < sizeof(buf) ? static_cast<size_t>(n) : sizeof(buf) - 1);
+}
+
+std::string escapeLabel(std::string_view v) {
+  std::string s;
+  for (char c : v) {
+    if (c == '\\' || c == '"') s.push_back('\\');
+    if (c == '\n') {
+      s += "\\n";
+      continue;
+    }
+    s.push_back(c);
+  }
+  return s;
+}
+
+void renderHistogram(std::string& out, const char* name, const char* help,
+                     const std::vector<const WorkerMetrics*>& workers, const Histogram WorkerMetrics::*member) {
+  appendF(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+  uint64_t cumulative = 0;
+  uint64_t sum_us = 0;
+  for (size_t b = 0; b < Histogram::kBuckets; ++b) {
+    for (const WorkerMetrics* w : workers) cumulative += (w->*member).bucket(b);
+    if (b < Histogram::kBuckets - 1) {
+      appendF(out, "%s_bucket{le=\"%g\"} %llu\n", name, static_cast<double>(Histogram::kBoundsUs[b]) / 1e6,
+              static_cast<unsigned long long>(cumulative));
+    } else {
+      appendF(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, static_cast<unsigned long long>(cumulative));
+    }
+  }
+  for (const WorkerMetrics* w : workers) sum_us += (w->*member).sumUs();
+  appendF(out, "%s_sum %.6f\n%s_count %llu\n", name, static_cast<double>(sum_us) / 1e6, name,
+          static_cast<unsigned long long>(cumulative));
+}
+
+template <typename F>
+uint64_t sum(const std::vector<const WorkerMetrics*>& workers, F f) {
+  uint64_t s = 0;
+  for (const WorkerMetrics* w : workers) s += f(*w);
+  return s;
+}
+
+}  // namespace
+
+size_t methodSlot(std::string_view m) {
+  for (size_t i = 0; i < kMethodSlots - 1; ++i)
+    if (kMethodNames[i] == m) return i;
+  return kMethodSlots - 1;
+}
+
+std::string_view methodSlotName(size_t slot) { return kMethodNames[slot < kMethodSlots ? slot : kMethodSlots - 1]; }
+
+size_t statusSlot(int status) {
+  for (size_t i = 0; i < kKnown; ++i)
+    if (kKnownStatuses[i] == status) return i;
+  int cls = status / 100;
+  if (cls < 1 || cls > 5) cls = 6;  // nonsense codes share one slot
+  return kKnown + static_cast<size_t>(cls - 1);
+}
+
+std::string statusSlotLabel(size_t slot) {
+  if (slot < kKnown) return std::to_string(kKnownStatuses[slot]);
+  size_t cls = slot - kKnown + 1;
+  if (cls > 5) return "other";
+  return std::to_string(cls) + "xx";
+}
+
+std::string_view upstreamErrorName(UpstreamError e) {
+  switch (e) {
+    case UpstreamError::kConnectFailed: return "connect_failed";
+    case UpstreamError::kConnectTimeout: return "connect_timeout";
+    case UpstreamError::kResponseTimeout: return "response_timeout";
+    case UpstreamError::kReset: return "reset";
+    case UpstreamError::kBadResponse: return "bad_response";
+    case UpstreamError::kNoHealthyServer: return "no_healthy_server";
+    case UpstreamError::kCount: break;
+  }
+  return "unknown";
+}
+
+size_t RouteLabels::idFor(std::string_view prefix) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 1; i < names_.size(); ++i)
+    if (names_[i] == prefix) return i < kMaxRouteLabels ? i : kMaxRouteLabels - 1;
+  names_.emplace_back(prefix);
+  size_t id = names_.size() - 1;
+  return id < kMaxRouteLabels ? id : kMaxRouteLabels - 1;
+}
+
+std::string RouteLabels::name(size_t id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (id == kMaxRouteLabels - 1 && names_.size() > kMaxRouteLabels) return "other";
+  return id < names_.size() ? names_[id] : std::string();
+}
+
+size_t RouteLabels::count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return names_.size() < kMaxRouteLabels ? names_.size() : kMaxRouteLabels;
+}
+
+std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, const RouteLabels& labels,
+                          const MetricsExtra& extra) {
+  std::string out;
+  out.reserve(16384);
+  out += "# HELP portcullis_requests_total Requests answered, by route prefix, method and status.\n";
+  out += "# TYPE portcullis_requests_total counter\n";
+  const size_t nroutes = labels.count();
+  for (size_t r = 0; r < nroutes; ++r) {
+    std::string route = escapeLabel(labels.name(r));
+    for (size_t m = 0; m < kMethodSlots; ++m) {
+      for (size_t s = 0; s < kStatusSlots; ++s) {
+        uint64_t v = sum(workers, [&](const WorkerMetrics& w) { return w.requests[r][m][s].get(); });
+        if (v == 0) continue;
+        appendF(out, "portcullis_requests_total{route=\"%s\",method=\"%s\",status=\"%s\"} %llu\n", route.c_str(),
+                std::string(methodSlotName(m)).c_str(), statusSlotLabel(s).c_str(),
+                static_cast<unsigned long long>(v));
+      }
+    }
+  }
+  renderHistogram(out, "portcullis_request_duration_seconds",
+                  "Time from request head received to response complete.", workers, &WorkerMetrics::request_latency);
+  renderHistogram(out, "portcullis_upstream_response_seconds",
+                  "Time from request sent upstream to response head received.", workers,
+                  &WorkerMetrics::upstream_latency);
+
+  auto counter = [&](const char* name, const char* help, uint64_t v) {
+    appendF(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+            static_cast<unsigned long long>(v));
+  };
+  auto gauge = [&](const char* name, const char* help, int64_t v) {
+    appendF(out, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, static_cast<long long>(v));
+  };
+  gauge("portcullis_connections_active", "Client connections currently open.",
+        static_cast<int64_t>(sum(workers, [](const WorkerMetrics& w) { return w.connections_active.get(); })));
+  counter("portcullis_connections_total", "Client connections accepted.",
+          sum(workers, [](const WorkerMetrics& w) { return w.connections_total.get(); }));
+  counter("portcullis_connections_refused_total", "Client connections closed at once by connection limits.",
+          sum(workers, [](const WorkerMetrics& w) { return w.connections_refused.get(); }));
+  gauge("portcullis_buffered_bytes", "Bytes of I/O buffers currently held by connections.",
+        static_cast<int64_t>(sum(workers, [](const WorkerMetrics& w) { return w.buffered_bytes.get(); })));
+  counter("portcullis_received_bytes_total", "Bytes received from clients.",
+          sum(workers, [](const WorkerMetrics& w) { return w.bytes_in.get(); }));
+  counter("portcullis_sent_bytes_total", "Bytes sent to clients.",
+          sum(workers, [](const WorkerMetrics& w) { return w.bytes_out.get(); }));
+  counter("portcullis_parse_errors_total", "Requests refused because they could not be parsed.",
+          sum(workers, [](const WorkerMetrics& w) { return w.parse_errors.get(); }));
+  counter("portcullis_upstream_retries_total", "Requests retried on a new upstream connection.",
+          sum(workers, [](const WorkerMetrics& w) { return w.upstream_retries.get(); }));
+
+  out += "# HELP portcullis_upstream_errors_total Upstream failures by kind.\n";
+  out += "# TYPE portcullis_upstream_errors_total counter\n";
+  for (size_t k = 0; k < static_cast<size_t>(UpstreamError::kCount); ++k) {
+    uint64_t v = sum(workers, [&](const WorkerMetrics& w) { return w.upstream_errors[k].get(); });
+    appendF(out, "portcullis_upstream_errors_total{kind=\"%s\"} %llu\n",
+            std::string(upstreamErrorName(static_cast<UpstreamError>(k))).c_str(),
+            static_cast<unsigned long long>(v));
+  }
+  out += "# HELP portcullis_upstream_healthy Active health check state of each upstream server (1 = healthy).\n";
+  out += "# TYPE portcullis_upstream_healthy gauge\n";
+  for (const auto& [name, healthy] : extra.upstream_health) {
+    appendF(out, "portcullis_upstream_healthy{server=\"%s\"} %d\n", escapeLabel(name).c_str(), healthy ? 1 : 0);
+  }
+  counter("portcullis_log_lines_written_total", "Access log lines written.", extra.log_written);
+  counter("portcullis_log_lines_dropped_total", "Access log lines dropped because the queue was full.",
+          extra.log_dropped);
+  gauge("portcullis_log_queue_depth", "Access log lines waiting to be written.",
+        static_cast<int64_t>(extra.log_queue_depth));
+  counter("portcullis_config_reloads_total", "Successful configuration reloads.", extra.config_reloads);
+  counter("portcullis_config_reload_failures_total", "Refused configuration reloads.",
+          extra.config_reload_failures);
+  return out;
+}
+
+}  // namespace portcullis

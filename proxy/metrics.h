@@ -1,0 +1,120 @@
+// Per-worker counters, written only by their worker (relaxed load+store, no
+// locked instruction on the hot path) and summed by the admin thread on scrape.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace portcullis {
+
+// A counter with a single writer thread and any number of readers.
+class Counter {
+ public:
+  void inc(uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  uint64_t get() const { return v_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> v_{0};
+};
+
+// A gauge with a single writer thread.
+class Gauge {
+ public:
+  void add(int64_t n) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  int64_t get() const { return v_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<int64_t> v_{0};
+};
+
+// Latency histogram with fixed buckets in microseconds (Prometheus style:
+// rendered cumulatively, in seconds).
+class Histogram {
+ public:
+  static constexpr uint64_t kBoundsUs[] = {100,    250,    500,     1000,    2500,    5000,     10000,
+                                           25000,  50000,  100000,  250000,  500000,  1000000,  2500000,
+                                           5000000, 10000000};
+  static constexpr size_t kBuckets = sizeof(kBoundsUs) / sizeof(kBoundsUs[0]) + 1;  // + Inf
+  void observe(uint64_t us) {
+    size_t i = 0;
+    while (i < kBuckets - 1 && us > kBoundsUs[i]) ++i;
+    buckets_[i].inc();
+    sum_us_.inc(us);
+  }
+  uint64_t bucket(size_t i) const { return buckets_[i].get(); }
+  uint64_t sumUs() const { return sum_us_.get(); }
+
+ private:
+  Counter buckets_[kBuckets];
+  Counter sum_us_;
+};
+
+// Route labels are assigned by the main thread when a snapshot is built and
+// never reused, so a worker's counters stay meaningful across reloads. Ids
+// beyond kMaxRouteLabels - 1 share the last label "other".
+inline constexpr size_t kMaxRouteLabels = 64;
+inline constexpr size_t kMethodSlots = 8;   // GET HEAD POST PUT PATCH DELETE OPTIONS other
+inline constexpr size_t kStatusSlots = 40;  // see statusSlot()
+
+size_t methodSlot(std::string_view method);
+std::string_view methodSlotName(size_t slot);
+size_t statusSlot(int status);
+std::string statusSlotLabel(size_t slot);  // "200", ..., or "1xx".."5xx" for others
+
+enum class UpstreamError : uint8_t {
+  kConnectFailed,
+  kConnectTimeout,
+  kResponseTimeout,
+  kReset,           // closed or reset before the response completed
+  kBadResponse,     // unparsable response
+  kNoHealthyServer,
+  kCount
+};
+std::string_view upstreamErrorName(UpstreamError e);
+
+struct WorkerMetrics {
+  Counter requests[kMaxRouteLabels][kMethodSlots][kStatusSlots];
+  Histogram request_latency;   // head received -> response complete
+  Histogram upstream_latency;  // request sent -> response head received
+  Counter connections_total;
+  Gauge connections_active;
+  Counter connections_refused;  // over max_connections / per-IP limit
+  Counter upstream_errors[static_cast<size_t>(UpstreamError::kCount)];
+  Counter upstream_retries;
+  Counter bytes_in;
+  Counter bytes_out;
+  Gauge buffered_bytes;  // bytes of pooled I/O buffers currently held by connections
+  Counter parse_errors;
+};
+
+class RouteLabels {
+ public:
+  // Returns the label id of `prefix`, assigning the next id the first time.
+  // Called by the main thread only (snapshot building); readers use name().
+  size_t idFor(std::string_view prefix);
+  std::string name(size_t id) const;
+  size_t count() const;
+
+ private:
+  mutable std::mutex mu_;  // main/admin thread only, never on the request path
+  std::vector<std::string> names_{"none"};  // id 0: requests that matched no route
+};
+
+// Renders Prometheus text exposition for all workers' metrics.
+struct MetricsExtra {
+  uint64_t log_written = 0;
+  uint64_t log_dropped = 0;
+  size_t log_queue_depth = 0;
+  uint64_t config_reloads = 0;
+  uint64_t config_reload_failures = 0;
+  std::vector<std::pair<std::string, bool>> upstream_health;  // "upstream/host:port" -> healthy
+};
+std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, const RouteLabels& labels,
+                          const MetricsExtra& extra);
+
+}  // namespace portcullis

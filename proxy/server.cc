@@ -1,0 +1,336 @@
+#include "proxy/server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+
+#include "proxy/access_log.h"
+#include "proxy/admin_server.h"
+#include "proxy/health_check.h"
+#include "proxy/worker.h"
+
+namespace portcullis {
+
+void logLine(const char* level, const std::string& message) {
+  char ts[32];
+  std::time_t t = std::time(nullptr);
+  std::tm tm;
+  gmtime_r(&t, &tm);
+  std::strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  std::fprintf(stderr, "%s [%s] %s\n", ts, level, message.c_str());
+  std::fflush(stderr);
+}
+
+int openReusePortSocket(const HostPort& addr, uint16_t& bound_port, std::string& error) {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  const bool v6 = addr.host.find(':') != std::string::npos;
+  if (v6) {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(addr.port);
+    if (inet_pton(AF_INET6, addr.host.c_str(), &sin6->sin6_addr) != 1) {
+      error = "bad address " + addr.str();
+      return -EINVAL;
+    }
+    len = sizeof(sockaddr_in6);
+  } else {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(addr.port);
+    if (inet_pton(AF_INET, addr.host.c_str(), &sin->sin_addr) != 1) {
+      error = "bad address " + addr.str();
+      return -EINVAL;
+    }
+    len = sizeof(sockaddr_in);
+  }
+  int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    error = std::string("socket: ") + std::strerror(errno);
+    return -errno;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+    int e = errno;
+    ::close(fd);
+    error = std::string("SO_REUSEPORT: ") + std::strerror(e);
+    return -e;
+  }
+  if (v6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    int e = errno;
+    ::close(fd);
+    error = "bind " + addr.str() + ": " + std::strerror(e);
+    return -e;
+  }
+  sockaddr_storage got{};
+  socklen_t glen = sizeof(got);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&got), &glen);
+  bound_port = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&got)->sin6_port
+                        : reinterpret_cast<sockaddr_in*>(&got)->sin_port);
+  return fd;
+}
+
+Server::Server(ServerOptions options) : options_(std::move(options)) {}
+
+Server::~Server() = default;
+
+bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::string& error) {
+  auto cfg = std::make_shared<Config>();
+  if (!loadConfig(options_.config_path, *cfg, error)) return false;
+  if (!checkSupported(*cfg, error)) return false;
+  FilterFactoryList filters;
+  // Configured filters are added here as they land (https_enforce,
+  // validate, token_check, rate_limit, upload_encrypt, ...).
+  for (const auto& f : options_.extra_filters) filters.push_back(f);
+  if (filters.size() > FilterChain::kMaxFilters) {
+    error = "too many filters";
+    return false;
+  }
+  out = buildSnapshot(cfg, std::move(filters), health_, labels_, ++generation_);
+  return true;
+}
+
+bool Server::startup(std::string& error) {
+  std::shared_ptr<const Snapshot> snap;
+  if (!buildSnapshotFromFile(snap, error)) return false;
+  const Config& cfg = *snap->config;
+  snapshot_ = snap;
+  config_ = snap->config;
+
+  access_log_ = std::make_unique<LogWriter>();
+  if (!access_log_->start(cfg.log.access, error)) return false;
+  shared_ = std::make_unique<WorkerShared>();
+  shared_->access_log = access_log_.get();
+
+  // One SO_REUSEPORT socket per worker; the kernel spreads connections.
+  // With port 0 the first bind picks the port and the others reuse it.
+  HostPort listen = cfg.server.listen_http;
+  for (unsigned i = 0; i < cfg.server.workers; ++i) {
+    uint16_t port = 0;
+    int fd = openReusePortSocket(listen, port, error);
+    if (fd < 0) return false;
+    listen.port = port;
+    http_port_ = port;
+    auto w = std::make_unique<Worker>(i, shared_.get());
+    if (!w->init(fd, snap, error)) return false;
+    workers_.push_back(std::move(w));
+  }
+
+  admin_ = std::make_unique<AdminServer>(&loop_, [this](std::string_view method, std::string_view path,
+                                                        AdminReply& reply) {
+    if (method != "GET" && method != "HEAD") {
+      reply.status = 405;
+      reply.body = "method not allowed\n";
+    } else if (path == "/healthz") {
+      reply.body = "ok\n";
+    } else if (path == "/readyz") {
+      reply.status = shutting_down_ ? 503 : 200;
+      reply.body = shutting_down_ ? "draining\n" : "ready\n";
+    } else if (path == "/metrics") {
+      reply.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      reply.body = renderMetricsText();
+    } else {
+      reply.status = 404;
+      reply.body = "not found\n";
+    }
+  });
+  if (!admin_->listen(cfg.server.admin_listen.host, cfg.server.admin_listen.port, error)) return false;
+  admin_port_ = admin_->port();
+
+  health_checker_ = std::make_unique<HealthChecker>(&loop_);
+  health_checker_->update(*snap);
+
+  for (auto& w : workers_) w->start();
+  HostPort shown = cfg.server.listen_http;
+  shown.port = http_port_;
+  logLine("info", "portcullis " PORTCULLIS_VERSION " listening http " + shown.str() + " with " +
+                      std::to_string(workers_.size()) + " worker(s)");
+  HostPort admin_shown = cfg.server.admin_listen;
+  admin_shown.port = admin_port_;
+  logLine("info", "admin listening " + admin_shown.str());
+  return true;
+}
+
+int Server::run() {
+  uv_loop_init(&loop_);
+  uv_async_init(&loop_, &async_, &Server::onAsync);
+  async_.data = this;
+  {
+    std::lock_guard<std::mutex> lock(ready_mu_);
+    async_ready_ = true;
+  }
+  std::string error;
+  if (!startup(error)) {
+    logLine("error", error);
+    for (auto& w : workers_) w->postShutdown(0);
+    for (auto& w : workers_) {
+      w->start();
+      w->join();
+    }
+    if (admin_) admin_->close();
+    if (health_checker_) health_checker_->stop();
+    {
+      std::lock_guard<std::mutex> lock(ready_mu_);
+      async_ready_ = false;
+      uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+    }
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    workers_.clear();
+    if (access_log_) access_log_->stop();
+    uv_loop_close(&loop_);
+    setReady(false);
+    return 1;
+  }
+  if (options_.handle_signals) {
+    signal(SIGPIPE, SIG_IGN);
+    uv_signal_init(&loop_, &sig_hup_);
+    uv_signal_init(&loop_, &sig_term_);
+    uv_signal_init(&loop_, &sig_int_);
+    uv_signal_init(&loop_, &sig_usr1_);
+    for (uv_signal_t* s : {&sig_hup_, &sig_term_, &sig_int_, &sig_usr1_}) s->data = this;
+    uv_signal_start(&sig_hup_, &Server::onSignal, SIGHUP);
+    uv_signal_start(&sig_term_, &Server::onSignal, SIGTERM);
+    uv_signal_start(&sig_int_, &Server::onSignal, SIGINT);
+    uv_signal_start(&sig_usr1_, &Server::onSignal, SIGUSR1);
+    signals_installed_ = true;
+  }
+  setReady(true);
+  if (want_shutdown_ || want_reload_ || want_reopen_) uv_async_send(&async_);
+  uv_run(&loop_, UV_RUN_DEFAULT);
+
+  for (auto& w : workers_) w->join();
+  workers_.clear();
+  access_log_->stop();
+  uv_loop_close(&loop_);
+  logLine("info", "stopped");
+  return 0;
+}
+
+void Server::setReady(bool ok) {
+  std::lock_guard<std::mutex> lock(ready_mu_);
+  ready_state_ = ok ? 1 : -1;
+  ready_cv_.notify_all();
+}
+
+bool Server::waitReady() {
+  std::unique_lock<std::mutex> lock(ready_mu_);
+  ready_cv_.wait(lock, [this] { return ready_state_ != 0; });
+  return ready_state_ == 1;
+}
+
+// The async handle is closed at shutdown; ready_mu_ keeps a concurrent
+// request*() from touching it after that.
+void Server::requestShutdown() {
+  want_shutdown_ = true;
+  std::lock_guard<std::mutex> lock(ready_mu_);
+  if (async_ready_) uv_async_send(&async_);
+}
+void Server::requestReload() {
+  want_reload_ = true;
+  std::lock_guard<std::mutex> lock(ready_mu_);
+  if (async_ready_) uv_async_send(&async_);
+}
+void Server::requestReopen() {
+  want_reopen_ = true;
+  std::lock_guard<std::mutex> lock(ready_mu_);
+  if (async_ready_) uv_async_send(&async_);
+}
+
+void Server::onAsync(uv_async_t* a) {
+  auto* s = static_cast<Server*>(a->data);
+  if (s->ready_state_ != 1) return;  // run() re-sends once ready
+  if (s->want_reopen_.exchange(false)) s->access_log_->reopen();
+  if (s->want_reload_.exchange(false)) s->reload();
+  if (s->want_shutdown_.exchange(false)) s->beginShutdown();
+}
+
+void Server::onSignal(uv_signal_t* sig, int signum) {
+  auto* s = static_cast<Server*>(sig->data);
+  switch (signum) {
+    case SIGHUP:
+      s->reload();
+      break;
+    case SIGUSR1:
+      logLine("info", "reopening log files");
+      s->access_log_->reopen();
+      break;
+    default:
+      s->beginShutdown();
+      break;
+  }
+}
+
+void Server::reload() {
+  if (shutting_down_) return;
+  std::string error;
+  std::shared_ptr<const Snapshot> snap;
+  if (!buildSnapshotFromFile(snap, error)) {
+    reload_failures_++;
+    logLine("error", "reload refused, keeping the running config: " + error);
+    return;
+  }
+  const Config& old = *config_;
+  const Config& cfg = *snap->config;
+  if (cfg.server.listen_http.str() != old.server.listen_http.str() || cfg.server.workers != old.server.workers ||
+      cfg.server.admin_listen.str() != old.server.admin_listen.str() || cfg.log.access != old.log.access) {
+    logLine("warn", "reload: listeners, worker count and log paths change only on restart");
+  }
+  snapshot_ = snap;
+  config_ = snap->config;
+  for (auto& w : workers_) w->postSnapshot(snap);
+  health_checker_->update(*snap);
+  reloads_++;
+  logLine("info", "config reloaded (generation " + std::to_string(snap->generation) + ")");
+}
+
+void Server::beginShutdown() {
+  if (shutting_down_) return;
+  shutting_down_ = true;
+  const uint32_t grace = config_->server.shutdown_grace_ms;
+  logLine("info", "shutting down: draining for up to " + std::to_string(grace) + " ms");
+  for (auto& w : workers_) w->postShutdown(grace);
+  admin_->close();
+  health_checker_->stop();
+  if (signals_installed_) {
+    for (uv_signal_t* s : {&sig_hup_, &sig_term_, &sig_int_, &sig_usr1_})
+      uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+  }
+  {
+    std::lock_guard<std::mutex> lock(ready_mu_);
+    async_ready_ = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+  }
+}
+
+int64_t Server::bufferedBytes() const {
+  int64_t total = 0;
+  for (const auto& w : workers_) total += w->metrics().buffered_bytes.get();
+  return total;
+}
+
+std::string Server::renderMetricsText() const {
+  std::vector<const WorkerMetrics*> ms;
+  for (const auto& w : workers_) ms.push_back(&w->metrics());
+  MetricsExtra extra;
+  if (access_log_) {
+    extra.log_written = access_log_->written();
+    extra.log_dropped = access_log_->dropped();
+    extra.log_queue_depth = access_log_->depth();
+  }
+  extra.config_reloads = reloads_.load();
+  extra.config_reload_failures = reload_failures_.load();
+  extra.upstream_health = health_.list();
+  return renderMetrics(ms, labels_, extra);
+}
+
+}  // namespace portcullis

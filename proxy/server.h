@@ -1,0 +1,110 @@
+// The main thread: loads the config, opens the listeners, starts the workers,
+// serves the admin endpoints, runs health checks, and turns signals into
+// reload / drain / log reopen (SPEC §2). Also usable in-process by tests.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "filters/filter_chain.h"
+#include "proxy/config.h"
+#include "proxy/metrics.h"
+#include "proxy/snapshot.h"
+
+namespace portcullis {
+
+class AdminServer;
+class HealthChecker;
+class LogWriter;
+class Worker;
+struct WorkerShared;
+
+struct ServerOptions {
+  std::string config_path;
+  // Appended to the configured filter chain of every snapshot (tests).
+  FilterFactoryList extra_filters;
+  // Install SIGHUP/SIGTERM/SIGINT/SIGUSR1 handlers (the real binary does;
+  // in-process tests use the request*() functions instead).
+  bool handle_signals = true;
+};
+
+class Server {
+ public:
+  explicit Server(ServerOptions options);
+  ~Server();
+
+  // Loads the config, starts everything, and runs until shut down. Returns
+  // the process exit status (0 after a clean drain, 1 if startup failed).
+  int run();
+
+  // Thread-safe; usable before run() returns.
+  void requestShutdown();
+  void requestReload();
+  void requestReopen();
+  // Blocks until startup finished (true) or failed (false).
+  bool waitReady();
+
+  // Valid once ready.
+  uint16_t httpPort() const { return http_port_; }
+  uint16_t adminPort() const { return admin_port_; }
+  uint64_t reloads() const { return reloads_.load(); }
+  uint64_t reloadFailures() const { return reload_failures_.load(); }
+  // Sum of a metric over workers, for tests (relaxed reads).
+  int64_t bufferedBytes() const;
+  std::string renderMetricsText() const;
+
+ private:
+  bool startup(std::string& error);
+  bool buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::string& error);
+  void reload();
+  void beginShutdown();
+  static void onAsync(uv_async_t* a);
+  static void onSignal(uv_signal_t* s, int signum);
+  void setReady(bool ok);
+
+  ServerOptions options_;
+  uv_loop_t loop_;
+  uv_async_t async_;
+  uv_signal_t sig_hup_, sig_term_, sig_int_, sig_usr1_;
+  std::unique_ptr<LogWriter> access_log_;
+  std::unique_ptr<WorkerShared> shared_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::unique_ptr<AdminServer> admin_;
+  std::unique_ptr<HealthChecker> health_checker_;
+  HealthTable health_;
+  RouteLabels labels_;
+  std::shared_ptr<const Config> config_;
+  std::shared_ptr<const Snapshot> snapshot_;
+  uint64_t generation_ = 0;
+  uint16_t http_port_ = 0;
+  uint16_t admin_port_ = 0;
+  bool shutting_down_ = false;
+  bool signals_installed_ = false;
+
+  std::atomic<uint64_t> reloads_{0};
+  std::atomic<uint64_t> reload_failures_{0};
+  std::atomic<bool> want_shutdown_{false};
+  std::atomic<bool> want_reload_{false};
+  std::atomic<bool> want_reopen_{false};
+  std::atomic<bool> async_ready_{false};
+
+  std::mutex ready_mu_;
+  std::condition_variable ready_cv_;
+  int ready_state_ = 0;  // 0 pending, 1 ready, -1 failed
+};
+
+// Opens one listening-capable TCP socket bound to `addr` with SO_REUSEADDR and
+// SO_REUSEPORT (libuv 1.44 has no UV_TCP_REUSEPORT), non-blocking, not yet
+// listening. Returns the fd or -errno; `bound_port` receives the actual port.
+int openReusePortSocket(const HostPort& addr, uint16_t& bound_port, std::string& error);
+
+// Logs one line to stderr with a UTC timestamp and level.
+void logLine(const char* level, const std::string& message);
+
+}  // namespace portcullis

@@ -1,0 +1,57 @@
+// An immutable view of everything a request needs that can change on reload:
+// the config, the routing table, the filter chain and shared upstream health.
+// Built and validated by the main thread, then published to each worker; a
+// request keeps the snapshot it started with until it completes.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "filters/filter_chain.h"
+#include "proxy/config.h"
+
+namespace portcullis {
+
+// Health state of every upstream server, written by the health checker on the
+// main thread and read by workers without locks. Survives reloads: entries
+// are keyed by "upstream/host:port" and only ever added.
+class HealthTable {
+ public:
+  struct Entry {
+    std::string key;
+    std::atomic<bool> healthy{true};
+  };
+  // Main thread only. Returns a stable pointer.
+  Entry* entryFor(const std::string& key);
+  std::vector<std::pair<std::string, bool>> list() const;
+
+ private:
+  std::vector<std::unique_ptr<Entry>> entries_;
+};
+
+class RouteLabels;
+
+struct Snapshot {
+  std::shared_ptr<const Config> config;
+  uint64_t generation = 0;
+  FilterFactoryList filters;
+  // Routes sorted by prefix length, longest first (longest prefix wins).
+  std::vector<const RouteConfig*> routes;
+  std::vector<size_t> route_labels;  // metrics label id per config route index
+  // Per upstream (config order), per server: its health entry.
+  std::vector<std::vector<HealthTable::Entry*>> health;
+
+  // Returns the route whose prefix is the longest prefix of `path`, or null.
+  const RouteConfig* match(std::string_view path) const;
+  size_t routeIndex(const RouteConfig* r) const { return static_cast<size_t>(r - config->routes.data()); }
+};
+
+// Builds a snapshot from a loaded config (routing table, health entries,
+// metric labels) and the given filter factories.
+std::shared_ptr<const Snapshot> buildSnapshot(std::shared_ptr<const Config> config, FilterFactoryList filters,
+                                              HealthTable& health, RouteLabels& labels, uint64_t generation);
+
+}  // namespace portcullis

@@ -1,0 +1,28 @@
+#include <string>
+
+#include "proxy/config.h"
+
+namespace portcullis {
+
+bool checkSupported(const Config& config, std::string& error) {
+  std::string out;
+  auto refuse = [&](const std::string& key, const char* what) {
+    out += config.path + ": " + key + ": " + what + " is not available in this build yet\n";
+  };
+  if (!config.server.listen_https.empty()) refuse("server.listen_https", "TLS termination");
+  for (size_t i = 0; i < config.routes.size(); ++i) {
+    const RouteConfig& r = config.routes[i];
+    const std::string k = "route[" + std::to_string(i) + "].";
+    if (r.auth) refuse(k + "auth", "token authentication (set auth = false for a public route)");
+    if (r.validate_json) refuse(k + "validate_json", "JSON body validation");
+    if (!r.content_types.empty()) refuse(k + "content_types", "the Content-Type allowlist");
+    if (r.upload) refuse(k + "upload", "upload sniffing");
+    if (r.encrypt_body) refuse(k + "encrypt_body", "upload encryption");
+  }
+  if (out.empty()) return true;
+  out.pop_back();
+  error = out;
+  return false;
+}
+
+}  // namespace portcullis

@@ -1,0 +1,111 @@
+// Upstream side of a worker: a pool of keep-alive connections per [[upstream]],
+// server selection (round_robin / least_request), passive failure marking.
+// Everything here belongs to one worker thread.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "proxy/config.h"
+#include "proxy/http_codec.h"
+#include "proxy/io.h"
+#include "proxy/metrics.h"
+#include "proxy/snapshot.h"
+
+namespace portcullis {
+
+class Connection;
+class UpstreamPool;
+class Worker;
+
+// One TCP connection to one upstream server. While it serves a request its
+// owner (a client Connection) drives it and receives its events; while idle
+// it sits in its pool, reading only to notice that the server closed it.
+class UpstreamConn {
+ public:
+  enum class State : uint8_t { kConnecting, kActive, kIdle, kClosing };
+
+  UpstreamConn(std::shared_ptr<UpstreamPool> pool, size_t server);
+  ~UpstreamConn();
+
+  // Starts a non-blocking connect; the owner gets onUpstreamConnected().
+  int connect(const sockaddr* addr);
+  // Closes the socket and frees this object once libuv is done with it. The
+  // owner, if any, is detached first and gets no more events.
+  void close();
+
+  // Buffer and parser used by the owner while active.
+  uv_tcp_t tcp;
+  uv_connect_t connect_req;
+  uv_write_t write_req;
+  uv_timer_t timer;
+  IoBuffer rbuf;
+  HttpCodec codec;
+
+  std::shared_ptr<UpstreamPool> pool;
+  size_t server;
+  Connection* owner = nullptr;
+  State state = State::kConnecting;
+  bool reused = false;         // taken from the idle pool for this request
+  bool write_pending = false;
+  uint32_t requests = 0;       // requests served on this connection
+
+  // Starts/stops reading into rbuf (acquired from the worker's pool).
+  void startReading();
+  void stopReading();
+  void releaseBuffer();
+
+ private:
+  int handles_open_ = 0;
+  static void onClose(uv_handle_t* h);
+};
+
+class UpstreamPool : public std::enable_shared_from_this<UpstreamPool> {
+ public:
+  UpstreamPool(Worker* worker, const UpstreamConfig& config, std::vector<HealthTable::Entry*> health);
+  ~UpstreamPool();
+
+  // Picks a server and returns a connection to it: an idle pooled one when
+  // available (reused = true) unless `fresh` is set, else a new connecting
+  // one. Returns null when no server can be used, with `err` saying why.
+  UpstreamConn* acquire(bool fresh, UpstreamError& err);
+  // Gives a connection back after its request. A reusable one goes to the
+  // idle list (bounded by max_idle_per_server); anything else is closed.
+  void release(UpstreamConn* c, bool reusable);
+  // Passive health: a server that failed to connect is skipped for
+  // fail_timeout_ms (unless every server is failed, then it is tried anyway).
+  void markFailed(size_t server);
+  // Closes idle connections and marks the pool retired: connections released
+  // later are closed instead of pooled.
+  void retire();
+  // Called by an idle connection that saw EOF/data/error: drop it.
+  void dropIdle(UpstreamConn* c);
+
+  bool sameServers(const UpstreamConfig& other) const;
+  const UpstreamConfig& config() const { return config_; }
+  Worker* worker() const { return worker_; }
+  size_t serverCount() const { return servers_.size(); }
+
+ private:
+  struct Server {
+    HostPort addr;
+    sockaddr_storage sa;
+    HealthTable::Entry* health;
+    uint32_t active = 0;         // requests in flight on this worker
+    uint64_t down_until_us = 0;  // passive failure
+    std::vector<UpstreamConn*> idle;
+  };
+  bool usable(const Server& s, uint64_t now) const;
+
+  Worker* worker_;
+  UpstreamConfig config_;
+  std::vector<Server> servers_;
+  size_t rr_next_ = 0;
+  bool retired_ = false;
+  friend class UpstreamConn;
+};
+
+}  // namespace portcullis

@@ -1,0 +1,223 @@
+#include "proxy/worker.h"
+
+#include <sys/random.h>
+#include <xxhash.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "proxy/connection.h"
+
+namespace portcullis {
+
+namespace {
+// Pool buffers must hold a whole request head plus some body, so their size
+// follows limits.max_header_bytes (at least 64 KiB).
+size_t bufferSizeFor(const Config& c) {
+  size_t want = static_cast<size_t>(c.limits.max_header_bytes) + 16384;
+  size_t size = 65536;
+  while (size < want) size <<= 1;
+  return size;
+}
+}  // namespace
+
+Worker::Worker(unsigned id, WorkerShared* shared)
+    : id_(id), shared_(shared), metrics_(std::make_unique<WorkerMetrics>()), buffers_(65536, &metrics_->buffered_bytes) {
+  if (getrandom(&request_seed_, sizeof(request_seed_), 0) != sizeof(request_seed_)) {
+    request_seed_ = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^ id;
+  }
+}
+
+Worker::~Worker() { uv_loop_close(&loop_); }
+
+bool Worker::init(int listen_fd, std::shared_ptr<const Snapshot> snapshot, std::string& error) {
+  uv_loop_init(&loop_);
+  loop_.data = this;
+  buffers_.setBufferSize(bufferSizeFor(*snapshot->config));
+  uv_tcp_init(&loop_, &listener_);
+  listener_.data = this;
+  int rc = uv_tcp_open(&listener_, listen_fd);
+  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 4096, &Worker::onConnection);
+  if (rc != 0) {
+    error = std::string("listen: ") + uv_strerror(rc);
+    return false;
+  }
+  listening_ = true;
+  uv_async_init(&loop_, &async_, &Worker::onAsync);
+  async_.data = this;
+  uv_timer_init(&loop_, &grace_timer_);
+  grace_timer_.data = this;
+  applySnapshot(std::move(snapshot));
+  return true;
+}
+
+void Worker::start() {
+  thread_ = std::thread([this] {
+    char name[16];
+    std::snprintf(name, sizeof(name), "pc-worker-%u", id_);
+    pthread_setname_np(pthread_self(), name);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+  });
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::postSnapshot(std::shared_ptr<const Snapshot> snap) {
+  {
+    std::lock_guard<std::mutex> lock(post_mu_);
+    pending_snapshot_ = std::move(snap);
+  }
+  uv_async_send(&async_);
+}
+
+void Worker::postShutdown(uint32_t grace_ms) {
+  {
+    std::lock_guard<std::mutex> lock(post_mu_);
+    pending_shutdown_ = true;
+    pending_grace_ms_ = grace_ms;
+  }
+  uv_async_send(&async_);
+}
+
+void Worker::onAsync(uv_async_t* a) {
+  auto* w = static_cast<Worker*>(a->data);
+  std::shared_ptr<const Snapshot> snap;
+  bool shutdown = false;
+  uint32_t grace = 0;
+  {
+    std::lock_guard<std::mutex> lock(w->post_mu_);
+    snap = std::move(w->pending_snapshot_);
+    shutdown = w->pending_shutdown_;
+    w->pending_shutdown_ = false;
+    grace = w->pending_grace_ms_;
+  }
+  if (snap) w->applySnapshot(std::move(snap));
+  if (shutdown) w->beginShutdown(grace);
+}
+
+void Worker::applySnapshot(std::shared_ptr<const Snapshot> snap) {
+  // Upstream pools whose server list did not change keep their warm
+  // connections; the others are retired (idle connections closed, busy ones
+  // closed when their request ends).
+  std::vector<std::shared_ptr<UpstreamPool>> next;
+  const Config& cfg = *snap->config;
+  for (size_t i = 0; i < cfg.upstreams.size(); ++i) {
+    std::shared_ptr<UpstreamPool> keep;
+    for (auto& p : pools_) {
+      if (p && p->config().name == cfg.upstreams[i].name && p->sameServers(cfg.upstreams[i])) {
+        keep = p;
+        p.reset();
+        break;
+      }
+    }
+    if (!keep) keep = std::make_shared<UpstreamPool>(this, cfg.upstreams[i], snap->health[i]);
+    next.push_back(std::move(keep));
+  }
+  for (auto& p : pools_)
+    if (p) p->retire();
+  pools_ = std::move(next);
+  snapshot_ = std::move(snap);
+}
+
+CodecLimits Worker::codecLimits() const {
+  const LimitsConfig& l = snapshot_->config->limits;
+  CodecLimits c{l.max_uri_bytes, l.max_header_bytes, l.max_headers};
+  const uint32_t cap = static_cast<uint32_t>(buffers_.bufferSize() - 4096);
+  if (c.max_header_bytes > cap) c.max_header_bytes = cap;
+  return c;
+}
+
+void Worker::nextRequestId(char out[33]) {
+  // 128 bits from a keyed hash of a per-worker counter: unique, not
+  // guessable from earlier ids, no syscall per request.
+  const uint64_t n = ++request_counter_;
+  XXH128_hash_t h = XXH3_128bits_withSeed(&n, sizeof(n), request_seed_ ^ (static_cast<uint64_t>(id_) << 56));
+  static const char kHex[] = "0123456789abcdef";
+  for (int i = 0; i < 8; ++i) {
+    out[i * 2] = kHex[(h.high64 >> (60 - i * 8)) & 0xf];
+    out[i * 2 + 1] = kHex[(h.high64 >> (56 - i * 8)) & 0xf];
+    out[16 + i * 2] = kHex[(h.low64 >> (60 - i * 8)) & 0xf];
+    out[16 + i * 2 + 1] = kHex[(h.low64 >> (56 - i * 8)) & 0xf];
+  }
+  out[32] = '\0';
+}
+
+int64_t Worker::wallClockUs() const {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void Worker::onConnection(uv_stream_t* server, int status) {
+  auto* w = static_cast<Worker*>(server->data);
+  if (status < 0) return;
+  const ServerConfig& sc = w->snapshot_->config->server;
+  auto* c = new Connection(w);
+  if (c->accept(server) != 0) return;  // closes itself; connectionClosed() frees it
+  w->connection_count_++;
+  c->next = w->connections_;
+  if (w->connections_ != nullptr) w->connections_->prev = c;
+  w->connections_ = c;
+  w->metrics_->connections_total.inc();
+  w->metrics_->connections_active.add(1);
+  uint64_t total = w->shared_->connections.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (total > sc.max_connections || w->shutting_down_) {
+    w->metrics_->connections_refused.inc();
+    c->drain(true);
+  }
+}
+
+void Worker::connectionClosed(Connection* c) {
+  // Only connections that made it onto the list are counted.
+  bool listed = c->prev != nullptr || c->next != nullptr || connections_ == c;
+  if (listed) {
+    if (c->prev != nullptr) c->prev->next = c->next;
+    if (c->next != nullptr) c->next->prev = c->prev;
+    if (connections_ == c) connections_ = c->next;
+    connection_count_--;
+    metrics_->connections_active.add(-1);
+    shared_->connections.fetch_sub(1, std::memory_order_relaxed);
+  }
+  delete c;
+  if (shutting_down_) maybeExit();
+}
+
+void Worker::beginShutdown(uint32_t grace_ms) {
+  if (shutting_down_) return;
+  shutting_down_ = true;
+  if (listening_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+    listening_ = false;
+  }
+  for (Connection* c = connections_; c != nullptr;) {
+    Connection* next = c->next;
+    c->drain(false);
+    c = next;
+  }
+  uv_timer_start(&grace_timer_, &Worker::onGraceTimer, grace_ms, 0);
+  maybeExit();
+}
+
+void Worker::onGraceTimer(uv_timer_t* t) {
+  auto* w = static_cast<Worker*>(t->data);
+  for (Connection* c = w->connections_; c != nullptr;) {
+    Connection* next = c->next;
+    c->drain(true);
+    c = next;
+  }
+}
+
+void Worker::maybeExit() {
+  if (exited_ || connection_count_ != 0) return;
+  exited_ = true;
+  for (auto& p : pools_)
+    if (p) p->retire();
+  pools_.clear();
+  uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&grace_timer_), nullptr);
+  // The loop ends once the closes (and any upstream connections) complete.
+}
+
+}  // namespace portcullis

@@ -1,0 +1,101 @@
+// A worker: one thread, one libuv loop, one SO_REUSEPORT listener, and the
+// connections, upstream pools and buffers that live on it. Other threads talk
+// to a worker only through post*() (uv_async_t); everything else here is
+// called on the worker's own thread.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "proxy/http_codec.h"
+#include "proxy/io.h"
+#include "proxy/metrics.h"
+#include "proxy/snapshot.h"
+#include "proxy/upstream.h"
+
+namespace portcullis {
+
+class Connection;
+class LogWriter;
+
+// Shared by all workers, owned by the Server.
+struct WorkerShared {
+  LogWriter* access_log = nullptr;
+  std::atomic<uint64_t> connections{0};  // open client connections, all workers
+};
+
+class Worker {
+ public:
+  Worker(unsigned id, WorkerShared* shared);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Takes ownership of `listen_fd` (a bound, non-listening TCP socket) and
+  // prepares the loop. Called before start(), on any thread.
+  bool init(int listen_fd, std::shared_ptr<const Snapshot> snapshot, std::string& error);
+  // Runs the loop on a new thread until the worker has drained.
+  void start();
+  void join();
+
+  // Thread-safe. The worker switches to `snap` for requests that start after
+  // it processes the message; requests in flight keep theirs.
+  void postSnapshot(std::shared_ptr<const Snapshot> snap);
+  // Thread-safe. Stop accepting, finish in-flight requests, close idle
+  // connections; after `grace_ms` close whatever is left; then exit the loop.
+  void postShutdown(uint32_t grace_ms);
+
+  // --- Worker thread only. ---
+  uv_loop_t* loop() { return &loop_; }
+  const std::shared_ptr<const Snapshot>& snapshot() const { return snapshot_; }
+  UpstreamPool* pool(size_t upstream_index) { return pools_[upstream_index].get(); }
+  BufferPool& buffers() { return buffers_; }
+  WorkerMetrics& metrics() { return *metrics_; }
+  const WorkerMetrics& metrics() const { return *metrics_; }
+  LogWriter* accessLog() { return shared_->access_log; }
+  CodecLimits codecLimits() const;
+  void nextRequestId(char out[33]);
+  int64_t wallClockUs() const;
+  void connectionClosed(Connection* c);
+  unsigned id() const { return id_; }
+
+ private:
+  static void onConnection(uv_stream_t* server, int status);
+  static void onAsync(uv_async_t* a);
+  static void onGraceTimer(uv_timer_t* t);
+  void applySnapshot(std::shared_ptr<const Snapshot> snap);
+  void beginShutdown(uint32_t grace_ms);
+  void maybeExit();
+
+  unsigned id_;
+  WorkerShared* shared_;
+  uv_loop_t loop_;
+  uv_tcp_t listener_;
+  uv_async_t async_;
+  uv_timer_t grace_timer_;
+  std::thread thread_;
+  std::unique_ptr<WorkerMetrics> metrics_;
+  BufferPool buffers_;
+  std::shared_ptr<const Snapshot> snapshot_;
+  std::vector<std::shared_ptr<UpstreamPool>> pools_;
+  Connection* connections_ = nullptr;  // intrusive list head
+  size_t connection_count_ = 0;
+  uint64_t request_seed_ = 0;
+  uint64_t request_counter_ = 0;
+  bool listening_ = false;
+  bool shutting_down_ = false;
+  bool exited_ = false;
+
+  std::mutex post_mu_;  // guards the fields below; never taken on the request path
+  std::shared_ptr<const Snapshot> pending_snapshot_;
+  bool pending_shutdown_ = false;
+  uint32_t pending_grace_ms_ = 0;
+};
+
+}  // namespace portcullis

@@ -1,0 +1,328 @@
+#include "proxy/access_log.h"
+
+#include <gtest/gtest.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace portcullis {
+namespace {
+
+std::string escaped(std::string_view s) {
+  std::string out;
+  appendJsonEscaped(s, out);
+  return out;
+}
+
+std::string ts(int64_t us) {
+  std::string out;
+  appendRfc3339Micros(us, out);
+  return out;
+}
+
+std::vector<std::string> readLines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+// A fresh directory under TMPDIR, removed (with its files) by the destructor.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    std::string tmpl = (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp") + std::string("/pclogXXXXXX");
+    path = mkdtemp(tmpl.data());
+  }
+  ~TempDir() { (void)system(("rm -rf '" + path + "'").c_str()); }
+};
+
+// --- formatting -------------------------------------------------------------
+
+TEST(AccessLogFormat, FullRecordFieldOrderAndTypes) {
+  AccessRecord r;
+  r.ts_unix_us = 1796402447123456;  // 2026-12-04T16:40:47.123456Z
+  r.request_id = "7f3a";
+  r.remote_ip = "203.0.113.9";
+  r.method = "POST";
+  r.path = "/v1/upload";
+  r.status = 403;
+  r.bytes_in = 1234;
+  r.bytes_out = 56;
+  r.duration_us = 789;
+  r.upstream = "10.0.0.2:8080";
+  r.upstream_status = 201;
+  r.token_id = "tok_1";
+  r.account = "acme";
+  r.tls_version = "TLSv1.3";
+  r.rejected_by = "token_check";
+  r.reason = "expired";
+  std::string out;
+  formatAccessRecord(r, out);
+  EXPECT_EQ(out,
+            "{\"ts\":\"2026-12-04T16:40:47.123456Z\",\"request_id\":\"7f3a\","
+            "\"remote_ip\":\"203.0.113.9\",\"method\":\"POST\",\"path\":\"/v1/upload\","
+            "\"status\":403,\"bytes_in\":1234,\"bytes_out\":56,\"duration_us\":789,"
+            "\"upstream\":\"10.0.0.2:8080\",\"upstream_status\":201,\"token_id\":\"tok_1\","
+            "\"account\":\"acme\",\"tls_version\":\"TLSv1.3\",\"rejected_by\":\"token_check\","
+            "\"reason\":\"expired\"}\n");
+}
+
+TEST(AccessLogFormat, NullAndOmittedFields) {
+  AccessRecord r;
+  r.ts_unix_us = 0;
+  r.method = "GET";
+  r.path = "/";
+  r.status = 200;
+  std::string out = "previous\n";
+  formatAccessRecord(r, out);
+  EXPECT_EQ(out,
+            "previous\n"
+            "{\"ts\":\"1970-01-01T00:00:00.000000Z\",\"request_id\":\"\",\"remote_ip\":\"\","
+            "\"method\":\"GET\",\"path\":\"/\",\"status\":200,\"bytes_in\":0,\"bytes_out\":0,"
+            "\"duration_us\":0,\"upstream\":null,\"upstream_status\":null}\n");
+}
+
+TEST(AccessLogFormat, PathLosesQueryString) {
+  AccessRecord r;
+  r.path = "/search?q=secret&token=abc";
+  std::string out;
+  formatAccessRecord(r, out);
+  EXPECT_NE(out.find("\"path\":\"/search\","), std::string::npos) << out;
+  EXPECT_EQ(out.find("secret"), std::string::npos);
+}
+
+TEST(AccessLogFormat, Timestamps) {
+  EXPECT_EQ(ts(0), "1970-01-01T00:00:00.000000Z");
+  EXPECT_EQ(ts(1), "1970-01-01T00:00:00.000001Z");
+  EXPECT_EQ(ts(1796402447123456), "2026-12-04T16:40:47.123456Z");
+  EXPECT_EQ(ts(951782400000000), "2000-02-29T00:00:00.000000Z");  // leap day
+  EXPECT_EQ(ts(253402300799999999), "9999-12-31T23:59:59.999999Z");
+  EXPECT_EQ(ts(-1), "1969-12-31T23:59:59.999999Z");
+  EXPECT_EQ(ts(1709251199999999), "2024-02-29T23:59:59.999999Z");
+}
+
+TEST(AccessLogFormat, EscapesQuotesBackslashesAndControls) {
+  EXPECT_EQ(escaped("plain /a-b_c.d~"), "plain /a-b_c.d~");
+  EXPECT_EQ(escaped("a\"b\\c"), "a\\\"b\\\\c");
+  EXPECT_EQ(escaped("\n\r\t\b\f"), "\\u000a\\u000d\\u0009\\u0008\\u000c");
+  EXPECT_EQ(escaped(std::string_view("\0\x01\x1f\x7f", 4)), "\\u0000\\u0001\\u001f\\u007f");
+  EXPECT_EQ(escaped("/x\"}\n{\"status\":200"), "/x\\\"}\\u000a{\\\"status\\\":200");
+}
+
+TEST(AccessLogFormat, KeepsValidUtf8) {
+  EXPECT_EQ(escaped("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"),
+            "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+  EXPECT_EQ(escaped("\xef\xbf\xbf\xf4\x8f\xbf\xbf"), "\xef\xbf\xbf\xf4\x8f\xbf\xbf");  // U+FFFF, U+10FFFF
+}
+
+TEST(AccessLogFormat, ReplacesInvalidUtf8BytesOneForOne) {
+  EXPECT_EQ(escaped("a\x80z"), "a\\ufffdz");                 // lone continuation byte
+  EXPECT_EQ(escaped("\xc0\xaf"), "\\ufffd\\ufffd");          // overlong '/'
+  EXPECT_EQ(escaped("\xc1\xbf"), "\\ufffd\\ufffd");          // overlong
+  EXPECT_EQ(escaped("\xe0\x80\xaf"), "\\ufffd\\ufffd\\ufffd");  // overlong 3-byte
+  EXPECT_EQ(escaped("\xed\xa0\x80"), "\\ufffd\\ufffd\\ufffd");  // surrogate U+D800
+  EXPECT_EQ(escaped("\xf4\x90\x80\x80"), "\\ufffd\\ufffd\\ufffd\\ufffd");  // > U+10FFFF
+  EXPECT_EQ(escaped("\xf5\xff\xfe"), "\\ufffd\\ufffd\\ufffd");
+  EXPECT_EQ(escaped("x\xe2\x82"), "x\\ufffd\\ufffd");        // truncated at the end
+  EXPECT_EQ(escaped("\xe2\x82\"q"), "\\ufffd\\ufffd\\\"q");   // truncated before a quote
+  EXPECT_EQ(escaped("\xc3\xa9\xc3"), "\xc3\xa9\\ufffd");
+}
+
+TEST(AccessLogFormat, HostileFieldsStayOneLine) {
+  std::string hostile;
+  for (int c = 0; c < 256; ++c) hostile += static_cast<char>(c);
+  AccessRecord r;
+  r.path = hostile;
+  r.method = hostile;
+  r.request_id = hostile;
+  r.reason = hostile;
+  std::string out;
+  formatAccessRecord(r, out);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out.back(), '\n');
+  for (size_t i = 0; i + 1 < out.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(out[i]);
+    ASSERT_TRUE(c >= 0x20 && c < 0x7F) << "raw byte " << int(c) << " at " << i;
+  }
+}
+
+// --- LogWriter ----------------------------------------------------------------
+
+TEST(LogWriter, ManyThreadsEveryLineExactlyOnce) {
+  TempDir dir;
+  const std::string path = dir.path + "/access.log";
+  LogWriter w(1024);  // small, so producers also run into a full queue
+  std::string error;
+  ASSERT_TRUE(w.start(path, error)) << error;
+
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 20000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&w, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        std::string line = "t" + std::to_string(t) + " i" + std::to_string(i) +
+                           std::string(i % 97, 'x') + "\n";
+        // On false the line is left intact, so it can be offered again.
+        while (!w.submit(std::move(line))) std::this_thread::yield();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  w.flush();
+  EXPECT_EQ(w.written(), uint64_t{kThreads} * kPerThread);
+  EXPECT_EQ(w.depth(), 0u);
+
+  std::vector<std::string> lines = readLines(path);
+  ASSERT_EQ(lines.size(), size_t{kThreads} * kPerThread);
+  std::set<std::string> seen;
+  std::vector<int> next(kThreads, 0);  // each producer's lines stay in its order
+  for (const auto& l : lines) {
+    ASSERT_TRUE(seen.insert(l).second) << "duplicate: " << l;
+    int t = 0, i = 0;
+    ASSERT_EQ(sscanf(l.c_str(), "t%d i%d", &t, &i), 2) << l;
+    ASSERT_EQ(l, "t" + std::to_string(t) + " i" + std::to_string(i) + std::string(i % 97, 'x'));
+    ASSERT_EQ(i, next[t]) << l;
+    ++next[t];
+  }
+}
+
+TEST(LogWriter, FullQueueCountsDropsAndKeepsTheLine) {
+  TempDir dir;
+  LogWriter w(3);  // rounded up to 4
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(w.submit("line" + std::to_string(i) + "\n"));
+  EXPECT_EQ(w.depth(), 4u);
+  std::string extra = "extra\n";
+  EXPECT_FALSE(w.submit(std::move(extra)));
+  EXPECT_EQ(extra, "extra\n");
+  EXPECT_FALSE(w.submit("another\n"));
+  EXPECT_EQ(w.dropped(), 2u);
+
+  // Lines queued before start() are written once it starts.
+  std::string error;
+  ASSERT_TRUE(w.start(dir.path + "/a.log", error)) << error;
+  w.flush();
+  EXPECT_EQ(w.written(), 4u);
+  EXPECT_EQ(w.depth(), 0u);
+  EXPECT_EQ(readLines(dir.path + "/a.log"),
+            (std::vector<std::string>{"line0", "line1", "line2", "line3"}));
+  EXPECT_TRUE(w.submit("after\n"));
+  w.flush();
+  EXPECT_EQ(readLines(dir.path + "/a.log").size(), 5u);
+}
+
+TEST(LogWriter, ReopenAfterRenameWritesToANewFile) {
+  TempDir dir;
+  const std::string path = dir.path + "/access.log";
+  LogWriter w;
+  std::string error;
+  ASSERT_TRUE(w.start(path, error)) << error;
+  w.submit("before\n");
+  w.flush();
+  ASSERT_EQ(rename(path.c_str(), (path + ".1").c_str()), 0);
+  w.submit("still old\n");  // no reopen yet: follows the renamed file
+  w.flush();
+  w.reopen();
+  w.submit("after\n");
+  w.flush();
+  EXPECT_EQ(readLines(path + ".1"), (std::vector<std::string>{"before", "still old"}));
+  EXPECT_EQ(readLines(path), (std::vector<std::string>{"after"}));
+}
+
+TEST(LogWriter, StopDrainsEverything) {
+  TempDir dir;
+  const std::string path = dir.path + "/access.log";
+  constexpr int kLines = 50000;
+  {
+    LogWriter w;
+    std::string error;
+    ASSERT_TRUE(w.start(path, error)) << error;
+    for (int i = 0; i < kLines; ++i) ASSERT_TRUE(w.submit(std::to_string(i) + "\n"));
+    w.stop();
+    EXPECT_EQ(w.written(), uint64_t{kLines});
+    EXPECT_FALSE(w.submit("late\n"));
+    w.stop();  // idempotent
+  }
+  std::vector<std::string> lines = readLines(path);
+  ASSERT_EQ(lines.size(), size_t{kLines});
+  for (int i = 0; i < kLines; ++i) ASSERT_EQ(lines[i], std::to_string(i));
+}
+
+TEST(LogWriter, DestructorDrains) {
+  TempDir dir;
+  const std::string path = dir.path + "/access.log";
+  {
+    LogWriter w;
+    std::string error;
+    ASSERT_TRUE(w.start(path, error)) << error;
+    w.submit("one\n");
+    w.submit("two\n");
+  }
+  EXPECT_EQ(readLines(path), (std::vector<std::string>{"one", "two"}));
+}
+
+TEST(LogWriter, CreatesParentDirectoriesAndFileMode) {
+  TempDir dir;
+  const std::string path = dir.path + "/a/b/c/access.log";
+  mode_t old = umask(022);
+  LogWriter w;
+  std::string error;
+  ASSERT_TRUE(w.start(path, error)) << error;
+  umask(old);
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  w.submit("x\n");
+  w.flush();
+  EXPECT_EQ(readLines(path), (std::vector<std::string>{"x"}));
+}
+
+TEST(LogWriter, StartFailsOnUnopenablePath) {
+  TempDir dir;
+  const std::string file = dir.path + "/plainfile";
+  { std::ofstream(file) << "x"; }
+  LogWriter w;
+  std::string error;
+  EXPECT_FALSE(w.start(file + "/sub/access.log", error));
+  EXPECT_NE(error.find("plainfile"), std::string::npos) << error;
+}
+
+TEST(LogWriter, EmptyPathDiscards) {
+  LogWriter w(4);
+  std::string error;
+  ASSERT_TRUE(w.start("", error)) << error;
+  EXPECT_FALSE(w.enabled());
+  for (int i = 0; i < 100; ++i) EXPECT_TRUE(w.submit("ignored\n"));
+  w.flush();
+  w.reopen();
+  EXPECT_EQ(w.written(), 0u);
+  EXPECT_EQ(w.dropped(), 0u);
+  EXPECT_EQ(w.depth(), 0u);
+  EXPECT_FALSE(w.start("/tmp/x.log", error));  // only once
+}
+
+TEST(LogWriter, IdleWriterWakesForALateLine) {
+  TempDir dir;
+  const std::string path = dir.path + "/access.log";
+  LogWriter w;
+  std::string error;
+  ASSERT_TRUE(w.start(path, error)) << error;
+  for (int round = 0; round < 20; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(round % 3));
+    w.submit("r" + std::to_string(round) + "\n");
+    w.flush();
+    ASSERT_EQ(readLines(path).size(), size_t(round + 1));
+  }
+}
+
+}  // namespace
+}  // namespace portcullis

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# run-demo.sh — the demo behind `make run`.
+#
+#   ./tools/run-demo.sh BUILD_DIR CONFIG      (e.g. build conf/portcullis.toml)
+#
+# Creates the demo environment under var/ on first use, starts the bundled
+# demo backend on 127.0.0.1:9000 and the proxy on CONFIG, waits until the
+# proxy answers, prints curl commands to try, and then runs until Ctrl-C
+# (SIGINT) or SIGTERM, which stop both processes and exit 0. If either process
+# dies on its own, the other is stopped and the script exits non-zero.
+#
+# Output of both processes goes to var/log/demo-backend.log and
+# var/log/portcullis.out (the proxy's access and audit logs are wherever CONFIG
+# puts them, var/log/ in conf/portcullis.toml).
+#
+# TODO: once TLS, token checking and upload encryption land, this is also where
+# the first run generates the demo secrets under var/demo/ (once, kept across
+# runs): a self-signed certificate for 127.0.0.1/localhost, the keyring
+# (mode 0600) and the token store with one demo token, printed exactly once;
+# the curl commands below then switch to https://127.0.0.1:8443 with
+# "--cacert var/demo/server.crt -H 'Authorization: Bearer <token>'".
+# Until then conf/portcullis.toml uses the plaintext listener only.
+
+set -euo pipefail
+
+usage() {
+  echo "usage: $0 BUILD_DIR CONFIG" >&2
+  exit 2
+}
+[[ $# -eq 2 ]] || usage
+
+# Resolve the arguments against the caller's directory, then work from the
+# repository root so the relative paths in the config (var/...) land there.
+abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "$PWD" "$1" ;; esac; }
+BUILD_DIR=$(abspath "$1")
+CONFIG=$(abspath "$2")
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+PROXY_BIN="$BUILD_DIR/bin/portcullis"
+BACKEND_BIN="$BUILD_DIR/bin/demo-backend"
+for bin in "$PROXY_BIN" "$BACKEND_BIN"; do
+  if [[ ! -x "$bin" ]]; then
+    echo "run-demo: $bin is missing; build first (make build)" >&2
+    exit 1
+  fi
+done
+if [[ ! -r "$CONFIG" ]]; then
+  echo "run-demo: cannot read config $CONFIG" >&2
+  exit 1
+fi
+
+BACKEND_ADDR=127.0.0.1:9000
+
+# Reads a quoted string key from the config's [server] table; falls back to $2.
+config_addr() {
+  local key=$1 fallback=$2 value
+  value=$(sed -n "s/^[[:space:]]*${key}[[:space:]]*=[[:space:]]*\"\\([^\"]*\\)\".*/\\1/p" "$CONFIG" | head -n 1)
+  [[ -n "$value" ]] || value=$fallback
+  # A wildcard or empty host is reached through loopback.
+  case "$value" in
+    :*) value="127.0.0.1$value" ;;
+    0.0.0.0:*) value="127.0.0.1:${value#0.0.0.0:}" ;;
+    "[::]:"*) value="[::1]:${value#\[::\]:}" ;;
+  esac
+  printf '%s\n' "$value"
+}
+PROXY_ADDR=$(config_addr listen_http 127.0.0.1:8080)
+ADMIN_ADDR=$(config_addr admin_listen 127.0.0.1:9901)
+PROXY_URL="http://$PROXY_ADDR"
+ADMIN_URL="http://$ADMIN_ADDR"
+
+# --- demo environment (first use) -------------------------------------------
+if [[ ! -d var/demo ]]; then
+  echo "run-demo: creating the demo environment under var/demo/"
+fi
+mkdir -p var/demo/uploads var/log var/state
+if [[ ! -f var/demo/sample.csv ]]; then
+  printf 'id,item,qty\n1,widget,2\n2,gadget,5\n3,sprocket,11\n' > var/demo/sample.csv
+fi
+
+if curl -s -o /dev/null --max-time 1 "$PROXY_URL/" 2>/dev/null; then
+  echo "run-demo: something already answers on $PROXY_URL; is another demo running?" >&2
+  exit 1
+fi
+
+# --- processes ---------------------------------------------------------------
+BACKEND_PID=""
+PROXY_PID=""
+STOPPING=0
+
+stop_all() {
+  local pid
+  for pid in "$PROXY_PID" "$BACKEND_PID"; do
+    if [[ -n "$pid" ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
+  done
+  # The proxy drains for up to server.shutdown_grace_ms; give both 15 s.
+  for _ in $(seq 150); do
+    local alive=0
+    for pid in "$PROXY_PID" "$BACKEND_PID"; do
+      [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && alive=1
+    done
+    [[ $alive -eq 0 ]] && break
+    sleep 0.1
+  done
+  for pid in "$PROXY_PID" "$BACKEND_PID"; do
+    if [[ -n "$pid" ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
+  done
+  wait 2>/dev/null || true
+}
+
+on_signal() {
+  [[ $STOPPING -eq 1 ]] && return
+  STOPPING=1
+  echo
+  echo "run-demo: stopping the proxy and the demo backend"
+  stop_all
+  exit 0
+}
+trap on_signal INT TERM
+
+# Stops everything after a failure, showing the end of the failed log.
+fail() {
+  local msg=$1 log=${2:-}
+  trap - INT TERM
+  echo "run-demo: $msg" >&2
+  if [[ -n "$log" && -s "$log" ]]; then
+    echo "---- last lines of $log ----" >&2
+    tail -n 20 "$log" >&2
+  fi
+  stop_all
+  exit 1
+}
+
+rm -f var/demo/backend.port
+"$BACKEND_BIN" --listen "$BACKEND_ADDR" --upload-dir var/demo/uploads \
+  --port-file var/demo/backend.port >var/log/demo-backend.log 2>&1 &
+BACKEND_PID=$!
+
+for _ in $(seq 50); do
+  [[ -s var/demo/backend.port ]] && break
+  kill -0 "$BACKEND_PID" 2>/dev/null ||
+    fail "demo-backend exited at start (is $BACKEND_ADDR in use?)" var/log/demo-backend.log
+  sleep 0.1
+done
+[[ -s var/demo/backend.port ]] || fail "demo-backend did not start listening within 5 s" var/log/demo-backend.log
+
+"$PROXY_BIN" -c "$CONFIG" >var/log/portcullis.out 2>&1 &
+PROXY_PID=$!
+
+ready=0
+for _ in $(seq 100); do
+  kill -0 "$PROXY_PID" 2>/dev/null || fail "portcullis exited at start" var/log/portcullis.out
+  # Any HTTP answer (even a 404) means the listener is up.
+  if curl -s -o /dev/null --max-time 1 "$PROXY_URL/" 2>/dev/null; then
+    ready=1
+    break
+  fi
+  sleep 0.1
+done
+[[ $ready -eq 1 ]] || fail "portcullis did not answer on $PROXY_URL within 10 s" var/log/portcullis.out
+
+cat <<EOF
+
+Portcullis demo is running
+  proxy          $PROXY_URL      (pid $PROXY_PID, config ${CONFIG#"$ROOT"/})
+  admin          $ADMIN_URL      (metrics and health, loopback only)
+  demo backend   http://$BACKEND_ADDR   (pid $BACKEND_PID)
+  logs           var/log/  (portcullis.out, demo-backend.log, access.log, audit.log)
+
+Try (the demo backend echoes each request it receives as JSON):
+
+  curl -i $PROXY_URL/v1/hello
+
+  curl -i $PROXY_URL/v1/orders -H 'Content-Type: application/json' \\
+       -d '{"item": "widget", "qty": 2}'
+
+  # a malformed JSON body is stopped at the proxy and never reaches the backend
+  curl -i $PROXY_URL/v1/orders -H 'Content-Type: application/json' -d '{"item": '
+
+  # streamed upload: compare body_sha256 with: sha256sum var/demo/sample.csv
+  curl -i $PROXY_URL/v1/accounts/demo/uploads -H 'Content-Type: text/csv' \\
+       --data-binary @var/demo/sample.csv
+
+  # the backend alone stores uploads in var/demo/uploads/
+  curl -i 'http://$BACKEND_ADDR/upload?name=sample.csv' --data-binary @var/demo/sample.csv
+
+  curl -s $ADMIN_URL/metrics
+  curl -i $ADMIN_URL/healthz
+  curl -i $ADMIN_URL/readyz
+
+Press Ctrl-C to stop.
+EOF
+
+# Wait until a signal arrives or one of the two processes exits.
+while :; do
+  set +e
+  wait -n "$BACKEND_PID" "$PROXY_PID"
+  set -e
+  [[ $STOPPING -eq 1 ]] && exit 0
+  if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+    PROXY_PID=""
+    fail "portcullis exited unexpectedly; stopping the demo backend" var/log/portcullis.out
+  fi
+  if ! kill -0 "$BACKEND_PID" 2>/dev/null; then
+    BACKEND_PID=""
+    fail "demo-backend exited unexpectedly; stopping the proxy" var/log/demo-backend.log
+  fi
+done
