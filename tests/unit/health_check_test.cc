@@ -204,6 +204,22 @@ Snapshot makeSnapshot(std::vector<UpstreamConfig> upstreams, HealthTable& table)
   return snap;
 }
 
+// Captures stderr for its lifetime (the state-change log lines); ends the
+// capture even when an ASSERT returns early, so the next test can capture.
+class StderrCapture {
+ public:
+  StderrCapture() { testing::internal::CaptureStderr(); }
+  ~StderrCapture() { take(); }
+  std::string take() {
+    if (!active_) return {};
+    active_ = false;
+    return testing::internal::GetCapturedStderr();
+  }
+
+ private:
+  bool active_ = true;
+};
+
 class HealthCheckTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -272,7 +288,7 @@ TEST_F(HealthCheckTest, ServerErrorMarksUnhealthyAfterThresholdAndSuccessesResto
   const std::string key = "app/127.0.0.1:" + std::to_string(server.port());
   ASSERT_EQ(e->key, key);
 
-  testing::internal::CaptureStderr();
+  StderrCapture capture;
   checker_->update(snap);
   ASSERT_TRUE(runUntil([&] { return checker_->probes() >= 1; }));
   EXPECT_TRUE(e->healthy.load()) << "one failure is below unhealthy_threshold=2";
@@ -283,7 +299,7 @@ TEST_F(HealthCheckTest, ServerErrorMarksUnhealthyAfterThresholdAndSuccessesResto
   const uint64_t at_switch = checker_->probes();
   ASSERT_TRUE(runUntil([&] { return e->healthy.load(); }));
   EXPECT_GE(checker_->probes(), at_switch + 2) << "healthy_threshold=2 needs two successes";
-  std::string log = testing::internal::GetCapturedStderr();
+  std::string log = capture.take();
 
   EXPECT_NE(log.find("portcullis: upstream " + key + " is now unhealthy (status 500; 2 consecutive failures)\n"),
             std::string::npos)
@@ -299,10 +315,10 @@ TEST_F(HealthCheckTest, RefusedConnectionMarksUnhealthy) {
   HealthTable table;
   Snapshot snap = makeSnapshot({upstream("app", {HostPort{"127.0.0.1", port}}, fastCheck())}, table);
   HealthTable::Entry* e = snap.health[0][0];
-  testing::internal::CaptureStderr();
+  StderrCapture capture;
   checker_->update(snap);
   ASSERT_TRUE(runUntil([&] { return !e->healthy.load(); }));
-  std::string log = testing::internal::GetCapturedStderr();
+  std::string log = capture.take();
   EXPECT_EQ(checker_->probes(), 2u);
   EXPECT_NE(log.find("is now unhealthy (connect: connection refused; 2 consecutive failures)"), std::string::npos)
       << log;
@@ -315,10 +331,10 @@ TEST_F(HealthCheckTest, HangingServerTimesOut) {
   HealthTable table;
   Snapshot snap = makeSnapshot({upstream("app", {server.hostPort()}, fastCheck())}, table);
   HealthTable::Entry* e = snap.health[0][0];
-  testing::internal::CaptureStderr();
+  StderrCapture capture;
   checker_->update(snap);
   ASSERT_TRUE(runUntil([&] { return !e->healthy.load(); }));
-  std::string log = testing::internal::GetCapturedStderr();
+  std::string log = capture.take();
   EXPECT_EQ(checker_->probes(), 2u);
   EXPECT_GE(server.accepted(), 1) << "the connections were accepted; only the answer was missing";
   EXPECT_NE(log.find("is now unhealthy (timeout after 100 ms; 2 consecutive failures)"), std::string::npos) << log;
@@ -355,11 +371,11 @@ TEST_F(HealthCheckTest, ClassifiesResponses) {
     Snapshot snap = makeSnapshot({upstream("app", {server.hostPort()}, fastCheck(1, 1))}, table);
     HealthTable::Entry* e = snap.health[0][0];
     HealthChecker checker(&loop_);
-    testing::internal::CaptureStderr();
+    StderrCapture capture;
     checker.update(snap);
     bool done = runUntil([&] { return checker.probes() >= 1; });
     checker.stop();
-    testing::internal::GetCapturedStderr();
+    capture.take();
     ASSERT_TRUE(done);
     EXPECT_EQ(e->healthy.load(), c.healthy);
   }
@@ -388,7 +404,7 @@ TEST_F(HealthCheckTest, KeptServerKeepsItsCountersAcrossUpdates) {
   HealthTable table;
   Snapshot first = makeSnapshot({upstream("app", {server.hostPort()}, fastCheck(3))}, table);
   HealthTable::Entry* e = first.health[0][0];
-  testing::internal::CaptureStderr();
+  StderrCapture capture;
   checker_->update(first);
   ASSERT_TRUE(runUntil([&] { return checker_->probes() >= 2; }));
   EXPECT_TRUE(e->healthy.load());
@@ -398,7 +414,7 @@ TEST_F(HealthCheckTest, KeptServerKeepsItsCountersAcrossUpdates) {
   ASSERT_EQ(second.health[0][0], e);
   checker_->update(second);
   ASSERT_TRUE(runUntil([&] { return !e->healthy.load(); }));
-  testing::internal::GetCapturedStderr();
+  capture.take();
   EXPECT_EQ(checker_->probes(), 3u) << "the third consecutive failure counts across the reload";
 }
 
@@ -426,13 +442,13 @@ TEST_F(HealthCheckTest, UpstreamWithoutHealthCheckIsHealthyAndNotProbed) {
   HealthTable table;
   Snapshot checked = makeSnapshot({upstream("app", {server.hostPort()}, fastCheck())}, table);
   HealthTable::Entry* e = checked.health[0][0];
-  testing::internal::CaptureStderr();
+  StderrCapture capture;
   checker_->update(checked);
   ASSERT_TRUE(runUntil([&] { return !e->healthy.load(); }));
 
   // Reload with the health check switched off: healthy again at once, no probes.
   checker_->update(makeSnapshot({upstream("app", {server.hostPort()}, HealthCheckConfig{})}, table));
-  std::string log = testing::internal::GetCapturedStderr();
+  std::string log = capture.take();
   EXPECT_TRUE(e->healthy.load());
   EXPECT_NE(log.find("is now healthy (health check disabled)"), std::string::npos) << log;
   const uint64_t probes = checker_->probes();
