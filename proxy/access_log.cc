@@ -358,6 +358,10 @@ void LogWriter::stop() {
     stopping_.store(true, std::memory_order_seq_cst);
     wakeWriter();
     thread_.join();
+    // A producer that passed the accepting_ check just before stop() may have
+    // published after the thread's last look; the thread is gone, so write here.
+    while (collectBatch() > 0) writeBatch();
+    processed_.store(dequeue_pos_.load(std::memory_order_relaxed), std::memory_order_seq_cst);
   }
   running_.store(false, std::memory_order_release);
   {

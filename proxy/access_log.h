@@ -118,8 +118,11 @@ class LogWriter {
   // an event loop. Returns at once if the writer is not running.
   void flush();
 
-  // Stops accepting lines, writes everything already queued, closes the file and
-  // joins the thread. Idempotent; a stopped writer cannot be started again.
+  // Stops accepting lines, writes everything already queued, joins the thread and
+  // closes the file. A submit() racing with stop() either returns false or has its
+  // line written, except one still between claiming and filling its cell at that
+  // instant (its line is freed with the writer). Idempotent; a stopped writer
+  // cannot be started again. Not from an event loop (it waits for the disk).
   void stop();
 
   // Whether lines are kept at all (false for an empty path), so callers can skip

@@ -28,7 +28,9 @@ struct AdminReply {
   // Sent as is; a value containing a control character is replaced by
   // "application/octet-stream" so a handler can never inject a header.
   std::string content_type = "text/plain; charset=utf-8";
-  std::string body;  // not sent for HEAD requests and 204/304 (Content-Length still is, except for 204)
+  // Not sent in answer to HEAD (Content-Length still says its size), nor with
+  // 204 or 304 (which carry no body; 204 also no Content-Length).
+  std::string body;
 };
 
 class AdminServer {
@@ -44,9 +46,10 @@ class AdminServer {
   // Does not touch the network; `loop` must outlive every handle this server
   // opens (that is, until the loop has run after close()).
   AdminServer(uv_loop_t* loop, Handler handler);
-  // Calls close(). The handles it closes are freed by their close callbacks, which
-  // never touch this object, so destroying the server before the loop has run
-  // again is safe (the memory is released when it does run).
+  // Calls close() (so: on the loop thread, or after the loop has stopped). The
+  // handles it closes are freed by their close callbacks, which never touch this
+  // object, so destroying the server before the loop has run again is safe; the
+  // memory is released when it does run.
   ~AdminServer();
 
   AdminServer(const AdminServer&) = delete;
@@ -60,12 +63,13 @@ class AdminServer {
   // The bound port (0 before a successful listen()).
   uint16_t port() const { return port_; }
 
-  // Number of open connections (including ones being closed gracefully).
+  // Number of open connections (including ones being closed gracefully). Loop
+  // thread only.
   size_t connectionCount() const { return conn_count_; }
 
   // Stops listening and closes every connection at once (responses not yet
-  // written are abandoned). Safe to call twice and from within the handler. The
-  // closes complete when the loop next runs.
+  // written are abandoned). Call on the loop thread; safe to call twice and from
+  // within the handler. The closes complete when the loop next runs.
   void close();
 
   static constexpr size_t kMaxConnections = 64;

@@ -84,6 +84,19 @@ int Connection::accept(uv_stream_t* listener) {
   return 0;
 }
 
+void Connection::pinSnapshot() {
+  if (pin_ != nullptr) return;
+  pin_ = worker_->pinSnapshot();
+  snap_ = pin_->snap.get();
+}
+
+void Connection::unpinSnapshot() {
+  if (pin_ == nullptr) return;
+  worker_->unpinSnapshot(pin_);
+  pin_ = nullptr;
+  snap_ = nullptr;
+}
+
 // ---------------------------------------------------------------------------
 // Client reading and request parsing
 
@@ -202,10 +215,10 @@ void Connection::processClient() {
 
 void Connection::beginRequest() {
   uv_timer_stop(&timer_);
-  snap_ = worker_->snapshot();
+  pinSnapshot();
   ctx_.reset();
   worker_->nextRequestId(request_id_);
-  ctx_.snapshot = snap_.get();
+  ctx_.snapshot = snap_;
   ctx_.request_id = std::string_view(request_id_, 32);
   ctx_.remote_ip = peer_ip_;
   ctx_.remote_port = peer_port_;
@@ -360,7 +373,8 @@ void Connection::sendRequestHead() {
 }
 
 void Connection::onBodyData(std::string_view data) {
-  if (collecting_response_) {
+  if (body_target_ == BodyTarget::kDiscard) return;
+  if (body_target_ == BodyTarget::kClient) {
     client_bufs_.push_back(uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size())));
     return;
   }
@@ -571,23 +585,23 @@ void Connection::onUpstreamRead(ssize_t nread) {
 void Connection::parseResponse() {
   if (up_ == nullptr || client_write_pending_) return;
   IoBuffer& b = up_->rbuf;
-  // After a head, a body-less message ends without consuming input: `poke`
-  // runs the parser once more on zero bytes to reach that end.
+  // Everything parsed in one pass (head and body slices) leaves in one
+  // write. After a head, a body-less message ends without consuming input:
+  // `poke` runs the parser once more on zero bytes to reach that end.
+  client_bufs_.clear();
   bool poke = resp_state_ == RespState::kBody;
-  while (up_ != nullptr && (b.unparsed() > 0 || poke) && !client_write_pending_ &&
-         resp_state_ != RespState::kDone) {
+  while (up_ != nullptr && (b.unparsed() > 0 || poke) && resp_state_ != RespState::kDone) {
     poke = false;
     if (resp_state_ == RespState::kNone) {
       // Bytes from an upstream we have not sent a request to.
       handleUpstreamFailure(UpstreamError::kBadResponse, 502);
       return;
     }
-    client_bufs_.clear();
-    collecting_response_ = true;
     const char* start = b.data + b.start;
     size_t consumed = 0;
+    body_target_ = (resp_state_ == RespState::kBody && !raw_response_) ? BodyTarget::kClient : BodyTarget::kDiscard;
     HttpCodec::Status st = up_->codec.execute(start, b.unparsed(), consumed);
-    collecting_response_ = false;
+    body_target_ = BodyTarget::kUpstream;
     b.start += consumed;
     if (st == HttpCodec::Status::kError) {
       handleUpstreamFailure(UpstreamError::kBadResponse, 502);
@@ -605,9 +619,8 @@ void Connection::parseResponse() {
         // Interim 1xx responses are not forwarded: the proxy answers
         // Expect itself and supports no protocol upgrades.
         if (st == HttpCodec::Status::kHeadComplete) {
-          // A 1xx completes at once; run the parser to its end.
           size_t c2 = 0;
-          up_->codec.execute(b.data + b.start, 0, c2);
+          up_->codec.execute(b.data + b.start, 0, c2);  // a 1xx ends at once
         }
         up_->codec.startResponse(&resp_, &arena_, req_.method == HTTP_HEAD);
         continue;
@@ -615,22 +628,24 @@ void Connection::parseResponse() {
       onResponseHead();
       if (up_ == nullptr || closing_) return;
       if (st == HttpCodec::Status::kMessageComplete) resp_state_ = RespState::kDone;
-      // The head is sent with the first body bytes (or alone) below.
-      uv_buf_t bufs[1] = {uv_buf_init(client_head_.data(), static_cast<unsigned>(client_head_.size()))};
-      writeToClient(bufs, 1);
+      client_bufs_.push_back(uv_buf_init(client_head_.data(), static_cast<unsigned>(client_head_.size())));
       poke = resp_state_ != RespState::kDone;
       continue;
     }
     // Body bytes: raw passthrough keeps the upstream's (validated) framing;
-    // otherwise the decoded slices collected by onBodyData() are sent.
-    if (raw_response_) {
-      client_bufs_.clear();
-      if (consumed > 0) client_bufs_.push_back(uv_buf_init(const_cast<char*>(start), static_cast<unsigned>(consumed)));
+    // otherwise onBodyData() collected the decoded slices.
+    if (raw_response_ && consumed > 0) {
+      client_bufs_.push_back(uv_buf_init(const_cast<char*>(start), static_cast<unsigned>(consumed)));
     }
     if (st == HttpCodec::Status::kMessageComplete) resp_state_ = RespState::kDone;
-    if (!client_bufs_.empty()) writeToClient(client_bufs_.data(), static_cast<unsigned>(client_bufs_.size()));
   }
-  if (resp_state_ == RespState::kDone && up_ != nullptr && !client_write_pending_) {
+  if (up_ == nullptr) return;
+  if (!client_bufs_.empty()) {
+    writeToClient(client_bufs_.data(), static_cast<unsigned>(client_bufs_.size()));
+    if (closing_) return;
+  }
+  if (client_write_pending_) return;  // onClientWritten() comes back here
+  if (resp_state_ == RespState::kDone) {
     if (up_->rbuf.unparsed() > 0) {
       // Bytes after the end of the response: the connection cannot be reused.
       releaseUpstream(false);
@@ -638,16 +653,14 @@ void Connection::parseResponse() {
     maybeFinishExchange();
     return;
   }
-  if (up_ != nullptr && !client_write_pending_) {
-    if (b.unparsed() == 0) {
-      b.start = b.end = 0;
-    } else if (b.start > 0 && resp_state_ == RespState::kBody) {
-      std::memmove(b.data, b.data + b.start, b.unparsed());
-      b.end -= b.start;
-      b.start = 0;
-    }
-    up_->startReading();
+  if (b.unparsed() == 0) {
+    b.start = b.end = 0;
+  } else if (b.start > 0 && resp_state_ == RespState::kBody) {
+    std::memmove(b.data, b.data + b.start, b.unparsed());
+    b.end -= b.start;
+    b.start = 0;
   }
+  up_->startReading();
 }
 
 void Connection::onResponseHead() {
@@ -781,7 +794,7 @@ void Connection::startNextRequest() {
   }
   arena_.reset();
   codec_.startRequest(&req_, &arena_);
-  snap_.reset();
+  unpinSnapshot();
   req_state_ = ReqState::kReadingHead;
   resp_state_ = RespState::kNone;
   local_reply_ = false;
@@ -814,7 +827,7 @@ void Connection::sendLocalReply(int status, std::string_view code, bool close) {
     ctx_.start_us = nowUs();
   }
   if (ctx_.start_us == 0) ctx_.start_us = nowUs();
-  if (!chain_.active() && snap_ == nullptr) snap_ = worker_->snapshot();
+  if (snap_ == nullptr) pinSnapshot();
   status_ = status;
   local_reply_ = true;
   if (close || draining_) close_after_ = true;
@@ -917,6 +930,7 @@ void Connection::close() {
   closing_ = true;
   if (up_ != nullptr) releaseUpstream(false);
   chain_.complete(ctx_);
+  unpinSnapshot();
   uv_timer_stop(&timer_);
   if (reading_) uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   reading_ = false;

@@ -107,7 +107,10 @@ class Connection : public BodySink {
   ResponseHead resp_;
   RequestContext ctx_;
   FilterChain chain_;
-  std::shared_ptr<const Snapshot> snap_;  // held for the current request
+  const Snapshot* snap_ = nullptr;  // pinned for the current request
+  SnapshotPin* pin_ = nullptr;
+  void pinSnapshot();
+  void unpinSnapshot();
   UpstreamConn* up_ = nullptr;
   UpstreamPool* pool_ = nullptr;
 
@@ -125,7 +128,10 @@ class Connection : public BodySink {
   };
   std::deque<ChunkLine> chunk_frames_;  // chunk-size lines for re-framed bodies (stable addresses)
   size_t chunk_frames_used_ = 0;
-  bool collecting_response_ = false;   // onBodyData target: client_bufs_ vs up_bufs_
+  // Where onBodyData() puts decoded slices: request body for the upstream,
+  // response body for the client, or nowhere (raw passthrough).
+  enum class BodyTarget : uint8_t { kUpstream, kClient, kDiscard };
+  BodyTarget body_target_ = BodyTarget::kUpstream;
   size_t body_base_ = 0;               // rbuf_ offset where body bytes may be reused
   size_t head_end_ = 0;
 

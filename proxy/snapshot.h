@@ -49,6 +49,14 @@ struct Snapshot {
   size_t routeIndex(const RouteConfig* r) const { return static_cast<size_t>(r - config->routes.data()); }
 };
 
+// A worker's record of one snapshot and how many of its requests use it.
+// Requests pin through this (a plain counter on the worker's thread) instead
+// of copying the shared_ptr, whose atomic count would bounce between cores.
+struct SnapshotPin {
+  std::shared_ptr<const Snapshot> snap;
+  uint32_t users = 0;
+};
+
 // Builds a snapshot from a loaded config (routing table, health entries,
 // metric labels) and the given filter factories.
 std::shared_ptr<const Snapshot> buildSnapshot(std::shared_ptr<const Config> config, FilterFactoryList filters,

@@ -42,7 +42,8 @@ int UpstreamConn::connect(const sockaddr* addr) {
 }
 
 void UpstreamConn::startReading() {
-  if (state == State::kClosing) return;
+  if (state == State::kClosing || reading_) return;
+  reading_ = true;
   uv_read_start(
       reinterpret_cast<uv_stream_t*>(&tcp),
       [](uv_handle_t* h, size_t, uv_buf_t* buf) {
@@ -64,12 +65,14 @@ void UpstreamConn::startReading() {
           u->stopReading();
           return;
         }
+        if (nread < 0) u->stopReading();
         u->owner->onUpstreamRead(nread);
       });
 }
 
 void UpstreamConn::stopReading() {
-  if (state == State::kClosing) return;
+  if (state == State::kClosing || !reading_) return;
+  reading_ = false;
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp));
 }
 
@@ -164,7 +167,8 @@ UpstreamConn* UpstreamPool::acquire(bool fresh, UpstreamError& err) {
       UpstreamConn* c = s.idle.back();
       s.idle.pop_back();
       if (c->state != UpstreamConn::State::kIdle) continue;
-      c->stopReading();
+      // Reading stays on (toggling it costs an epoll_ctl per request): bytes
+      // arriving before the request is sent are an upstream protocol error.
       c->state = UpstreamConn::State::kActive;
       c->reused = true;
       s.active++;

@@ -60,6 +60,7 @@ class UpstreamConn {
 
  private:
   int handles_open_ = 0;
+  bool reading_ = false;
   static void onClose(uv_handle_t* h);
 };
 

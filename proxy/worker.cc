@@ -119,7 +119,28 @@ void Worker::applySnapshot(std::shared_ptr<const Snapshot> snap) {
   for (auto& p : pools_)
     if (p) p->retire();
   pools_ = std::move(next);
+  auto pin = std::make_unique<SnapshotPin>();
+  pin->snap = snap;
+  pins_.push_back(std::move(pin));
+  for (size_t i = 0; i + 1 < pins_.size();) {
+    if (pins_[i]->users == 0) {
+      pins_.erase(pins_.begin() + static_cast<long>(i));
+    } else {
+      ++i;
+    }
+  }
   snapshot_ = std::move(snap);
+}
+
+void Worker::unpinSnapshot(SnapshotPin* p) {
+  if (--p->users != 0 || p == pins_.back().get()) return;
+  // A retired snapshot whose last request just ended.
+  for (size_t i = 0; i < pins_.size(); ++i) {
+    if (pins_[i].get() == p) {
+      pins_.erase(pins_.begin() + static_cast<long>(i));
+      return;
+    }
+  }
 }
 
 CodecLimits Worker::codecLimits() const {

@@ -54,6 +54,13 @@ class Worker {
   // --- Worker thread only. ---
   uv_loop_t* loop() { return &loop_; }
   const std::shared_ptr<const Snapshot>& snapshot() const { return snapshot_; }
+  // Pins the current snapshot for a request; unpin when the request ends.
+  SnapshotPin* pinSnapshot() {
+    SnapshotPin* p = pins_.back().get();
+    ++p->users;
+    return p;
+  }
+  void unpinSnapshot(SnapshotPin* p);
   UpstreamPool* pool(size_t upstream_index) { return pools_[upstream_index].get(); }
   BufferPool& buffers() { return buffers_; }
   WorkerMetrics& metrics() { return *metrics_; }
@@ -83,6 +90,7 @@ class Worker {
   std::unique_ptr<WorkerMetrics> metrics_;
   BufferPool buffers_;
   std::shared_ptr<const Snapshot> snapshot_;
+  std::vector<std::unique_ptr<SnapshotPin>> pins_;  // back() is current
   std::vector<std::shared_ptr<UpstreamPool>> pools_;
   Connection* connections_ = nullptr;  // intrusive list head
   size_t connection_count_ = 0;

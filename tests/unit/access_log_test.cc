@@ -296,6 +296,17 @@ TEST(LogWriter, StartFailsOnUnopenablePath) {
   EXPECT_NE(error.find("plainfile"), std::string::npos) << error;
 }
 
+TEST(LogWriter, WriteErrorsCountAsDropped) {
+  if (access("/dev/full", W_OK) != 0) GTEST_SKIP() << "no /dev/full";
+  LogWriter w;
+  std::string error;
+  ASSERT_TRUE(w.start("/dev/full", error)) << error;
+  for (int i = 0; i < 10; ++i) EXPECT_TRUE(w.submit("lost\n"));
+  w.flush();
+  EXPECT_EQ(w.written(), 0u);
+  EXPECT_EQ(w.dropped(), 10u);
+}
+
 TEST(LogWriter, EmptyPathDiscards) {
   LogWriter w(4);
   std::string error;
