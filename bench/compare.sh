@@ -1,0 +1,561 @@
+#!/usr/bin/env bash
+# Side-by-side load comparison: Portcullis, nginx and HAProxy (one worker each) in
+# front of the same nginx origin, plus wrk straight at the origin ("direct").
+#
+#   bench/compare.sh [BUILD_DIR]          (default: build)
+#
+# Env knobs: DURATION (s per run, 10), CONNS (64), ROUNDS (3), UPLOAD_MB (1),
+# OUT (results dir, bench/results/<UTC timestamp>), PIN (0; 1 = proxy on cpu 0,
+# wrk + origin on cpu 1), WARMUP (s per contender before round 1, 1; 0 = none),
+# UPLOAD_CONNS (connections for the upload run, default CONNS).
+#
+# Writes OUT/results.json, OUT/chart.png, OUT/raw/ (wrk output per run) and
+# OUT/configs/ (the exact configs used). See bench/README.md.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH_DIR")
+
+BUILD_DIR=${1:-build}
+if [ ! -d "$BUILD_DIR" ] && [ -d "$ROOT/$BUILD_DIR" ]; then BUILD_DIR=$ROOT/$BUILD_DIR; fi
+BUILD_DIR=$(cd "$BUILD_DIR" 2>/dev/null && pwd || echo "$BUILD_DIR")
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+ROUNDS=${ROUNDS:-3}
+UPLOAD_MB=${UPLOAD_MB:-1}
+UPLOAD_CONNS=${UPLOAD_CONNS:-$CONNS}
+PIN=${PIN:-0}
+WARMUP=${WARMUP:-1}
+OUT=${OUT:-$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)}
+
+die() { echo "compare.sh: $*" >&2; exit 1; }
+note() { echo "compare.sh: note: $*" >&2; }
+
+for v in DURATION CONNS ROUNDS UPLOAD_CONNS WARMUP; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
+done
+[ "$DURATION" -ge 1 ] && [ "$CONNS" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$UPLOAD_CONNS" -ge 1 ] \
+  || die "DURATION, CONNS, ROUNDS and UPLOAD_CONNS must be at least 1"
+[[ $UPLOAD_MB =~ ^[0-9]+([.][0-9]+)?$ ]] || die "UPLOAD_MB must be a number of MiB (got '$UPLOAD_MB')"
+UPLOAD_BYTES=$(awk -v m="$UPLOAD_MB" 'BEGIN { printf "%d", m * 1048576 }')
+[ "$UPLOAD_BYTES" -ge 1 ] || die "UPLOAD_MB is too small"
+
+# --- tools -------------------------------------------------------------------
+for t in nginx wrk curl python3 awk; do
+  command -v "$t" >/dev/null || die "'$t' not found; run tools/install-deps.sh --bench"
+done
+ECHO_MODULE=/usr/lib/nginx/modules/ngx_http_echo_module.so
+[ -f "$ECHO_MODULE" ] || die "$ECHO_MODULE missing (Debian package libnginx-mod-http-echo, pulled in by nginx-light)"
+
+# The chart needs matplotlib; a pyenv/venv python3 first on PATH may lack the
+# Debian package, so also try the system interpreter.
+CHART_PY=""
+for py in "${PYTHON:-python3}" /usr/bin/python3; do
+  if command -v "$py" >/dev/null && "$py" -c 'import matplotlib' 2>/dev/null; then CHART_PY=$py; break; fi
+done
+
+if [ "$PIN" = 1 ]; then
+  command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
+  if [ "$(nproc)" -lt 2 ]; then note "PIN=1 needs 2 CPUs; running unpinned"; PIN=0; fi
+fi
+CPU_PROXY=0
+CPU_LOAD=1
+
+CLK_TCK=$(getconf CLK_TCK)
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# --- temp dir, process bookkeeping, cleanup ------------------------------------
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
+declare -A STARTED=()  # pids this script started and has not reaped; stopped on exit
+declare -A PID=()      # contender/origin name -> pid
+
+# alive PID: the process runs and is still this shell's child. Checking the parent
+# means a pid recycled by an unrelated process after ours died is never signalled.
+alive() {
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  s=${s##*) }          # drop "pid (comm) "; now: state ppid ...
+  set -- $s
+  [ "$1" != Z ] && [ "$2" = "$$" ]
+}
+
+stop_pid() {  # stop_pid PID -- TERM, up to 3 s grace, KILL; then reap
+  local pid=$1
+  if alive "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 30); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+  unset "STARTED[$pid]"
+}
+
+cleanup() {
+  local rc=$? pid left f
+  trap "" INT TERM   # a second Ctrl-C must not cut the cleanup short
+  trap - EXIT
+  for pid in "${!STARTED[@]}"; do alive "$pid" && kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 30); do
+    left=0
+    for pid in "${!STARTED[@]}"; do alive "$pid" && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${!STARTED[@]}"; do stop_pid "$pid"; done
+  if [ -d "$OUT" ]; then  # keep configs and error output with the results, not bulk logs
+    mkdir -p "$OUT/configs"
+    cp "$TMP"/*.conf "$TMP"/*.cfg "$TMP"/*.toml "$TMP"/*-error.log "$OUT/configs/" 2>/dev/null || true
+    for f in "$TMP"/*.out; do [ -s "$f" ] && tail -c 65536 "$f" > "$OUT/configs/${f##*/}"; done
+  fi
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "compare.sh: interrupted" >&2; exit 130' INT
+trap 'echo "compare.sh: terminated" >&2; exit 143' TERM
+
+free_ports() {  # free_ports N -> N distinct free loopback ports, one per line
+  python3 -c '
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+for s in socks: print(s.getsockname()[1])' "$1"
+}
+
+render() {  # render TEMPLATE OUTFILE -- fills @NAME@ placeholders from the env below
+  sed -e "s#@TMP@#$TMP#g" -e "s#@PORT@#${R_PORT:-}#g" -e "s#@ADMIN_PORT@#${R_ADMIN_PORT:-}#g" \
+      -e "s#@ORIGIN_PORT@#$ORIGIN_PORT#g" -e "s#@TINY_BODY@#$TINY_BODY#g" \
+      -e "s#@BODY_BUFFER@#$BODY_BUFFER#g" -e "s#@ECHO_MODULE@#$ECHO_MODULE#g" \
+      "$BENCH_DIR/$1" > "$2"
+}
+
+start() {  # start NAME CPU CMD... -- background process, output to TMP/NAME.out
+  local name=$1 cpu=$2; shift 2
+  if [ "$PIN" = 1 ]; then set -- taskset -c "$cpu" "$@"; fi
+  "$@" > "$TMP/$name.out" 2>&1 &
+  PID[$name]=$!
+  STARTED[$!]=1
+}
+
+http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" 2>/dev/null || true; }
+
+wait_http() {  # wait_http NAME URL SECONDS -- until URL answers 200 while NAME lives
+  local name=$1 url=$2
+  for _ in $(seq $(( $3 * 10 ))); do
+    alive "${PID[$name]}" || return 1
+    [ "$(http_code "$url")" = 200 ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+stop() {  # stop NAME -- used when a contender is dropped
+  [ -n "${PID[$1]:-}" ] || return 0
+  stop_pid "${PID[$1]}"
+  unset "PID[$1]"
+}
+
+# --- setup -------------------------------------------------------------------
+mkdir -p "$OUT/raw"
+: > "$OUT/runs.jsonl"
+STATUS=$TMP/contenders.tsv   # name <TAB> ok|skipped <TAB> detail
+: > "$STATUS"
+
+TINY_BODY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef   # 64 bytes
+BODY_BUFFER=$(( UPLOAD_BYTES / 1024 + 64 ))k   # whole body in origin memory, no temp file
+head -c "$UPLOAD_BYTES" /dev/zero > "$TMP/body.bin"
+
+mapfile -t PORTS < <(free_ports 5)
+ORIGIN_PORT=${PORTS[0]}
+declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=${PORTS[1]} [haproxy]=${PORTS[2]} [portcullis]=${PORTS[3]})
+PORTCULLIS_ADMIN_PORT=${PORTS[4]}
+
+echo "Portcullis bench: DURATION=${DURATION}s CONNS=$CONNS ROUNDS=$ROUNDS UPLOAD_MB=$UPLOAD_MB" \
+     "UPLOAD_CONNS=$UPLOAD_CONNS PIN=$PIN  ->  $OUT"
+
+# Origin.
+render origin-nginx.conf.tmpl "$TMP/origin-nginx.conf"
+start origin "$CPU_LOAD" nginx -e "$TMP/origin-error.log" -p "$TMP" -c "$TMP/origin-nginx.conf"
+wait_http origin "http://127.0.0.1:$ORIGIN_PORT/tiny" 10 \
+  || die "origin nginx did not start: $(tail -5 "$TMP/origin.out" "$TMP/origin-error.log" 2>/dev/null)"
+printf 'direct\tok\twrk straight at the origin\n' >> "$STATUS"
+
+why() {  # why FILE... -- the last error-looking lines of startup output, on one line
+  local lines
+  lines=$(grep -hiE 'alert|emerg|error|fatal|fail' "$@" 2>/dev/null | tail -2)
+  [ -n "$lines" ] || lines=$(tail -qn 3 "$@" 2>/dev/null)
+  echo "$lines" | tr -s '\n\t ' ' '
+}
+
+drop() {  # drop NAME REASON -- contender will not be measured
+  note "$1 skipped: $2"
+  stop "$1"
+  printf '%s\tskipped\t%s\n' "$1" "$2" >> "$STATUS"
+}
+
+# nginx.
+R_PORT=${PORT[nginx]} render nginx.conf.tmpl "$TMP/nginx.conf"
+start nginx "$CPU_PROXY" nginx -e "$TMP/nginx-error.log" -p "$TMP" -c "$TMP/nginx.conf"
+if wait_http nginx "http://127.0.0.1:${PORT[nginx]}/tiny" 10; then
+  printf 'nginx\tok\t%s\n' "$(nginx -v 2>&1 | sed 's/^nginx version: //')" >> "$STATUS"
+else
+  drop nginx "did not start: $(why "$TMP/nginx.out" "$TMP/nginx-error.log")"
+fi
+
+# HAProxy.
+if command -v haproxy >/dev/null; then
+  R_PORT=${PORT[haproxy]} render haproxy.cfg.tmpl "$TMP/haproxy.cfg"
+  start haproxy "$CPU_PROXY" haproxy -db -f "$TMP/haproxy.cfg"
+  if wait_http haproxy "http://127.0.0.1:${PORT[haproxy]}/tiny" 10; then
+    printf 'haproxy\tok\t%s\n' "$(haproxy -v 2>/dev/null | head -1)" >> "$STATUS"
+  else
+    drop haproxy "did not start: $(why "$TMP/haproxy.out")"
+  fi
+else
+  printf 'haproxy\tskipped\thaproxy not installed\n' >> "$STATUS"; note "haproxy not installed; skipped"
+fi
+
+# Portcullis.
+PORTCULLIS_BIN=$BUILD_DIR/bin/portcullis
+if [ -x "$PORTCULLIS_BIN" ]; then
+  PORTCULLIS_VERSION=$( (timeout 5 "$PORTCULLIS_BIN" --version 2>/dev/null || true) | head -1)
+  mkdir -p "$TMP/state"
+  R_PORT=${PORT[portcullis]} R_ADMIN_PORT=$PORTCULLIS_ADMIN_PORT render portcullis.toml.tmpl "$TMP/portcullis.toml"
+  if ! timeout 10 "$PORTCULLIS_BIN" -t -c "$TMP/portcullis.toml" > "$TMP/portcullis-check.out" 2>&1; then
+    drop portcullis "config check (portcullis -t) failed: $(why "$TMP/portcullis-check.out")"
+  else
+    start portcullis "$CPU_PROXY" "$PORTCULLIS_BIN" -c "$TMP/portcullis.toml"
+  fi
+  if [ -z "${PID[portcullis]:-}" ]; then
+    :
+  elif wait_http portcullis "http://127.0.0.1:$PORTCULLIS_ADMIN_PORT/readyz" 15; then
+    printf 'portcullis\tok\t%s\n' "${PORTCULLIS_VERSION:-$PORTCULLIS_BIN}" >> "$STATUS"
+  elif alive "${PID[portcullis]}"; then
+    drop portcullis "admin /readyz not 200 within 15 s: $(why "$TMP/portcullis.out")"
+  else
+    drop portcullis "exited at startup: $(why "$TMP/portcullis.out")"
+  fi
+else
+  printf 'portcullis\tskipped\t%s not built\n' "$PORTCULLIS_BIN" >> "$STATUS"
+  note "$PORTCULLIS_BIN not found; measuring the others only"
+fi
+
+# Sanity: every contender returns the exact 64-byte body and carries a whole
+# upload to the origin (the origin logs the request length only for /upload).
+upload_lines() { awk -v n="$UPLOAD_BYTES" '$1 == 200 && $2 >= n { c++ } END { print c + 0 }' "$TMP/origin-upload.log" 2>/dev/null || echo 0; }
+CONTENDERS=()
+for c in direct nginx haproxy portcullis; do
+  [ -n "${PID[$c]:-}" ] || [ "$c" = direct ] || continue
+  base="http://127.0.0.1:${PORT[$c]}"
+  body=$(curl -s --max-time 5 "$base/tiny" || true)
+  before=$(upload_lines)
+  code=$(http_code --max-time 30 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+           --data-binary "@$TMP/body.bin" "$base/upload")
+  after=$(upload_lines)
+  if [ "$body" != "$TINY_BODY" ]; then
+    [ "$c" = direct ] && die "origin returned a wrong /tiny body"
+    drop "$c" "GET /tiny did not return the 64-byte origin body"; continue
+  fi
+  if [ "$code" != 200 ] || [ "$after" -le "$before" ]; then
+    [ "$c" = direct ] && die "origin upload check failed (HTTP $code)"
+    drop "$c" "POST /upload of $UPLOAD_BYTES bytes: HTTP $code, origin saw $(( after - before )) whole bodies"; continue
+  fi
+  CONTENDERS+=("$c")
+done
+
+# --- measurement -------------------------------------------------------------
+proc_ticks() {  # utime+stime (fields 14, 15 of /proc/PID/stat), clock ticks
+  local s
+  [ -n "${1:-}" ] || { echo null; return; }
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo null; return; }
+  s=${s##*) }          # drop "pid (comm) "; field 3 (state) is now $1
+  set -- $s
+  echo $(( ${12} + ${13} ))
+}
+host_ticks() {  # all-CPU "user nice system idle iowait irq softirq steal" ticks, as a JSON list
+  awk '/^cpu / { printf "[%s,%s,%s,%s,%s,%s,%s,%s]", $2, $3, $4, $5, $6, $7, $8, $9; exit }' /proc/stat
+}
+# CPU (user+sys) of this shell's reaped children, in ms, from a saved `times`
+# output. `times` must run in this shell (not in $(...)) to see wrk.
+children_ms() {
+  awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /m|s/); t += a[1] * 60 + a[2] } printf "%d", t * 1000 }' "$1"
+}
+
+# run_wrk CONTENDER ROUND TEST -- ROUND 0 = warm-up (not recorded)
+run_wrk() {
+  local c=$1 round=$2 test=$3 conns=$CONNS dur=$DURATION script=$BENCH_DIR/report.lua path=/tiny
+  if [ "$test" = upload ]; then conns=$UPLOAD_CONNS; script=$BENCH_DIR/upload.lua; path=/upload; fi
+  [ "$round" = 0 ] && dur=$WARMUP
+  local ppid="" raw="$OUT/raw/r${round}-$c-$test.txt"
+  [ "$c" = direct ] || ppid=${PID[$c]}
+  [ "$round" = 0 ] && raw=$TMP/warmup.txt
+
+  local p0 o0 h0 w0 u0 p1 o1 h1 w1 u1 cmd=(wrk -t1 -c"$conns" -d"${dur}s" --latency --timeout 10s -s "$script" "http://127.0.0.1:${PORT[$c]}$path")
+  [ "$PIN" = 1 ] && cmd=(taskset -c "$CPU_LOAD" "${cmd[@]}")
+  u0=$(upload_lines); times > "$TMP/times0"; h0=$(host_ticks); o0=$(proc_ticks "${PID[origin]}"); p0=$(proc_ticks "$ppid")
+  UPLOAD_BYTES=$UPLOAD_BYTES "${cmd[@]}" > "$raw" 2>&1 &
+  local wpid=$! wrc=0
+  STARTED[$wpid]=1
+  wait "$wpid" || wrc=$?
+  unset "STARTED[$wpid]"
+  p1=$(proc_ticks "$ppid"); o1=$(proc_ticks "${PID[origin]}"); h1=$(host_ticks); times > "$TMP/times1"; u1=$(upload_lines)
+  w0=$(children_ms "$TMP/times0"); w1=$(children_ms "$TMP/times1")
+  [ "$round" = 0 ] && return 0
+
+  local line
+  line=$(grep -m1 '^PCBENCH ' "$raw" | cut -d' ' -f2-) || true
+  if [ -z "$line" ]; then
+    note "wrk failed for $c $test round $round (exit $wrc); see $raw"
+    line=null
+  fi
+  alive "${PID[origin]}" || die "the origin exited during the $c $test run: $(why "$TMP/origin.out" "$TMP/origin-error.log")"
+  if [ -n "$ppid" ] && ! alive "$ppid"; then
+    note "$c exited during the $test run of round $round; dropping it"
+    printf '%s\tskipped\texited during round %s (%s)\n' "$c" "$round" "$(why "$TMP/$c.out" "$TMP/$c-error.log")" >> "$STATUS"
+    unset "PID[$c]"
+  fi
+  local pd=null od=null
+  [ "$p0" != null ] && [ "$p1" != null ] && pd=$(( p1 - p0 ))
+  [ "$o0" != null ] && [ "$o1" != null ] && od=$(( o1 - o0 ))
+  printf '{"contender":"%s","round":%d,"test":"%s","connections":%d,"proxy_ticks":%s,"origin_ticks":%s,"wrk_cpu_ms":%d,"host_stat_before":%s,"host_stat_after":%s,"origin_whole_uploads":%d,"wrk":%s}\n' \
+    "$c" "$round" "$test" "$conns" "$pd" "$od" $(( w1 - w0 )) "$h0" "$h1" $(( u1 - u0 )) "$line" >> "$OUT/runs.jsonl"
+
+  # One progress line.
+  [ "$line" = null ] && return 0
+  awk -v c="$c" -v r="$round" -v t="$test" -v pd="$pd" -v hz="$CLK_TCK" -v ub="$UPLOAD_BYTES" -v j="$line" -v R="$ROUNDS" '
+    function get(k,  m) { if (match(j, "\"" k "\":[0-9.]+")) { m = substr(j, RSTART, RLENGTH); sub(/.*:/, "", m); return m + 0 } return 0 }
+    BEGIN {
+      n = get("requests"); d = get("duration_us") / 1e6; rps = d > 0 ? n / d : 0
+      s = sprintf("  round %d/%d  %-10s %-6s %9.0f req/s  p50 %6d us  p99 %6d us", r, R, c, t, rps, get("p50_us"), get("p99_us"))
+      if (t == "upload") s = s sprintf("  %7.0f MB/s", rps * ub / 1e6)
+      if (pd != "null" && n > 0) s = s sprintf("  proxy CPU %6.1f us/req", pd * 1e6 / hz / n)
+      e = get("err_connect") + get("err_read") + get("err_write") + get("err_timeout") + get("err_status")
+      if (e > 0) s = s sprintf("  (%d errors)", e)
+      print s
+    }'
+}
+
+[ ${#CONTENDERS[@]} -ge 1 ] || die "nothing to measure"
+echo "Contenders: ${CONTENDERS[*]}  (~$(( ${#CONTENDERS[@]} * (2 * DURATION * ROUNDS + 2 * WARMUP) )) s)"
+if [ "$WARMUP" -gt 0 ]; then
+  for c in "${CONTENDERS[@]}"; do run_wrk "$c" 0 tiny; run_wrk "$c" 0 upload; done
+fi
+for round in $(seq "$ROUNDS"); do
+  for c in "${CONTENDERS[@]}"; do
+    [ "$c" = direct ] || [ -n "${PID[$c]:-}" ] || continue   # dropped mid-way
+    run_wrk "$c" "$round" tiny
+    [ "$c" = direct ] || [ -n "${PID[$c]:-}" ] || continue
+    run_wrk "$c" "$round" upload
+  done
+done
+
+# --- results.json, table, chart ------------------------------------------------
+META_NPROC=$(nproc) \
+META_CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) \
+META_KERNEL=$(uname -sr) \
+META_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+META_NGINX=$(nginx -v 2>&1 | sed 's/^nginx version: //') \
+META_HAPROXY=$( (haproxy -v 2>/dev/null || true) | head -1) \
+META_WRK=$( (wrk -v 2>&1 || true) | head -1 | awk '{ print $1, $2 }') \
+META_PORTCULLIS=${PORTCULLIS_VERSION:-} \
+META_GIT=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown) \
+META_LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg) \
+S_DURATION=$DURATION S_CONNS=$CONNS S_UPLOAD_CONNS=$UPLOAD_CONNS S_ROUNDS=$ROUNDS S_UPLOAD_MB=$UPLOAD_MB \
+S_UPLOAD_BYTES=$UPLOAD_BYTES S_PIN=$PIN S_WARMUP=$WARMUP S_CLK_TCK=$CLK_TCK S_BUILD_DIR=$BUILD_DIR \
+python3 - "$OUT" "$STATUS" <<'PY'
+import json, os, statistics, sys
+
+out, status_file = sys.argv[1], sys.argv[2]
+E = os.environ
+order = ["direct", "nginx", "haproxy", "portcullis"]
+hz = int(E["S_CLK_TCK"])
+upload_bytes = int(E["S_UPLOAD_BYTES"])
+
+contenders = {}
+for line in open(status_file):
+    name, state, detail = line.rstrip("\n").split("\t", 2)
+    if state == "ok":
+        contenders[name] = {"status": "ok", "detail": detail}
+    else:  # a later "skipped" (e.g. died mid-run) overrides "ok"
+        contenders[name] = {"status": "skipped", "reason": detail}
+
+runs = []
+for line in open(os.path.join(out, "runs.jsonl")):
+    r = json.loads(line)
+    w = r.pop("wrk")
+    if w is None or w["requests"] == 0:
+        r["wrk"] = w
+        r["failed"] = True
+        runs.append(r)
+        continue
+    n, dur = w["requests"], w["duration_us"] / 1e6
+    rec = {
+        "contender": r["contender"], "round": r["round"], "test": r["test"],
+        "connections": r["connections"], "requests": n, "duration_s": round(dur, 3),
+        "rps": n / dur if dur else 0.0,
+        "p50_us": w["p50_us"], "p90_us": w["p90_us"], "p99_us": w["p99_us"],
+        "p999_us": w["p999_us"], "mean_us": w["lat_mean_us"], "max_us": w["lat_max_us"],
+        "response_bytes_per_req": w["bytes"] / n if n else None,
+        "errors": {k[4:]: w[k] for k in w if k.startswith("err_")},
+        "proxy_cpu_s": r["proxy_ticks"] / hz if r["proxy_ticks"] is not None else None,
+        "origin_cpu_s": r["origin_ticks"] / hz if r["origin_ticks"] is not None else None,
+        "wrk_cpu_s": r["wrk_cpu_ms"] / 1000,
+    }
+    rec["proxy_cpu_us_per_req"] = rec["proxy_cpu_s"] * 1e6 / n if n and rec["proxy_cpu_s"] is not None else None
+    rec["origin_cpu_us_per_req"] = rec["origin_cpu_s"] * 1e6 / n if n and rec["origin_cpu_s"] is not None else None
+    # Host-wide CPU during the run, in % of one core. irq+softirq time (loopback
+    # packet processing) is not charged to any process; "other" is process time
+    # outside proxy, origin and wrk (concurrent builds, ...): the noise indicator.
+    d = [b - a for a, b in zip(r["host_stat_before"], r["host_stat_after"])]
+    user, nice, system, idle, iowait, irq, softirq, steal = d
+    wall = sum(d) / int(E["META_NPROC"]) / hz  # seconds
+    known = sum(x or 0 for x in (rec["proxy_cpu_s"], rec["origin_cpu_s"], rec["wrk_cpu_s"]))
+    pct = (lambda t: round(100 * t / wall, 1)) if wall else (lambda t: None)
+    rec["host_cpu_pct_of_core"] = {
+        "busy": pct((user + nice + system + irq + softirq + steal) / hz),
+        "irq_softirq": pct((irq + softirq) / hz), "steal": pct(steal / hz)}
+    rec["other_cpu_pct_of_core"] = pct(max(0.0, (user + nice + system) / hz - known))
+    if r["test"] == "upload":
+        mib = upload_bytes / 1048576
+        rec["upload_bytes"] = upload_bytes
+        rec["upload_MBps"] = rec["rps"] * upload_bytes / 1e6
+        rec["proxy_cpu_us_per_MiB"] = rec["proxy_cpu_us_per_req"] / mib if rec["proxy_cpu_us_per_req"] is not None else None
+        # The origin only answers after the last body byte, so every upload wrk
+        # counts as done must appear here as a whole body at the origin.
+        rec["origin_whole_uploads"] = r["origin_whole_uploads"]
+        ok = n - w["err_status"]
+        rec["origin_saw_every_upload"] = r["origin_whole_uploads"] >= ok
+    runs.append(rec)
+
+def med(c, test, key):
+    xs = [r[key] for r in runs if r["contender"] == c and r["test"] == test
+          and not r.get("failed") and r.get(key) is not None]
+    return statistics.median(xs) if xs else None
+
+def spread(c, test, key):
+    xs = [r[key] for r in runs if r["contender"] == c and r["test"] == test and r.get(key) is not None]
+    return [min(xs), max(xs)] if xs else None
+
+measured = [c for c in order if any(r["contender"] == c and not r.get("failed") for r in runs)]
+medians = {}
+for c in measured:
+    medians[c] = {
+        "rps": med(c, "tiny", "rps"), "rps_range": spread(c, "tiny", "rps"),
+        "p50_us": med(c, "tiny", "p50_us"), "p99_us": med(c, "tiny", "p99_us"),
+        "proxy_cpu_us_per_req": med(c, "tiny", "proxy_cpu_us_per_req"),
+        "origin_cpu_us_per_req": med(c, "tiny", "origin_cpu_us_per_req"),
+        "upload_MBps": med(c, "upload", "upload_MBps"),
+        "upload_MBps_range": spread(c, "upload", "upload_MBps"),
+        "upload_p99_us": med(c, "upload", "p99_us"),
+        "upload_proxy_cpu_us_per_MiB": med(c, "upload", "proxy_cpu_us_per_MiB"),
+        "other_cpu_pct_of_core": med(c, "tiny", "other_cpu_pct_of_core"),
+    }
+
+def ratio(a, b, key):
+    if a in medians and b in medians and medians[a][key] and medians[b][key]:
+        return medians[a][key] / medians[b][key]
+    return None
+
+ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us", "upload_MBps"]
+ratios = {}
+for a, b in (("portcullis", "nginx"), ("portcullis", "haproxy"), ("haproxy", "nginx")):
+    ratios[f"{a}/{b}"] = {k: ratio(a, b, k) for k in ratio_keys}
+fraction_of_direct = {c: {"rps": ratio(c, "direct", "rps"), "upload_MBps": ratio(c, "direct", "upload_MBps")}
+                      for c in ("nginx", "haproxy", "portcullis")}
+
+for c in order:
+    contenders.setdefault(c, {"status": "skipped", "reason": "not started"})
+
+results = {
+    "schema": 1,
+    "machine": {
+        "nproc": int(E["META_NPROC"]), "cpu_model": E["META_CPU"], "kernel": E["META_KERNEL"],
+        "date_utc": E["META_DATE"], "loadavg_at_end": E["META_LOADAVG"], "git": E["META_GIT"],
+        "versions": {"nginx": E["META_NGINX"], "haproxy": E["META_HAPROXY"], "wrk": E["META_WRK"],
+                     "portcullis": E["META_PORTCULLIS"] or None},
+    },
+    "settings": {
+        "duration_s": int(E["S_DURATION"]), "connections": int(E["S_CONNS"]),
+        "upload_connections": int(E["S_UPLOAD_CONNS"]), "rounds": int(E["S_ROUNDS"]),
+        "upload_mib": float(E["S_UPLOAD_MB"]), "upload_bytes": upload_bytes,
+        "pin": E["S_PIN"] == "1", "warmup_s": int(E["S_WARMUP"]), "wrk_threads": 1,
+        "build_dir": E["S_BUILD_DIR"], "clk_tck": hz,
+        "origin": "nginx, 1 worker: GET /tiny -> 64-byte body; POST /upload -> echo_read_request_body then 200",
+        "units": "latency us; CPU us of proxy process time (utime+stime) per request; MB/s = 10^6 bytes/s of request body",
+    },
+    "contenders": contenders,
+    "runs": runs,
+    "medians": medians,
+    "ratios": ratios,
+    "fraction_of_direct": fraction_of_direct,
+}
+with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+    f.write("\n")
+
+# ---- table ----
+def fmt(x, spec="{:,.0f}", none="-"):
+    return none if x is None else spec.format(x)
+
+s = results["settings"]; m = results["machine"]
+print()
+print(f"Results ({m['nproc']} CPUs {m['cpu_model']}, {m['kernel']}; {s['duration_s']} s x {s['rounds']} rounds,"
+      f" {s['connections']} conns, {s['upload_mib']:g} MiB uploads{', pinned' if s['pin'] else ''}; medians)")
+hdr = f"{'':<11}{'req/s':>9}{'range':>17}{'p50 us':>8}{'p99 us':>8}{'CPU us/req':>11}{'origin us':>10}{'upload MB/s':>12}{'CPU us/MiB':>11}"
+print(hdr)
+print("-" * len(hdr))
+for c in order:
+    if c not in medians:
+        why = contenders[c].get("reason", "no successful run")
+        print(f"{c:<11}  not measured: {why[:90]}")
+        continue
+    d = medians[c]
+    rng = f"{d['rps_range'][0]:,.0f}-{d['rps_range'][1]:,.0f}" if d["rps_range"] else "-"
+    print(f"{c:<11}{fmt(d['rps']):>9}{rng:>17}{fmt(d['p50_us']):>8}{fmt(d['p99_us']):>8}"
+          f"{fmt(d['proxy_cpu_us_per_req'], '{:.1f}'):>11}{fmt(d['origin_cpu_us_per_req'], '{:.1f}'):>10}"
+          f"{fmt(d['upload_MBps']):>12}{fmt(d['upload_proxy_cpu_us_per_MiB'], '{:.0f}'):>11}")
+print("  CPU us/req = proxy process CPU per GET /tiny; origin us = origin CPU per request;"
+      " CPU us/MiB = proxy CPU per MiB uploaded.")
+
+print()
+print(f"{'Ratios':<22}{'req/s':>8}{'CPU/req':>9}{'p99':>8}{'upload MB/s':>13}")
+for k, v in ratios.items():
+    print(f"{k:<22}" + f"{fmt(v['rps'], '{:.2f}'):>8}{fmt(v['proxy_cpu_us_per_req'], '{:.2f}'):>9}"
+          f"{fmt(v['p99_us'], '{:.2f}'):>8}{fmt(v['upload_MBps'], '{:.2f}'):>13}")
+print("  (req/s and MB/s: higher is better for the first; CPU/req and p99: lower is better)")
+print("Fraction of direct:  " + "   ".join(
+    f"{c} {fmt(v['rps'], '{:.2f}')} req/s, {fmt(v['upload_MBps'], '{:.2f}')} MB/s" for c, v in fraction_of_direct.items()
+    if c in medians))
+
+warn = []
+for r in runs:
+    tag = f"{r['contender']} {r['test']} round {r['round']}"
+    if r.get("failed"):
+        warn.append(f"{tag}: wrk produced no result"); continue
+    errs = sum(r["errors"].values())
+    if errs:
+        warn.append(f"{tag}: {errs} wrk errors {r['errors']}")
+    if r["test"] == "upload" and not r["origin_saw_every_upload"]:
+        warn.append(f"{tag}: origin saw {r['origin_whole_uploads']} whole bodies for {r['requests']} answered uploads")
+    o = r.get("other_cpu_pct_of_core")
+    if o is not None and o > 25:
+        warn.append(f"{tag}: other load on the host used {o:.0f}% of a core (noisy)")
+if warn:
+    print()
+    print("Warnings:")
+    for w in warn[:20]:
+        print("  " + w)
+    if len(warn) > 20:
+        print(f"  ... {len(warn) - 20} more in results.json")
+PY
+
+if [ -n "$CHART_PY" ]; then
+  "$CHART_PY" "$BENCH_DIR/chart.py" "$OUT/results.json" "$OUT/chart.png" \
+    || note "chart.py failed; results.json is complete"
+else
+  note "matplotlib not available (python3-matplotlib); chart skipped"
+fi
+echo
+echo "Wrote $OUT/results.json${CHART_PY:+ and $OUT/chart.png}"
