@@ -9,6 +9,8 @@
 #include "proxy/arena.h"
 #include "proxy/http_message.h"
 
+typedef struct uv_loop_s uv_loop_t;  // <uv.h>
+
 namespace portcullis {
 
 struct RouteConfig;
@@ -56,6 +58,12 @@ class RequestContext {
   bool secure = false;                  // arrived over TLS (or trusted proxy said so)
   std::string_view tls_version;         // "" on plaintext
   uint64_t start_us = 0;                // monotonic, at head completion
+  // The loop of the worker thread that owns the request: a filter that
+  // returns kPause may start its own handles (timers, async work) on it and
+  // call resume() from their callbacks. Such handles must be closed by the
+  // filter (at the latest in its destructor) and must not call resume()
+  // after onComplete().
+  uv_loop_t* loop = nullptr;
 
   // --- Written by filters. ---
   LocalReply local_reply;

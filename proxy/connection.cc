@@ -217,6 +217,7 @@ void Connection::beginRequest() {
   uv_timer_stop(&timer_);
   pinSnapshot();
   ctx_.reset();
+  ctx_.loop = worker_->loop();
   worker_->nextRequestId(request_id_);
   ctx_.snapshot = snap_;
   ctx_.request_id = std::string_view(request_id_, 32);
@@ -334,8 +335,10 @@ void Connection::onUpstreamConnected(int status) {
   if (status != 0) {
     pool_->markFailed(up_->server);
     releaseUpstream(false);
-    worker_->metrics().upstream_errors[static_cast<size_t>(UpstreamError::kConnectFailed)].inc();
     if (connect_attempts_ < 3 && connect_attempts_ < pool_->serverCount()) {
+      // Counted here only when another server is tried; the last failure is
+      // counted by handleUpstreamFailure().
+      worker_->metrics().upstream_errors[static_cast<size_t>(UpstreamError::kConnectFailed)].inc();
       connectUpstream(true);
       return;
     }
@@ -380,8 +383,9 @@ void Connection::onBodyData(std::string_view data) {
   }
   req_body_bytes_ += data.size();
   if (req_.chunked) {
-    if (chunk_frames_used_ == chunk_frames_.size()) chunk_frames_.emplace_back();
-    ChunkLine& f = chunk_frames_[chunk_frames_used_++];
+    if (!chunk_frames_) chunk_frames_ = std::make_unique<std::deque<ChunkLine>>();
+    if (chunk_frames_used_ == chunk_frames_->size()) chunk_frames_->emplace_back();
+    ChunkLine& f = (*chunk_frames_)[chunk_frames_used_++];
     int n = std::snprintf(f.text, sizeof(f.text), "%zx\r\n", data.size());
     up_bufs_.push_back(uv_buf_init(f.text, static_cast<unsigned>(n)));
   }
@@ -399,11 +403,13 @@ void Connection::pumpRequestBody() {
   bool request_done = false;
   if (!req_.hasBody()) {
     // A body-less request still has to reach its end in the parser, which
-    // happens without consuming input.
-    size_t consumed = 0;
-    HttpCodec::Status st = codec_.execute(rbuf_.data + rbuf_.start, 0, consumed);
-    request_done = (st == HttpCodec::Status::kMessageComplete);
-    if (!request_done) std::abort();  // llhttp ends body-less messages at once
+    // happens without consuming input. On a retry it already has.
+    if (codec_.inMessage()) {
+      size_t consumed = 0;
+      HttpCodec::Status st = codec_.execute(rbuf_.data + rbuf_.start, 0, consumed);
+      if (st != HttpCodec::Status::kMessageComplete) std::abort();  // llhttp ends body-less messages at once
+    }
+    request_done = true;
   } else if (rbuf_.unparsed() > 0) {
     size_t consumed = 0;
     HttpCodec::Status st = codec_.execute(rbuf_.data + rbuf_.start, rbuf_.unparsed(), consumed);
@@ -782,6 +788,16 @@ void Connection::finishExchange() {
 }
 
 void Connection::startNextRequest() {
+  // A local reply to a body-less request (404, 405, ...) is sent from its
+  // head, before the parser reached the message end; reach it now, or the
+  // parser would report that end in place of the next request's head.
+  if (codec_.inMessage()) {
+    size_t consumed = 0;
+    if (codec_.execute(rbuf_.data + rbuf_.start, 0, consumed) != HttpCodec::Status::kMessageComplete) {
+      close();
+      return;
+    }
+  }
   // Pipelined bytes (if any) move to the front; everything else is reset.
   if (rbuf_.held()) {
     size_t left = rbuf_.unparsed();

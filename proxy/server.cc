@@ -169,9 +169,31 @@ int Server::run() {
     std::lock_guard<std::mutex> lock(ready_mu_);
     async_ready_ = true;
   }
+  // Signal handlers go in before startup() announces the listening ports:
+  // a supervisor may send SIGTERM or SIGHUP as soon as it sees them, and the
+  // default action would kill the process. Signals caught now are handled
+  // once the loop runs.
+  if (options_.handle_signals) {
+    signal(SIGPIPE, SIG_IGN);
+    uv_signal_init(&loop_, &sig_hup_);
+    uv_signal_init(&loop_, &sig_term_);
+    uv_signal_init(&loop_, &sig_int_);
+    uv_signal_init(&loop_, &sig_usr1_);
+    for (uv_signal_t* s : {&sig_hup_, &sig_term_, &sig_int_, &sig_usr1_}) s->data = this;
+    uv_signal_start(&sig_hup_, &Server::onSignal, SIGHUP);
+    uv_signal_start(&sig_term_, &Server::onSignal, SIGTERM);
+    uv_signal_start(&sig_int_, &Server::onSignal, SIGINT);
+    uv_signal_start(&sig_usr1_, &Server::onSignal, SIGUSR1);
+    signals_installed_ = true;
+  }
   std::string error;
   if (!startup(error)) {
     logLine("error", error);
+    if (signals_installed_) {
+      for (uv_signal_t* s : {&sig_hup_, &sig_term_, &sig_int_, &sig_usr1_})
+        uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+      signals_installed_ = false;
+    }
     for (auto& w : workers_) w->postShutdown(0);
     for (auto& w : workers_) {
       w->start();
@@ -191,19 +213,6 @@ int Server::run() {
     setReady(false);
     return 1;
   }
-  if (options_.handle_signals) {
-    signal(SIGPIPE, SIG_IGN);
-    uv_signal_init(&loop_, &sig_hup_);
-    uv_signal_init(&loop_, &sig_term_);
-    uv_signal_init(&loop_, &sig_int_);
-    uv_signal_init(&loop_, &sig_usr1_);
-    for (uv_signal_t* s : {&sig_hup_, &sig_term_, &sig_int_, &sig_usr1_}) s->data = this;
-    uv_signal_start(&sig_hup_, &Server::onSignal, SIGHUP);
-    uv_signal_start(&sig_term_, &Server::onSignal, SIGTERM);
-    uv_signal_start(&sig_int_, &Server::onSignal, SIGINT);
-    uv_signal_start(&sig_usr1_, &Server::onSignal, SIGUSR1);
-    signals_installed_ = true;
-  }
   setReady(true);
   if (want_shutdown_ || want_reload_ || want_reopen_) uv_async_send(&async_);
   uv_run(&loop_, UV_RUN_DEFAULT);
@@ -211,6 +220,12 @@ int Server::run() {
   for (auto& w : workers_) w->join();
   workers_.clear();
   access_log_->stop();
+  if (signals_installed_) {
+    for (uv_signal_t* s : {&sig_hup_, &sig_term_, &sig_int_, &sig_usr1_})
+      uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+    signals_installed_ = false;
+    uv_run(&loop_, UV_RUN_DEFAULT);
+  }
   uv_loop_close(&loop_);
   logLine("info", "stopped");
   return 0;
@@ -302,8 +317,11 @@ void Server::beginShutdown() {
   admin_->close();
   health_checker_->stop();
   if (signals_installed_) {
+    // Not closed: that would restore the default actions, and a second
+    // SIGTERM or a SIGHUP during the drain would kill the process. Unref'd,
+    // they no longer keep the loop alive; run() closes them at the end.
     for (uv_signal_t* s : {&sig_hup_, &sig_term_, &sig_int_, &sig_usr1_})
-      uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
+      uv_unref(reinterpret_cast<uv_handle_t*>(s));
   }
   {
     std::lock_guard<std::mutex> lock(ready_mu_);
