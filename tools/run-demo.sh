@@ -175,8 +175,8 @@ Try (the demo backend echoes each request it receives as JSON):
   curl -i $PROXY_URL/v1/orders -H 'Content-Type: application/json' \\
        -d '{"item": "widget", "qty": 2}'
 
-  # a malformed JSON body is stopped at the proxy and never reaches the backend
-  curl -i $PROXY_URL/v1/orders -H 'Content-Type: application/json' -d '{"item": '
+  # an unrouted path is answered by the proxy itself (404, JSON error body)
+  curl -i $PROXY_URL/nowhere
 
   # streamed upload: compare body_sha256 with: sha256sum var/demo/sample.csv
   curl -i $PROXY_URL/v1/accounts/demo/uploads -H 'Content-Type: text/csv' \\
@@ -196,8 +196,14 @@ EOF
 while :; do
   set +e
   wait -n "$BACKEND_PID" "$PROXY_PID"
+  rc=$?
   set -e
   [[ $STOPPING -eq 1 ]] && exit 0
+  if [[ $rc -eq 0 ]]; then
+    # A clean exit: Ctrl-C reaches the whole process group, and a child can
+    # finish its own shutdown before this shell runs its trap.
+    on_signal
+  fi
   if ! kill -0 "$PROXY_PID" 2>/dev/null; then
     PROXY_PID=""
     fail "portcullis exited unexpectedly; stopping the demo backend" var/log/portcullis.out
