@@ -58,11 +58,11 @@ class RequestContext {
   bool secure = false;                  // arrived over TLS (or trusted proxy said so)
   std::string_view tls_version;         // "" on plaintext
   uint64_t start_us = 0;                // monotonic, at head completion
-  // The loop of the worker thread that owns the request: a filter that
+  // The loop of the worker thread that owns the request. A filter that
   // returns kPause may start its own handles (timers, async work) on it and
-  // call resume() from their callbacks. Such handles must be closed by the
-  // filter (at the latest in its destructor) and must not call resume()
-  // after onComplete().
+  // call resume() from their callbacks. The filter must stop them when it is
+  // destroyed (a request can end while paused, e.g. the client went away),
+  // and their memory must outlive uv_close(), so not in the request arena.
   uv_loop_t* loop = nullptr;
 
   // --- Written by filters. ---

@@ -54,6 +54,17 @@ void appendAllow(std::string& out, uint16_t methods) {
   }
 }
 
+// The upstream timer (upstream_response_ms) runs while the proxy waits on the
+// upstream (connect, a pending write, the response), never while it waits on
+// the client for more request body: a slow upload is bounded by
+// body_idle_ms / min_body_rate, not mistaken for a slow upstream.
+void startUpstreamTimer(UpstreamConn* u, uint64_t ms) {
+  uv_timer_start(&u->timer, [](uv_timer_t* t) {
+    auto* c = static_cast<UpstreamConn*>(t->data);
+    if (c->owner != nullptr) c->owner->onUpstreamTimeout();
+  }, ms, 0);
+}
+
 }  // namespace
 
 Connection::Connection(Worker* worker)
@@ -195,7 +206,7 @@ void Connection::processClient() {
             sendError(431, "headers_too_large", "codec", "request head too large", true);
             break;
           case CodecError::kBadVersion:
-            sendError(505, "bad_request", "codec", "unsupported HTTP version", true);
+            sendError(505, "http_version_not_supported", "codec", "unsupported HTTP version", true);
             break;
           default:
             sendError(400, "bad_request", "codec", codec_.errorReason(), true);
@@ -454,6 +465,7 @@ void Connection::pumpRequestBody() {
   if (request_done) {
     req_state_ = ReqState::kDone;
     uv_timer_stop(&timer_);
+    if (resp_state_ == RespState::kHead) startUpstreamTimer(up_, snap_->config->timeouts.upstream_response_ms);
   }
   flushToUpstream();
 }
@@ -478,6 +490,7 @@ void Connection::flushToUpstream() {
   if (rc == 1) {
     up_->write_req.data = up_;
     up_->write_pending = true;
+    if (resp_state_ == RespState::kHead) startUpstreamTimer(up_, snap_->config->timeouts.upstream_response_ms);
     updateClientReading();
     return;
   }
@@ -499,6 +512,8 @@ void Connection::onUpstreamWritten(int status) {
     rbuf_.end = body_base_ + left;
   }
   if (req_state_ == ReqState::kStreamingBody) {
+    // Waiting on the client again (see startUpstreamTimer).
+    if (resp_state_ == RespState::kHead) uv_timer_stop(&up_->timer);
     armClientTimer(snap_->config->timeouts.body_idle_ms);
     if (rbuf_.unparsed() > 0) {
       pumpRequestBody();
@@ -541,7 +556,9 @@ void Connection::handleUpstreamFailure(UpstreamError kind, int status) {
     return;
   }
   std::string_view code = status == 504 ? "gateway_timeout" : status == 503 ? "unavailable" : "bad_gateway";
-  sendError(status, code, "upstream", upstreamErrorName(kind), close_after_ || req_state_ != ReqState::kDone);
+  // sendLocalReply() closes when request body bytes may still be unread; a
+  // body-less request keeps its connection, as after any other reply.
+  sendError(status, code, "upstream", upstreamErrorName(kind), close_after_);
 }
 
 void Connection::releaseUpstream(bool reusable) {
@@ -659,7 +676,9 @@ void Connection::parseResponse() {
     maybeFinishExchange();
     return;
   }
-  if (b.unparsed() == 0) {
+  // While the head is incomplete its parsed views point into this buffer:
+  // it may only be reset or compacted once the head has been serialised.
+  if (b.unparsed() == 0 && resp_state_ != RespState::kHead) {
     b.start = b.end = 0;
   } else if (b.start > 0 && resp_state_ == RespState::kBody) {
     std::memmove(b.data, b.data + b.start, b.unparsed());

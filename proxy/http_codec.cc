@@ -1,6 +1,7 @@
 #include "proxy/http_codec.h"
 
 #include <cstdlib>
+#include <cstring>
 
 namespace portcullis {
 
@@ -35,6 +36,7 @@ HttpCodec::HttpCodec(llhttp_type_t type, CodecLimits limits) : limits_(limits) {
 }
 
 void HttpCodec::startRequest(RequestHead* head, Arena* arena) {
+  after_lf_ = false;
   req_ = head;
   resp_ = nullptr;
   head_ = head;
@@ -44,6 +46,7 @@ void HttpCodec::startRequest(RequestHead* head, Arena* arena) {
 }
 
 void HttpCodec::startResponse(ResponseHead* head, Arena* arena, bool request_was_head) {
+  after_lf_ = false;
   resp_ = head;
   req_ = nullptr;
   head_ = head;
@@ -53,9 +56,35 @@ void HttpCodec::startResponse(ResponseHead* head, Arena* arena, bool request_was
   head->clear();
 }
 
-int HttpCodec::fail(CodecError e) {
+int HttpCodec::fail(CodecError e, const char* reason) {
   error_ = e;
+  reason_ = reason;
   return HPE_USER;
+}
+
+const char* HttpCodec::errorReason() const {
+  if (reason_ != nullptr) return reason_;
+  const char* r = llhttp_get_error_reason(&parser_);
+  return r != nullptr ? r : "malformed message";
+}
+
+// llhttp accepts obs-fold (a header line continued on the next line that
+// starts with SP or HTAB) even in LLHTTP_STRICT_MODE; RFC 9112 §5.2 lets a
+// server reject it, which is what we do. Scans head bytes only; after_lf_
+// carries a trailing LF over to the next read.
+bool HttpCodec::foldIn(const char* p, size_t n) {
+  if (n == 0) return false;
+  if (after_lf_ && (p[0] == ' ' || p[0] == '\t')) return true;
+  after_lf_ = false;
+  const char* end = p + n;
+  while ((p = static_cast<const char*>(std::memchr(p, '\n', static_cast<size_t>(end - p)))) != nullptr) {
+    if (++p == end) {
+      after_lf_ = true;
+      return false;
+    }
+    if (*p == ' ' || *p == '\t') return true;
+  }
+  return false;
 }
 
 std::string_view HttpCodec::append(std::string_view cur, const char* at, size_t len) {
@@ -72,17 +101,20 @@ int HttpCodec::onMessageBegin(llhttp_t* p) {
   c->head_done_ = false;
   c->head_bytes_ = 0;
   c->field_ = c->value_ = c->url_ = c->status_ = {};
+  c->trailer_bytes_ = 0;
   c->in_value_ = false;
   // A message that starts with no head set up (e.g. a response without a
   // request) is a protocol violation of the peer.
-  if (c->head_ == nullptr) return c->fail(CodecError::kMalformed);
+  if (c->head_ == nullptr) return c->fail(CodecError::kMalformed, "message without a request");
   return 0;
 }
 
 int HttpCodec::onUrl(llhttp_t* p, const char* at, size_t len) {
   HttpCodec* c = self(p);
   c->url_ = c->append(c->url_, at, len);
-  if (c->url_.size() > c->limits_.max_uri_bytes) return c->fail(CodecError::kUriTooLong);
+  if (c->url_.size() > c->limits_.max_uri_bytes) {
+    return c->fail(CodecError::kUriTooLong, "request target too long");
+  }
   return 0;
 }
 
@@ -92,24 +124,44 @@ int HttpCodec::onStatus(llhttp_t* p, const char* at, size_t len) {
   return 0;
 }
 
+// Trailer fields (after a chunked body) are not part of the head, which the
+// owner has already acted on and may hold pointers into: they are counted
+// against the head limit and dropped.
+int HttpCodec::onTrailerBytes(size_t len) {
+  trailer_bytes_ += len;
+  if (trailer_bytes_ > limits_.max_header_bytes) {
+    return fail(CodecError::kHeadersTooLarge, "trailer section too large");
+  }
+  return 0;
+}
+
 int HttpCodec::onHeaderField(llhttp_t* p, const char* at, size_t len) {
   HttpCodec* c = self(p);
+  if (c->head_done_) return c->onTrailerBytes(len);
   c->field_ = c->append(c->field_, at, len);
-  if (c->field_.size() > c->limits_.max_header_bytes) return c->fail(CodecError::kHeadersTooLarge);
+  if (c->field_.size() > c->limits_.max_header_bytes) {
+    return c->fail(CodecError::kHeadersTooLarge, "head too large");
+  }
   return 0;
 }
 
 int HttpCodec::onHeaderValue(llhttp_t* p, const char* at, size_t len) {
   HttpCodec* c = self(p);
+  if (c->head_done_) return c->onTrailerBytes(len);
   c->value_ = c->append(c->value_, at, len);
   c->in_value_ = true;
-  if (c->value_.size() > c->limits_.max_header_bytes) return c->fail(CodecError::kHeadersTooLarge);
+  if (c->value_.size() > c->limits_.max_header_bytes) {
+    return c->fail(CodecError::kHeadersTooLarge, "head too large");
+  }
   return 0;
 }
 
 int HttpCodec::onHeaderValueComplete(llhttp_t* p) {
   HttpCodec* c = self(p);
-  if (c->head_->headers.size() >= c->limits_.max_headers) return c->fail(CodecError::kHeadersTooLarge);
+  if (c->head_done_) return 0;  // a trailer field, see onTrailerBytes()
+  if (c->head_->headers.size() >= c->limits_.max_headers) {
+    return c->fail(CodecError::kHeadersTooLarge, "too many header fields");
+  }
   Header h;
   h.name = c->field_;
   h.value = trimOws(c->value_);
@@ -125,7 +177,9 @@ int HttpCodec::onHeadersComplete(llhttp_t* p) {
   MessageHead* h = c->head_;
   h->http_major = llhttp_get_http_major(p);
   h->http_minor = llhttp_get_http_minor(p);
-  if (h->http_major != 1 || h->http_minor > 1) return c->fail(CodecError::kBadVersion);
+  if (h->http_major != 1 || h->http_minor > 1) {
+    return c->fail(CodecError::kBadVersion, "unsupported HTTP version");
+  }
   h->chunked = (p->flags & F_CHUNKED) != 0;
   h->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
   h->content_length = h->has_content_length ? p->content_length : 0;
@@ -151,10 +205,16 @@ int HttpCodec::onHeadersComplete(llhttp_t* p) {
     c->resp_->reason = c->status_;
   }
   c->head_done_ = true;
-  // Pausing here makes llhttp_execute() return right after the head; the
-  // skip-body decision for HEAD responses is taken by llhttp from our return
-  // value, so that case cannot pause and is reported after execute().
-  if (c->resp_ != nullptr && c->request_was_head_) return 1;
+  // Pausing here makes llhttp_execute() return right after the head. A
+  // response to HEAD, and any 1xx, 204 or 304 response, has no body whatever
+  // its framing headers say (RFC 9112 §6.3), but llhttp honours a
+  // Content-Length on them unless told to skip the body; that decision is
+  // taken from our return value, so these cases cannot pause and are
+  // reported after execute() as kMessageComplete with headDone().
+  if (c->resp_ != nullptr) {
+    const int s = c->resp_->status;
+    if (c->request_was_head_ || s < 200 || s == 204 || s == 304) return 1;
+  }
   return HPE_PAUSED;
 }
 
@@ -176,12 +236,19 @@ HttpCodec::Status HttpCodec::execute(const char* data, size_t len, size_t& consu
   const bool head_was_done = head_done_;
   const bool was_in_message = in_message_;
   llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  if (!head_was_done && (err == HPE_OK || err == HPE_PAUSED)) {
+    const size_t head_part = err == HPE_OK ? len : static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
+    if (foldIn(data, head_part)) {
+      fail(CodecError::kMalformed, "obs-fold in header");
+      return Status::kError;
+    }
+  }
   if (err == HPE_OK) {
     consumed = len;
     if (!head_done_ && (in_message_ || was_in_message)) {
       head_bytes_ += len;
       if (head_bytes_ > limits_.max_header_bytes) {
-        error_ = CodecError::kHeadersTooLarge;
+        fail(CodecError::kHeadersTooLarge, "head too large");
         return Status::kError;
       }
     }
@@ -196,19 +263,28 @@ HttpCodec::Status HttpCodec::execute(const char* data, size_t len, size_t& consu
     if (!in_message_) {
       // Message complete. If the head also finished within this call, the
       // owner still learns about the head first via headDone().
+      if (!head_was_done && head_done_) {
+        head_bytes_ += consumed;
+        if (head_bytes_ > limits_.max_header_bytes) {
+          fail(CodecError::kHeadersTooLarge, "head too large");
+          return Status::kError;
+        }
+      }
       return Status::kMessageComplete;
     }
     if (!head_was_done && head_done_) {
       head_bytes_ += consumed;
       if (head_bytes_ > limits_.max_header_bytes) {
-        error_ = CodecError::kHeadersTooLarge;
+        fail(CodecError::kHeadersTooLarge, "head too large");
         return Status::kError;
       }
       return Status::kHeadComplete;
     }
     return Status::kNeedMore;
   }
-  if (err == HPE_USER) return Status::kError;  // error_ set by fail()
+  // error_ set by fail(): llhttp reports a failed callback as HPE_USER or
+  // as its own per-callback code (e.g. HPE_CB_HEADER_VALUE_COMPLETE).
+  if (err == HPE_USER || error_ != CodecError::kNone) return Status::kError;
   if (err == HPE_INVALID_VERSION) {
     error_ = CodecError::kBadVersion;
   } else {

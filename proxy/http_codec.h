@@ -46,7 +46,10 @@ class HttpCodec {
   enum class Status : uint8_t {
     kNeedMore,         // all input consumed, message not finished
     kHeadComplete,     // head parsed; `consumed` bytes used (ends at the head)
-    kMessageComplete,  // message finished after `consumed` bytes
+    kMessageComplete,  // message finished after `consumed` bytes; for a
+                       // response that cannot have a body (to HEAD, 1xx,
+                       // 204, 304) it comes without kHeadComplete first:
+                       // the head is then reported by headDone()
     kError,            // see error()
   };
 
@@ -71,7 +74,8 @@ class HttpCodec {
   Status finish();
 
   CodecError error() const { return error_; }
-  const char* errorReason() const { return llhttp_get_error_reason(&parser_); }
+  // Why parsing failed, for logs; never null.
+  const char* errorReason() const;
   bool inMessage() const { return in_message_; }
   bool headDone() const { return head_done_; }
   // True when a response body is delimited by connection close.
@@ -90,7 +94,9 @@ class HttpCodec {
   static int onMessageComplete(llhttp_t* p);
 
   std::string_view append(std::string_view cur, const char* at, size_t len);
-  int fail(CodecError e);
+  int onTrailerBytes(size_t len);
+  bool foldIn(const char* p, size_t n);
+  int fail(CodecError e, const char* reason);
 
   llhttp_t parser_;
   llhttp_settings_t settings_;
@@ -105,7 +111,10 @@ class HttpCodec {
   std::string_view url_;
   std::string_view status_;
   uint64_t head_bytes_ = 0;
+  uint64_t trailer_bytes_ = 0;
   const char* chunk_start_ = nullptr;
+  const char* reason_ = nullptr;  // set with error_ when we (not llhttp) found it
+  bool after_lf_ = false;         // the last head byte seen was LF
   bool in_value_ = false;
   bool in_message_ = false;
   bool head_done_ = false;

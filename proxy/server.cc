@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -221,6 +222,13 @@ int Server::run() {
   workers_.clear();
   access_log_->stop();
   if (signals_installed_) {
+    // Closing the handles restores the default actions; a signal arriving
+    // from here to exit stays pending instead of turning exit 0 into death
+    // by signal. (Only this thread is left.)
+    sigset_t set;
+    sigemptyset(&set);
+    for (int signum : {SIGHUP, SIGTERM, SIGINT, SIGUSR1}) sigaddset(&set, signum);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
     for (uv_signal_t* s : {&sig_hup_, &sig_term_, &sig_int_, &sig_usr1_})
       uv_close(reinterpret_cast<uv_handle_t*>(s), nullptr);
     signals_installed_ = false;

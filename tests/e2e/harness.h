@@ -1,0 +1,363 @@
+// Process-level end-to-end harness: starts the real `portcullis` and
+// `demo-backend` binaries on 127.0.0.1 port 0 and talks to them with raw,
+// blocking sockets.
+//
+// Everything here is bounded: every socket has SO_RCVTIMEO/SO_SNDTIMEO, every
+// wait for a child process has a deadline, and every child is SIGTERMed (then
+// SIGKILLed) by its owner's destructor, so a failing test neither hangs nor
+// leaves processes behind. Children also get PR_SET_PDEATHSIG, so even a
+// crashing test binary takes them down with it.
+//
+// Setup failures (a binary that does not start, a port that never appears)
+// throw std::runtime_error; GoogleTest reports that as a test failure.
+#pragma once
+
+#include <openssl/sha.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace portcullis::e2e {
+
+using Millis = std::chrono::milliseconds;
+
+// ---------------------------------------------------------------------------
+// Small utilities
+
+// Incremental SHA-256 (BoringSSL), lower-case hex digest.
+class Sha256 {
+ public:
+  Sha256();
+  void update(const void* data, size_t n);
+  void update(std::string_view s) { update(s.data(), s.size()); }
+  std::string hexDigest();
+
+ private:
+  SHA256_CTX ctx_;
+};
+
+std::string sha256Hex(std::string_view data);
+
+// The demo backend's generated body: byte i is (i*31+7) & 0xff.
+std::string patternBytes(uint64_t offset, size_t n);
+// SHA-256 hex of the first n pattern bytes, computed incrementally.
+std::string patternSha256(uint64_t n);
+
+// True when `s` is exactly 32 lower-case hex digits (a Portcullis request id).
+bool isRequestId(std::string_view s);
+
+std::string toLower(std::string_view s);
+
+// A private directory under $TMPDIR (or /tmp), removed recursively on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(std::string_view name) const { return path_ + "/" + std::string(name); }
+
+ private:
+  std::string path_;
+};
+
+// Writes `content` to `path` atomically (temporary file + rename).
+void writeFileAtomic(const std::string& path, std::string_view content);
+
+// A TCP port on 127.0.0.1 that nothing listens on (bound, then released).
+uint16_t unusedPort();
+
+// ---------------------------------------------------------------------------
+// Child processes
+
+class ChildProcess {
+ public:
+  // Starts argv[0] with argv; stdin is /dev/null, stdout is inherited,
+  // stderr is captured (readable with stderrText()).
+  explicit ChildProcess(std::vector<std::string> argv);
+  ~ChildProcess();
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool exited() const { return exited_; }
+  void sendSignal(int sig);
+  // Waits up to `timeout` for the process to exit. Returns true if it has
+  // exited; `wait_status` (if given) receives the raw waitpid() status.
+  bool waitExit(Millis timeout, int* wait_status = nullptr);
+  // SIGTERM, a bounded wait, then SIGKILL. Returns the raw wait status.
+  int stop(Millis grace = Millis(5000));
+
+  std::string stderrText() const;
+  // Waits up to `timeout` until the captured stderr contains `needle` at or
+  // after byte `from`. Returns the position of the match.
+  std::optional<size_t> waitForStderr(std::string_view needle, Millis timeout, size_t from = 0) const;
+  size_t stderrSize() const;
+
+ private:
+  void readerLoop();
+
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  int wait_status_ = 0;
+  int stderr_fd_ = -1;
+  std::thread reader_;
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  std::string stderr_;
+  bool stderr_eof_ = false;
+};
+
+// demo-backend on 127.0.0.1:<ephemeral>.
+class DemoBackend {
+ public:
+  DemoBackend();
+  uint16_t port() const { return port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  ChildProcess& process() { return *proc_; }
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<ChildProcess> proc_;
+  uint16_t port_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// Proxy configuration and process
+
+struct RouteSpec {
+  std::string prefix = "/";
+  std::string upstream = "app";
+  std::vector<std::string> methods;  // empty = the proxy's default list
+  uint64_t max_body_bytes = 0;       // 0 = not set
+};
+
+struct UpstreamSpec {
+  std::string name = "app";
+  std::vector<std::string> servers;  // "127.0.0.1:PORT"
+};
+
+struct ProxyOptions {
+  unsigned workers = 1;
+  uint32_t shutdown_grace_ms = 5000;
+  std::vector<UpstreamSpec> upstreams;
+  std::vector<RouteSpec> routes = {RouteSpec{}};
+  std::map<std::string, uint64_t> timeouts;  // [timeouts] key -> value
+  std::map<std::string, uint64_t> limits;    // [limits] key -> value
+  std::string extra_toml;                    // appended verbatim
+
+  // Convenience: one upstream "app" with the given server.
+  static ProxyOptions forBackend(const std::string& server_address);
+};
+
+// Renders a complete config file. Logs and state go under `dir`.
+std::string renderConfig(const ProxyOptions& options, const std::string& dir);
+
+class Proxy {
+ public:
+  explicit Proxy(const ProxyOptions& options);
+  // Stops the process (SIGTERM, bounded wait, SIGKILL) and records a test
+  // failure if it exited abnormally or its stderr shows a sanitizer report.
+  ~Proxy();
+  Proxy(const Proxy&) = delete;
+  Proxy& operator=(const Proxy&) = delete;
+
+  uint16_t httpPort() const { return http_port_; }
+  uint16_t adminPort() const { return admin_port_; }
+  ChildProcess& process() { return *proc_; }
+  const std::string& configPath() const { return config_path_; }
+  const TempDir& dir() const { return dir_; }
+
+  // Rewrites the config file atomically (no signal).
+  void writeConfig(const ProxyOptions& options);
+  void writeConfigText(std::string_view text);
+
+  // Sends SIGHUP and waits (bounded) until the reload was applied or refused,
+  // judged by the admin counters. Returns true if applied, false if refused.
+  bool reload();
+
+  // GET /metrics from the admin listener.
+  std::string metricsText();
+  // The value of the sample whose name-plus-labels is exactly `series`, e.g.
+  // `portcullis_upstream_errors_total{kind="reset"}`; nullopt if absent.
+  std::optional<double> metric(std::string_view series);
+  // Like metric() but 0 when absent.
+  double metricOr0(std::string_view series);
+  // Polls (bounded) until the series equals `expected`; returns the last value
+  // seen. For counters updated after the response has gone out.
+  double waitForMetric(std::string_view series, double expected, Millis timeout = Millis(5000));
+
+  // Dumps the captured stderr on test failure.
+  void setExpectCleanExit(bool v) { expect_clean_exit_ = v; }
+
+ private:
+  TempDir dir_;
+  std::string config_path_;
+  std::unique_ptr<ChildProcess> proc_;
+  uint16_t http_port_ = 0;
+  uint16_t admin_port_ = 0;
+  bool expect_clean_exit_ = true;
+};
+
+// Finds `series` in Prometheus text; nullopt if absent.
+std::optional<double> findMetric(std::string_view text, std::string_view series);
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1 client
+
+struct HttpResponse {
+  int status = 0;
+  int minor = 1;  // HTTP/1.<minor>
+  std::string reason;
+  std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased, in order
+  std::string body;        // decoded (empty when a sink was given)
+  uint64_t body_bytes = 0; // decoded body bytes received (also with a sink)
+  bool chunked = false;    // Transfer-Encoding: chunked framing was used
+  bool until_close = false;// body delimited by the connection close
+  size_t chunks = 0;       // data chunks seen (chunked only)
+
+  std::optional<std::string> header(std::string_view name) const;
+  size_t headerCount(std::string_view name) const;
+  bool hasHeader(std::string_view name) const { return headerCount(name) > 0; }
+};
+
+enum class ReadResult {
+  kOk,       // a complete response
+  kClosed,   // the peer closed (or reset) before the response was complete
+  kTimeout,  // nothing more arrived within the timeout
+  kBadResponse,
+};
+const char* readResultName(ReadResult r);
+
+struct ReadOptions {
+  bool head_request = false;  // response to HEAD: no body whatever the headers say
+  // If set, body bytes are passed here instead of stored in HttpResponse::body.
+  std::function<void(const char*, size_t)> sink;
+};
+
+class Client {
+ public:
+  // Connects to 127.0.0.1:port; throws on failure. `timeout` bounds every
+  // blocking send and receive.
+  explicit Client(uint16_t port, Millis timeout = Millis(10000), int rcvbuf = 0);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Tries once to connect; returns the connected fd, or -errno.
+  static int tryConnect(uint16_t port, Millis timeout = Millis(2000));
+
+  int fd() const { return fd_; }
+  // Sends all bytes; false if the connection failed.
+  bool send(std::string_view data);
+  void shutdownWrite();
+  void setTimeout(Millis timeout);
+
+  ReadResult readResponse(HttpResponse& out, const ReadOptions& options = {});
+  // Receives until at least `n` bytes are buffered (not consumed: a later
+  // readResponse() still sees them). False on EOF, timeout or error.
+  bool prefetch(size_t n);
+  // Reads whatever arrives (up to `max` bytes, or until the timeout).
+  // Returns bytes read, 0 on EOF, -1 on timeout or error.
+  ssize_t readSome(std::string& out, size_t max);
+  // True if the peer closes the connection (EOF or reset) within `timeout`;
+  // bytes arriving meanwhile are discarded and counted in *extra_bytes.
+  bool waitClosed(Millis timeout, size_t* extra_bytes = nullptr);
+
+  // Convenience: send `request` and read the response (expects kOk).
+  HttpResponse roundTrip(std::string_view request, const ReadOptions& options = {});
+
+ private:
+  // Makes at least one more byte available in buf_; 1 ok, 0 EOF, -1 timeout, -2 error.
+  int fill();
+  size_t avail() const { return buf_.size() - pos_; }
+  const char* cur() const { return buf_.data() + pos_; }
+  void consume(size_t n);
+  // Reads a CRLF-terminated line (without CRLF). Same codes as fill().
+  int readLine(std::string& line, size_t max = 65536);
+
+  int fd_ = -1;
+  Millis timeout_;
+  std::string buf_;
+  size_t pos_ = 0;
+};
+
+// A simple GET request text.
+std::string getRequest(std::string_view path, std::string_view extra_headers = "",
+                       std::string_view version = "HTTP/1.1");
+
+// ---------------------------------------------------------------------------
+// Minimal JSON (for the backend's echo and the proxy's error bodies)
+
+struct JsonValue {
+  enum class Type { kNull, kBool, kNumber, kString, kArray, kObject } type = Type::kNull;
+  bool b = false;
+  double num = 0;
+  std::string str;
+  std::vector<JsonValue> arr;
+  std::vector<std::pair<std::string, JsonValue>> obj;  // in document order
+
+  const JsonValue* get(std::string_view key) const;
+  std::string getString(std::string_view key) const;  // "" if absent or not a string
+  bool has(std::string_view key) const { return get(key) != nullptr; }
+};
+
+// Parses a complete JSON document; nullopt if malformed or trailing bytes follow.
+std::optional<JsonValue> parseJson(std::string_view text);
+
+// The demo backend's echo body, decoded.
+struct Echo {
+  std::string method;
+  std::string path;
+  std::map<std::string, std::string> headers;  // lower-case names
+  uint64_t body_bytes = 0;
+  std::string body_sha256;
+};
+std::optional<Echo> parseEcho(std::string_view body);
+
+// ---------------------------------------------------------------------------
+// A scripted in-test upstream: a listening socket on 127.0.0.1 whose
+// connections are handled by `handler` on a background thread (one connection
+// at a time, in accept order). Used to observe that nothing was forwarded
+// (connectionCount() stays 0) and to script upstream misbehaviour.
+class ScriptedUpstream {
+ public:
+  // handler(fd, index) runs for each accepted connection; the fd is closed
+  // after it returns. With no handler connections are counted and closed.
+  using Handler = std::function<void(int fd, int index)>;
+  explicit ScriptedUpstream(Handler handler = nullptr);
+  ~ScriptedUpstream();
+  uint16_t port() const { return port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  int connectionCount() const { return accepted_.load(); }
+
+  // Reads one request head (and a Content-Length body, if any) from fd.
+  // Returns the head text, or "" on EOF/timeout.
+  static std::string readRequest(int fd, Millis timeout = Millis(5000));
+  static bool writeAll(int fd, std::string_view data);
+
+ private:
+  void loop();
+  int listen_fd_ = -1;
+  int wake_[2] = {-1, -1};
+  uint16_t port_ = 0;
+  Handler handler_;
+  std::atomic<int> accepted_{0};
+  std::thread thread_;
+};
+
+}  // namespace portcullis::e2e
