@@ -1,0 +1,28 @@
+// Command registry of portcullisctl. A command group defines, in its own
+// ctl_<group>.cc, a static CommandRegistration naming its top-level word and
+// entry point; main() dispatches on argv[1]. Entry points get the remaining
+// arguments, print errors as one line on stderr, and return the exit status.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace portcullis::ctl {
+
+using Args = std::vector<std::string>;
+
+struct Command {
+  const char* name;
+  int (*run)(const Args& args);
+};
+
+inline std::vector<Command>& commands() {
+  static std::vector<Command> list;
+  return list;
+}
+
+struct CommandRegistration {
+  CommandRegistration(const char* name, int (*run)(const Args&)) { commands().push_back({name, run}); }
+};
+
+}  // namespace portcullis::ctl
