@@ -1,0 +1,91 @@
+// The proxy command line (SPEC §2): -t checks a config and names every
+// problem with file, line and key; --version; a refused config never starts.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <string>
+
+#include "tests/e2e/harness.h"
+
+namespace portcullis::e2e {
+namespace {
+
+struct Result {
+  int status = -1;
+  std::string stderr_text;
+};
+
+Result runProxy(std::vector<std::string> args) {
+  args.insert(args.begin(), PORTCULLIS_BIN);
+  ChildProcess p(args);
+  int ws = 0;
+  EXPECT_TRUE(p.waitExit(Millis(10000), &ws));
+  Result r;
+  r.status = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
+  r.stderr_text = p.stderrText();
+  return r;
+}
+
+void writeFile(const std::string& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+TEST(CliE2E, CheckAcceptsAGoodConfig) {
+  TempDir dir;
+  ProxyOptions o = ProxyOptions::forBackend("127.0.0.1:9");
+  writeFile(dir.file("good.toml"), renderConfig(o, dir.path()));
+  Result r = runProxy({"-t", "-c", dir.file("good.toml")});
+  EXPECT_EQ(r.status, 0) << r.stderr_text;
+}
+
+TEST(CliE2E, CheckNamesEveryProblemWithFileLineAndKey) {
+  TempDir dir;
+  const std::string path = dir.file("bad.toml");
+  writeFile(path,
+            "[server]\n"
+            "listen_http = \"127.0.0.1:0\"\n"
+            "listen_htps = \"127.0.0.1:0\"\n"          // line 3: unknown key
+            "[timeouts]\n"
+            "upstream_connect_ms = \"soon\"\n"          // line 5: wrong type
+            "[[upstream]]\n"
+            "name = \"app\"\n"
+            "servers = [\"127.0.0.1:9\"]\n"
+            "[[route]]\n"
+            "prefix = \"/\"\n"
+            "upstream = \"nowhere\"\n"                  // line 11: unknown upstream
+            "auth = false\n");
+  Result r = runProxy({"-t", "-c", path});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.stderr_text.find(path + ":3: server.listen_htps"), std::string::npos) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find(path + ":5: timeouts.upstream_connect_ms"), std::string::npos) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find(path + ":11: route[0].upstream"), std::string::npos) << r.stderr_text;
+}
+
+TEST(CliE2E, ProtectionsNotBuiltYetAreRefusedNotIgnored) {
+  TempDir dir;
+  ProxyOptions o = ProxyOptions::forBackend("127.0.0.1:9");
+  // A route that asks for token checks must not start unprotected.
+  std::string text = renderConfig(o, dir.path());
+  const std::string needle = "auth = false";
+  ASSERT_NE(text.find(needle), std::string::npos);
+  text.replace(text.find(needle), needle.size(), "auth = true");
+  writeFile(dir.file("auth.toml"), text);
+  Result check = runProxy({"-t", "-c", dir.file("auth.toml")});
+  EXPECT_EQ(check.status, 1);
+  EXPECT_NE(check.stderr_text.find("route[0].auth"), std::string::npos) << check.stderr_text;
+  Result run = runProxy({"-c", dir.file("auth.toml")});
+  EXPECT_EQ(run.status, 1);
+  EXPECT_NE(run.stderr_text.find("route[0].auth"), std::string::npos) << run.stderr_text;
+}
+
+TEST(CliE2E, VersionAndUsage) {
+  Result v = runProxy({"--version"});
+  EXPECT_EQ(v.status, 0);
+  Result none = runProxy({});
+  EXPECT_EQ(none.status, 1);
+  EXPECT_NE(none.stderr_text.find("usage"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace portcullis::e2e
