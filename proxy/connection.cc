@@ -89,10 +89,20 @@ int Connection::accept(uv_stream_t* listener) {
   }
   uv_tcp_nodelay(&tcp_, 1);
   peerAddress(&tcp_, peer_ip_, sizeof(peer_ip_), &peer_port_);
+  return 0;
+}
+
+bool Connection::claimClientAddress(ConnectionsPerIp& table, uint32_t limit) {
+  std::string key = clientAddressKey(peer_ip_);
+  if (!table.tryAcquire(key, limit)) return false;
+  address_key_ = std::move(key);
+  return true;
+}
+
+void Connection::start() {
   codec_.startRequest(&req_, &arena_);
   armClientTimer(worker_->snapshot()->config->timeouts.request_header_ms);
   updateClientReading();
-  return 0;
 }
 
 void Connection::pinSnapshot() {
@@ -970,6 +980,10 @@ void Connection::close() {
   if (reading_) uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   reading_ = false;
   worker_->buffers().release(rbuf_);
+  if (!address_key_.empty()) {
+    worker_->releaseClientAddress(address_key_);
+    address_key_.clear();
+  }
   if (handles_open_ >= 1) uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), &Connection::onClosed);
   if (handles_open_ >= 2) uv_close(reinterpret_cast<uv_handle_t*>(&timer_), &Connection::onClosed);
 }

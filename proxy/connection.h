@@ -13,6 +13,7 @@
 #include "proxy/arena.h"
 #include "proxy/http_codec.h"
 #include "proxy/io.h"
+#include "proxy/ip_limiter.h"
 #include "proxy/snapshot.h"
 #include "proxy/upstream.h"
 
@@ -30,6 +31,11 @@ class Connection : public BodySink {
   // Accepts a pending connection from `listener` and starts reading. Returns
   // a libuv error if accept failed (then the caller deletes this object).
   int accept(uv_stream_t* listener);
+  // Counts this connection against its client address's limit; false when
+  // the address is over it (the caller then closes the connection).
+  bool claimClientAddress(ConnectionsPerIp& table, uint32_t limit);
+  // Starts reading requests (after the limits let the connection in).
+  void start();
 
   // Worker is shutting down: close now if idle, else after the current
   // exchange. `force` closes at once.
@@ -139,6 +145,7 @@ class Connection : public BodySink {
   size_t head_end_ = 0;
 
   char peer_ip_[64] = {0};
+  std::string address_key_;  // set while counted in the per-address table
   uint16_t peer_port_ = 0;
   char request_id_[33] = {0};
   std::string local_body_;

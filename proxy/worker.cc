@@ -184,10 +184,14 @@ void Worker::onConnection(uv_stream_t* server, int status) {
   w->metrics_->connections_total.inc();
   w->metrics_->connections_active.add(1);
   uint64_t total = w->shared_->connections.fetch_add(1, std::memory_order_relaxed) + 1;
-  if (total > sc.max_connections || w->shutting_down_) {
+  // Over a limit, the connection is closed at once: nothing is read from it.
+  if (total > sc.max_connections || w->shutting_down_ ||
+      !c->claimClientAddress(w->shared_->per_ip, sc.max_connections_per_ip)) {
     w->metrics_->connections_refused.inc();
     c->drain(true);
+    return;
   }
+  c->start();
 }
 
 void Worker::connectionClosed(Connection* c) {

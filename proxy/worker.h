@@ -15,6 +15,7 @@
 
 #include "proxy/http_codec.h"
 #include "proxy/io.h"
+#include "proxy/ip_limiter.h"
 #include "proxy/metrics.h"
 #include "proxy/snapshot.h"
 #include "proxy/upstream.h"
@@ -28,6 +29,7 @@ class LogWriter;
 struct WorkerShared {
   LogWriter* access_log = nullptr;
   std::atomic<uint64_t> connections{0};  // open client connections, all workers
+  ConnectionsPerIp per_ip;                // for server.max_connections_per_ip
 };
 
 class Worker {
@@ -70,6 +72,7 @@ class Worker {
   void nextRequestId(char out[33]);
   int64_t wallClockUs() const;
   void connectionClosed(Connection* c);
+  void releaseClientAddress(const std::string& key) { shared_->per_ip.release(key); }
   unsigned id() const { return id_; }
 
  private:

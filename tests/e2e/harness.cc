@@ -298,7 +298,8 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
   t += "listen_http = \"127.0.0.1:0\"\n";
   t += "admin_listen = \"127.0.0.1:0\"\n";
   t += "shutdown_grace_ms = " + std::to_string(o.shutdown_grace_ms) + "\n";
-  t += "state_dir = \"" + dir + "/state\"\n\n";
+  t += "state_dir = \"" + dir + "/state\"\n";
+  t += o.server_toml + "\n";
   if (!o.timeouts.empty()) {
     t += "[timeouts]\n";
     for (const auto& [k, v] : o.timeouts) t += k + " = " + std::to_string(v) + "\n";

@@ -159,6 +159,7 @@ struct ProxyOptions {
   std::map<std::string, uint64_t> timeouts;  // [timeouts] key -> value
   std::map<std::string, uint64_t> limits;    // [limits] key -> value
   std::string extra_toml;                    // appended verbatim
+  std::string server_toml;                   // extra lines inside [server]
 
   // Convenience: one upstream "app" with the given server.
   static ProxyOptions forBackend(const std::string& server_address);
