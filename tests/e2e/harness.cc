@@ -313,7 +313,10 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
   for (const UpstreamSpec& u : o.upstreams) {
     t += "[[upstream]]\nname = \"" + u.name + "\"\nservers = [";
     for (size_t i = 0; i < u.servers.size(); ++i) t += (i ? ", \"" : "\"") + u.servers[i] + "\"";
-    t += "]\n\n";
+    t += "]\n";
+    if (!u.lb.empty()) t += "lb = \"" + u.lb + "\"\n";
+    if (!u.health_check.empty()) t += "health_check = " + u.health_check + "\n";
+    t += "\n";
   }
   for (const RouteSpec& r : o.routes) {
     t += "[[route]]\nprefix = \"" + r.prefix + "\"\nupstream = \"" + r.upstream + "\"\nauth = false\n";

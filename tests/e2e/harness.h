@@ -149,6 +149,8 @@ struct RouteSpec {
 struct UpstreamSpec {
   std::string name = "app";
   std::vector<std::string> servers;  // "127.0.0.1:PORT"
+  std::string lb;                    // "" = default
+  std::string health_check;          // inline table text, "" = none
 };
 
 struct ProxyOptions {
