@@ -313,6 +313,7 @@ class Loader {
   void loadHealthCheck(const toml::table& t, const std::string& path, HealthCheckConfig& hc);
   void loadRoutes(const toml::table& root, const Config& cfg, std::vector<RouteConfig>& out);
   void loadLog(const toml::table& t, LogConfig& c);
+  void loadTls(const toml::table& t, TlsConfig& c);
 
   std::string file_;
   std::vector<Problem> problems_;
@@ -562,6 +563,24 @@ void Loader::loadLog(const toml::table& t, LogConfig& c) {
   }
 }
 
+void Loader::loadTls(const toml::table& t, TlsConfig& c) {
+  const std::string path = "tls";
+  checkKeys(t, path, {"cert", "key", "min_version"});
+  getNonEmptyString(t, "cert", path, c.cert);
+  getNonEmptyString(t, "key", path, c.key);
+  if (!t.get("cert")) fail(lineOf(t), "tls.cert", "missing (PEM certificate chain)");
+  if (!t.get("key")) fail(lineOf(t), "tls.key", "missing (PEM private key)");
+  std::string v;
+  if (getString(t, "min_version", path, v)) {
+    if (v == "1.3") {
+      c.min_tls13 = true;
+    } else if (v != "1.2") {
+      fail(lineOf(*t.get("min_version")), "tls.min_version",
+           "must be \"1.2\" or \"1.3\" (nothing older is ever offered)");
+    }
+  }
+}
+
 bool Loader::load(std::string_view text, Config& out, std::string& error) {
   toml::parse_result parsed = toml::parse(text, file_);
   if (!parsed) {
@@ -574,7 +593,7 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
 
   Config cfg;
   cfg.path = file_;
-  checkKeys(root, "", {"server", "timeouts", "limits", "upstream", "route", "log"});
+  checkKeys(root, "", {"server", "timeouts", "limits", "tls", "upstream", "route", "log"});
   uint32_t server_line = 1;
   if (const toml::table* t = getTable(root, "server", "")) {
     server_line = lineOf(*t);
@@ -585,6 +604,7 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
   loadUpstreams(root, cfg.upstreams);
   loadRoutes(root, cfg, cfg.routes);
   if (const toml::table* t = getTable(root, "log", "")) loadLog(*t, cfg.log);
+  if (const toml::table* t = getTable(root, "tls", "")) loadTls(*t, cfg.tls);
 
   // Only complain about a missing listener if neither key was given at all; a
   // malformed one has already been reported.
@@ -592,6 +612,13 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
   if (!server || (server->is_table() && !server->as_table()->get("listen_http") &&
                   !server->as_table()->get("listen_https"))) {
     fail(server_line, "server", "neither listen_http nor listen_https is set");
+  }
+
+  if (server != nullptr && server->is_table()) {
+    const toml::node* https = server->as_table()->get("listen_https");
+    if (https != nullptr && !cfg.server.listen_https.empty() && !root.get("tls")) {
+      fail(lineOf(*https), "server.listen_https", "needs a [tls] section with cert and key");
+    }
   }
 
   if (!problems_.empty()) {

@@ -94,6 +94,15 @@ struct RouteConfig {
   bool encrypt_body = false;
 };
 
+// [tls]: the certificate of the HTTPS listener. Protocol and cipher policy
+// are fixed by the proxy (TLS 1.2 and 1.3, ECDHE with AEAD only).
+struct TlsConfig {
+  std::string cert;          // PEM chain; relative paths from the working directory
+  std::string key;           // PEM private key; must not be readable by group/others
+  bool min_tls13 = false;    // min_version = "1.3"
+  bool configured() const { return !cert.empty(); }
+};
+
 struct LogConfig {
   std::string access = "var/log/access.log";  // empty = access log off
   std::string audit = "var/log/audit.log";
@@ -105,6 +114,7 @@ struct Config {
   ServerConfig server;
   TimeoutsConfig timeouts;
   LimitsConfig limits;
+  TlsConfig tls;
   std::vector<UpstreamConfig> upstreams;
   std::vector<RouteConfig> routes;
   LogConfig log;

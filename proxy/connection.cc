@@ -39,6 +39,9 @@ namespace portcullis {
 namespace {
 
 constexpr std::string_view kJsonType = "application/json";
+// Every HTTPS response (SPEC §3 [https] hsts_max_age_s default; the key
+// itself arrives with the HTTPS enforcement filter).
+constexpr std::string_view kHsts = "max-age=31536000; includeSubDomains";
 
 bool methodAllowed(uint16_t methods, std::string_view name) {
   uint16_t bit = methodBitFromName(name);
@@ -67,8 +70,8 @@ void startUpstreamTimer(UpstreamConn* u, uint64_t ms) {
 
 }  // namespace
 
-Connection::Connection(Worker* worker)
-    : worker_(worker), codec_(HTTP_REQUEST, worker->codecLimits()) {
+Connection::Connection(Worker* worker, bool secure)
+    : worker_(worker), secure_(secure), codec_(HTTP_REQUEST, worker->codecLimits()) {
   ctx_.bind(&arena_, &Connection::resumeThunk, this);
   codec_.setBodySink(this);
 }
@@ -100,6 +103,14 @@ bool Connection::claimClientAddress(ConnectionsPerIp& table, uint32_t limit) {
 }
 
 void Connection::start() {
+  if (secure_) {
+    const auto& tls = worker_->snapshot()->tls;
+    if (!tls) {  // [tls] was removed by a reload; the listener stays until restart
+      close();
+      return;
+    }
+    tls_ = std::make_unique<TlsSession>(tls->ctx());
+  }
   codec_.startRequest(&req_, &arena_);
   armClientTimer(worker_->snapshot()->config->timeouts.request_header_ms);
   updateClientReading();
@@ -123,6 +134,11 @@ void Connection::unpinSnapshot() {
 
 void Connection::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
   auto* c = static_cast<Connection*>(h->data);
+  if (c->tls_) {
+    buf->base = c->worker_->tlsScratch();
+    buf->len = Worker::kTlsScratchSize;
+    return;
+  }
   c->worker_->buffers().acquire(c->rbuf_);
   buf->base = c->rbuf_.data + c->rbuf_.end;
   buf->len = c->rbuf_.room();
@@ -131,13 +147,25 @@ void Connection::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   auto* c = static_cast<Connection*>(s->data);
   if (nread > 0) {
-    c->rbuf_.end += static_cast<size_t>(nread);
     c->req_bytes_in_ += static_cast<uint64_t>(nread);
     c->worker_->metrics().bytes_in.inc(static_cast<uint64_t>(nread));
+    if (c->tls_) {
+      c->tls_->pushCiphertext(c->worker_->tlsScratch(), static_cast<size_t>(nread));
+      if (!c->tlsPull()) return;
+    } else {
+      c->rbuf_.end += static_cast<size_t>(nread);
+    }
     c->processClient();
+    // close_notify may come in the same flight as the last request.
+    if (c->tls_peer_closed_ && !c->closing_) c->clientEof(UV_EOF);
     return;
   }
   if (nread == 0) return;
+  c->clientEof(nread);
+}
+
+void Connection::clientEof(ssize_t nread) {
+  Connection* c = this;
   // EOF or error from the client.
   if (c->rbuf_.held() && c->rbuf_.unparsed() == 0 && c->req_state_ == ReqState::kReadingHead && !c->codec_.inMessage()) {
     c->worker_->buffers().release(c->rbuf_);
@@ -153,6 +181,77 @@ void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
     c->worker_->metrics().parse_errors.inc();
   }
   c->close();
+}
+
+// Decrypts whatever the TLS engine holds into rbuf_ (as much as fits), and
+// sends what the engine wants sent (handshake records, tickets, alerts).
+// Returns false if the connection was closed.
+bool Connection::tlsPull() {
+  const bool was_done = tls_->handshakeDone();
+  for (;;) {
+    worker_->buffers().acquire(rbuf_);
+    if (rbuf_.room() == 0) break;  // more stays in the engine until there is room
+    size_t n = 0;
+    TlsSession::Result r = tls_->readPlaintext(rbuf_.data + rbuf_.end, rbuf_.room(), n);
+    if (r == TlsSession::Result::kOk) {
+      rbuf_.end += n;
+      continue;
+    }
+    if (r == TlsSession::Result::kWantRead) break;
+    if (r == TlsSession::Result::kError && !tls_->handshakeDone()) {
+      worker_->metrics().tls_handshake_failures.inc();
+    }
+    if (r == TlsSession::Result::kClosed) {
+      tls_peer_closed_ = true;  // handled by the caller after the data before it
+      break;
+    }
+    flushTls();  // a fatal alert, if the engine produced one
+    close();
+    return false;
+  }
+  if (!was_done && tls_->handshakeDone()) {
+    (tls_->resumed() ? worker_->metrics().tls_handshakes_resumed : worker_->metrics().tls_handshakes_full).inc();
+  }
+  if (rbuf_.held() && rbuf_.end == 0 && req_state_ == ReqState::kReadingHead && !codec_.inMessage()) {
+    worker_->buffers().release(rbuf_);  // handshake only: nothing to parse yet
+  }
+  flushTls();
+  return !closing_;
+}
+
+// Sends the engine's pending ciphertext through tls_out_, one pooled buffer
+// at a time; tls_write_pending_ while the socket has not taken it.
+void Connection::flushTls() {
+  while (!closing_ && !tls_write_pending_ && tls_->pendingCiphertext() > 0) {
+    worker_->buffers().acquire(tls_out_);
+    size_t n = tls_->takeCiphertext(tls_out_.data, tls_out_.cap);
+    uv_buf_t b = uv_buf_init(tls_out_.data, static_cast<unsigned>(n));
+    int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&tcp_), &write_req_, &b, 1, &Connection::onTlsWritten);
+    if (rc < 0) {
+      close();
+      return;
+    }
+    if (rc == 1) {
+      write_req_.data = this;
+      tls_write_pending_ = true;
+      return;
+    }
+  }
+  if (!tls_write_pending_) worker_->buffers().release(tls_out_);
+}
+
+void Connection::onTlsWritten(uv_write_t* req, int status) {
+  auto* c = static_cast<Connection*>(req->data);
+  c->tls_write_pending_ = false;
+  if (c->closing_) return;
+  if (status != 0) {
+    c->close();
+    return;
+  }
+  c->flushTls();
+  if (c->closing_ || c->tls_write_pending_) return;
+  // All ciphertext of the last response write is on the wire.
+  if (c->client_write_pending_) Connection::onClientWritten(&c->write_req_, 0);
 }
 
 void Connection::updateClientReading() {
@@ -239,6 +338,8 @@ void Connection::beginRequest() {
   pinSnapshot();
   ctx_.reset();
   ctx_.loop = worker_->loop();
+  ctx_.secure = tls_ != nullptr;
+  if (tls_) ctx_.tls_version = tls_->version();
   worker_->nextRequestId(request_id_);
   ctx_.snapshot = snap_;
   ctx_.request_id = std::string_view(request_id_, 32);
@@ -389,8 +490,13 @@ void Connection::sendRequestHead() {
     // The client waits for our go-ahead before sending the body.
     static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
     continue_sent_ = true;
-    uv_buf_t b = uv_buf_init(const_cast<char*>(kContinue), sizeof(kContinue) - 1);
-    uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
+    if (tls_) {
+      tls_->writePlaintext(kContinue, sizeof(kContinue) - 1);
+      flushTls();
+    } else {
+      uv_buf_t b = uv_buf_init(const_cast<char*>(kContinue), sizeof(kContinue) - 1);
+      uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
+    }
   }
   if (has_body) armClientTimer(snap_->config->timeouts.body_idle_ms);
   pumpRequestBody();
@@ -525,6 +631,7 @@ void Connection::onUpstreamWritten(int status) {
     // Waiting on the client again (see startUpstreamTimer).
     if (resp_state_ == RespState::kHead) uv_timer_stop(&up_->timer);
     armClientTimer(snap_->config->timeouts.body_idle_ms);
+    if (tls_ && tls_->hasBufferedInput() && !tlsPull()) return;
     if (rbuf_.unparsed() > 0) {
       pumpRequestBody();
       return;
@@ -708,6 +815,7 @@ void Connection::onResponseHead() {
     if (h.id == HeaderId::kServer || h.id == HeaderId::kXRequestId) h.removed = true;
   }
   resp_.add("X-Request-Id", ctx_.request_id);
+  if (tls_) resp_.add("Strict-Transport-Security", kHsts);
   chain_.runResponseHead(ctx_, resp_);
 
   const bool no_body = req_.method == HTTP_HEAD || resp_.status == 204 || resp_.status == 304;
@@ -750,6 +858,23 @@ void Connection::writeToClient(uv_buf_t* bufs, unsigned n) {
   for (unsigned i = 0; i < n; ++i) total += bufs[i].len;
   resp_bytes_out_ += total;
   worker_->metrics().bytes_out.inc(total);
+  if (tls_) {
+    for (unsigned i = 0; i < n; ++i) {
+      if (!tls_->writePlaintext(bufs[i].base, bufs[i].len)) {
+        close();
+        return;
+      }
+    }
+    flushTls();
+    if (closing_) return;
+    if (tls_write_pending_) {
+      write_req_.data = this;
+      client_write_pending_ = true;
+      if (up_ != nullptr) up_->stopReading();
+      armClientTimer(snap_ ? snap_->config->timeouts.body_idle_ms : 30000);
+    }
+    return;
+  }
   int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&tcp_), &write_req_, bufs, n, &Connection::onClientWritten);
   if (rc < 0) {
     // The client is gone: abort the exchange.
@@ -848,6 +973,7 @@ void Connection::startNextRequest() {
   req_bytes_in_ = rbuf_.held() ? rbuf_.end : 0;
   body_base_ = head_end_ = 0;
   armClientTimer(worker_->snapshot()->config->timeouts.keepalive_idle_ms);
+  if (tls_ && tls_->hasBufferedInput() && !tlsPull()) return;
   if (rbuf_.held() && rbuf_.unparsed() > 0) {
     processClient();
   } else {
@@ -894,6 +1020,7 @@ void Connection::sendLocalReply(int status, std::string_view code, bool close) {
   resp_.add("Content-Type", kJsonType);
   resp_.add("Cache-Control", "no-store");
   resp_.add("X-Request-Id", ctx_.request_id);
+  if (tls_) resp_.add("Strict-Transport-Security", kHsts);
   for (const AddedHeader& h : ctx_.local_reply.headers) resp_.add(h.name, h.value);
   if (chain_.active()) chain_.runResponseHead(ctx_, resp_);
   client_head_.clear();
@@ -980,6 +1107,7 @@ void Connection::close() {
   if (reading_) uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   reading_ = false;
   worker_->buffers().release(rbuf_);
+  worker_->buffers().release(tls_out_);
   if (!address_key_.empty()) {
     worker_->releaseClientAddress(address_key_);
     address_key_.clear();

@@ -15,6 +15,7 @@
 #include "proxy/io.h"
 #include "proxy/ip_limiter.h"
 #include "proxy/snapshot.h"
+#include "proxy/tls.h"
 #include "proxy/upstream.h"
 
 namespace portcullis {
@@ -23,7 +24,8 @@ class Worker;
 
 class Connection : public BodySink {
  public:
-  explicit Connection(Worker* worker);
+  // `secure`: accepted on the HTTPS listener (TLS is terminated here).
+  Connection(Worker* worker, bool secure);
   ~Connection() override;
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -73,6 +75,10 @@ class Connection : public BodySink {
   static void onAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
   static void onClientWritten(uv_write_t* req, int status);
+  static void onTlsWritten(uv_write_t* req, int status);
+  bool tlsPull();
+  void flushTls();
+  void clientEof(ssize_t nread);
   static void onTimer(uv_timer_t* t);
   static void onClosed(uv_handle_t* h);
   static void resumeThunk(void* self);
@@ -107,6 +113,13 @@ class Connection : public BodySink {
   uv_timer_t timer_;
   uv_write_t write_req_;
   IoBuffer rbuf_;
+  // TLS (HTTPS listener only): the session, the ciphertext being written,
+  // and whether that write is pending. Plaintext reaches rbuf_ directly.
+  std::unique_ptr<TlsSession> tls_;
+  IoBuffer tls_out_;
+  bool secure_ = false;
+  bool tls_write_pending_ = false;
+  bool tls_peer_closed_ = false;
   HttpCodec codec_;          // client requests
   Arena arena_;
   RequestHead req_;

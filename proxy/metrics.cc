@@ -167,6 +167,14 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
           sum(workers, [](const WorkerMetrics& w) { return w.bytes_out.get(); }));
   counter("portcullis_parse_errors_total", "Requests refused because they could not be parsed.",
           sum(workers, [](const WorkerMetrics& w) { return w.parse_errors.get(); }));
+  out += "# HELP portcullis_tls_handshakes_total Completed TLS handshakes, by kind.\n";
+  out += "# TYPE portcullis_tls_handshakes_total counter\n";
+  appendF(out, "portcullis_tls_handshakes_total{kind=\"full\"} %llu\n",
+          static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.tls_handshakes_full.get(); })));
+  appendF(out, "portcullis_tls_handshakes_total{kind=\"resumed\"} %llu\n",
+          static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.tls_handshakes_resumed.get(); })));
+  counter("portcullis_tls_handshake_failures_total", "TLS handshakes that failed (protocol, cipher or certificate).",
+          sum(workers, [](const WorkerMetrics& w) { return w.tls_handshake_failures.get(); }));
   counter("portcullis_upstream_retries_total", "Requests retried on a new upstream connection.",
           sum(workers, [](const WorkerMetrics& w) { return w.upstream_retries.get(); }));
 

@@ -90,6 +90,9 @@ struct WorkerMetrics {
   Counter bytes_out;
   Gauge buffered_bytes;  // bytes of pooled I/O buffers currently held by connections
   Counter parse_errors;
+  Counter tls_handshakes_full;
+  Counter tls_handshakes_resumed;
+  Counter tls_handshake_failures;
 };
 
 class RouteLabels {

@@ -16,6 +16,7 @@
 #include "proxy/access_log.h"
 #include "proxy/admin_server.h"
 #include "proxy/health_check.h"
+#include "proxy/tls.h"
 #include "proxy/worker.h"
 
 namespace portcullis {
@@ -97,7 +98,14 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
     error = "too many filters";
     return false;
   }
-  out = buildSnapshot(cfg, std::move(filters), health_, labels_, ++generation_);
+  std::shared_ptr<const TlsContext> tls;
+  if (cfg->tls.configured()) {
+    tls = TlsContext::create(cfg->tls, error);
+    if (!tls) return false;
+  }
+  auto snap = buildSnapshot(cfg, std::move(filters), health_, labels_, ++generation_);
+  std::const_pointer_cast<Snapshot>(snap)->tls = std::move(tls);
+  out = std::move(snap);
   return true;
 }
 
@@ -116,14 +124,26 @@ bool Server::startup(std::string& error) {
   // One SO_REUSEPORT socket per worker; the kernel spreads connections.
   // With port 0 the first bind picks the port and the others reuse it.
   HostPort listen = cfg.server.listen_http;
+  HostPort listen_tls = cfg.server.listen_https;
   for (unsigned i = 0; i < cfg.server.workers; ++i) {
-    uint16_t port = 0;
-    int fd = openReusePortSocket(listen, port, error);
-    if (fd < 0) return false;
-    listen.port = port;
-    http_port_ = port;
+    int fd = -1;
+    int tls_fd = -1;
+    if (!listen.empty()) {
+      uint16_t port = 0;
+      fd = openReusePortSocket(listen, port, error);
+      if (fd < 0) return false;
+      listen.port = port;
+      http_port_ = port;
+    }
+    if (!listen_tls.empty()) {
+      uint16_t port = 0;
+      tls_fd = openReusePortSocket(listen_tls, port, error);
+      if (tls_fd < 0) return false;
+      listen_tls.port = port;
+      https_port_ = port;
+    }
     auto w = std::make_unique<Worker>(i, shared_.get());
-    if (!w->init(fd, snap, error)) return false;
+    if (!w->init(fd, tls_fd, snap, error)) return false;
     workers_.push_back(std::move(w));
   }
 
@@ -152,10 +172,17 @@ bool Server::startup(std::string& error) {
   health_checker_->update(*snap);
 
   for (auto& w : workers_) w->start();
-  HostPort shown = cfg.server.listen_http;
-  shown.port = http_port_;
-  logLine("info", "portcullis " PORTCULLIS_VERSION " listening http " + shown.str() + " with " +
-                      std::to_string(workers_.size()) + " worker(s)");
+  const std::string workers = " with " + std::to_string(workers_.size()) + " worker(s)";
+  if (!cfg.server.listen_https.empty()) {
+    HostPort shown = cfg.server.listen_https;
+    shown.port = https_port_;
+    logLine("info", "portcullis " PORTCULLIS_VERSION " listening https " + shown.str() + workers);
+  }
+  if (!cfg.server.listen_http.empty()) {
+    HostPort shown = cfg.server.listen_http;
+    shown.port = http_port_;
+    logLine("info", "portcullis " PORTCULLIS_VERSION " listening http " + shown.str() + workers);
+  }
   HostPort admin_shown = cfg.server.admin_listen;
   admin_shown.port = admin_port_;
   logLine("info", "admin listening " + admin_shown.str());
@@ -304,7 +331,8 @@ void Server::reload() {
   }
   const Config& old = *config_;
   const Config& cfg = *snap->config;
-  if (cfg.server.listen_http.str() != old.server.listen_http.str() || cfg.server.workers != old.server.workers ||
+  if (cfg.server.listen_http.str() != old.server.listen_http.str() ||
+      cfg.server.listen_https.str() != old.server.listen_https.str() || cfg.server.workers != old.server.workers ||
       cfg.server.admin_listen.str() != old.server.admin_listen.str() || cfg.log.access != old.log.access) {
     logLine("warn", "reload: listeners, worker count and log paths change only on restart");
   }

@@ -52,6 +52,7 @@ class Server {
 
   // Valid once ready.
   uint16_t httpPort() const { return http_port_; }
+  uint16_t httpsPort() const { return https_port_; }
   uint16_t adminPort() const { return admin_port_; }
   uint64_t reloads() const { return reloads_.load(); }
   uint64_t reloadFailures() const { return reload_failures_.load(); }
@@ -83,6 +84,7 @@ class Server {
   std::shared_ptr<const Snapshot> snapshot_;
   uint64_t generation_ = 0;
   uint16_t http_port_ = 0;
+  uint16_t https_port_ = 0;
   uint16_t admin_port_ = 0;
   bool shutting_down_ = false;
   bool signals_installed_ = false;

@@ -33,11 +33,14 @@ class HealthTable {
 };
 
 class RouteLabels;
+class TlsContext;
 
 struct Snapshot {
   std::shared_ptr<const Config> config;
   uint64_t generation = 0;
   FilterFactoryList filters;
+  // Certificate and policy for new HTTPS connections (null without [tls]).
+  std::shared_ptr<const TlsContext> tls;
   // Routes sorted by prefix length, longest first (longest prefix wins).
   std::vector<const RouteConfig*> routes;
   std::vector<size_t> route_labels;  // metrics label id per config route index

@@ -9,7 +9,6 @@ bool checkSupported(const Config& config, std::string& error) {
   auto refuse = [&](const std::string& key, const char* what) {
     out += config.path + ": " + key + ": " + what + " is not available in this build yet\n";
   };
-  if (!config.server.listen_https.empty()) refuse("server.listen_https", "TLS termination");
   for (size_t i = 0; i < config.routes.size(); ++i) {
     const RouteConfig& r = config.routes[i];
     const std::string k = "route[" + std::to_string(i) + "].";

@@ -31,17 +31,29 @@ Worker::Worker(unsigned id, WorkerShared* shared)
 
 Worker::~Worker() { uv_loop_close(&loop_); }
 
-bool Worker::init(int listen_fd, std::shared_ptr<const Snapshot> snapshot, std::string& error) {
-  uv_loop_init(&loop_);
-  loop_.data = this;
-  buffers_.setBufferSize(bufferSizeFor(*snapshot->config));
-  uv_tcp_init(&loop_, &listener_);
-  listener_.data = this;
-  int rc = uv_tcp_open(&listener_, listen_fd);
-  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 4096, &Worker::onConnection);
+bool Worker::listen(uv_tcp_t* handle, int fd, std::string& error) {
+  uv_tcp_init(&loop_, handle);
+  handle->data = this;
+  int rc = uv_tcp_open(handle, fd);
+  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(handle), 4096, &Worker::onConnection);
   if (rc != 0) {
     error = std::string("listen: ") + uv_strerror(rc);
     return false;
+  }
+  return true;
+}
+
+bool Worker::init(int listen_fd, int tls_listen_fd, std::shared_ptr<const Snapshot> snapshot, std::string& error) {
+  uv_loop_init(&loop_);
+  loop_.data = this;
+  buffers_.setBufferSize(bufferSizeFor(*snapshot->config));
+  if (listen_fd >= 0) {
+    has_listener_ = true;
+    if (!listen(&listener_, listen_fd, error)) return false;
+  }
+  if (tls_listen_fd >= 0) {
+    has_tls_listener_ = true;
+    if (!listen(&tls_listener_, tls_listen_fd, error)) return false;
   }
   listening_ = true;
   uv_async_init(&loop_, &async_, &Worker::onAsync);
@@ -175,7 +187,8 @@ void Worker::onConnection(uv_stream_t* server, int status) {
   auto* w = static_cast<Worker*>(server->data);
   if (status < 0) return;
   const ServerConfig& sc = w->snapshot_->config->server;
-  auto* c = new Connection(w);
+  const bool secure = server == reinterpret_cast<uv_stream_t*>(&w->tls_listener_);
+  auto* c = new Connection(w, secure);
   if (c->accept(server) != 0) return;  // closes itself; connectionClosed() frees it
   w->connection_count_++;
   c->next = w->connections_;
@@ -212,10 +225,7 @@ void Worker::connectionClosed(Connection* c) {
 void Worker::beginShutdown(uint32_t grace_ms) {
   if (shutting_down_) return;
   shutting_down_ = true;
-  if (listening_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
-    listening_ = false;
-  }
+  closeListeners();
   for (Connection* c = connections_; c != nullptr;) {
     Connection* next = c->next;
     c->drain(false);
@@ -223,6 +233,13 @@ void Worker::beginShutdown(uint32_t grace_ms) {
   }
   uv_timer_start(&grace_timer_, &Worker::onGraceTimer, grace_ms, 0);
   maybeExit();
+}
+
+void Worker::closeListeners() {
+  if (!listening_) return;
+  listening_ = false;
+  if (has_listener_) uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+  if (has_tls_listener_) uv_close(reinterpret_cast<uv_handle_t*>(&tls_listener_), nullptr);
 }
 
 void Worker::onGraceTimer(uv_timer_t* t) {

@@ -39,9 +39,10 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  // Takes ownership of `listen_fd` (a bound, non-listening TCP socket) and
-  // prepares the loop. Called before start(), on any thread.
-  bool init(int listen_fd, std::shared_ptr<const Snapshot> snapshot, std::string& error);
+  // Takes ownership of `listen_fd` and `tls_listen_fd` (bound, non-listening
+  // TCP sockets; -1 for a listener that is not configured) and prepares the
+  // loop. Called before start(), on any thread.
+  bool init(int listen_fd, int tls_listen_fd, std::shared_ptr<const Snapshot> snapshot, std::string& error);
   // Runs the loop on a new thread until the worker has drained.
   void start();
   void join();
@@ -69,6 +70,10 @@ class Worker {
   const WorkerMetrics& metrics() const { return *metrics_; }
   LogWriter* accessLog() { return shared_->access_log; }
   CodecLimits codecLimits() const;
+  // Where TLS connections read ciphertext; it is handed to the TLS engine in
+  // the same callback, so one buffer serves the whole worker.
+  char* tlsScratch() { return tls_scratch_.get(); }
+  static constexpr size_t kTlsScratchSize = 65536;
   void nextRequestId(char out[33]);
   int64_t wallClockUs() const;
   void connectionClosed(Connection* c);
@@ -77,6 +82,8 @@ class Worker {
 
  private:
   static void onConnection(uv_stream_t* server, int status);
+  bool listen(uv_tcp_t* handle, int fd, std::string& error);
+  void closeListeners();
   static void onAsync(uv_async_t* a);
   static void onGraceTimer(uv_timer_t* t);
   void applySnapshot(std::shared_ptr<const Snapshot> snap);
@@ -86,12 +93,16 @@ class Worker {
   unsigned id_;
   WorkerShared* shared_;
   uv_loop_t loop_;
-  uv_tcp_t listener_;
+  uv_tcp_t listener_;      // plaintext
+  uv_tcp_t tls_listener_;  // HTTPS
+  bool has_listener_ = false;
+  bool has_tls_listener_ = false;
   uv_async_t async_;
   uv_timer_t grace_timer_;
   std::thread thread_;
   std::unique_ptr<WorkerMetrics> metrics_;
   BufferPool buffers_;
+  std::unique_ptr<char[]> tls_scratch_{new char[kTlsScratchSize]};
   std::shared_ptr<const Snapshot> snapshot_;
   std::vector<std::unique_ptr<SnapshotPin>> pins_;  // back() is current
   std::vector<std::shared_ptr<UpstreamPool>> pools_;

@@ -8,7 +8,7 @@ PKGS=(
   libuv1-dev node-llhttp android-libboringssl-dev
   libxxhash-dev libmimalloc-dev libtomlplusplus-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
-  curl python3
+  curl openssl python3 python3-cryptography
 )
 # Extra tools used by `make bench` only; pass --bench to install them too.
 BENCH_PKGS=(wrk nginx-light haproxy python3-matplotlib)

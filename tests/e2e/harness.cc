@@ -287,7 +287,9 @@ DemoBackend::DemoBackend() {
 
 ProxyOptions ProxyOptions::forBackend(const std::string& server_address) {
   ProxyOptions o;
-  o.upstreams.push_back(UpstreamSpec{"app", {server_address}});
+  UpstreamSpec u;
+  u.servers = {server_address};
+  o.upstreams.push_back(u);
   return o;
 }
 
@@ -296,6 +298,7 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
   t += "[server]\n";
   t += "workers = " + std::to_string(o.workers) + "\n";
   t += "listen_http = \"127.0.0.1:0\"\n";
+  if (!o.tls_cert.empty()) t += "listen_https = \"127.0.0.1:0\"\n";
   t += "admin_listen = \"127.0.0.1:0\"\n";
   t += "shutdown_grace_ms = " + std::to_string(o.shutdown_grace_ms) + "\n";
   t += "state_dir = \"" + dir + "/state\"\n";
@@ -328,6 +331,11 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
     if (r.max_body_bytes != 0) t += "max_body_bytes = " + std::to_string(r.max_body_bytes) + "\n";
     t += "\n";
   }
+  if (!o.tls_cert.empty()) {
+    t += "[tls]\ncert = \"" + o.tls_cert + "\"\nkey = \"" + o.tls_key + "\"\n";
+    if (!o.tls_min_version.empty()) t += "min_version = \"" + o.tls_min_version + "\"\n";
+    t += "\n";
+  }
   t += "[log]\naccess = \"" + dir + "/access.log\"\naudit = \"" + dir + "/audit.log\"\n\n";
   t += o.extra_toml;
   return t;
@@ -354,6 +362,11 @@ Proxy::Proxy(const ProxyOptions& options) {
   }
   http_port_ = portAfterColon(http_at, with_at);
   admin_port_ = portAfterColon(*admin_at, *admin_eol);
+  size_t https_at = err.find("listening https ");
+  if (https_at != std::string::npos) {
+    size_t https_with = err.find(" with ", https_at);
+    if (https_with != std::string::npos) https_port_ = portAfterColon(https_at, https_with);
+  }
   if (http_port_ == 0 || admin_port_ == 0) fail("cannot parse listening ports in stderr:\n" + err);
 }
 

@@ -162,6 +162,11 @@ struct ProxyOptions {
   std::map<std::string, uint64_t> limits;    // [limits] key -> value
   std::string extra_toml;                    // appended verbatim
   std::string server_toml;                   // extra lines inside [server]
+  // HTTPS listener on 127.0.0.1:0 with this certificate and key (PEM paths);
+  // empty = plaintext only.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_min_version;               // "" = default
 
   // Convenience: one upstream "app" with the given server.
   static ProxyOptions forBackend(const std::string& server_address);
@@ -180,6 +185,7 @@ class Proxy {
   Proxy& operator=(const Proxy&) = delete;
 
   uint16_t httpPort() const { return http_port_; }
+  uint16_t httpsPort() const { return https_port_; }
   uint16_t adminPort() const { return admin_port_; }
   ChildProcess& process() { return *proc_; }
   const std::string& configPath() const { return config_path_; }
@@ -212,6 +218,7 @@ class Proxy {
   std::string config_path_;
   std::unique_ptr<ChildProcess> proc_;
   uint16_t http_port_ = 0;
+  uint16_t https_port_ = 0;
   uint16_t admin_port_ = 0;
   bool expect_clean_exit_ = true;
 };

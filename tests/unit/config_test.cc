@@ -163,6 +163,11 @@ encrypt_body = true
 prefix = "/v2/"
 upstream = "a"
 
+[tls]
+cert = "/etc/portcullis/server.crt"
+key = "/etc/portcullis/server.key"
+min_version = "1.3"
+
 [log]
 access = ""
 audit = "/tmp/audit.log"
@@ -172,6 +177,9 @@ syslog = "tcp://192.0.2.1:6514"
   const Config& c = r.cfg;
   EXPECT_EQ(c.server.workers, 3u);
   EXPECT_EQ(c.server.listen_https.str(), "0.0.0.0:8443");
+  EXPECT_EQ(c.tls.cert, "/etc/portcullis/server.crt");
+  EXPECT_EQ(c.tls.key, "/etc/portcullis/server.key");
+  EXPECT_TRUE(c.tls.min_tls13);
   EXPECT_EQ(c.server.listen_http.host, "::");
   EXPECT_EQ(c.server.listen_http.port, 8080);
   EXPECT_EQ(c.server.admin_listen.str(), "[::1]:9902");
@@ -241,6 +249,9 @@ TEST(ConfigTest, ListenHttpsAloneIsEnoughAndPortZeroIsAllowedOnListeners) {
   Result r = load(R"([server]
 listen_https = ":0"
 admin_listen = "127.0.0.1:0"
+[tls]
+cert = "c.pem"
+key = "k.pem"
 [[upstream]]
 name = "app"
 servers = ["127.0.0.1:9000"]
@@ -288,10 +299,29 @@ upstream = "app"
   EXPECT_EQ(r.error, "t.toml:6: upstream[0].health_check.pth: unknown key");
 }
 
+TEST(ConfigTest, TlsSectionIsCheckedAndListenHttpsNeedsIt) {
+  Result r = load(std::string(kBase) + R"(listen_https = ":8443"
+)");
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error, "t.toml:11: server.listen_https: needs a [tls] section with cert and key");
+  Result bad = load(std::string(kBase) + R"(listen_https = ":8443"
+[tls]
+cert = "c.pem"
+min_version = "1.1"
+ciphers = "ALL"
+)");
+  EXPECT_FALSE(bad.ok);
+  EXPECT_EQ(bad.error,
+            "t.toml:12: tls.key: missing (PEM private key)\n"
+            "t.toml:14: tls.min_version: must be \"1.2\" or \"1.3\" (nothing older is ever offered)\n"
+            "t.toml:15: tls.ciphers: unknown key");
+}
+
 TEST(ConfigTest, NotYetImplementedSectionsAreUnknown) {
   Result r = load(std::string(kBase) + R"(listen_https = ":8443"
 [tls]
 cert = "x"
+key = "y"
 [https]
 plaintext = "reject"
 [auth]
@@ -307,13 +337,12 @@ rate_spike_factor = 1.0
 )");
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.error,
-            "t.toml:12: tls: unknown key\n"
-            "t.toml:14: https: unknown key\n"
-            "t.toml:16: auth: unknown key\n"
-            "t.toml:18: rate_limit: unknown key\n"
-            "t.toml:20: role: unknown key\n"
-            "t.toml:22: encryption: unknown key\n"
-            "t.toml:24: detect: unknown key");
+            "t.toml:15: https: unknown key\n"
+            "t.toml:17: auth: unknown key\n"
+            "t.toml:19: rate_limit: unknown key\n"
+            "t.toml:21: role: unknown key\n"
+            "t.toml:23: encryption: unknown key\n"
+            "t.toml:25: detect: unknown key");
 }
 
 TEST(ConfigTest, UnknownTopLevelKey) {

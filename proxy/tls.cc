@@ -1,0 +1,160 @@
+#include "proxy/tls.h"
+
+#include <openssl/err.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace portcullis {
+
+namespace {
+
+// TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only, strongest first per
+// key type. TLS 1.3 suites are fixed by BoringSSL (AES-GCM, ChaCha20-Poly1305).
+constexpr const char* kTls12Ciphers =
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
+constexpr const char* kGroups = "X25519:P-256:P-384";
+
+std::string lastSslError() {
+  uint32_t e = ERR_get_error();
+  ERR_clear_error();
+  if (e == 0) return "unknown error";
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof(buf));
+  return buf;
+}
+
+int selectAlpn(SSL*, const uint8_t** out, uint8_t* out_len, const uint8_t* in, unsigned in_len, void*) {
+  // Only HTTP/1.1 is spoken; a client offering other protocols only gets no
+  // ALPN answer (and may fall back), never a protocol we do not serve.
+  static const uint8_t kHttp11[] = {'h', 't', 't', 'p', '/', '1', '.', '1'};
+  for (unsigned i = 0; i < in_len;) {
+    uint8_t len = in[i];
+    if (i + 1 + len > in_len) break;
+    if (len == sizeof(kHttp11) && std::memcmp(in + i + 1, kHttp11, len) == 0) {
+      *out = in + i + 1;
+      *out_len = len;
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + len;
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
+}  // namespace
+
+bool checkPrivateFileMode(const std::string& path, std::string& error) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    error = path + ": " + std::strerror(errno);
+    return false;
+  }
+  if ((st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", st.st_mode & 07777);
+    error = path + ": private key is accessible by group or others (mode " + mode + "); chmod 600 it";
+    return false;
+  }
+  return true;
+}
+
+std::shared_ptr<const TlsContext> TlsContext::create(const TlsConfig& config, std::string& error) {
+  if (!checkPrivateFileMode(config.key, error)) return nullptr;
+  std::shared_ptr<TlsContext> t(new TlsContext());
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == nullptr) {
+    error = "tls: cannot create context: " + lastSslError();
+    return nullptr;
+  }
+  t->ctx_ = ctx;
+  if (!SSL_CTX_set_min_proto_version(ctx, config.min_tls13 ? TLS1_3_VERSION : TLS1_2_VERSION) ||
+      !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) || !SSL_CTX_set_strict_cipher_list(ctx, kTls12Ciphers) ||
+      !SSL_CTX_set1_curves_list(ctx, kGroups)) {
+    error = "tls: cannot apply policy: " + lastSslError();
+    return nullptr;
+  }
+  SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_alpn_select_cb(ctx, &selectAlpn, nullptr);
+  if (SSL_CTX_use_certificate_chain_file(ctx, config.cert.c_str()) != 1) {
+    error = config.cert + ": cannot load certificate chain: " + lastSslError();
+    return nullptr;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, config.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    error = config.key + ": cannot load private key: " + lastSslError();
+    return nullptr;
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    error = config.key + ": private key does not match " + config.cert;
+    return nullptr;
+  }
+  return t;
+}
+
+TlsContext::~TlsContext() {
+  if (ctx_ != nullptr) SSL_CTX_free(ctx_);
+}
+
+TlsSession::TlsSession(SSL_CTX* ctx) {
+  ssl_ = SSL_new(ctx);
+  rbio_ = BIO_new(BIO_s_mem());
+  wbio_ = BIO_new(BIO_s_mem());
+  if (ssl_ == nullptr || rbio_ == nullptr || wbio_ == nullptr) abort();
+  SSL_set_bio(ssl_, rbio_, wbio_);  // ssl_ owns both BIOs from here on
+  SSL_set_accept_state(ssl_);
+}
+
+TlsSession::~TlsSession() { SSL_free(ssl_); }
+
+void TlsSession::pushCiphertext(const char* data, size_t len) {
+  BIO_write(rbio_, data, static_cast<int>(len));
+}
+
+TlsSession::Result TlsSession::readPlaintext(char* out, size_t cap, size_t& n) {
+  n = 0;
+  int rc = SSL_read(ssl_, out, static_cast<int>(cap > INT32_MAX ? INT32_MAX : cap));
+  if (rc > 0) {
+    n = static_cast<size_t>(rc);
+    return Result::kOk;
+  }
+  switch (SSL_get_error(ssl_, rc)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:  // memory BIOs never block writing
+      return Result::kWantRead;
+    case SSL_ERROR_ZERO_RETURN:
+      return Result::kClosed;
+    default:
+      failure_ = handshakeDone() ? "record_error" : "handshake_failed";
+      ERR_clear_error();
+      return Result::kError;
+  }
+}
+
+bool TlsSession::hasBufferedInput() const { return SSL_pending(ssl_) > 0 || BIO_pending(rbio_) > 0; }
+
+bool TlsSession::writePlaintext(const char* data, size_t len) {
+  while (len > 0) {
+    int chunk = static_cast<int>(len > (1u << 30) ? (1u << 30) : len);
+    int rc = SSL_write(ssl_, data, chunk);
+    if (rc <= 0) {
+      failure_ = "write_failed";
+      ERR_clear_error();
+      return false;
+    }
+    data += rc;
+    len -= static_cast<size_t>(rc);
+  }
+  return true;
+}
+
+size_t TlsSession::pendingCiphertext() const { return BIO_pending(wbio_); }
+
+size_t TlsSession::takeCiphertext(char* out, size_t cap) {
+  int rc = BIO_read(wbio_, out, static_cast<int>(cap > INT32_MAX ? INT32_MAX : cap));
+  return rc > 0 ? static_cast<size_t>(rc) : 0;
+}
+
+}  // namespace portcullis

@@ -1,0 +1,88 @@
+// TLS termination with BoringSSL (SPEC §3 [tls]).
+//
+// TlsContext is the server policy as one SSL_CTX, built once per config
+// snapshot and shared by all workers (an SSL_CTX may be used from several
+// threads once configured). TlsSession is one connection's TLS state over
+// memory BIOs: the connection reads ciphertext from its socket and pushes it
+// in, pulls plaintext straight into its own read buffer, and sends whatever
+// ciphertext the engine produced. Nothing here touches a socket.
+#pragma once
+
+#include <openssl/ssl.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "proxy/config.h"
+
+namespace portcullis {
+
+class TlsContext {
+ public:
+  // Loads the certificate chain and key and applies the fixed policy:
+  // TLS 1.2 and 1.3 only (1.3 only with min_version = "1.3"); TLS 1.2 suites
+  // ECDHE with AES-GCM or ChaCha20-Poly1305 only; groups X25519, P-256,
+  // P-384; server cipher preference; ALPN http/1.1; no renegotiation and no
+  // compression (BoringSSL supports neither); session tickets with keys that
+  // BoringSSL generates in memory and rotates (shared by all workers through
+  // this one SSL_CTX); no stateful session-ID cache. Refuses a key file that
+  // group or others may read.
+  static std::shared_ptr<const TlsContext> create(const TlsConfig& config, std::string& error);
+  ~TlsContext();
+  TlsContext(const TlsContext&) = delete;
+  TlsContext& operator=(const TlsContext&) = delete;
+
+  SSL_CTX* ctx() const { return ctx_; }
+
+ private:
+  TlsContext() = default;
+  SSL_CTX* ctx_ = nullptr;
+};
+
+// Checks that the file at `path` is not accessible by group or others.
+bool checkPrivateFileMode(const std::string& path, std::string& error);
+
+class TlsSession {
+ public:
+  enum class Result : uint8_t {
+    kOk,        // produced plaintext (n > 0)
+    kWantRead,  // needs more ciphertext; nothing produced
+    kClosed,    // the peer sent close_notify
+    kError,     // handshake or record failure: close the connection
+  };
+
+  explicit TlsSession(SSL_CTX* ctx);
+  ~TlsSession();
+  TlsSession(const TlsSession&) = delete;
+  TlsSession& operator=(const TlsSession&) = delete;
+
+  // Appends ciphertext received from the socket (copied into the engine).
+  void pushCiphertext(const char* data, size_t len);
+  // Runs the handshake as needed and decrypts up to `cap` bytes into `out`.
+  Result readPlaintext(char* out, size_t cap, size_t& n);
+  // True when decrypted or undecrypted input is still buffered, so
+  // readPlaintext() may produce more without another socket read.
+  bool hasBufferedInput() const;
+  // Encrypts `len` bytes; the records are appended to the pending output.
+  // Returns false on a fatal error.
+  bool writePlaintext(const char* data, size_t len);
+  // Ciphertext waiting to be sent, and taking it out of the engine.
+  size_t pendingCiphertext() const;
+  size_t takeCiphertext(char* out, size_t cap);
+
+  bool handshakeDone() const { return SSL_is_init_finished(ssl_) != 0; }
+  bool resumed() const { return SSL_session_reused(ssl_) != 0; }
+  // "TLSv1.2" / "TLSv1.3" once the handshake is done.
+  const char* version() const { return SSL_get_version(ssl_); }
+  // Short reason of the last kError, for logs and metrics.
+  const char* failureReason() const { return failure_; }
+
+ private:
+  SSL* ssl_ = nullptr;
+  BIO* rbio_ = nullptr;
+  BIO* wbio_ = nullptr;
+  const char* failure_ = "";
+};
+
+}  // namespace portcullis

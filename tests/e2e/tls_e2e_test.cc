@@ -1,0 +1,360 @@
+// HTTPS end to end with a real TLS client (BoringSSL in the test binary):
+// protocol and cipher policy, ALPN, HSTS on every HTTPS response, large
+// bodies both ways, session resumption across connections, key file mode.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "tests/e2e/harness.h"
+
+namespace portcullis::e2e {
+namespace {
+
+// Makes a self-signed certificate for 127.0.0.1 with the openssl command.
+void makeCertificate(const TempDir& dir, const std::string& kind) {
+  const std::string key = dir.file(kind + ".key");
+  const std::string crt = dir.file(kind + ".crt");
+  const std::string newkey = kind == "rsa" ? "-newkey rsa:2048" : "-newkey ec -pkeyopt ec_paramgen_curve:P-256";
+  const std::string cmd = "openssl req -x509 " + newkey + " -nodes -keyout '" + key + "' -out '" + crt +
+                          "' -days 2 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 2>/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  ASSERT_EQ(::chmod(key.c_str(), 0600), 0);
+}
+
+struct TlsOptions {
+  uint16_t min_version = TLS1_VERSION;
+  uint16_t max_version = TLS1_3_VERSION;
+  std::string tls12_ciphers;           // "" = library default
+  std::vector<std::string> alpn;       // offered protocols
+  SSL_SESSION* session = nullptr;      // offer this session for resumption
+};
+
+// A blocking TLS client over a socket with receive/send timeouts.
+class TlsClient {
+ public:
+  ~TlsClient() {
+    if (ticket_ != nullptr) SSL_SESSION_free(ticket_);
+    if (ssl_ != nullptr) SSL_free(ssl_);
+    if (ctx_ != nullptr) SSL_CTX_free(ctx_);
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  // Connects and runs the handshake; false if it failed.
+  bool connect(uint16_t port, const TlsOptions& o) {
+    ctx_ = SSL_CTX_new(TLS_method());
+    SSL_CTX_set_min_proto_version(ctx_, o.min_version);
+    SSL_CTX_set_max_proto_version(ctx_, o.max_version);
+    if (!o.tls12_ciphers.empty()) SSL_CTX_set_cipher_list(ctx_, o.tls12_ciphers.c_str());
+    // TLS 1.3 sessions arrive as tickets after the handshake; keep the last.
+    SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_CLIENT);
+    SSL_CTX_sess_set_new_cb(ctx_, [](SSL* ssl, SSL_SESSION* s) -> int {
+      auto* self = static_cast<TlsClient*>(SSL_get_app_data(ssl));
+      if (self->ticket_ != nullptr) SSL_SESSION_free(self->ticket_);
+      self->ticket_ = s;
+      return 1;  // we own it now
+    });
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    timeval tv{10, 0};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) return false;
+    ssl_ = SSL_new(ctx_);
+    SSL_set_app_data(ssl_, this);
+    SSL_set_fd(ssl_, fd_);
+    if (!o.alpn.empty()) {
+      std::string wire;
+      for (const std::string& p : o.alpn) {
+        wire.push_back(static_cast<char>(p.size()));
+        wire += p;
+      }
+      SSL_set_alpn_protos(ssl_, reinterpret_cast<const uint8_t*>(wire.data()), wire.size());
+    }
+    if (o.session != nullptr) SSL_set_session(ssl_, o.session);
+    const bool ok = SSL_connect(ssl_) == 1;
+    ERR_clear_error();
+    return ok;
+  }
+
+  std::string version() const { return SSL_get_version(ssl_); }
+  bool resumed() const { return SSL_session_reused(ssl_) != 0; }
+  std::string alpn() const {
+    const uint8_t* p = nullptr;
+    unsigned n = 0;
+    SSL_get0_alpn_selected(ssl_, &p, &n);
+    return std::string(reinterpret_cast<const char*>(p), n);
+  }
+  // The session to resume later (after a response was read, so a TLS 1.3
+  // ticket has arrived); null if none came. Caller frees it.
+  SSL_SESSION* session() const {
+    if (ticket_ != nullptr) SSL_SESSION_up_ref(ticket_);
+    return ticket_;
+  }
+
+  bool send(std::string_view data) {
+    while (!data.empty()) {
+      int n = SSL_write(ssl_, data.data(), static_cast<int>(data.size() > 65536 ? 65536 : data.size()));
+      if (n <= 0) return false;
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  // Reads one Content-Length response. The body is hashed (and kept when it
+  // is small). Returns false on EOF, timeout or a framing it cannot read.
+  struct Response {
+    int status = 0;
+    std::string head;  // status line + headers, lower-cased
+    std::string body;
+    uint64_t body_bytes = 0;
+    std::string body_sha256;
+  };
+  bool readResponse(Response& r) {
+    size_t end;
+    while ((end = buf_.find("\r\n\r\n")) == std::string::npos) {
+      if (!fill()) return false;
+    }
+    r.head = toLower(buf_.substr(0, end));
+    buf_.erase(0, end + 4);
+    r.status = std::atoi(r.head.c_str() + 9);
+    size_t cl = r.head.find("\r\ncontent-length:");
+    if (cl == std::string::npos) return false;
+    uint64_t left = std::strtoull(r.head.c_str() + cl + 17, nullptr, 10);
+    Sha256 h;
+    while (left > 0) {
+      if (buf_.empty() && !fill()) return false;
+      size_t take = buf_.size() < left ? buf_.size() : static_cast<size_t>(left);
+      h.update(buf_.data(), take);
+      if (r.body.size() < 65536) r.body.append(buf_, 0, take);
+      r.body_bytes += take;
+      buf_.erase(0, take);
+      left -= take;
+    }
+    r.body_sha256 = h.hexDigest();
+    return true;
+  }
+
+ private:
+  bool fill() {
+    char tmp[65536];
+    int n = SSL_read(ssl_, tmp, sizeof(tmp));
+    if (n <= 0) return false;
+    buf_.append(tmp, static_cast<size_t>(n));
+    return true;
+  }
+
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
+  SSL_SESSION* ticket_ = nullptr;
+  int fd_ = -1;
+  std::string buf_;
+};
+
+class TlsE2E : public ::testing::Test {
+ protected:
+  void SetUp() override { makeCertificate(dir_, "ec"); }
+  ProxyOptions options() {
+    ProxyOptions o = ProxyOptions::forBackend(backend_.address());
+    o.tls_cert = dir_.file("ec.crt");
+    o.tls_key = dir_.file("ec.key");
+    o.routes[0].max_body_bytes = 128ull << 20;
+    return o;
+  }
+  TempDir dir_;
+  DemoBackend backend_;
+};
+
+TEST_F(TlsE2E, Tls13AndTls12ServeRequestsWithHsts) {
+  Proxy proxy(options());
+  ASSERT_NE(proxy.httpsPort(), 0);
+  for (uint16_t v : {uint16_t(TLS1_3_VERSION), uint16_t(TLS1_2_VERSION)}) {
+    TlsClient c;
+    TlsOptions o;
+    o.min_version = o.max_version = v;
+    ASSERT_TRUE(c.connect(proxy.httpsPort(), o));
+    EXPECT_EQ(c.version(), v == TLS1_3_VERSION ? "TLSv1.3" : "TLSv1.2");
+    for (int i = 0; i < 2; ++i) {  // keep-alive over TLS
+      ASSERT_TRUE(c.send(getRequest("/hello")));
+      TlsClient::Response r;
+      ASSERT_TRUE(c.readResponse(r));
+      EXPECT_EQ(r.status, 200);
+      EXPECT_NE(r.head.find("\r\nstrict-transport-security: max-age=31536000; includesubdomains"), std::string::npos)
+          << r.head;
+      std::optional<Echo> echo = parseEcho(r.body);
+      ASSERT_TRUE(echo.has_value()) << r.body;
+      EXPECT_EQ(echo->headers["x-forwarded-proto"], "https");
+    }
+  }
+  // Errors made by the proxy carry HSTS too; the plaintext listener never does.
+  {
+    ProxyOptions o = options();
+    TlsClient c;
+    ASSERT_TRUE(c.connect(proxy.httpsPort(), TlsOptions{}));
+    ASSERT_TRUE(c.send("GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000000\r\n\r\n"));
+    TlsClient::Response r;
+    ASSERT_TRUE(c.readResponse(r));
+    EXPECT_EQ(r.status, 413);
+    EXPECT_NE(r.head.find("strict-transport-security"), std::string::npos);
+  }
+  Client plain(proxy.httpPort());
+  HttpResponse pr = plain.roundTrip(getRequest("/plain"));
+  EXPECT_EQ(pr.status, 200);
+  EXPECT_FALSE(pr.hasHeader("strict-transport-security"));
+  EXPECT_EQ(proxy.waitForMetric("portcullis_tls_handshakes_total{kind=\"full\"}", 3), 3);
+}
+
+TEST_F(TlsE2E, ProtocolsOlderThanTls12AreRefused) {
+  Proxy proxy(options());
+  for (uint16_t v : {uint16_t(TLS1_1_VERSION), uint16_t(TLS1_VERSION)}) {
+    TlsClient c;
+    TlsOptions o;
+    o.min_version = o.max_version = v;
+    EXPECT_FALSE(c.connect(proxy.httpsPort(), o)) << "version " << v;
+  }
+  EXPECT_GE(proxy.waitForMetric("portcullis_tls_handshake_failures_total", 2), 2);
+  EXPECT_EQ(backend_.process().exited(), false);
+}
+
+TEST_F(TlsE2E, MinVersion13RefusesTls12) {
+  ProxyOptions o = options();
+  o.tls_min_version = "1.3";
+  Proxy proxy(o);
+  TlsClient c12;
+  TlsOptions t12;
+  t12.max_version = TLS1_2_VERSION;
+  EXPECT_FALSE(c12.connect(proxy.httpsPort(), t12));
+  TlsClient c13;
+  EXPECT_TRUE(c13.connect(proxy.httpsPort(), TlsOptions{}));
+  EXPECT_EQ(c13.version(), "TLSv1.3");
+}
+
+TEST(TlsPolicyE2E, Tls12OnlyEcdheWithAead) {
+  TempDir dir;
+  makeCertificate(dir, "rsa");
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.tls_cert = dir.file("rsa.crt");
+  o.tls_key = dir.file("rsa.key");
+  Proxy proxy(o);
+  auto tryCipher = [&](const std::string& cipher) {
+    TlsClient c;
+    TlsOptions t;
+    t.max_version = TLS1_2_VERSION;
+    t.tls12_ciphers = cipher;
+    return c.connect(proxy.httpsPort(), t);
+  };
+  EXPECT_FALSE(tryCipher("AES128-GCM-SHA256")) << "RSA key exchange (no forward secrecy)";
+  EXPECT_FALSE(tryCipher("AES256-SHA")) << "RSA key exchange, CBC";
+  EXPECT_FALSE(tryCipher("ECDHE-RSA-AES128-SHA")) << "CBC with SHA-1";
+  EXPECT_TRUE(tryCipher("ECDHE-RSA-AES128-GCM-SHA256"));
+  EXPECT_TRUE(tryCipher("ECDHE-RSA-CHACHA20-POLY1305"));
+}
+
+TEST_F(TlsE2E, AlpnSelectsHttp11Only) {
+  Proxy proxy(options());
+  TlsClient both;
+  TlsOptions o;
+  o.alpn = {"h2", "http/1.1"};
+  ASSERT_TRUE(both.connect(proxy.httpsPort(), o));
+  EXPECT_EQ(both.alpn(), "http/1.1");
+  TlsClient h2only;
+  TlsOptions o2;
+  o2.alpn = {"h2"};
+  ASSERT_TRUE(h2only.connect(proxy.httpsPort(), o2));
+  EXPECT_EQ(h2only.alpn(), "") << "never claims a protocol it does not speak";
+}
+
+TEST_F(TlsE2E, LargeBodiesBothWays) {
+  Proxy proxy(options());
+  TlsClient c;
+  ASSERT_TRUE(c.connect(proxy.httpsPort(), TlsOptions{}));
+  const uint64_t n = 64ull << 20;
+  ASSERT_TRUE(c.send(getRequest("/bytes/" + std::to_string(n))));
+  TlsClient::Response down;
+  ASSERT_TRUE(c.readResponse(down));
+  EXPECT_EQ(down.status, 200);
+  EXPECT_EQ(down.body_bytes, n);
+  EXPECT_EQ(down.body_sha256, patternSha256(n));
+
+  const uint64_t up = 64ull << 20;
+  std::string head = "POST /upload HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: " + std::to_string(up) + "\r\n\r\n";
+  ASSERT_TRUE(c.send(head));
+  for (uint64_t off = 0; off < up; off += 1 << 20) ASSERT_TRUE(c.send(patternBytes(off, 1 << 20)));
+  TlsClient::Response r;
+  ASSERT_TRUE(c.readResponse(r));
+  EXPECT_EQ(r.status, 200);
+  std::optional<Echo> echo = parseEcho(r.body);
+  ASSERT_TRUE(echo.has_value()) << r.body;
+  EXPECT_EQ(echo->body_bytes, up);
+  EXPECT_EQ(echo->body_sha256, patternSha256(up));
+}
+
+TEST_F(TlsE2E, SessionsResumeAcrossConnectionsAndWorkers) {
+  ProxyOptions o = options();
+  o.workers = 2;  // one SSL_CTX (and ticket key) shared by all workers
+  Proxy proxy(o);
+  SSL_SESSION* session = nullptr;
+  {
+    TlsClient first;
+    ASSERT_TRUE(first.connect(proxy.httpsPort(), TlsOptions{}));
+    ASSERT_TRUE(first.send(getRequest("/one")));
+    TlsClient::Response r;
+    ASSERT_TRUE(first.readResponse(r));
+    session = first.session();
+  }
+  ASSERT_NE(session, nullptr);
+  int resumed = 0;
+  for (int i = 0; i < 6; ++i) {
+    TlsClient again;
+    TlsOptions t;
+    t.session = session;
+    ASSERT_TRUE(again.connect(proxy.httpsPort(), t));
+    ASSERT_TRUE(again.send(getRequest("/again")));
+    TlsClient::Response r;
+    ASSERT_TRUE(again.readResponse(r));
+    EXPECT_EQ(r.status, 200);
+    if (again.resumed()) ++resumed;
+  }
+  SSL_SESSION_free(session);
+  EXPECT_EQ(resumed, 6);
+  EXPECT_EQ(proxy.waitForMetric("portcullis_tls_handshakes_total{kind=\"resumed\"}", 6), 6);
+}
+
+TEST(TlsKeyFileE2E, KeyReadableByOthersIsRefusedAtStart) {
+  TempDir dir;
+  makeCertificate(dir, "ec");
+  ASSERT_EQ(::chmod(dir.file("ec.key").c_str(), 0644), 0);
+  ProxyOptions o = ProxyOptions::forBackend("127.0.0.1:9");
+  o.tls_cert = dir.file("ec.crt");
+  o.tls_key = dir.file("ec.key");
+  const std::string conf = dir.file("p.toml");
+  {
+    FILE* f = std::fopen(conf.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::string text = renderConfig(o, dir.path());
+    std::fwrite(text.data(), 1, text.size(), f);
+    std::fclose(f);
+  }
+  ChildProcess p({PORTCULLIS_BIN, "-c", conf});
+  int ws = 0;
+  ASSERT_TRUE(p.waitExit(Millis(10000), &ws));
+  EXPECT_TRUE(WIFEXITED(ws) && WEXITSTATUS(ws) == 1);
+  EXPECT_NE(p.stderrText().find("chmod 600"), std::string::npos) << p.stderrText();
+}
+
+}  // namespace
+}  // namespace portcullis::e2e
