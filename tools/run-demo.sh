@@ -13,13 +13,11 @@
 # var/log/portcullis.out (the proxy's access and audit logs are wherever CONFIG
 # puts them, var/log/ in conf/portcullis.toml).
 #
-# TODO: once TLS, token checking and upload encryption land, this is also where
-# the first run generates the demo secrets under var/demo/ (once, kept across
-# runs): a self-signed certificate for 127.0.0.1/localhost, the keyring
-# (mode 0600) and the token store with one demo token, printed exactly once;
-# the curl commands below then switch to https://127.0.0.1:8443 with
-# "--cacert var/demo/server.crt -H 'Authorization: Bearer <token>'".
-# Until then conf/portcullis.toml uses the plaintext listener only.
+# The first run generates the demo secrets under var/demo/ (kept across runs,
+# never committed): a self-signed ECDSA P-256 certificate for 127.0.0.1 and
+# localhost with its key (mode 0600). Once token checking and upload
+# encryption land, the keyring and a demo token (printed exactly once) are
+# generated here too.
 
 set -euo pipefail
 
@@ -65,9 +63,10 @@ config_addr() {
   esac
   printf '%s\n' "$value"
 }
-PROXY_ADDR=$(config_addr listen_http 127.0.0.1:8080)
+PROXY_ADDR=$(config_addr listen_https 127.0.0.1:8443)
 ADMIN_ADDR=$(config_addr admin_listen 127.0.0.1:9901)
-PROXY_URL="http://$PROXY_ADDR"
+PROXY_URL="https://$PROXY_ADDR"
+CURL="curl --cacert var/demo/server.crt"
 ADMIN_URL="http://$ADMIN_ADDR"
 
 # --- demo environment (first use) -------------------------------------------
@@ -78,8 +77,17 @@ mkdir -p var/demo/uploads var/log var/state
 if [[ ! -f var/demo/sample.csv ]]; then
   printf 'id,item,qty\n1,widget,2\n2,gadget,5\n3,sprocket,11\n' > var/demo/sample.csv
 fi
+if [[ ! -f var/demo/server.key || ! -f var/demo/server.crt ]]; then
+  echo "run-demo: generating a self-signed certificate for 127.0.0.1 (var/demo/server.crt)"
+  (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout var/demo/server.key -out var/demo/server.crt -days 365 -subj "/CN=localhost" \
+    -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" 2>/dev/null) ||
+    { echo "run-demo: openssl could not create the certificate" >&2; exit 1; }
+  chmod 600 var/demo/server.key
+  chmod 644 var/demo/server.crt
+fi
 
-if curl -s -o /dev/null --max-time 1 "$PROXY_URL/" 2>/dev/null; then
+if $CURL -s -o /dev/null --max-time 1 "$PROXY_URL/" 2>/dev/null; then
   echo "run-demo: something already answers on $PROXY_URL; is another demo running?" >&2
   exit 1
 fi
@@ -152,7 +160,7 @@ ready=0
 for _ in $(seq 100); do
   kill -0 "$PROXY_PID" 2>/dev/null || fail "portcullis exited at start" var/log/portcullis.out
   # Any HTTP answer (even a 404) means the listener is up.
-  if curl -s -o /dev/null --max-time 1 "$PROXY_URL/" 2>/dev/null; then
+  if $CURL -s -o /dev/null --max-time 1 "$PROXY_URL/" 2>/dev/null; then
     ready=1
     break
   fi
@@ -170,16 +178,16 @@ Portcullis demo is running
 
 Try (the demo backend echoes each request it receives as JSON):
 
-  curl -i $PROXY_URL/v1/hello
+  $CURL -i $PROXY_URL/v1/hello
 
-  curl -i $PROXY_URL/v1/orders -H 'Content-Type: application/json' \\
+  $CURL -i $PROXY_URL/v1/orders -H 'Content-Type: application/json' \\
        -d '{"item": "widget", "qty": 2}'
 
   # an unrouted path is answered by the proxy itself (404, JSON error body)
-  curl -i $PROXY_URL/nowhere
+  $CURL -i $PROXY_URL/nowhere
 
   # streamed upload: compare body_sha256 with: sha256sum var/demo/sample.csv
-  curl -i $PROXY_URL/v1/accounts/demo/uploads -H 'Content-Type: text/csv' \\
+  $CURL -i $PROXY_URL/v1/accounts/demo/uploads -H 'Content-Type: text/csv' \\
        --data-binary @var/demo/sample.csv
 
   # the backend alone stores uploads in var/demo/uploads/

@@ -685,8 +685,10 @@ TEST(ConfigTest, ExampleConfigLoads) {
   Config c;
   std::string error;
   ASSERT_TRUE(loadConfig(example.string(), c, error)) << error;
-  EXPECT_EQ(c.server.listen_http.str(), "127.0.0.1:8080");
-  EXPECT_TRUE(c.server.listen_https.empty());
+  EXPECT_EQ(c.server.listen_https.str(), "127.0.0.1:8443");
+  EXPECT_TRUE(c.server.listen_http.empty());
+  EXPECT_EQ(c.tls.cert, "var/demo/server.crt");
+  EXPECT_EQ(c.tls.key, "var/demo/server.key");
   EXPECT_EQ(c.server.admin_listen.str(), "127.0.0.1:9901");
   EXPECT_GE(c.server.workers, 1u);
   ASSERT_EQ(c.upstreams.size(), 1u);
