@@ -25,6 +25,8 @@ workers = 1
 listen_http = "127.0.0.1:$PP"
 admin_listen = "127.0.0.1:$AP"
 state_dir = "$TMP/state"
+[https]
+plaintext = "allow"
 [log]
 access = "$TMP/access.log"
 audit = "$TMP/audit.log"

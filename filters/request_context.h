@@ -56,6 +56,7 @@ class RequestContext {
   std::string_view remote_ip;           // textual peer address
   uint16_t remote_port = 0;
   bool secure = false;                  // arrived over TLS (or trusted proxy said so)
+  bool trusted_peer = false;            // the peer is in https.trusted_proxies
   std::string_view tls_version;         // "" on plaintext
   uint64_t start_us = 0;                // monotonic, at head completion
   // The loop of the worker thread that owns the request. A filter that
@@ -83,6 +84,7 @@ class RequestContext {
     route = nullptr;
     request_id = remote_ip = tls_version = {};
     secure = false;
+    trusted_peer = false;
     start_us = 0;
     local_reply.status = 0;
     local_reply.code = {};

@@ -5,6 +5,8 @@
 // with TOML_EXCEPTIONS=0 and the loader reports through its return value.
 #include "proxy/config.h"
 
+#include "proxy/cidr.h"
+
 #include <arpa/inet.h>
 
 #include <algorithm>
@@ -314,6 +316,7 @@ class Loader {
   void loadRoutes(const toml::table& root, const Config& cfg, std::vector<RouteConfig>& out);
   void loadLog(const toml::table& t, LogConfig& c);
   void loadTls(const toml::table& t, TlsConfig& c);
+  void loadHttps(const toml::table& t, HttpsConfig& c);
 
   std::string file_;
   std::vector<Problem> problems_;
@@ -581,6 +584,37 @@ void Loader::loadTls(const toml::table& t, TlsConfig& c) {
   }
 }
 
+void Loader::loadHttps(const toml::table& t, HttpsConfig& c) {
+  const std::string path = "https";
+  checkKeys(t, path, {"plaintext", "hsts_max_age_s", "revoke_tokens_seen_in_plaintext", "trusted_proxies"});
+  std::string mode;
+  if (getString(t, "plaintext", path, mode)) {
+    if (mode == "redirect") {
+      c.plaintext = HttpsConfig::Plaintext::kRedirect;
+    } else if (mode == "reject") {
+      c.plaintext = HttpsConfig::Plaintext::kReject;
+    } else if (mode == "allow") {
+      c.plaintext = HttpsConfig::Plaintext::kAllow;
+    } else {
+      fail(lineOf(*t.get("plaintext")), "https.plaintext",
+           "must be \"redirect\", \"reject\" or \"allow\" (testing only)");
+    }
+  }
+  getUint(t, "hsts_max_age_s", path, c.hsts_max_age_s, 0, 2147483647);
+  getBool(t, "revoke_tokens_seen_in_plaintext", path, c.revoke_tokens_seen_in_plaintext);
+  std::vector<Item> nets;
+  if (getStringArray(t, "trusted_proxies", path, nets)) {
+    for (Item& n : nets) {
+      Cidr cidr;
+      if (!Cidr::parse(n.value, cidr)) {
+        fail(n.line, n.key, "invalid network " + quoted(n.value) + " (expected an IP address or CIDR such as 10.0.0.0/8)");
+      } else {
+        c.trusted_proxies.push_back(std::move(n.value));
+      }
+    }
+  }
+}
+
 bool Loader::load(std::string_view text, Config& out, std::string& error) {
   toml::parse_result parsed = toml::parse(text, file_);
   if (!parsed) {
@@ -593,7 +627,7 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
 
   Config cfg;
   cfg.path = file_;
-  checkKeys(root, "", {"server", "timeouts", "limits", "tls", "upstream", "route", "log"});
+  checkKeys(root, "", {"server", "timeouts", "limits", "tls", "https", "upstream", "route", "log"});
   uint32_t server_line = 1;
   if (const toml::table* t = getTable(root, "server", "")) {
     server_line = lineOf(*t);
@@ -605,6 +639,7 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
   loadRoutes(root, cfg, cfg.routes);
   if (const toml::table* t = getTable(root, "log", "")) loadLog(*t, cfg.log);
   if (const toml::table* t = getTable(root, "tls", "")) loadTls(*t, cfg.tls);
+  if (const toml::table* t = getTable(root, "https", "")) loadHttps(*t, cfg.https);
 
   // Only complain about a missing listener if neither key was given at all; a
   // malformed one has already been reported.

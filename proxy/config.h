@@ -103,6 +103,18 @@ struct TlsConfig {
   bool configured() const { return !cert.empty(); }
 };
 
+// [https]: how the plaintext listener treats requests, and HSTS.
+struct HttpsConfig {
+  // kRedirect: GET/HEAD -> 308 to https, others 403. kReject: 403 for all.
+  // kAllow (an extension of SPEC §3 for local tests and plain-HTTP benchmark
+  // runs): plaintext requests are forwarded; the proxy warns at start.
+  enum class Plaintext : uint8_t { kRedirect, kReject, kAllow };
+  Plaintext plaintext = Plaintext::kRedirect;
+  uint32_t hsts_max_age_s = 31536000;
+  bool revoke_tokens_seen_in_plaintext = true;  // applied by token checking
+  std::vector<std::string> trusted_proxies;     // CIDRs whose X-Forwarded-Proto/For are believed
+};
+
 struct LogConfig {
   std::string access = "var/log/access.log";  // empty = access log off
   std::string audit = "var/log/audit.log";
@@ -115,6 +127,7 @@ struct Config {
   TimeoutsConfig timeouts;
   LimitsConfig limits;
   TlsConfig tls;
+  HttpsConfig https;
   std::vector<UpstreamConfig> upstreams;
   std::vector<RouteConfig> routes;
   LogConfig log;

@@ -39,9 +39,6 @@ namespace portcullis {
 namespace {
 
 constexpr std::string_view kJsonType = "application/json";
-// Every HTTPS response (SPEC §3 [https] hsts_max_age_s default; the key
-// itself arrives with the HTTPS enforcement filter).
-constexpr std::string_view kHsts = "max-age=31536000; includeSubDomains";
 
 bool methodAllowed(uint16_t methods, std::string_view name) {
   uint16_t bit = methodBitFromName(name);
@@ -358,49 +355,11 @@ void Connection::beginRequest() {
   head_sent_ = false;
   if (!req_.keep_alive || draining_) close_after_ = true;
 
-  // Routing sees the path; a route must exist and allow the method.
+  // The route is resolved now so filters see it; refusing an unrouted path
+  // or a method waits until the filters had their say (HTTPS enforcement,
+  // later authentication), as with Envoy's router as the last filter.
   ctx_.route = snap_->match(req_.path);
-  if (ctx_.route == nullptr) {
-    sendError(404, "not_found", "router", "no route", !req_.hasBody() ? close_after_ : true);
-    return;
-  }
-  if (!methodAllowed(ctx_.route->methods, req_.method_name)) {
-    std::string allow;
-    appendAllow(allow, ctx_.route->methods);
-    ctx_.local_reply.headers.push_back({"Allow", arena_.copy(allow)});
-    sendError(405, "method_not_allowed", "router", "method not allowed on route",
-              !req_.hasBody() ? close_after_ : true);
-    return;
-  }
-  max_body_ = ctx_.route->max_body_bytes;
-  if (req_.has_content_length && req_.content_length > max_body_) {
-    // Answered from the head alone, without reading (or inviting) the body.
-    sendError(413, "payload_too_large", "router", "content-length over route limit", true);
-    return;
-  }
-
-  // Proxy-owned request edits (SPEC §6): hop-by-hop headers are dropped by
-  // the serialiser; identity headers are replaced, never trusted.
-  for (Header& h : req_.headers) {
-    switch (h.id) {
-      case HeaderId::kXForwardedFor:
-      case HeaderId::kXForwardedProto:
-      case HeaderId::kXRequestId:
-      case HeaderId::kXPortcullis:
-      case HeaderId::kExpect:
-        h.removed = true;
-        break;
-      case HeaderId::kOther:
-        if (h.name.find('_') != std::string_view::npos) h.removed = true;
-        break;
-      default:
-        break;
-    }
-  }
-  req_.add("X-Request-Id", ctx_.request_id);
-  req_.add("X-Forwarded-For", ctx_.remote_ip);
-  req_.add("X-Forwarded-Proto", ctx_.secure ? "https" : "http");
-
+  ctx_.trusted_peer = !snap_->trusted_proxies.empty() && anyContains(snap_->trusted_proxies, peer_ip_);
   chain_.start(snap_->filters, ctx_);
   runHeadFilters();
 }
@@ -424,8 +383,63 @@ void Connection::runHeadFilters() {
     sendLocalReply(r.status, r.code, r.close || req_.hasBody() || close_after_);
     return;
   }
+  if (!checkRoute()) return;
+  editRequestHead();
   req_state_ = ReqState::kWaitUpstream;
   connectUpstream(false);
+}
+
+// Route-level refusals (SPEC §5), after the head filters.
+bool Connection::checkRoute() {
+  if (ctx_.route == nullptr) {
+    sendError(404, "not_found", "router", "no route", !req_.hasBody() ? close_after_ : true);
+    return false;
+  }
+  if (!methodAllowed(ctx_.route->methods, req_.method_name)) {
+    std::string allow;
+    appendAllow(allow, ctx_.route->methods);
+    ctx_.local_reply.headers.push_back({"Allow", arena_.copy(allow)});
+    sendError(405, "method_not_allowed", "router", "method not allowed on route",
+              !req_.hasBody() ? close_after_ : true);
+    return false;
+  }
+  max_body_ = ctx_.route->max_body_bytes;
+  if (req_.has_content_length && req_.content_length > max_body_) {
+    // Answered from the head alone, without reading (or inviting) the body.
+    sendError(413, "payload_too_large", "router", "content-length over route limit", true);
+    return false;
+  }
+  return true;
+}
+
+// Proxy-owned request edits (SPEC §6): hop-by-hop headers are dropped by the
+// serialiser; identity headers are replaced, never trusted, except that a
+// trusted proxy's X-Forwarded-For is extended rather than overwritten.
+void Connection::editRequestHead() {
+  std::string_view forwarded_for;
+  for (Header& h : req_.headers) {
+    switch (h.id) {
+      case HeaderId::kXForwardedFor:
+        if (ctx_.trusted_peer && forwarded_for.empty()) forwarded_for = h.value;
+        h.removed = true;
+        break;
+      case HeaderId::kXForwardedProto:
+      case HeaderId::kXRequestId:
+      case HeaderId::kXPortcullis:
+      case HeaderId::kExpect:
+        h.removed = true;
+        break;
+      case HeaderId::kOther:
+        if (h.name.find('_') != std::string_view::npos) h.removed = true;
+        break;
+      default:
+        break;
+    }
+  }
+  req_.add("X-Request-Id", ctx_.request_id);
+  req_.add("X-Forwarded-For",
+           forwarded_for.empty() ? ctx_.remote_ip : arena_.concat(forwarded_for, arena_.concat(", ", ctx_.remote_ip)));
+  req_.add("X-Forwarded-Proto", ctx_.secure ? "https" : "http");
 }
 
 // ---------------------------------------------------------------------------
@@ -815,7 +829,7 @@ void Connection::onResponseHead() {
     if (h.id == HeaderId::kServer || h.id == HeaderId::kXRequestId) h.removed = true;
   }
   resp_.add("X-Request-Id", ctx_.request_id);
-  if (tls_) resp_.add("Strict-Transport-Security", kHsts);
+  if (tls_ && !snap_->hsts.empty()) resp_.add("Strict-Transport-Security", snap_->hsts);
   chain_.runResponseHead(ctx_, resp_);
 
   const bool no_body = req_.method == HTTP_HEAD || resp_.status == 204 || resp_.status == 304;
@@ -1020,7 +1034,7 @@ void Connection::sendLocalReply(int status, std::string_view code, bool close) {
   resp_.add("Content-Type", kJsonType);
   resp_.add("Cache-Control", "no-store");
   resp_.add("X-Request-Id", ctx_.request_id);
-  if (tls_) resp_.add("Strict-Transport-Security", kHsts);
+  if (tls_ && !snap_->hsts.empty()) resp_.add("Strict-Transport-Security", snap_->hsts);
   for (const AddedHeader& h : ctx_.local_reply.headers) resp_.add(h.name, h.value);
   if (chain_.active()) chain_.runResponseHead(ctx_, resp_);
   client_head_.clear();

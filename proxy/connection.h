@@ -86,6 +86,8 @@ class Connection : public BodySink {
   void processClient();
   void beginRequest();
   void runHeadFilters();
+  bool checkRoute();
+  void editRequestHead();
   void connectUpstream(bool fresh);
   void sendRequestHead();
   void pumpRequestBody();

@@ -15,6 +15,7 @@
 
 #include "proxy/access_log.h"
 #include "proxy/admin_server.h"
+#include "filters/https_enforce.h"
 #include "proxy/health_check.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
@@ -91,8 +92,9 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   if (!loadConfig(options_.config_path, *cfg, error)) return false;
   if (!checkSupported(*cfg, error)) return false;
   FilterFactoryList filters;
-  // Configured filters are added here as they land (https_enforce,
-  // validate, token_check, rate_limit, upload_encrypt, ...).
+  // The chain in SPEC order: HTTPS enforcement, then (as they land)
+  // validation, token check + RBAC, rate limiting, upload encryption.
+  filters.push_back(std::make_shared<HttpsEnforceFactory>(*cfg));
   for (const auto& f : options_.extra_filters) filters.push_back(f);
   if (filters.size() > FilterChain::kMaxFilters) {
     error = "too many filters";
@@ -186,6 +188,9 @@ bool Server::startup(std::string& error) {
   HostPort admin_shown = cfg.server.admin_listen;
   admin_shown.port = admin_port_;
   logLine("info", "admin listening " + admin_shown.str());
+  if (!cfg.server.listen_http.empty() && cfg.https.plaintext == HttpsConfig::Plaintext::kAllow) {
+    logLine("warn", "https.plaintext = \"allow\": plaintext requests are forwarded to backends (testing only)");
+  }
   return true;
 }
 

@@ -33,6 +33,13 @@ std::shared_ptr<const Snapshot> buildSnapshot(std::shared_ptr<const Config> conf
   snap->config = config;
   snap->generation = generation;
   snap->filters = std::move(filters);
+  for (const std::string& n : config->https.trusted_proxies) {
+    Cidr c;
+    if (Cidr::parse(n, c)) snap->trusted_proxies.push_back(c);  // validated by the loader
+  }
+  if (config->https.hsts_max_age_s > 0) {
+    snap->hsts = "max-age=" + std::to_string(config->https.hsts_max_age_s) + "; includeSubDomains";
+  }
   for (const RouteConfig& r : config->routes) {
     snap->routes.push_back(&r);
     snap->route_labels.push_back(labels.idFor(r.prefix));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "filters/filter_chain.h"
+#include "proxy/cidr.h"
 #include "proxy/config.h"
 
 namespace portcullis {
@@ -41,6 +42,10 @@ struct Snapshot {
   FilterFactoryList filters;
   // Certificate and policy for new HTTPS connections (null without [tls]).
   std::shared_ptr<const TlsContext> tls;
+  // https.trusted_proxies, parsed; and the Strict-Transport-Security value
+  // every HTTPS response carries (empty when hsts_max_age_s = 0).
+  std::vector<Cidr> trusted_proxies;
+  std::string hsts;
   // Routes sorted by prefix length, longest first (longest prefix wins).
   std::vector<const RouteConfig*> routes;
   std::vector<size_t> route_labels;  // metrics label id per config route index

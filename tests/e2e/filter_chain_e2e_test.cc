@@ -394,6 +394,8 @@ class FilterChainE2E : public ::testing::Test {
                           << "admin_listen = \"127.0.0.1:0\"\n"
                           << "state_dir = \"" << dir_ << "/state\"\n"
                           << "shutdown_grace_ms = 3000\n"
+                          << "[https]\n"
+                          << "plaintext = \"allow\"\n"
                           << "[log]\n"
                           << "access = \"" << dir_ << "/access.log\"\n"
                           << "audit = \"" << dir_ << "/audit.log\"\n"

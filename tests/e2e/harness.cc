@@ -336,6 +336,7 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
     if (!o.tls_min_version.empty()) t += "min_version = \"" + o.tls_min_version + "\"\n";
     t += "\n";
   }
+  if (!o.https_toml.empty()) t += "[https]\n" + o.https_toml + "\n";
   t += "[log]\naccess = \"" + dir + "/access.log\"\naudit = \"" + dir + "/audit.log\"\n\n";
   t += o.extra_toml;
   return t;

@@ -167,6 +167,9 @@ struct ProxyOptions {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_min_version;               // "" = default
+  // Body of the [https] section. Tests speak plaintext unless they test
+  // HTTPS enforcement, so the default forwards it.
+  std::string https_toml = "plaintext = \"allow\"\n";
 
   // Convenience: one upstream "app" with the given server.
   static ProxyOptions forBackend(const std::string& server_address);

@@ -317,6 +317,30 @@ ciphers = "ALL"
             "t.toml:15: tls.ciphers: unknown key");
 }
 
+TEST(ConfigTest, HttpsSection) {
+  Result r = withBase(R"([https]
+plaintext = "reject"
+hsts_max_age_s = 63072000
+revoke_tokens_seen_in_plaintext = false
+trusted_proxies = ["10.0.0.0/8", "::1", "192.168.1.0/24"]
+)");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.cfg.https.plaintext, HttpsConfig::Plaintext::kReject);
+  EXPECT_EQ(r.cfg.https.hsts_max_age_s, 63072000u);
+  EXPECT_FALSE(r.cfg.https.revoke_tokens_seen_in_plaintext);
+  EXPECT_EQ(r.cfg.https.trusted_proxies.size(), 3u);
+  Result bad = withBase(R"([https]
+plaintext = "maybe"
+trusted_proxies = ["10.0.0.1/8", "300.1.1.1", "::/129"]
+)");
+  EXPECT_FALSE(bad.ok);
+  EXPECT_EQ(bad.error,
+            "t.toml:12: https.plaintext: must be \"redirect\", \"reject\" or \"allow\" (testing only)\n"
+            "t.toml:13: https.trusted_proxies[0]: invalid network \"10.0.0.1/8\" (expected an IP address or CIDR such as 10.0.0.0/8)\n"
+            "t.toml:13: https.trusted_proxies[1]: invalid network \"300.1.1.1\" (expected an IP address or CIDR such as 10.0.0.0/8)\n"
+            "t.toml:13: https.trusted_proxies[2]: invalid network \"::/129\" (expected an IP address or CIDR such as 10.0.0.0/8)");
+}
+
 TEST(ConfigTest, NotYetImplementedSectionsAreUnknown) {
   Result r = load(std::string(kBase) + R"(listen_https = ":8443"
 [tls]
@@ -337,7 +361,6 @@ rate_spike_factor = 1.0
 )");
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.error,
-            "t.toml:15: https: unknown key\n"
             "t.toml:17: auth: unknown key\n"
             "t.toml:19: rate_limit: unknown key\n"
             "t.toml:21: role: unknown key\n"
