@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -568,7 +569,7 @@ void Loader::loadLog(const toml::table& t, LogConfig& c) {
 
 void Loader::loadTls(const toml::table& t, TlsConfig& c) {
   const std::string path = "tls";
-  checkKeys(t, path, {"cert", "key", "min_version"});
+  checkKeys(t, path, {"cert", "key", "min_version", "sni"});
   getNonEmptyString(t, "cert", path, c.cert);
   getNonEmptyString(t, "key", path, c.key);
   if (!t.get("cert")) fail(lineOf(t), "tls.cert", "missing (PEM certificate chain)");
@@ -581,6 +582,39 @@ void Loader::loadTls(const toml::table& t, TlsConfig& c) {
       fail(lineOf(*t.get("min_version")), "tls.min_version",
            "must be \"1.2\" or \"1.3\" (nothing older is ever offered)");
     }
+  }
+  const toml::node* sni = t.get("sni");
+  if (sni == nullptr) return;
+  const toml::array* arr = sni->as_array();
+  if (arr == nullptr || !arr->is_array_of_tables()) {
+    fail(lineOf(*sni), "tls.sni", "expected [[tls.sni]] tables");
+    return;
+  }
+  for (size_t i = 0; i < arr->size(); ++i) {
+    const std::string p = indexed("tls.sni", i);
+    const toml::table* e = arr->get(i)->as_table();
+    checkKeys(*e, p, {"names", "cert", "key"});
+    TlsSniConfig entry;
+    std::vector<Item> names;
+    if (getStringArray(*e, "names", p, names)) {
+      for (Item& n : names) {
+        std::string name = n.value;
+        for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        std::string_view check = name;
+        if (check.size() > 2 && check.substr(0, 2) == "*.") check.remove_prefix(2);
+        if (!isHostName(check)) {
+          fail(n.line, n.key, "invalid host name " + quoted(n.value));
+        } else {
+          entry.names.push_back(std::move(name));
+        }
+      }
+    }
+    if (!e->get("names") || entry.names.empty()) fail(lineOf(*e), join(p, "names"), "at least one name is required");
+    if (!e->get("cert")) fail(lineOf(*e), join(p, "cert"), "missing (PEM certificate chain)");
+    if (!e->get("key")) fail(lineOf(*e), join(p, "key"), "missing (PEM private key)");
+    getNonEmptyString(*e, "cert", p, entry.cert);
+    getNonEmptyString(*e, "key", p, entry.key);
+    c.sni.push_back(std::move(entry));
   }
 }
 

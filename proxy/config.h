@@ -96,10 +96,21 @@ struct RouteConfig {
 
 // [tls]: the certificate of the HTTPS listener. Protocol and cipher policy
 // are fixed by the proxy (TLS 1.2 and 1.3, ECDHE with AEAD only).
+// One [[tls.sni]] entry: another certificate, chosen when the client's SNI
+// is one of `names` ("api.example.com", or "*.example.com" for exactly one
+// label in front of example.com). Clients without SNI, or with a name no
+// entry lists, get the default [tls] certificate.
+struct TlsSniConfig {
+  std::vector<std::string> names;  // lower case
+  std::string cert;
+  std::string key;
+};
+
 struct TlsConfig {
   std::string cert;          // PEM chain; relative paths from the working directory
   std::string key;           // PEM private key; must not be readable by group/others
   bool min_tls13 = false;    // min_version = "1.3"
+  std::vector<TlsSniConfig> sni;
   bool configured() const { return !cert.empty(); }
 };
 

@@ -3,6 +3,7 @@
 #include <openssl/err.h>
 #include <sys/stat.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 
@@ -61,40 +62,89 @@ bool checkPrivateFileMode(const std::string& path, std::string& error) {
   return true;
 }
 
-std::shared_ptr<const TlsContext> TlsContext::create(const TlsConfig& config, std::string& error) {
-  if (!checkPrivateFileMode(config.key, error)) return nullptr;
-  std::shared_ptr<TlsContext> t(new TlsContext());
+namespace {
+
+// One SSL_CTX with the fixed policy and one certificate.
+SSL_CTX* newPolicyContext(bool min_tls13, const std::string& cert, const std::string& key, std::string& error) {
+  if (!checkPrivateFileMode(key, error)) return nullptr;
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) {
     error = "tls: cannot create context: " + lastSslError();
     return nullptr;
   }
-  t->ctx_ = ctx;
-  if (!SSL_CTX_set_min_proto_version(ctx, config.min_tls13 ? TLS1_3_VERSION : TLS1_2_VERSION) ||
+  if (!SSL_CTX_set_min_proto_version(ctx, min_tls13 ? TLS1_3_VERSION : TLS1_2_VERSION) ||
       !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) || !SSL_CTX_set_strict_cipher_list(ctx, kTls12Ciphers) ||
       !SSL_CTX_set1_curves_list(ctx, kGroups)) {
     error = "tls: cannot apply policy: " + lastSslError();
+    SSL_CTX_free(ctx);
     return nullptr;
   }
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_alpn_select_cb(ctx, &selectAlpn, nullptr);
-  if (SSL_CTX_use_certificate_chain_file(ctx, config.cert.c_str()) != 1) {
-    error = config.cert + ": cannot load certificate chain: " + lastSslError();
-    return nullptr;
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()) != 1) {
+    error = cert + ": cannot load certificate chain: " + lastSslError();
+  } else if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    error = key + ": cannot load private key: " + lastSslError();
+  } else if (SSL_CTX_check_private_key(ctx) != 1) {
+    error = key + ": private key does not match " + cert;
+  } else {
+    return ctx;
   }
-  if (SSL_CTX_use_PrivateKey_file(ctx, config.key.c_str(), SSL_FILETYPE_PEM) != 1) {
-    error = config.key + ": cannot load private key: " + lastSslError();
-    return nullptr;
+  SSL_CTX_free(ctx);
+  return nullptr;
+}
+
+bool nameMatches(std::string_view pattern, std::string_view name) {
+  if (pattern.size() > 2 && pattern[0] == '*' && pattern[1] == '.') {
+    // "*.example.com" matches exactly one label in front of example.com.
+    std::string_view suffix = pattern.substr(1);  // ".example.com"
+    if (name.size() <= suffix.size()) return false;
+    if (name.substr(name.size() - suffix.size()) != suffix) return false;
+    std::string_view label = name.substr(0, name.size() - suffix.size());
+    return !label.empty() && label.find('.') == std::string_view::npos;
   }
-  if (SSL_CTX_check_private_key(ctx) != 1) {
-    error = config.key + ": private key does not match " + config.cert;
-    return nullptr;
+  return pattern == name;
+}
+
+}  // namespace
+
+std::shared_ptr<const TlsContext> TlsContext::create(const TlsConfig& config, std::string& error) {
+  std::shared_ptr<TlsContext> t(new TlsContext());
+  t->ctx_ = newPolicyContext(config.min_tls13, config.cert, config.key, error);
+  if (t->ctx_ == nullptr) return nullptr;
+  for (const TlsSniConfig& e : config.sni) {
+    SniEntry entry;
+    entry.names = e.names;
+    entry.ctx = newPolicyContext(config.min_tls13, e.cert, e.key, error);
+    if (entry.ctx == nullptr) return nullptr;
+    t->sni_.push_back(std::move(entry));
+  }
+  if (!t->sni_.empty()) {
+    SSL_CTX_set_tlsext_servername_callback(t->ctx_, &TlsContext::onServerName);
+    SSL_CTX_set_tlsext_servername_arg(t->ctx_, t.get());
   }
   return t;
 }
 
+SSL_CTX* TlsContext::forServerName(std::string_view name) const {
+  for (const SniEntry& e : sni_)
+    for (const std::string& p : e.names)
+      if (nameMatches(p, name)) return e.ctx;
+  return nullptr;
+}
+
+int TlsContext::onServerName(SSL* ssl, int*, void* arg) {
+  const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (name == nullptr) return SSL_TLSEXT_ERR_OK;  // no SNI: default certificate
+  std::string lower(name);
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (SSL_CTX* ctx = static_cast<const TlsContext*>(arg)->forServerName(lower)) SSL_set_SSL_CTX(ssl, ctx);
+  return SSL_TLSEXT_ERR_OK;  // unknown names get the default certificate too
+}
+
 TlsContext::~TlsContext() {
+  for (SniEntry& e : sni_) SSL_CTX_free(e.ctx);
   if (ctx_ != nullptr) SSL_CTX_free(ctx_);
 }
 

@@ -13,6 +13,8 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "proxy/config.h"
 
@@ -33,11 +35,23 @@ class TlsContext {
   TlsContext(const TlsContext&) = delete;
   TlsContext& operator=(const TlsContext&) = delete;
 
+  // The context new connections start with (default certificate; the SNI
+  // callback switches to an [[tls.sni]] certificate when the name matches).
   SSL_CTX* ctx() const { return ctx_; }
 
+  // The certificate context for a server name (lower case); null = default.
+  SSL_CTX* forServerName(std::string_view name) const;
+
  private:
+  struct SniEntry {
+    std::vector<std::string> names;  // exact, or "*.suffix"
+    SSL_CTX* ctx = nullptr;
+  };
   TlsContext() = default;
+  static int onServerName(SSL* ssl, int* alert, void* arg);
+
   SSL_CTX* ctx_ = nullptr;
+  std::vector<SniEntry> sni_;
 };
 
 // Checks that the file at `path` is not accessible by group or others.

@@ -6,6 +6,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/nid.h>
+#include <openssl/x509.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -21,13 +23,15 @@
 namespace portcullis::e2e {
 namespace {
 
-// Makes a self-signed certificate for 127.0.0.1 with the openssl command.
-void makeCertificate(const TempDir& dir, const std::string& kind) {
+// Makes a self-signed certificate for 127.0.0.1 with the openssl command;
+// `kind` "rsa" gives RSA 2048, anything else ECDSA P-256; the file names and
+// the CN are `kind` (CN "localhost" unless `cn` is given).
+void makeCertificate(const TempDir& dir, const std::string& kind, const std::string& cn = "localhost") {
   const std::string key = dir.file(kind + ".key");
   const std::string crt = dir.file(kind + ".crt");
   const std::string newkey = kind == "rsa" ? "-newkey rsa:2048" : "-newkey ec -pkeyopt ec_paramgen_curve:P-256";
   const std::string cmd = "openssl req -x509 " + newkey + " -nodes -keyout '" + key + "' -out '" + crt +
-                          "' -days 2 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 2>/dev/null";
+                          "' -days 2 -subj /CN=" + cn + " -addext subjectAltName=IP:127.0.0.1 2>/dev/null";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   ASSERT_EQ(::chmod(key.c_str(), 0600), 0);
 }
@@ -38,6 +42,7 @@ struct TlsOptions {
   std::string tls12_ciphers;           // "" = library default
   std::vector<std::string> alpn;       // offered protocols
   SSL_SESSION* session = nullptr;      // offer this session for resumption
+  std::string sni;                     // server name to send ("" = none)
 };
 
 // A blocking TLS client over a socket with receive/send timeouts.
@@ -85,12 +90,22 @@ class TlsClient {
       SSL_set_alpn_protos(ssl_, reinterpret_cast<const uint8_t*>(wire.data()), wire.size());
     }
     if (o.session != nullptr) SSL_set_session(ssl_, o.session);
+    if (!o.sni.empty()) SSL_set_tlsext_host_name(ssl_, o.sni.c_str());
     const bool ok = SSL_connect(ssl_) == 1;
     ERR_clear_error();
     return ok;
   }
 
   std::string version() const { return SSL_get_version(ssl_); }
+  // Common name of the certificate the server presented.
+  std::string peerCommonName() const {
+    X509* cert = SSL_get_peer_certificate(ssl_);
+    if (cert == nullptr) return "";
+    char cn[256] = {0};
+    X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof(cn));
+    X509_free(cert);
+    return cn;
+  }
   bool resumed() const { return SSL_session_reused(ssl_) != 0; }
   std::string alpn() const {
     const uint8_t* p = nullptr;
@@ -332,6 +347,34 @@ TEST_F(TlsE2E, SessionsResumeAcrossConnectionsAndWorkers) {
   SSL_SESSION_free(session);
   EXPECT_EQ(resumed, 6);
   EXPECT_EQ(proxy.waitForMetric("portcullis_tls_handshakes_total{kind=\"resumed\"}", 6), 6);
+}
+
+TEST(TlsSniE2E, ServerNamePicksTheCertificateDefaultOtherwise) {
+  TempDir dir;
+  makeCertificate(dir, "default", "default.test");
+  makeCertificate(dir, "api", "api.test");
+  makeCertificate(dir, "wild", "wild.test");
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.tls_cert = dir.file("default.crt");
+  o.tls_key = dir.file("default.key");
+  o.extra_toml = "[[tls.sni]]\nnames = [\"api.test\", \"API2.test\"]\ncert = \"" + dir.file("api.crt") +
+                 "\"\nkey = \"" + dir.file("api.key") + "\"\n[[tls.sni]]\nnames = [\"*.apps.test\"]\ncert = \"" +
+                 dir.file("wild.crt") + "\"\nkey = \"" + dir.file("wild.key") + "\"\n";
+  Proxy proxy(o);
+  auto served = [&](const std::string& sni) {
+    TlsClient c;
+    TlsOptions t;
+    t.sni = sni;
+    EXPECT_TRUE(c.connect(proxy.httpsPort(), t)) << sni;
+    return c.peerCommonName();
+  };
+  EXPECT_EQ(served("api.test"), "api.test");
+  EXPECT_EQ(served("api2.test"), "api.test") << "names are case-insensitive";
+  EXPECT_EQ(served("x.apps.test"), "wild.test");
+  EXPECT_EQ(served("a.b.apps.test"), "default.test") << "a wildcard covers one label";
+  EXPECT_EQ(served("other.test"), "default.test");
+  EXPECT_EQ(served(""), "default.test") << "no SNI gets the default certificate";
 }
 
 TEST(TlsKeyFileE2E, KeyReadableByOthersIsRefusedAtStart) {
