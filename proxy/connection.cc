@@ -32,6 +32,7 @@
 #include <cstring>
 
 #include "proxy/access_log.h"
+#include "proxy/target_normalize.h"
 #include "proxy/worker.h"
 
 namespace portcullis {
@@ -355,6 +356,9 @@ void Connection::beginRequest() {
   head_sent_ = false;
   if (!req_.keep_alive || draining_) close_after_ = true;
 
+  // Only the normalised target is routed, authorised and sent upstream.
+  if (!normalizeRequestTarget()) return;
+
   // The route is resolved now so filters see it; refusing an unrouted path
   // or a method waits until the filters had their say (HTTPS enforcement,
   // later authentication), as with Envoy's router as the last filter.
@@ -387,6 +391,34 @@ void Connection::runHeadFilters() {
   editRequestHead();
   req_state_ = ReqState::kWaitUpstream;
   connectUpstream(false);
+}
+
+// TRACE and CONNECT are never proxied (405). The request-target must be
+// origin-form ("*" only for OPTIONS); unreserved %-escapes are decoded, dot
+// segments resolved, and climbing above the root, an encoded "/", "\\" or
+// NUL refused (400). The normalised path replaces the target's path.
+bool Connection::normalizeRequestTarget() {
+  if (req_.method == HTTP_TRACE || req_.method == HTTP_CONNECT) {
+    sendError(405, "method_not_allowed", "validate", "method never proxied", !req_.hasBody() ? close_after_ : true);
+    return false;
+  }
+  char* buf = static_cast<char*>(arena_.allocate(req_.target.size() + 1, 1));
+  NormalizedTarget nt = normalizeTarget(req_.target, buf, req_.target.size() + 1);
+  if (!nt.ok()) {
+    sendError(400, "bad_request", "validate", targetErrorName(nt.error), !req_.hasBody() ? close_after_ : true);
+    return false;
+  }
+  if (nt.asterisk) {
+    if (req_.method != HTTP_OPTIONS) {
+      sendError(400, "bad_request", "validate", "asterisk target outside OPTIONS", true);
+      return false;
+    }
+    return true;
+  }
+  req_.path = std::string_view(buf, nt.path_len);
+  req_.query = nt.query;
+  req_.target = nt.has_query ? arena_.concat(req_.path, arena_.concat("?", nt.query)) : req_.path;
+  return true;
 }
 
 // Route-level refusals (SPEC §5), after the head filters.
@@ -523,22 +555,17 @@ void Connection::onBodyData(std::string_view data) {
     return;
   }
   req_body_bytes_ += data.size();
-  if (req_.chunked) {
-    if (!chunk_frames_) chunk_frames_ = std::make_unique<std::deque<ChunkLine>>();
-    if (chunk_frames_used_ == chunk_frames_->size()) chunk_frames_->emplace_back();
-    ChunkLine& f = (*chunk_frames_)[chunk_frames_used_++];
-    int n = std::snprintf(f.text, sizeof(f.text), "%zx\r\n", data.size());
-    up_bufs_.push_back(uv_buf_init(f.text, static_cast<unsigned>(n)));
-  }
-  up_bufs_.push_back(uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size())));
-  if (req_.chunked) up_bufs_.push_back(uv_buf_init(const_cast<char*>("\r\n"), 2));
+  body_slices_.push_back(data);
 }
 
-// Parses whatever body bytes are buffered and writes them (with the head, the
-// first time) to the upstream in one write.
+// Parses whatever body bytes are buffered, lets the body filters see (and
+// possibly replace) the decoded slices, and writes them, with chunk framing
+// when the client sent chunked and with the head the first time, to the
+// upstream in one write.
 void Connection::pumpRequestBody() {
   if (closing_ || up_ == nullptr || up_->write_pending || paused_in_body_) return;
   up_bufs_.clear();
+  body_slices_.clear();
   chunk_frames_used_ = 0;
   if (!head_sent_) up_bufs_.push_back(uv_buf_init(up_head_.data(), static_cast<unsigned>(up_head_.size())));
   bool request_done = false;
@@ -567,21 +594,19 @@ void Connection::pumpRequestBody() {
       sendError(413, "payload_too_large", "router", "body over route limit", true);
       return;
     }
-    if (request_done && req_.chunked) up_bufs_.push_back(uv_buf_init(const_cast<char*>("0\r\n\r\n"), 5));
   }
-  if (chain_.wantsBody() && (up_bufs_.size() > (head_sent_ ? 0u : 1u) || request_done)) {
-    // Body filters see the decoded bytes; they may answer (kRespond). Filters
-    // that transform bytes replace the slice they are given.
-    for (uv_buf_t& b : up_bufs_) {
-      if (b.base == up_head_.data()) continue;
-      BodyChunk chunk{std::string_view(b.base, b.len)};
-      FilterStatus s = chain_.runRequestBody(ctx_, chunk, false);
-      if (s == FilterStatus::kRespond) {
+  if (req_.hasBody() && chain_.wantsBody() && (!body_slices_.empty() || request_done)) {
+    // Body filters see the decoded bytes before anything of them leaves;
+    // they may answer (the upstream then never gets the end of the request)
+    // or replace a slice with bytes they own.
+    for (std::string_view& slice : body_slices_) {
+      BodyChunk chunk{slice};
+      if (chain_.runRequestBody(ctx_, chunk, false) == FilterStatus::kRespond) {
         releaseUpstream(false);
         sendLocalReply(ctx_.local_reply.status, ctx_.local_reply.code, true);
         return;
       }
-      b = uv_buf_init(const_cast<char*>(chunk.data.data()), static_cast<unsigned>(chunk.data.size()));
+      slice = chunk.data;
     }
     if (request_done) {
       BodyChunk last{};
@@ -592,6 +617,19 @@ void Connection::pumpRequestBody() {
       }
     }
   }
+  for (std::string_view slice : body_slices_) {
+    if (slice.empty()) continue;
+    if (req_.chunked) {
+      if (!chunk_frames_) chunk_frames_ = std::make_unique<std::deque<ChunkLine>>();
+      if (chunk_frames_used_ == chunk_frames_->size()) chunk_frames_->emplace_back();
+      ChunkLine& f = (*chunk_frames_)[chunk_frames_used_++];
+      int n = std::snprintf(f.text, sizeof(f.text), "%zx\r\n", slice.size());
+      up_bufs_.push_back(uv_buf_init(f.text, static_cast<unsigned>(n)));
+    }
+    up_bufs_.push_back(uv_buf_init(const_cast<char*>(slice.data()), static_cast<unsigned>(slice.size())));
+    if (req_.chunked) up_bufs_.push_back(uv_buf_init(const_cast<char*>("\r\n"), 2));
+  }
+  if (request_done && req_.chunked) up_bufs_.push_back(uv_buf_init(const_cast<char*>("0\r\n\r\n"), 5));
   if (request_done) {
     req_state_ = ReqState::kDone;
     uv_timer_stop(&timer_);

@@ -87,6 +87,7 @@ class Connection : public BodySink {
   void beginRequest();
   void runHeadFilters();
   bool checkRoute();
+  bool normalizeRequestTarget();
   void editRequestHead();
   void connectUpstream(bool fresh);
   void sendRequestHead();
@@ -143,6 +144,7 @@ class Connection : public BodySink {
   std::string up_head_;
   std::string client_head_;
   std::vector<uv_buf_t> up_bufs_;      // pending slices for the upstream write
+  std::vector<std::string_view> body_slices_;  // decoded request body of one pump
   std::vector<uv_buf_t> client_bufs_;  // pending slices for the client write
   struct ChunkLine {
     char text[20];

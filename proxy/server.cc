@@ -16,6 +16,7 @@
 #include "proxy/access_log.h"
 #include "proxy/admin_server.h"
 #include "filters/https_enforce.h"
+#include "filters/validate.h"
 #include "proxy/health_check.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
@@ -95,6 +96,7 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   // The chain in SPEC order: HTTPS enforcement, then (as they land)
   // validation, token check + RBAC, rate limiting, upload encryption.
   filters.push_back(std::make_shared<HttpsEnforceFactory>(*cfg));
+  filters.push_back(std::make_shared<ValidateFactory>());
   for (const auto& f : options_.extra_filters) filters.push_back(f);
   if (filters.size() > FilterChain::kMaxFilters) {
     error = "too many filters";

@@ -13,9 +13,6 @@ bool checkSupported(const Config& config, std::string& error) {
     const RouteConfig& r = config.routes[i];
     const std::string k = "route[" + std::to_string(i) + "].";
     if (r.auth) refuse(k + "auth", "token authentication (set auth = false for a public route)");
-    if (r.validate_json) refuse(k + "validate_json", "JSON body validation");
-    if (!r.content_types.empty()) refuse(k + "content_types", "the Content-Type allowlist");
-    if (r.upload) refuse(k + "upload", "upload sniffing");
     if (r.encrypt_body) refuse(k + "encrypt_body", "upload encryption");
   }
   if (out.empty()) return true;

@@ -329,6 +329,7 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
       t += "]\n";
     }
     if (r.max_body_bytes != 0) t += "max_body_bytes = " + std::to_string(r.max_body_bytes) + "\n";
+    t += r.extra_toml;
     t += "\n";
   }
   if (!o.tls_cert.empty()) {
@@ -1006,6 +1007,38 @@ bool ScriptedUpstream::writeAll(int fd, std::string_view data) {
     off += static_cast<size_t>(n);
   }
   return true;
+}
+
+// A refusal made by the proxy itself (SPEC §5): exact status, a JSON body of
+// exactly {"error","request_id"}, the id matching X-Request-Id, and nothing
+// that identifies the proxy, its version or the backend.
+void expectProxyError(const HttpResponse& r, int status, const std::string& code,
+                      const std::string& backend_address) {
+  EXPECT_EQ(r.status, status);
+  EXPECT_EQ(r.header("content-type").value_or(""), "application/json");
+  EXPECT_FALSE(r.hasHeader("server"));
+  auto id = r.header("x-request-id");
+  ASSERT_TRUE(id.has_value());
+  EXPECT_TRUE(isRequestId(*id)) << *id;
+  auto j = parseJson(r.body);
+  ASSERT_TRUE(j.has_value()) << r.body;
+  ASSERT_EQ(j->type, JsonValue::Type::kObject) << r.body;
+  ASSERT_EQ(j->obj.size(), 2u) << r.body;
+  EXPECT_EQ(j->obj[0].first, "error");
+  EXPECT_EQ(j->getString("error"), code);
+  EXPECT_EQ(j->getString("request_id"), *id);
+  for (std::string_view leak : {"portcullis", "0.1.0", "127.0.0.1", "llhttp", "demo"}) {
+    EXPECT_EQ(r.body.find(leak), std::string::npos) << "body leaks " << leak << ": " << r.body;
+  }
+  if (!backend_address.empty()) {
+    std::string port = backend_address.substr(backend_address.rfind(':') + 1);
+    std::string without_id = r.body;
+    if (size_t at = without_id.find(*id); at != std::string::npos) without_id.erase(at, id->size());
+    EXPECT_EQ(without_id.find(port), std::string::npos) << r.body;
+    for (const auto& [k, v] : r.headers) {
+      EXPECT_EQ(v.find(backend_address), std::string::npos) << k << ": " << v;
+    }
+  }
 }
 
 }  // namespace portcullis::e2e

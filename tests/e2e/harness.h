@@ -144,6 +144,7 @@ struct RouteSpec {
   std::string upstream = "app";
   std::vector<std::string> methods;  // empty = the proxy's default list
   uint64_t max_body_bytes = 0;       // 0 = not set
+  std::string extra_toml;            // more keys of this [[route]]
 };
 
 struct UpstreamSpec {
@@ -341,6 +342,12 @@ struct Echo {
   std::string body_sha256;
 };
 std::optional<Echo> parseEcho(std::string_view body);
+
+// A refusal made by the proxy itself (SPEC §5): exact status, a JSON body of
+// exactly {"error","request_id"}, the id matching X-Request-Id, and nothing
+// that identifies the proxy, its version or the backend.
+void expectProxyError(const HttpResponse& r, int status, const std::string& code,
+                      const std::string& backend_address = "");
 
 // ---------------------------------------------------------------------------
 // A scripted in-test upstream: a listening socket on 127.0.0.1 whose

@@ -1,0 +1,135 @@
+#include "filters/validate.h"
+
+#include <optional>
+
+#include "filters/json_validator.h"
+#include "filters/multipart_parser.h"
+#include "filters/upload_sniff.h"
+#include "proxy/config.h"
+#include "proxy/headers.h"
+
+namespace portcullis {
+
+namespace {
+
+bool listed(const std::vector<std::string>& types, std::string_view media) {
+  for (const std::string& t : types)
+    if (equalsIgnoreCase(t, media)) return true;
+  return false;
+}
+
+bool isJsonType(std::string_view media) {
+  if (equalsIgnoreCase(media, "application/json")) return true;
+  return media.size() > 5 && equalsIgnoreCase(media.substr(media.size() - 5), "+json");
+}
+
+class Validate final : public Filter, private MultipartHandler {
+ public:
+  explicit Validate(const RouteConfig* route) : route_(route) {}
+
+  FilterStatus onRequestHead(RequestContext& ctx, RequestHead& head) override {
+    if (!head.hasBody()) return FilterStatus::kContinue;
+    const Header* ct = head.find(HeaderId::kContentType);
+    const std::string_view media = ct != nullptr ? mediaTypeOf(ct->value) : std::string_view();
+    if (!route_->content_types.empty() && (media.empty() || !listed(route_->content_types, media))) {
+      ctx.respond(415, "unsupported_media_type", "validate",
+                  media.empty() ? "body without Content-Type" : "Content-Type not allowed on route");
+      return FilterStatus::kRespond;
+    }
+    if (route_->upload) {
+      const UploadKind kind = uploadKindFor(media);
+      if (kind == UploadKind::kUnsupported) {
+        ctx.respond(415, "unsupported_media_type", "validate", "not an upload type");
+        return FilterStatus::kRespond;
+      }
+      if (kind == UploadKind::kMultipart) {
+        std::string_view boundary;
+        if (multipartBoundary(ct->value, boundary) != BoundaryError::kNone) {
+          ctx.respond(422, "invalid_upload", "validate", "bad multipart boundary");
+          return FilterStatus::kRespond;
+        }
+        multipart_.emplace(boundary, static_cast<MultipartHandler&>(*this));
+      } else {
+        sniffer_.emplace(kind);
+      }
+      return FilterStatus::kContinue;
+    }
+    if (route_->validate_json && isJsonType(media)) json_.emplace();
+    return FilterStatus::kContinue;
+  }
+
+  FilterStatus onRequestBody(RequestContext& ctx, BodyChunk& chunk, bool end) override {
+    const char* p = chunk.data.data();
+    const size_t n = chunk.data.size();
+    if (json_) {
+      JsonValidator::Result r = end ? json_->finish() : json_->feed(p, n);
+      if (!r.ok()) {
+        ctx.respond(400, "bad_request", "validate", JsonValidator::errorName(r.error));
+        return FilterStatus::kRespond;
+      }
+    } else if (sniffer_) {
+      UploadSniffer::Result r = end ? sniffer_->finish() : sniffer_->feed(p, n);
+      if (!r.ok()) {
+        ctx.respond(422, "invalid_upload", "validate", UploadSniffer::errorName(r.error));
+        return FilterStatus::kRespond;
+      }
+    } else if (multipart_) {
+      MultipartParser::Result r = end ? multipart_->finish() : multipart_->feed(p, n);
+      if (!r.ok()) {
+        ctx.respond(422, "invalid_upload", "validate", part_error_ != nullptr ? part_error_ : "bad multipart body");
+        return FilterStatus::kRespond;
+      }
+    }
+    return FilterStatus::kContinue;
+  }
+
+ private:
+  // Multipart: file parts must declare an allowed upload type and match it.
+  bool onPartBegin(const MultipartPart& part) override {
+    part_sniffer_.reset();
+    if (!part.has_filename) return true;  // a plain form field
+    const std::string_view media = mediaTypeOf(part.content_type);
+    const UploadKind kind = uploadKindFor(media);
+    if (media.empty() || kind == UploadKind::kUnsupported || kind == UploadKind::kMultipart ||
+        !listed(route_->content_types.empty() ? kAnyUpload : route_->content_types, media)) {
+      part_error_ = "file part type not allowed";
+      return false;
+    }
+    part_sniffer_.emplace(kind);
+    return true;
+  }
+  bool onPartData(const char* p, size_t n) override {
+    if (part_sniffer_ && !part_sniffer_->feed(p, n).ok()) {
+      part_error_ = UploadSniffer::errorName(part_sniffer_->result().error);
+      return false;
+    }
+    return true;
+  }
+  bool onPartEnd() override {
+    if (part_sniffer_ && !part_sniffer_->finish().ok()) {
+      part_error_ = UploadSniffer::errorName(part_sniffer_->result().error);
+      return false;
+    }
+    return true;
+  }
+
+  static inline const std::vector<std::string> kAnyUpload = {
+      "text/csv", "application/vnd.ms-excel", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"};
+
+  const RouteConfig* route_;
+  std::optional<JsonValidator> json_;
+  std::optional<UploadSniffer> sniffer_;
+  std::optional<MultipartParser> multipart_;
+  std::optional<UploadSniffer> part_sniffer_;
+  const char* part_error_ = nullptr;
+};
+
+}  // namespace
+
+Filter* ValidateFactory::create(RequestContext& ctx) const {
+  const RouteConfig* r = ctx.route;
+  if (r == nullptr || (r->content_types.empty() && !r->validate_json && !r->upload)) return nullptr;
+  return ctx.arena().make<Validate>(r);
+}
+
+}  // namespace portcullis
