@@ -37,6 +37,7 @@ bench:
 	cmake --build $(BUILD) -j $(JOBS)
 	$(BUILD)/bin/codec_bench --benchmark_min_time=0.2
 	./bench/compare.sh $(BUILD)
+	MODE=tls ./bench/compare.sh $(BUILD)
 	./bench/idle_memory.sh $(BUILD)
 
 clean:

@@ -3,6 +3,8 @@
 
 Three panels, one bar per contender (median over rounds, every round as a dot):
 GET /tiny requests/s, proxy CPU microseconds per request, upload MB/s.
+For MODE=tls results the third panel is proxy CPU per new TLS connection (full and
+resumed handshakes side by side) and the first two are over keep-alive HTTPS.
 """
 import json
 import sys
@@ -31,18 +33,28 @@ def main():
         return [r[key] for r in res["runs"]
                 if r["contender"] == c and r["test"] == test and r.get(key) is not None]
 
+    tls = res.get("mode") == "tls"
     panels = [
         ("GET /tiny, 64-byte body: requests/s\n(higher is better)", "tiny", "rps", "{:,.0f}", "requests/s"),
         ("Proxy CPU per GET request\n(user+sys µs, lower is better)", "tiny", "proxy_cpu_us_per_req",
          "{:.1f}", "µs / request"),
         ("POST {:g} MiB uploads: MB/s\n(higher is better)".format(res["settings"]["upload_mib"]),
          "upload", "upload_MBps", "{:,.0f}", "MB/s (10⁶ bytes/s)"),
+    ] if not tls else [
+        ("Keep-alive HTTPS GET /tiny: requests/s\n(higher is better; direct = plain HTTP)", "tiny", "rps",
+         "{:,.0f}", "requests/s"),
+        ("Proxy CPU per keep-alive HTTPS request\n(user+sys µs, lower is better)", "tiny", "proxy_cpu_us_per_req",
+         "{:.1f}", "µs / request"),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.6))
+    if tls:
+        handshake_panel(axes[2], res, [c for c in names if c != "direct"], points)
     for ax, (title, test, key, fmt, ylabel) in zip(axes, panels):
         xs, labels = [], []
         for i, c in enumerate(names):
             value, hatch, label, pts = med[c].get(key), None, c, points(c, test, key)
+            if tls and key == "rps" and c == "direct":
+                hatch, label = "//", "direct\n(plain HTTP)"
             if key == "proxy_cpu_us_per_req" and c == "direct":
                 # No proxy in the path: show what the origin alone costs.
                 value, hatch, label = med[c].get("origin_cpu_us_per_req"), "//", "origin\nalone"
@@ -70,7 +82,8 @@ def main():
             ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
 
     m, s = res["machine"], res["settings"]
-    fig.suptitle("Portcullis vs nginx vs HAProxy — one worker each, wrk on loopback", fontsize=13)
+    fig.suptitle("Portcullis vs nginx vs HAProxy — one worker each, wrk on loopback"
+                 + (", TLS (ECDSA P-256 certificate)" if tls else ""), fontsize=13)
     info = ("{} CPUs {} · {} · {} · {} s × {} rounds, {} connections{} · bars = median, dots = rounds"
             .format(m["nproc"], m["cpu_model"], m["kernel"], m["date_utc"], s["duration_s"],
                     s["rounds"], s["connections"], ", pinned" if s["pin"] else ""))
@@ -80,6 +93,35 @@ def main():
     fig.text(0.5, 0.015, info, ha="center", fontsize=8.5, color="#444")
     fig.tight_layout(rect=(0, 0.04, 1, 0.95))
     fig.savefig(sys.argv[2], dpi=110)
+
+
+def handshake_panel(ax, res, names, points):
+    """MODE=tls: proxy CPU per new TLS connection, full and resumed handshakes."""
+    med = res["medians"]
+    width = 0.38
+    for i, c in enumerate(names):
+        for off, test, hatch in ((-width / 2, "full", None), (width / 2, "resumed", "..")):
+            value = med[c].get(test + "_proxy_cpu_us_per_conn")
+            x = i + off
+            if value is None:
+                ax.text(x, 0, "n/a", ha="center", va="bottom", color="#555")
+                continue
+            pts = points(c, test, "proxy_cpu_us_per_conn")
+            ax.bar(x, value, color=COLORS[c], hatch=hatch, edgecolor="white" if not hatch else "#333",
+                   width=width * 0.95, alpha=0.9 if test == "full" else 0.55)
+            ax.scatter([x] * len(pts), pts, color="black", s=10, zorder=3)
+            ax.annotate("{:.0f}".format(value), (x, max([value] + pts)), xytext=(0, 4),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=8.5,
+                        fontweight="bold")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names)
+    ax.set_title("Proxy CPU per new TLS connection (+1 GET)\n"
+                 "(µs, lower is better; solid = full, dotted = resumed)", fontsize=11)
+    ax.set_ylabel("µs / connection")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.margins(y=0.15)
+    ax.set_ylim(bottom=0)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@
 # front of the same nginx origin, plus wrk straight at the origin ("direct").
 #
 #   bench/compare.sh [BUILD_DIR]          (default: build)
+#   MODE=tls bench/compare.sh [BUILD_DIR] (HTTPS: keep-alive, full and resumed handshakes)
 #
 # Env knobs: DURATION (s per run, 10), CONNS (64), ROUNDS (3), UPLOAD_MB (1),
 # OUT (results dir, bench/results/<UTC timestamp>), PIN (0; 1 = proxy on cpu 0,
 # wrk + origin on cpu 1), WARMUP (s per contender before round 1, 1; 0 = none),
-# UPLOAD_CONNS (connections for the upload run, default CONNS).
+# UPLOAD_CONNS (connections for the upload run, default CONNS), MODE (plain; tls =
+# the proxies terminate TLS with one ECDSA P-256 certificate), HS_CONNS (MODE=tls:
+# connections for the new-connection-per-request runs, default CONNS).
 #
 # Writes OUT/results.json, OUT/chart.png, OUT/raw/ (wrk output per run) and
 # OUT/configs/ (the exact configs used). See bench/README.md.
@@ -28,15 +31,18 @@ UPLOAD_CONNS=${UPLOAD_CONNS:-$CONNS}
 PIN=${PIN:-0}
 WARMUP=${WARMUP:-1}
 OUT=${OUT:-$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)}
+MODE=${MODE:-plain}
+HS_CONNS=${HS_CONNS:-$CONNS}
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
 note() { echo "compare.sh: note: $*" >&2; }
 
-for v in DURATION CONNS ROUNDS UPLOAD_CONNS WARMUP; do
+case $MODE in plain|tls) ;; *) die "MODE must be plain or tls (got '$MODE')" ;; esac
+for v in DURATION CONNS ROUNDS UPLOAD_CONNS WARMUP HS_CONNS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
-[ "$DURATION" -ge 1 ] && [ "$CONNS" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$UPLOAD_CONNS" -ge 1 ] \
-  || die "DURATION, CONNS, ROUNDS and UPLOAD_CONNS must be at least 1"
+[ "$DURATION" -ge 1 ] && [ "$CONNS" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$UPLOAD_CONNS" -ge 1 ] && [ "$HS_CONNS" -ge 1 ] \
+  || die "DURATION, CONNS, ROUNDS, UPLOAD_CONNS and HS_CONNS must be at least 1"
 [[ $UPLOAD_MB =~ ^[0-9]+([.][0-9]+)?$ ]] || die "UPLOAD_MB must be a number of MiB (got '$UPLOAD_MB')"
 UPLOAD_BYTES=$(awk -v m="$UPLOAD_MB" 'BEGIN { printf "%d", m * 1048576 }')
 [ "$UPLOAD_BYTES" -ge 1 ] || die "UPLOAD_MB is too small"
@@ -47,6 +53,12 @@ for t in nginx wrk curl python3 awk; do
 done
 ECHO_MODULE=/usr/lib/nginx/modules/ngx_http_echo_module.so
 [ -f "$ECHO_MODULE" ] || die "$ECHO_MODULE missing (Debian package libnginx-mod-http-echo, pulled in by nginx-light)"
+if [ "$MODE" = tls ]; then
+  # openssl makes the certificate; cc builds the wrk shim (wrk_tls_shim.c).
+  for t in openssl cc; do
+    command -v "$t" >/dev/null || die "MODE=tls needs '$t' (Debian: openssl, gcc)"
+  done
+fi
 
 # The chart needs matplotlib; a pyenv/venv python3 first on PATH may lack the
 # Debian package, so also try the system interpreter.
@@ -128,6 +140,7 @@ render() {  # render TEMPLATE OUTFILE -- fills @NAME@ placeholders from the env 
   sed -e "s#@TMP@#$TMP#g" -e "s#@PORT@#${R_PORT:-}#g" -e "s#@ADMIN_PORT@#${R_ADMIN_PORT:-}#g" \
       -e "s#@ORIGIN_PORT@#$ORIGIN_PORT#g" -e "s#@TINY_BODY@#$TINY_BODY#g" \
       -e "s#@BODY_BUFFER@#$BODY_BUFFER#g" -e "s#@ECHO_MODULE@#$ECHO_MODULE#g" \
+      -e "s#@CERT@#${TLS_CERT:-}#g" -e "s#@KEY@#${TLS_KEY:-}#g" -e "s#@PEM@#${TLS_PEM:-}#g" \
       "$BENCH_DIR/$1" > "$2"
 }
 
@@ -139,7 +152,10 @@ start() {  # start NAME CPU CMD... -- background process, output to TMP/NAME.out
   STARTED[$!]=1
 }
 
-http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" 2>/dev/null || true; }
+# MODE=tls: curl talks to the proxies over https and accepts the self-signed certificate.
+CURL_TLS=()
+[ "$MODE" = tls ] && CURL_TLS=(-k)
+http_code() { curl -s "${CURL_TLS[@]}" -o /dev/null -w '%{http_code}' --max-time 2 "$@" 2>/dev/null || true; }
 
 wait_http() {  # wait_http NAME URL SECONDS -- until URL answers 200 while NAME lives
   local name=$1 url=$2
@@ -172,8 +188,36 @@ ORIGIN_PORT=${PORTS[0]}
 declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=${PORTS[1]} [haproxy]=${PORTS[2]} [portcullis]=${PORTS[3]})
 PORTCULLIS_ADMIN_PORT=${PORTS[4]}
 
-echo "Portcullis bench: DURATION=${DURATION}s CONNS=$CONNS ROUNDS=$ROUNDS UPLOAD_MB=$UPLOAD_MB" \
-     "UPLOAD_CONNS=$UPLOAD_CONNS PIN=$PIN  ->  $OUT"
+if [ "$MODE" = tls ]; then
+  echo "Portcullis bench (TLS): DURATION=${DURATION}s CONNS=$CONNS HS_CONNS=$HS_CONNS ROUNDS=$ROUNDS PIN=$PIN  ->  $OUT"
+else
+  echo "Portcullis bench: DURATION=${DURATION}s CONNS=$CONNS ROUNDS=$ROUNDS UPLOAD_MB=$UPLOAD_MB" \
+       "UPLOAD_CONNS=$UPLOAD_CONNS PIN=$PIN  ->  $OUT"
+fi
+
+# Proxies listen with this scheme; the origin (and "direct") is always plain HTTP.
+SCHEME=http
+if [ "$MODE" = tls ]; then
+  SCHEME=https
+  # One ECDSA P-256 self-signed certificate for all three proxies, in a 0700
+  # directory inside TMP; the key is 0600 (Portcullis refuses a readable key).
+  # HAProxy reads certificate and key from one PEM.
+  TLS_DIR=$TMP/tls
+  (umask 077 && mkdir "$TLS_DIR")
+  TLS_CERT=$TLS_DIR/cert.pem TLS_KEY=$TLS_DIR/key.pem TLS_PEM=$TLS_DIR/haproxy.pem
+  (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+     -keyout "$TLS_KEY" -out "$TLS_CERT" -days 7 -subj /CN=localhost \
+     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 > "$TMP/openssl.out" 2>&1) \
+    || die "openssl could not make the certificate: $(tail -3 "$TMP/openssl.out")"
+  chmod 600 "$TLS_KEY"
+  (umask 077 && cat "$TLS_CERT" "$TLS_KEY" > "$TLS_PEM")
+  # wrk resumes TLS sessions when it reconnects (SSL_clear keeps the session), so
+  # a preloaded shim drops the session for the full-handshake runs and counts
+  # handshakes and resumptions in every https run (see wrk_tls_shim.c).
+  WRK_SHIM=$TMP/wrk_tls_shim.so
+  cc -O2 -shared -fPIC -o "$WRK_SHIM" "$BENCH_DIR/wrk_tls_shim.c" -ldl > "$TMP/shim-cc.out" 2>&1 \
+    || die "could not build the wrk shim: $(tail -3 "$TMP/shim-cc.out")"
+fi
 
 # Origin.
 render origin-nginx.conf.tmpl "$TMP/origin-nginx.conf"
@@ -196,9 +240,12 @@ drop() {  # drop NAME REASON -- contender will not be measured
 }
 
 # nginx.
-R_PORT=${PORT[nginx]} render nginx.conf.tmpl "$TMP/nginx.conf"
+# Templates: nginx.conf.tmpl etc.; MODE=tls uses the *-tls.* variants.
+T=""
+[ "$MODE" = tls ] && T=-tls
+R_PORT=${PORT[nginx]} render "nginx$T.conf.tmpl" "$TMP/nginx.conf"
 start nginx "$CPU_PROXY" nginx -e "$TMP/nginx-error.log" -p "$TMP" -c "$TMP/nginx.conf"
-if wait_http nginx "http://127.0.0.1:${PORT[nginx]}/tiny" 10; then
+if wait_http nginx "$SCHEME://127.0.0.1:${PORT[nginx]}/tiny" 10; then
   printf 'nginx\tok\t%s\n' "$(nginx -v 2>&1 | sed 's/^nginx version: //')" >> "$STATUS"
 else
   drop nginx "did not start: $(why "$TMP/nginx.out" "$TMP/nginx-error.log")"
@@ -206,9 +253,9 @@ fi
 
 # HAProxy.
 if command -v haproxy >/dev/null; then
-  R_PORT=${PORT[haproxy]} render haproxy.cfg.tmpl "$TMP/haproxy.cfg"
+  R_PORT=${PORT[haproxy]} render "haproxy$T.cfg.tmpl" "$TMP/haproxy.cfg"
   start haproxy "$CPU_PROXY" haproxy -db -f "$TMP/haproxy.cfg"
-  if wait_http haproxy "http://127.0.0.1:${PORT[haproxy]}/tiny" 10; then
+  if wait_http haproxy "$SCHEME://127.0.0.1:${PORT[haproxy]}/tiny" 10; then
     printf 'haproxy\tok\t%s\n' "$(haproxy -v 2>/dev/null | head -1)" >> "$STATUS"
   else
     drop haproxy "did not start: $(why "$TMP/haproxy.out")"
@@ -222,7 +269,7 @@ PORTCULLIS_BIN=$BUILD_DIR/bin/portcullis
 if [ -x "$PORTCULLIS_BIN" ]; then
   PORTCULLIS_VERSION=$( (timeout 5 "$PORTCULLIS_BIN" --version 2>/dev/null || true) | head -1)
   mkdir -p "$TMP/state"
-  R_PORT=${PORT[portcullis]} R_ADMIN_PORT=$PORTCULLIS_ADMIN_PORT render portcullis.toml.tmpl "$TMP/portcullis.toml"
+  R_PORT=${PORT[portcullis]} R_ADMIN_PORT=$PORTCULLIS_ADMIN_PORT render "portcullis$T.toml.tmpl" "$TMP/portcullis.toml"
   if ! timeout 10 "$PORTCULLIS_BIN" -t -c "$TMP/portcullis.toml" > "$TMP/portcullis-check.out" 2>&1; then
     drop portcullis "config check (portcullis -t) failed: $(why "$TMP/portcullis-check.out")"
   else
@@ -248,8 +295,9 @@ upload_lines() { awk -v n="$UPLOAD_BYTES" '$1 == 200 && $2 >= n { c++ } END { pr
 CONTENDERS=()
 for c in direct nginx haproxy portcullis; do
   [ -n "${PID[$c]:-}" ] || [ "$c" = direct ] || continue
-  base="http://127.0.0.1:${PORT[$c]}"
-  body=$(curl -s --max-time 5 "$base/tiny" || true)
+  base="$SCHEME://127.0.0.1:${PORT[$c]}"
+  [ "$c" = direct ] && base="http://127.0.0.1:${PORT[$c]}"
+  body=$(curl -s "${CURL_TLS[@]}" --max-time 5 "$base/tiny" || true)
   before=$(upload_lines)
   code=$(http_code --max-time 30 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
            --data-binary "@$TMP/body.bin" "$base/upload")
@@ -263,6 +311,15 @@ for c in direct nginx haproxy portcullis; do
     drop "$c" "POST /upload of $UPLOAD_BYTES bytes: HTTP $code, origin saw $(( after - before )) whole bodies"; continue
   fi
   CONTENDERS+=("$c")
+  if [ "$MODE" = tls ] && [ "$c" != direct ]; then
+    # What wrk's OpenSSL negotiates with this proxy (protocol, cipher, key
+    # exchange), and whether responses carry HSTS; recorded in results.json.
+    neg=$(timeout 5 openssl s_client -connect "127.0.0.1:${PORT[$c]}" -servername localhost </dev/null 2>/dev/null \
+            | awk -F': ' '/^New, / { sub(/^New, /, ""); sub(/, Cipher is /, " "); p = $0 }
+                          /^Server Temp Key/ { k = $2; sub(/,.*/, "", k) } END { print p, k }')
+    hsts=$(curl -s -k -o /dev/null -D - --max-time 5 "$base/tiny" | tr -d '\r' | awk -F': ' 'tolower($1) == "strict-transport-security" { print $2 }')
+    printf '%s\t%s\t%s\n' "$c" "${neg:-unknown}" "${hsts:-none}" >> "$TMP/tls-info.tsv"
+  fi
 done
 
 # --- measurement -------------------------------------------------------------
@@ -284,6 +341,9 @@ children_ms() {
 }
 
 # run_wrk CONTENDER ROUND TEST -- ROUND 0 = warm-up (not recorded)
+# TEST: tiny (GET /tiny, keep-alive), upload (POST /upload; plain mode only),
+# full / resumed (MODE=tls: GET /tiny with "Connection: close", so every request
+# is a new TLS connection; full drops wrk's saved session, resumed keeps it).
 run_wrk() {
   local c=$1 round=$2 test=$3 conns=$CONNS dur=$DURATION script=$BENCH_DIR/report.lua path=/tiny
   if [ "$test" = upload ]; then conns=$UPLOAD_CONNS; script=$BENCH_DIR/upload.lua; path=/upload; fi
@@ -292,10 +352,20 @@ run_wrk() {
   [ "$c" = direct ] || ppid=${PID[$c]}
   [ "$round" = 0 ] && raw=$TMP/warmup.txt
 
-  local p0 o0 h0 w0 u0 p1 o1 h1 w1 u1 cmd=(wrk -t1 -c"$conns" -d"${dur}s" --latency --timeout 10s -s "$script" "http://127.0.0.1:${PORT[$c]}$path")
+  local scheme=http hdr=() envs=(UPLOAD_BYTES="$UPLOAD_BYTES")
+  if [ "$MODE" = tls ] && [ "$c" != direct ]; then
+    scheme=https
+    envs+=(LD_PRELOAD="$WRK_SHIM" PCBENCH_TLS_FULL=0)
+    case $test in
+      full) conns=$HS_CONNS; hdr=(-H "Connection: close"); envs+=(PCBENCH_TLS_FULL=1) ;;
+      resumed) conns=$HS_CONNS; hdr=(-H "Connection: close") ;;
+    esac
+  fi
+  local p0 o0 h0 w0 u0 p1 o1 h1 w1 u1 cmd=(wrk -t1 -c"$conns" -d"${dur}s" --latency --timeout 10s "${hdr[@]}" -s "$script" "$scheme://127.0.0.1:${PORT[$c]}$path")
   [ "$PIN" = 1 ] && cmd=(taskset -c "$CPU_LOAD" "${cmd[@]}")
+  cmd=(env "${envs[@]}" "${cmd[@]}")
   u0=$(upload_lines); times > "$TMP/times0"; h0=$(host_ticks); o0=$(proc_ticks "${PID[origin]}"); p0=$(proc_ticks "$ppid")
-  UPLOAD_BYTES=$UPLOAD_BYTES "${cmd[@]}" > "$raw" 2>&1 &
+  "${cmd[@]}" > "$raw" 2>&1 &
   local wpid=$! wrc=0
   STARTED[$wpid]=1
   wait "$wpid" || wrc=$?
@@ -304,8 +374,9 @@ run_wrk() {
   w0=$(children_ms "$TMP/times0"); w1=$(children_ms "$TMP/times1")
   [ "$round" = 0 ] && return 0
 
-  local line
+  local line tls=null
   line=$(grep -m1 '^PCBENCH ' "$raw" | cut -d' ' -f2-) || true
+  if [ "$scheme" = https ]; then tls=$(grep -m1 '^PCTLS ' "$raw" | cut -d' ' -f2-) || true; [ -n "$tls" ] || tls=null; fi
   if [ -z "$line" ]; then
     note "wrk failed for $c $test round $round (exit $wrc); see $raw"
     line=null
@@ -319,8 +390,13 @@ run_wrk() {
   local pd=null od=null
   [ "$p0" != null ] && [ "$p1" != null ] && pd=$(( p1 - p0 ))
   [ "$o0" != null ] && [ "$o1" != null ] && od=$(( o1 - o0 ))
-  printf '{"contender":"%s","round":%d,"test":"%s","connections":%d,"proxy_ticks":%s,"origin_ticks":%s,"wrk_cpu_ms":%d,"host_stat_before":%s,"host_stat_after":%s,"origin_whole_uploads":%d,"wrk":%s}\n' \
-    "$c" "$round" "$test" "$conns" "$pd" "$od" $(( w1 - w0 )) "$h0" "$h1" $(( u1 - u0 )) "$line" >> "$OUT/runs.jsonl"
+  if [ "$MODE" = tls ]; then
+    printf '{"contender":"%s","round":%d,"test":"%s","scheme":"%s","connections":%d,"proxy_ticks":%s,"origin_ticks":%s,"wrk_cpu_ms":%d,"host_stat_before":%s,"host_stat_after":%s,"origin_whole_uploads":%d,"tls_client":%s,"wrk":%s}\n' \
+      "$c" "$round" "$test" "$scheme" "$conns" "$pd" "$od" $(( w1 - w0 )) "$h0" "$h1" $(( u1 - u0 )) "$tls" "$line" >> "$OUT/runs.jsonl"
+  else
+    printf '{"contender":"%s","round":%d,"test":"%s","connections":%d,"proxy_ticks":%s,"origin_ticks":%s,"wrk_cpu_ms":%d,"host_stat_before":%s,"host_stat_after":%s,"origin_whole_uploads":%d,"wrk":%s}\n' \
+      "$c" "$round" "$test" "$conns" "$pd" "$od" $(( w1 - w0 )) "$h0" "$h1" $(( u1 - u0 )) "$line" >> "$OUT/runs.jsonl"
+  fi
 
   # One progress line.
   [ "$line" = null ] && return 0
@@ -328,9 +404,12 @@ run_wrk() {
     function get(k,  m) { if (match(j, "\"" k "\":[0-9.]+")) { m = substr(j, RSTART, RLENGTH); sub(/.*:/, "", m); return m + 0 } return 0 }
     BEGIN {
       n = get("requests"); d = get("duration_us") / 1e6; rps = d > 0 ? n / d : 0
-      s = sprintf("  round %d/%d  %-10s %-6s %9.0f req/s  p50 %6d us  p99 %6d us", r, R, c, t, rps, get("p50_us"), get("p99_us"))
+      if (t == "full" || t == "resumed")
+        s = sprintf("  round %d/%d  %-10s %-7s %8.0f conn/s  p50 %6d us  p99 %6d us", r, R, c, t, rps, get("p50_us"), get("p99_us"))
+      else
+        s = sprintf("  round %d/%d  %-10s %-6s %9.0f req/s  p50 %6d us  p99 %6d us", r, R, c, t, rps, get("p50_us"), get("p99_us"))
       if (t == "upload") s = s sprintf("  %7.0f MB/s", rps * ub / 1e6)
-      if (pd != "null" && n > 0) s = s sprintf("  proxy CPU %6.1f us/req", pd * 1e6 / hz / n)
+      if (pd != "null" && n > 0) s = s sprintf("  proxy CPU %6.1f us/%s", pd * 1e6 / hz / n, (t == "full" || t == "resumed") ? "conn" : "req")
       e = get("err_connect") + get("err_read") + get("err_write") + get("err_timeout") + get("err_status")
       if (e > 0) s = s sprintf("  (%d errors)", e)
       print s
@@ -338,10 +417,29 @@ run_wrk() {
 }
 
 [ ${#CONTENDERS[@]} -ge 1 ] || die "nothing to measure"
-echo "Contenders: ${CONTENDERS[*]}  (~$(( ${#CONTENDERS[@]} * (2 * DURATION * ROUNDS + 2 * WARMUP) )) s)"
-if [ "$WARMUP" -gt 0 ]; then
+if [ "$MODE" = tls ]; then
+  # direct: plain keep-alive GET only (the origin has no TLS); proxies: keep-alive
+  # HTTPS, then one new TLS connection per request, full and resumed handshakes.
+  echo "Contenders: ${CONTENDERS[*]}  (~$(( (${#CONTENDERS[@]} * 3 - 2) * (DURATION * ROUNDS + WARMUP) )) s)"
+  if [ "$WARMUP" -gt 0 ]; then
+    for c in "${CONTENDERS[@]}"; do
+      run_wrk "$c" 0 tiny
+      [ "$c" = direct ] || { run_wrk "$c" 0 full; run_wrk "$c" 0 resumed; }
+    done
+  fi
+  for round in $(seq "$ROUNDS"); do
+    for c in "${CONTENDERS[@]}"; do
+      for test in tiny full resumed; do
+        [ "$c" = direct ] || [ -n "${PID[$c]:-}" ] || continue 2   # dropped mid-way
+        [ "$c" = direct ] && [ "$test" != tiny ] && continue
+        run_wrk "$c" "$round" "$test"
+      done
+    done
+  done
+elif [ "$WARMUP" -gt 0 ]; then
   for c in "${CONTENDERS[@]}"; do run_wrk "$c" 0 tiny; run_wrk "$c" 0 upload; done
 fi
+if [ "$MODE" = plain ]; then
 for round in $(seq "$ROUNDS"); do
   for c in "${CONTENDERS[@]}"; do
     [ "$c" = direct ] || [ -n "${PID[$c]:-}" ] || continue   # dropped mid-way
@@ -350,6 +448,7 @@ for round in $(seq "$ROUNDS"); do
     run_wrk "$c" "$round" upload
   done
 done
+fi
 
 # --- results.json, table, chart ------------------------------------------------
 META_NPROC=$(nproc) \
@@ -364,6 +463,7 @@ META_GIT=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 META_LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg) \
 S_DURATION=$DURATION S_CONNS=$CONNS S_UPLOAD_CONNS=$UPLOAD_CONNS S_ROUNDS=$ROUNDS S_UPLOAD_MB=$UPLOAD_MB \
 S_UPLOAD_BYTES=$UPLOAD_BYTES S_PIN=$PIN S_WARMUP=$WARMUP S_CLK_TCK=$CLK_TCK S_BUILD_DIR=$BUILD_DIR \
+S_MODE=$MODE S_HS_CONNS=$HS_CONNS S_TLS_INFO=$TMP/tls-info.tsv \
 python3 - "$OUT" "$STATUS" <<'PY'
 import json, os, statistics, sys
 
@@ -372,6 +472,9 @@ E = os.environ
 order = ["direct", "nginx", "haproxy", "portcullis"]
 hz = int(E["S_CLK_TCK"])
 upload_bytes = int(E["S_UPLOAD_BYTES"])
+mode = E["S_MODE"]
+tls = mode == "tls"
+HS_TESTS = ("full", "resumed")  # MODE=tls: one new TLS connection per request
 
 contenders = {}
 for line in open(status_file):
@@ -417,6 +520,12 @@ for line in open(os.path.join(out, "runs.jsonl")):
         "busy": pct((user + nice + system + irq + softirq + steal) / hz),
         "irq_softirq": pct((irq + softirq) / hz), "steal": pct(steal / hz)}
     rec["other_cpu_pct_of_core"] = pct(max(0.0, (user + nice + system) / hz - known))
+    if tls:
+        rec["scheme"] = r["scheme"]
+        rec["tls_client"] = r.get("tls_client")  # handshakes wrk completed / resumed (wrk_tls_shim.c)
+        if r["test"] in HS_TESTS:
+            rec["conn_per_s"] = rec["rps"]
+            rec["proxy_cpu_us_per_conn"] = rec["proxy_cpu_us_per_req"]
     if r["test"] == "upload":
         mib = upload_bytes / 1048576
         rec["upload_bytes"] = upload_bytes
@@ -440,7 +549,25 @@ def spread(c, test, key):
 
 measured = [c for c in order if any(r["contender"] == c and not r.get("failed") for r in runs)]
 medians = {}
-for c in measured:
+for c in measured if tls else []:
+    d = medians[c] = {
+        "rps": med(c, "tiny", "rps"), "rps_range": spread(c, "tiny", "rps"),
+        "p50_us": med(c, "tiny", "p50_us"), "p99_us": med(c, "tiny", "p99_us"),
+        "proxy_cpu_us_per_req": med(c, "tiny", "proxy_cpu_us_per_req"),
+        "origin_cpu_us_per_req": med(c, "tiny", "origin_cpu_us_per_req"),
+        "other_cpu_pct_of_core": med(c, "tiny", "other_cpu_pct_of_core"),
+    }
+    for t in HS_TESTS:
+        d[t + "_conn_per_s"] = med(c, t, "conn_per_s")
+        d[t + "_conn_per_s_range"] = spread(c, t, "conn_per_s")
+        d[t + "_p50_us"] = med(c, t, "p50_us")
+        d[t + "_p99_us"] = med(c, t, "p99_us")
+        d[t + "_proxy_cpu_us_per_conn"] = med(c, t, "proxy_cpu_us_per_conn")
+        # CPU of the handshake itself, roughly: a new connection with one request
+        # minus one request on a kept-alive connection.
+        a, b = d[t + "_proxy_cpu_us_per_conn"], d["proxy_cpu_us_per_req"]
+        d[t + "_handshake_cpu_us"] = a - b if a is not None and b is not None else None
+for c in [] if tls else measured:
     medians[c] = {
         "rps": med(c, "tiny", "rps"), "rps_range": spread(c, "tiny", "rps"),
         "p50_us": med(c, "tiny", "p50_us"), "p99_us": med(c, "tiny", "p99_us"),
@@ -459,17 +586,29 @@ def ratio(a, b, key):
     return None
 
 ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us", "upload_MBps"]
+if tls:
+    ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us", "full_proxy_cpu_us_per_conn",
+                  "full_handshake_cpu_us", "full_conn_per_s", "resumed_proxy_cpu_us_per_conn"]
 ratios = {}
 for a, b in (("portcullis", "nginx"), ("portcullis", "haproxy"), ("haproxy", "nginx")):
     ratios[f"{a}/{b}"] = {k: ratio(a, b, k) for k in ratio_keys}
-fraction_of_direct = {c: {"rps": ratio(c, "direct", "rps"), "upload_MBps": ratio(c, "direct", "upload_MBps")}
-                      for c in ("nginx", "haproxy", "portcullis")}
+if tls:  # keep-alive HTTPS through the proxy vs plain HTTP straight at the origin
+    fraction_of_direct = {c: {"rps": ratio(c, "direct", "rps")} for c in ("nginx", "haproxy", "portcullis")}
+else:
+    fraction_of_direct = {c: {"rps": ratio(c, "direct", "rps"), "upload_MBps": ratio(c, "direct", "upload_MBps")}
+                          for c in ("nginx", "haproxy", "portcullis")}
 
 for c in order:
     contenders.setdefault(c, {"status": "skipped", "reason": "not started"})
+if tls and os.path.exists(E["S_TLS_INFO"]):
+    for line in open(E["S_TLS_INFO"]):
+        name, negotiated, hsts = line.rstrip("\n").split("\t", 2)
+        contenders[name]["tls"] = {"negotiated_with_openssl_client": negotiated,
+                                   "strict_transport_security": None if hsts == "none" else hsts}
 
 results = {
     "schema": 1,
+    "mode": mode,
     "machine": {
         "nproc": int(E["META_NPROC"]), "cpu_model": E["META_CPU"], "kernel": E["META_KERNEL"],
         "date_utc": E["META_DATE"], "loadavg_at_end": E["META_LOADAVG"], "git": E["META_GIT"],
@@ -491,6 +630,21 @@ results = {
     "ratios": ratios,
     "fraction_of_direct": fraction_of_direct,
 }
+if tls:
+    st = results["settings"]
+    for k in ("upload_connections", "upload_mib", "upload_bytes"):
+        st.pop(k)  # no upload runs in MODE=tls
+    st.update({
+        "mode": "tls", "handshake_connections": int(E["S_HS_CONNS"]),
+        "certificate": "one self-signed ECDSA P-256 (prime256v1) certificate + key for all proxies, made per run with openssl req",
+        "proxy_tls": "Portcullis [tls] defaults (TLS 1.2/1.3); nginx ssl_protocols TLSv1.2 TLSv1.3, tickets on, no session cache; "
+                     "HAProxy ssl-min-ver TLSv1.2, its defaults (tickets, session cache)",
+        "tests": {"tiny": "GET /tiny over keep-alive HTTPS (direct: plain HTTP to the origin)",
+                  "full": "GET /tiny with Connection: close, wrk's TLS session dropped before each reconnect: one full handshake per request",
+                  "resumed": "GET /tiny with Connection: close, wrk resumes its last session (TLS 1.3 ticket): one resumed handshake per request"},
+        "units": "latency us; CPU us of proxy process time (utime+stime) per request or per new connection; "
+                 "handshake_cpu_us = CPU per new connection - CPU per keep-alive request",
+    })
 with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
     f.write("\n")
@@ -500,34 +654,73 @@ def fmt(x, spec="{:,.0f}", none="-"):
     return none if x is None else spec.format(x)
 
 s = results["settings"]; m = results["machine"]
-print()
-print(f"Results ({m['nproc']} CPUs {m['cpu_model']}, {m['kernel']}; {s['duration_s']} s x {s['rounds']} rounds,"
-      f" {s['connections']} conns, {s['upload_mib']:g} MiB uploads{', pinned' if s['pin'] else ''}; medians)")
-hdr = f"{'':<11}{'req/s':>9}{'range':>17}{'p50 us':>8}{'p99 us':>8}{'CPU us/req':>11}{'origin us':>10}{'upload MB/s':>12}{'CPU us/MiB':>11}"
-print(hdr)
-print("-" * len(hdr))
-for c in order:
-    if c not in medians:
-        why = contenders[c].get("reason", "no successful run")
-        print(f"{c:<11}  not measured: {why[:90]}")
-        continue
-    d = medians[c]
-    rng = f"{d['rps_range'][0]:,.0f}-{d['rps_range'][1]:,.0f}" if d["rps_range"] else "-"
-    print(f"{c:<11}{fmt(d['rps']):>9}{rng:>17}{fmt(d['p50_us']):>8}{fmt(d['p99_us']):>8}"
-          f"{fmt(d['proxy_cpu_us_per_req'], '{:.1f}'):>11}{fmt(d['origin_cpu_us_per_req'], '{:.1f}'):>10}"
-          f"{fmt(d['upload_MBps']):>12}{fmt(d['upload_proxy_cpu_us_per_MiB'], '{:.0f}'):>11}")
-print("  CPU us/req = proxy process CPU per GET /tiny; origin us = origin CPU per request;"
-      " CPU us/MiB = proxy CPU per MiB uploaded.")
+if tls:
+    print()
+    print(f"Results, TLS ({m['nproc']} CPUs {m['cpu_model']}, {m['kernel']}; {s['duration_s']} s x {s['rounds']} rounds,"
+          f" {s['connections']} keep-alive conns, {s['handshake_connections']} conns for new-connection runs"
+          f"{', pinned' if s['pin'] else ''}; medians)")
+    hdr = (f"{'':<11}{'req/s':>8}{'p50 us':>8}{'p99 us':>8}{'CPU us/req':>11}{'origin us':>10}"
+           f" |{'full conn/s':>12}{'p99 us':>8}{'CPU us/conn':>12}{'~hs us':>8}"
+           f" |{'resumed conn/s':>15}{'CPU us/conn':>12}{'~hs us':>8}")
+    print(f"{'':<11}{'keep-alive GET /tiny over HTTPS':<45} |{'full handshake, 1 request each':<40} |{'resumed (ticket), 1 request each'}")
+    print(hdr)
+    print("-" * len(hdr))
+    for c in order:
+        if c not in medians:
+            why = contenders[c].get("reason", "no successful run")
+            print(f"{c:<11}  not measured: {why[:90]}")
+            continue
+        d = medians[c]
+        print(f"{c if c != 'direct' else 'direct/http':<11}{fmt(d['rps']):>8}{fmt(d['p50_us']):>8}{fmt(d['p99_us']):>8}"
+              f"{fmt(d['proxy_cpu_us_per_req'], '{:.1f}'):>11}{fmt(d['origin_cpu_us_per_req'], '{:.1f}'):>10}"
+              f" |{fmt(d.get('full_conn_per_s')):>12}{fmt(d.get('full_p99_us')):>8}"
+              f"{fmt(d.get('full_proxy_cpu_us_per_conn'), '{:.0f}'):>12}{fmt(d.get('full_handshake_cpu_us'), '{:.0f}'):>8}"
+              f" |{fmt(d.get('resumed_conn_per_s')):>15}"
+              f"{fmt(d.get('resumed_proxy_cpu_us_per_conn'), '{:.0f}'):>12}{fmt(d.get('resumed_handshake_cpu_us'), '{:.0f}'):>8}")
+    print("  CPU us/req, us/conn = proxy process CPU per request, per new TLS connection (accept, handshake, one request,"
+          " close);\n  ~hs us = CPU us/conn - CPU us/req; direct/http = plain HTTP straight at the origin (the ceiling).")
+    for c in order:
+        t = contenders[c].get("tls")
+        if t:
+            print(f"  {c}: {t['negotiated_with_openssl_client']}; HSTS: {t['strict_transport_security'] or 'none'}")
+    print()
+    print(f"{'Ratios':<22}{'req/s':>8}{'CPU/req':>9}{'p99':>8}{'full CPU/conn':>15}{'~hs CPU':>9}{'full conn/s':>13}{'resumed CPU/conn':>18}")
+    for k, v in ratios.items():
+        print(f"{k:<22}{fmt(v['rps'], '{:.2f}'):>8}{fmt(v['proxy_cpu_us_per_req'], '{:.2f}'):>9}{fmt(v['p99_us'], '{:.2f}'):>8}"
+              f"{fmt(v['full_proxy_cpu_us_per_conn'], '{:.2f}'):>15}{fmt(v['full_handshake_cpu_us'], '{:.2f}'):>9}"
+              f"{fmt(v['full_conn_per_s'], '{:.2f}'):>13}{fmt(v['resumed_proxy_cpu_us_per_conn'], '{:.2f}'):>18}")
+    print("  (req/s, conn/s: higher is better for the first; CPU and p99: lower is better)")
+    print("Fraction of direct (HTTPS via proxy / plain HTTP to origin):  " + "   ".join(
+        f"{c} {fmt(v['rps'], '{:.2f}')} req/s" for c, v in fraction_of_direct.items() if c in medians))
+else:
+    print()
+    print(f"Results ({m['nproc']} CPUs {m['cpu_model']}, {m['kernel']}; {s['duration_s']} s x {s['rounds']} rounds,"
+          f" {s['connections']} conns, {s['upload_mib']:g} MiB uploads{', pinned' if s['pin'] else ''}; medians)")
+    hdr = f"{'':<11}{'req/s':>9}{'range':>17}{'p50 us':>8}{'p99 us':>8}{'CPU us/req':>11}{'origin us':>10}{'upload MB/s':>12}{'CPU us/MiB':>11}"
+    print(hdr)
+    print("-" * len(hdr))
+    for c in order:
+        if c not in medians:
+            why = contenders[c].get("reason", "no successful run")
+            print(f"{c:<11}  not measured: {why[:90]}")
+            continue
+        d = medians[c]
+        rng = f"{d['rps_range'][0]:,.0f}-{d['rps_range'][1]:,.0f}" if d["rps_range"] else "-"
+        print(f"{c:<11}{fmt(d['rps']):>9}{rng:>17}{fmt(d['p50_us']):>8}{fmt(d['p99_us']):>8}"
+              f"{fmt(d['proxy_cpu_us_per_req'], '{:.1f}'):>11}{fmt(d['origin_cpu_us_per_req'], '{:.1f}'):>10}"
+              f"{fmt(d['upload_MBps']):>12}{fmt(d['upload_proxy_cpu_us_per_MiB'], '{:.0f}'):>11}")
+    print("  CPU us/req = proxy process CPU per GET /tiny; origin us = origin CPU per request;"
+          " CPU us/MiB = proxy CPU per MiB uploaded.")
 
-print()
-print(f"{'Ratios':<22}{'req/s':>8}{'CPU/req':>9}{'p99':>8}{'upload MB/s':>13}")
-for k, v in ratios.items():
-    print(f"{k:<22}" + f"{fmt(v['rps'], '{:.2f}'):>8}{fmt(v['proxy_cpu_us_per_req'], '{:.2f}'):>9}"
-          f"{fmt(v['p99_us'], '{:.2f}'):>8}{fmt(v['upload_MBps'], '{:.2f}'):>13}")
-print("  (req/s and MB/s: higher is better for the first; CPU/req and p99: lower is better)")
-print("Fraction of direct:  " + "   ".join(
-    f"{c} {fmt(v['rps'], '{:.2f}')} req/s, {fmt(v['upload_MBps'], '{:.2f}')} MB/s" for c, v in fraction_of_direct.items()
-    if c in medians))
+    print()
+    print(f"{'Ratios':<22}{'req/s':>8}{'CPU/req':>9}{'p99':>8}{'upload MB/s':>13}")
+    for k, v in ratios.items():
+        print(f"{k:<22}" + f"{fmt(v['rps'], '{:.2f}'):>8}{fmt(v['proxy_cpu_us_per_req'], '{:.2f}'):>9}"
+              f"{fmt(v['p99_us'], '{:.2f}'):>8}{fmt(v['upload_MBps'], '{:.2f}'):>13}")
+    print("  (req/s and MB/s: higher is better for the first; CPU/req and p99: lower is better)")
+    print("Fraction of direct:  " + "   ".join(
+        f"{c} {fmt(v['rps'], '{:.2f}')} req/s, {fmt(v['upload_MBps'], '{:.2f}')} MB/s" for c, v in fraction_of_direct.items()
+        if c in medians))
 
 warn = []
 for r in runs:
@@ -539,6 +732,13 @@ for r in runs:
         warn.append(f"{tag}: {errs} wrk errors {r['errors']}")
     if r["test"] == "upload" and not r["origin_saw_every_upload"]:
         warn.append(f"{tag}: origin saw {r['origin_whole_uploads']} whole bodies for {r['requests']} answered uploads")
+    t = r.get("tls_client")
+    if r["test"] in HS_TESTS and not t:
+        warn.append(f"{tag}: no handshake count from wrk_tls_shim (was it preloaded?)")
+    elif r["test"] == "full" and t["resumed"]:
+        warn.append(f"{tag}: {t['resumed']} of {t['handshakes']} handshakes were resumed, not full")
+    elif r["test"] == "resumed" and t["resumed"] < 0.9 * t["handshakes"]:
+        warn.append(f"{tag}: only {t['resumed']} of {t['handshakes']} handshakes were resumed")
     o = r.get("other_cpu_pct_of_core")
     if o is not None and o > 25:
         warn.append(f"{tag}: other load on the host used {o:.0f}% of a core (noisy)")
