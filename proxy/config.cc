@@ -5,7 +5,9 @@
 // with TOML_EXCEPTIONS=0 and the loader reports through its return value.
 #include "proxy/config.h"
 
+#include "filters/rbac.h"
 #include "proxy/cidr.h"
+#include "proxy/token_store.h"
 
 #include <arpa/inet.h>
 
@@ -318,6 +320,8 @@ class Loader {
   void loadLog(const toml::table& t, LogConfig& c);
   void loadTls(const toml::table& t, TlsConfig& c);
   void loadHttps(const toml::table& t, HttpsConfig& c);
+  void loadAuth(const toml::table& t, AuthConfig& c);
+  void loadRoles(const toml::table& root, std::vector<RoleConfig>& out);
 
   std::string file_;
   std::vector<Problem> problems_;
@@ -479,6 +483,7 @@ void Loader::loadRoutes(const toml::table& root, const Config& cfg, std::vector<
               {"prefix", "upstream", "methods", "auth", "content_types", "max_body_bytes", "validate_json", "upload",
                "encrypt_body"});
     RouteConfig r;
+    r.line = t->get("auth") != nullptr ? lineOf(*t->get("auth")) : line;
 
     if (!t->get("prefix")) {
       fail(line, join(path, "prefix"), "missing required key");
@@ -649,6 +654,87 @@ void Loader::loadHttps(const toml::table& t, HttpsConfig& c) {
   }
 }
 
+void Loader::loadAuth(const toml::table& t, AuthConfig& c) {
+  const std::string path = "auth";
+  checkKeys(t, path, {"token_store", "inactive_expiry_days", "watch", "account_header", "forward_authorization"});
+  if (!t.get("token_store")) fail(lineOf(t), "auth.token_store", "missing (path of the token store)");
+  getNonEmptyString(t, "token_store", path, c.token_store);
+  getUint(t, "inactive_expiry_days", path, c.inactive_expiry_days, 0, 36500);
+  getBool(t, "watch", path, c.watch);
+  std::string header;
+  if (getString(t, "account_header", path, header)) {
+    bool ok = !header.empty();
+    for (char ch : header) ok = ok && isTokenChar(ch) && ch != '_';
+    if (!ok) {
+      fail(lineOf(*t.get("account_header")), "auth.account_header", "invalid header name " + quoted(header));
+    } else {
+      c.account_header = std::move(header);
+    }
+  }
+  getBool(t, "forward_authorization", path, c.forward_authorization);
+}
+
+void Loader::loadRoles(const toml::table& root, std::vector<RoleConfig>& out) {
+  const toml::node* node = root.get("role");
+  if (node == nullptr) return;
+  const toml::array* arr = node->as_array();
+  if (arr == nullptr || !arr->is_array_of_tables()) {
+    fail(lineOf(*node), "role", "expected [[role]] tables");
+    return;
+  }
+  std::unordered_map<std::string, uint32_t> first_line;
+  for (size_t i = 0; i < arr->size(); ++i) {
+    const std::string path = indexed("role", i);
+    const toml::table* t = arr->get(i)->as_table();
+    const uint32_t line = lineOf(*t);
+    checkKeys(*t, path, {"name", "allow", "rate"});
+    RoleConfig r;
+    if (!t->get("name")) {
+      fail(line, join(path, "name"), "missing required key");
+    } else if (getNonEmptyString(*t, "name", path, r.name)) {
+      if (!isValidRoleName(r.name)) {
+        fail(lineOf(*t->get("name")), join(path, "name"), "invalid role name " + quoted(r.name));
+      }
+      auto [it, inserted] = first_line.emplace(r.name, lineOf(*t->get("name")));
+      if (!inserted) {
+        fail(lineOf(*t->get("name")), join(path, "name"),
+             "duplicate role " + quoted(r.name) + " (first defined on line " + std::to_string(it->second) + ")");
+      }
+    }
+    std::vector<Item> allow;
+    if (getStringArray(*t, "allow", path, allow)) {
+      for (Item& a : allow) {
+        RbacPatternError e = RbacPolicy::checkPattern(a.value);
+        if (e != RbacPatternError::kOk) {
+          fail(a.line, a.key, "invalid pattern " + quoted(a.value) + ": " + rbacPatternErrorName(e));
+        } else {
+          r.allow.push_back(std::move(a.value));
+        }
+      }
+    }
+    if (const toml::node* rate = t->get("rate")) {
+      const toml::table* rt = rate->as_table();
+      if (rt == nullptr) {
+        typeError(*rate, join(path, "rate"), "inline table { rps, burst }");
+      } else {
+        const std::string rp = join(path, "rate");
+        checkKeys(*rt, rp, {"rps", "burst"});
+        const toml::node* rps = rt->get("rps");
+        if (rps == nullptr || !(rps->is_number())) {
+          fail(lineOf(*rt), join(rp, "rps"), "required number of requests per second");
+        } else {
+          r.rps = rps->is_integer() ? static_cast<double>(rps->as_integer()->get()) : rps->as_floating_point()->get();
+          if (!(r.rps > 0)) fail(lineOf(*rps), join(rp, "rps"), "must be greater than 0");
+        }
+        if (!rt->get("burst")) fail(lineOf(*rt), join(rp, "burst"), "missing required key");
+        getUint(*rt, "burst", rp, r.burst, 1, 1000000000);
+        r.has_rate = true;
+      }
+    }
+    out.push_back(std::move(r));
+  }
+}
+
 bool Loader::load(std::string_view text, Config& out, std::string& error) {
   toml::parse_result parsed = toml::parse(text, file_);
   if (!parsed) {
@@ -661,7 +747,7 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
 
   Config cfg;
   cfg.path = file_;
-  checkKeys(root, "", {"server", "timeouts", "limits", "tls", "https", "upstream", "route", "log"});
+  checkKeys(root, "", {"server", "timeouts", "limits", "tls", "https", "auth", "role", "upstream", "route", "log"});
   uint32_t server_line = 1;
   if (const toml::table* t = getTable(root, "server", "")) {
     server_line = lineOf(*t);
@@ -674,6 +760,8 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
   if (const toml::table* t = getTable(root, "log", "")) loadLog(*t, cfg.log);
   if (const toml::table* t = getTable(root, "tls", "")) loadTls(*t, cfg.tls);
   if (const toml::table* t = getTable(root, "https", "")) loadHttps(*t, cfg.https);
+  if (const toml::table* t = getTable(root, "auth", "")) loadAuth(*t, cfg.auth);
+  loadRoles(root, cfg.roles);
 
   // Only complain about a missing listener if neither key was given at all; a
   // malformed one has already been reported.

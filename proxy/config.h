@@ -92,6 +92,7 @@ struct RouteConfig {
   bool validate_json = false;
   bool upload = false;
   bool encrypt_body = false;
+  uint32_t line = 0;  // of the route's `auth` key, else of the table (messages)
 };
 
 // [tls]: the certificate of the HTTPS listener. Protocol and cipher policy
@@ -126,6 +127,25 @@ struct HttpsConfig {
   std::vector<std::string> trusted_proxies;     // CIDRs whose X-Forwarded-Proto/For are believed
 };
 
+// [auth]: where tokens come from and how they are applied (SPEC §3, §4).
+struct AuthConfig {
+  std::string token_store;  // empty: no [auth] section
+  uint32_t inactive_expiry_days = 90;
+  bool watch = true;        // re-read the store within 1 s of a change
+  std::string account_header = "X-Portcullis-Account";
+  bool forward_authorization = false;
+  bool configured() const { return !token_store.empty(); }
+};
+
+// [[role]]: what a token with this role may do (default deny).
+struct RoleConfig {
+  std::string name;
+  std::vector<std::string> allow;  // "METHOD /path/{account}/*"
+  bool has_rate = false;           // rate = { rps, burst } overrides rate_limit.token
+  double rps = 0;
+  uint32_t burst = 0;
+};
+
 struct LogConfig {
   std::string access = "var/log/access.log";  // empty = access log off
   std::string audit = "var/log/audit.log";
@@ -139,6 +159,8 @@ struct Config {
   LimitsConfig limits;
   TlsConfig tls;
   HttpsConfig https;
+  AuthConfig auth;
+  std::vector<RoleConfig> roles;
   std::vector<UpstreamConfig> upstreams;
   std::vector<RouteConfig> routes;
   LogConfig log;

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,11 +13,14 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 
 #include "proxy/access_log.h"
 #include "proxy/admin_server.h"
 #include "filters/https_enforce.h"
+#include "filters/token_check.h"
 #include "filters/validate.h"
+#include "proxy/auth_state.h"
 #include "proxy/health_check.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
@@ -97,6 +101,7 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   // validation, token check + RBAC, rate limiting, upload encryption.
   filters.push_back(std::make_shared<HttpsEnforceFactory>(*cfg));
   filters.push_back(std::make_shared<ValidateFactory>());
+  filters.push_back(std::make_shared<TokenCheckFactory>());
   for (const auto& f : options_.extra_filters) filters.push_back(f);
   if (filters.size() > FilterChain::kMaxFilters) {
     error = "too many filters";
@@ -107,18 +112,43 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
     tls = TlsContext::create(cfg->tls, error);
     if (!tls) return false;
   }
+  std::shared_ptr<const AuthState> auth;
+  if (cfg->auth.configured()) {
+    auth = buildAuthState(*cfg, snapshot_ ? snapshot_->auth.get() : nullptr, last_use_seed_, error);
+    if (!auth) return false;
+  }
   auto snap = buildSnapshot(cfg, std::move(filters), health_, labels_, ++generation_);
   std::const_pointer_cast<Snapshot>(snap)->tls = std::move(tls);
+  std::const_pointer_cast<Snapshot>(snap)->auth = std::move(auth);
   out = std::move(snap);
   return true;
 }
 
 bool Server::startup(std::string& error) {
+  {
+    // Last use per token from the previous run (for inactivity expiry).
+    Config peek;
+    std::string ignored;
+    if (loadConfig(options_.config_path, peek, ignored) && peek.auth.configured()) {
+      std::string e;
+      readLastUse(lastUsePath(peek.server.state_dir), last_use_seed_, e);
+    }
+  }
   std::shared_ptr<const Snapshot> snap;
   if (!buildSnapshotFromFile(snap, error)) return false;
   const Config& cfg = *snap->config;
   snapshot_ = snap;
   config_ = snap->config;
+
+  // Runtime state (token last use) lives here; created on first start.
+  {
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.server.state_dir, ec);
+    if (ec) {
+      error = cfg.server.state_dir + ": cannot create state_dir: " + ec.message();
+      return false;
+    }
+  }
 
   access_log_ = std::make_unique<LogWriter>();
   if (!access_log_->start(cfg.log.access, error)) return false;
@@ -175,6 +205,14 @@ bool Server::startup(std::string& error) {
   health_checker_ = std::make_unique<HealthChecker>(&loop_);
   health_checker_->update(*snap);
 
+  // Token store watch (1 s) and last-use flush (10 s), on the main loop; the
+  // flush's file write runs on libuv's thread pool.
+  uv_timer_init(&loop_, &auth_timer_);
+  auth_timer_.data = this;
+  auth_timer_started_ = true;
+  rememberStoreStat();
+  uv_timer_start(&auth_timer_, &Server::onAuthTimer, 1000, 1000);
+
   for (auto& w : workers_) w->start();
   const std::string workers = " with " + std::to_string(workers_.size()) + " worker(s)";
   if (!cfg.server.listen_https.empty()) {
@@ -198,6 +236,7 @@ bool Server::startup(std::string& error) {
 
 int Server::run() {
   uv_loop_init(&loop_);
+  loop_.data = this;
   uv_async_init(&loop_, &async_, &Server::onAsync);
   async_.data = this;
   {
@@ -254,6 +293,7 @@ int Server::run() {
 
   for (auto& w : workers_) w->join();
   workers_.clear();
+  flushLastUse(true);
   access_log_->stop();
   if (signals_installed_) {
     // Closing the handles restores the default actions; a signal arriving
@@ -271,6 +311,61 @@ int Server::run() {
   uv_loop_close(&loop_);
   logLine("info", "stopped");
   return 0;
+}
+
+void Server::rememberStoreStat() {
+  store_stat_ = {};
+  if (!config_ || !config_->auth.configured()) return;
+  struct stat st;
+  if (::stat(config_->auth.token_store.c_str(), &st) == 0) {
+    store_stat_ = {static_cast<int64_t>(st.st_mtim.tv_sec), static_cast<int64_t>(st.st_mtim.tv_nsec),
+                   static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_ino)};
+  }
+}
+
+void Server::onAuthTimer(uv_timer_t* t) {
+  auto* s = static_cast<Server*>(t->data);
+  if (s->shutting_down_ || !s->config_ || !s->config_->auth.configured()) return;
+  if (s->config_->auth.watch) {
+    StoreStat before = s->store_stat_;
+    s->rememberStoreStat();
+    if (!(before == s->store_stat_)) {
+      logLine("info", "token store changed; reloading");
+      s->reload();
+    }
+  }
+  if (++s->auth_ticks_ % 10 == 0) s->flushLastUse(false);
+}
+
+// Writes the last-use table to the state dir; on the thread pool unless
+// `sync` (at shutdown, when no loop runs any more).
+void Server::flushLastUse(bool sync) {
+  if (!snapshot_ || !snapshot_->auth) return;
+  struct Job {
+    uv_work_t req;
+    std::string path;
+    std::unordered_map<std::string, int64_t> values;
+  };
+  auto* job = new Job;
+  job->req.data = job;
+  job->path = lastUsePath(config_->server.state_dir);
+  job->values = snapshot_->auth->lastUseById();
+  auto work = [](uv_work_t* r) {
+    auto* j = static_cast<Job*>(r->data);
+    std::string e;
+    if (!writeLastUse(j->path, j->values, e)) logLine("warn", "cannot write token last-use state: " + e);
+  };
+  if (sync || flush_in_flight_) {
+    if (sync) work(&job->req);
+    delete job;
+    return;
+  }
+  flush_in_flight_ = true;
+  uv_queue_work(&loop_, &job->req, work, [](uv_work_t* r, int) {
+    auto* j = static_cast<Job*>(r->data);
+    static_cast<Server*>(r->loop->data)->flush_in_flight_ = false;
+    delete j;
+  });
 }
 
 void Server::setReady(bool ok) {
@@ -345,6 +440,7 @@ void Server::reload() {
   }
   snapshot_ = snap;
   config_ = snap->config;
+  rememberStoreStat();
   for (auto& w : workers_) w->postSnapshot(snap);
   health_checker_->update(*snap);
   reloads_++;
@@ -359,6 +455,7 @@ void Server::beginShutdown() {
   for (auto& w : workers_) w->postShutdown(grace);
   admin_->close();
   health_checker_->stop();
+  if (auth_timer_started_) uv_close(reinterpret_cast<uv_handle_t*>(&auth_timer_), nullptr);
   if (signals_installed_) {
     // Not closed: that would restore the default actions, and a second
     // SIGTERM or a SIGHUP during the drain would kill the process. Unref'd,

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "filters/filter_chain.h"
@@ -68,11 +69,26 @@ class Server {
   static void onAsync(uv_async_t* a);
   static void onSignal(uv_signal_t* s, int signum);
   void setReady(bool ok);
+  static void onAuthTimer(uv_timer_t* t);
+  void rememberStoreStat();
+  void flushLastUse(bool sync);
 
   ServerOptions options_;
   uv_loop_t loop_;
   uv_async_t async_;
   uv_signal_t sig_hup_, sig_term_, sig_int_, sig_usr1_;
+  uv_timer_t auth_timer_;
+  bool auth_timer_started_ = false;
+  uint64_t auth_ticks_ = 0;
+  bool flush_in_flight_ = false;
+  struct StoreStat {
+    int64_t sec = 0, nsec = 0, size = -1, ino = 0;
+    bool operator==(const StoreStat& o) const {
+      return sec == o.sec && nsec == o.nsec && size == o.size && ino == o.ino;
+    }
+  };
+  StoreStat store_stat_;
+  std::unordered_map<std::string, int64_t> last_use_seed_;
   std::unique_ptr<LogWriter> access_log_;
   std::unique_ptr<WorkerShared> shared_;
   std::vector<std::unique_ptr<Worker>> workers_;

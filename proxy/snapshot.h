@@ -35,6 +35,7 @@ class HealthTable {
 
 class RouteLabels;
 class TlsContext;
+struct AuthState;
 
 struct Snapshot {
   std::shared_ptr<const Config> config;
@@ -42,6 +43,8 @@ struct Snapshot {
   FilterFactoryList filters;
   // Certificate and policy for new HTTPS connections (null without [tls]).
   std::shared_ptr<const TlsContext> tls;
+  // Tokens, roles and last use (null without [auth]).
+  std::shared_ptr<const AuthState> auth;
   // https.trusted_proxies, parsed; and the Strict-Transport-Security value
   // every HTTPS response carries (empty when hsts_max_age_s = 0).
   std::vector<Cidr> trusted_proxies;

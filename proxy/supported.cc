@@ -12,7 +12,10 @@ bool checkSupported(const Config& config, std::string& error) {
   for (size_t i = 0; i < config.routes.size(); ++i) {
     const RouteConfig& r = config.routes[i];
     const std::string k = "route[" + std::to_string(i) + "].";
-    if (r.auth) refuse(k + "auth", "token authentication (set auth = false for a public route)");
+    if (r.auth && !config.auth.configured()) {
+      out += config.path + ":" + std::to_string(r.line) + ": " + k +
+             "auth: needs an [auth] section with token_store (or auth = false for a public route)\n";
+    }
     if (r.encrypt_body) refuse(k + "encrypt_body", "upload encryption");
   }
   if (out.empty()) return true;

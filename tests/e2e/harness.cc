@@ -301,7 +301,7 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
   if (!o.tls_cert.empty()) t += "listen_https = \"127.0.0.1:0\"\n";
   t += "admin_listen = \"127.0.0.1:0\"\n";
   t += "shutdown_grace_ms = " + std::to_string(o.shutdown_grace_ms) + "\n";
-  t += "state_dir = \"" + dir + "/state\"\n";
+  t += "state_dir = \"" + (o.state_dir.empty() ? dir + "/state" : o.state_dir) + "\"\n";
   t += o.server_toml + "\n";
   if (!o.timeouts.empty()) {
     t += "[timeouts]\n";
@@ -322,7 +322,8 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
     t += "\n";
   }
   for (const RouteSpec& r : o.routes) {
-    t += "[[route]]\nprefix = \"" + r.prefix + "\"\nupstream = \"" + r.upstream + "\"\nauth = false\n";
+    t += "[[route]]\nprefix = \"" + r.prefix + "\"\nupstream = \"" + r.upstream + "\"\nauth = " +
+         (r.auth ? "true" : "false") + "\n";
     if (!r.methods.empty()) {
       t += "methods = [";
       for (size_t i = 0; i < r.methods.size(); ++i) t += (i ? ", \"" : "\"") + r.methods[i] + "\"";

@@ -145,6 +145,7 @@ struct RouteSpec {
   std::vector<std::string> methods;  // empty = the proxy's default list
   uint64_t max_body_bytes = 0;       // 0 = not set
   std::string extra_toml;            // more keys of this [[route]]
+  bool auth = false;                 // tokens required on this route
 };
 
 struct UpstreamSpec {
@@ -163,6 +164,7 @@ struct ProxyOptions {
   std::map<std::string, uint64_t> limits;    // [limits] key -> value
   std::string extra_toml;                    // appended verbatim
   std::string server_toml;                   // extra lines inside [server]
+  std::string state_dir;                     // "" = <temp dir>/state
   // HTTPS listener on 127.0.0.1:0 with this certificate and key (PEM paths);
   // empty = plaintext only.
   std::string tls_cert;

@@ -341,6 +341,64 @@ trusted_proxies = ["10.0.0.1/8", "300.1.1.1", "::/129"]
             "t.toml:13: https.trusted_proxies[2]: invalid network \"::/129\" (expected an IP address or CIDR such as 10.0.0.0/8)");
 }
 
+TEST(ConfigTest, AuthAndRoles) {
+  Result r = withBase(R"([auth]
+token_store = "conf/tokens.toml"
+inactive_expiry_days = 30
+watch = false
+account_header = "X-Tenant"
+forward_authorization = true
+[[role]]
+name = "reader"
+allow = ["GET /v1/*", "HEAD /v1/*"]
+[[role]]
+name = "uploader"
+allow = ["POST /v1/accounts/{account}/uploads"]
+rate = { rps = 20, burst = 40 }
+)");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.cfg.auth.token_store, "conf/tokens.toml");
+  EXPECT_EQ(r.cfg.auth.inactive_expiry_days, 30u);
+  EXPECT_FALSE(r.cfg.auth.watch);
+  EXPECT_EQ(r.cfg.auth.account_header, "X-Tenant");
+  EXPECT_TRUE(r.cfg.auth.forward_authorization);
+  ASSERT_EQ(r.cfg.roles.size(), 2u);
+  EXPECT_EQ(r.cfg.roles[1].allow[0], "POST /v1/accounts/{account}/uploads");
+  EXPECT_TRUE(r.cfg.roles[1].has_rate);
+  EXPECT_EQ(r.cfg.roles[1].burst, 40u);
+
+  Result bad = withBase(R"([auth]
+watch = "yes"
+[[role]]
+name = "reader"
+allow = ["FETCH /v1/*", "GET v1"]
+[[role]]
+name = "reader"
+)");
+  EXPECT_FALSE(bad.ok);
+  EXPECT_NE(bad.error.find("t.toml:11: auth.token_store: missing"), std::string::npos) << bad.error;
+  EXPECT_NE(bad.error.find("t.toml:12: auth.watch: expected boolean"), std::string::npos) << bad.error;
+  EXPECT_NE(bad.error.find("t.toml:15: role[0].allow[1]: invalid pattern"), std::string::npos) << bad.error;
+  EXPECT_NE(bad.error.find("t.toml:17: role[1].name: duplicate role \"reader\""), std::string::npos) << bad.error;
+
+  // A route that needs tokens without a token store is refused (at -t and start).
+  Config c;
+  std::string error;
+  ASSERT_TRUE(loadConfigFromString(R"([server]
+listen_http = ":8080"
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:9000"]
+[[route]]
+prefix = "/"
+upstream = "app"
+)",
+                                   "t.toml", c, error))
+      << error;
+  EXPECT_FALSE(checkSupported(c, error));
+  EXPECT_EQ(error, "t.toml:6: route[0].auth: needs an [auth] section with token_store (or auth = false for a public route)");
+}
+
 TEST(ConfigTest, NotYetImplementedSectionsAreUnknown) {
   Result r = load(std::string(kBase) + R"(listen_https = ":8443"
 [tls]
@@ -361,9 +419,7 @@ rate_spike_factor = 1.0
 )");
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.error,
-            "t.toml:17: auth: unknown key\n"
             "t.toml:19: rate_limit: unknown key\n"
-            "t.toml:21: role: unknown key\n"
             "t.toml:23: encryption: unknown key\n"
             "t.toml:25: detect: unknown key");
 }

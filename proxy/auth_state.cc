@@ -1,0 +1,49 @@
+#include "proxy/auth_state.h"
+
+namespace portcullis {
+
+std::unordered_map<std::string, int64_t> AuthState::lastUseById() const {
+  std::unordered_map<std::string, int64_t> out;
+  const auto& recs = tokens->records();
+  for (size_t i = 0; i < recs.size(); ++i) {
+    int64_t v = last_use->get(static_cast<int32_t>(i));
+    if (v > 0) out[recs[i].id] = v;
+  }
+  return out;
+}
+
+std::shared_ptr<const AuthState> buildAuthState(const Config& config, const AuthState* previous,
+                                                const std::unordered_map<std::string, int64_t>& seed,
+                                                std::string& error) {
+  auto a = std::make_shared<AuthState>();
+  a->tokens = loadTokenStore(config.auth.token_store, error);
+  if (!a->tokens) return nullptr;
+  std::vector<RbacRoleConfig> roles;
+  for (const RoleConfig& r : config.roles) roles.push_back({r.name, r.allow});
+  a->rbac = RbacPolicy::build(roles, error);
+  if (!a->rbac) return nullptr;
+  const auto& recs = a->tokens->records();
+  a->last_use = std::make_shared<LastUseTable>(recs.size());
+  for (size_t i = 0; i < recs.size(); ++i) {
+    a->token_roles.push_back(a->rbac->resolveRoles(recs[i].roles));
+    std::string header;
+    for (const std::string& r : recs[i].roles) {
+      if (!header.empty()) header.push_back(',');
+      header += r;
+    }
+    a->token_roles_header.push_back(std::move(header));
+    int64_t last = 0;
+    if (auto it = seed.find(recs[i].id); it != seed.end()) last = it->second;
+    if (previous != nullptr) {
+      int32_t j = previous->tokens->indexOf(recs[i].id);
+      if (j >= 0 && previous->last_use->get(j) > last) last = previous->last_use->get(j);
+    }
+    if (last > 0) a->last_use->record(static_cast<int32_t>(i), last);
+  }
+  a->inactive_expiry_s = static_cast<int64_t>(config.auth.inactive_expiry_days) * 86400;
+  a->account_header = config.auth.account_header;
+  a->forward_authorization = config.auth.forward_authorization;
+  return a;
+}
+
+}  // namespace portcullis

@@ -1,0 +1,60 @@
+// What the token check needs, built with each config snapshot: the token
+// table, the compiled roles, each token's resolved roles, and the last-use
+// table shared by all workers.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "filters/rbac.h"
+#include "proxy/config.h"
+#include "proxy/token_store.h"
+
+namespace portcullis {
+
+// Last use per token (Unix seconds), written by workers on each successful
+// check with a relaxed store (only when the second changed, so a busy token
+// does not keep a cache line bouncing) and read by the flusher.
+class LastUseTable {
+ public:
+  explicit LastUseTable(size_t n) : n_(n), v_(new std::atomic<int64_t>[n]) {
+    for (size_t i = 0; i < n; ++i) v_[i].store(0, std::memory_order_relaxed);
+  }
+  void record(int32_t i, int64_t now) {
+    std::atomic<int64_t>& a = v_[static_cast<size_t>(i)];
+    if (a.load(std::memory_order_relaxed) < now) a.store(now, std::memory_order_relaxed);
+  }
+  int64_t get(int32_t i) const { return v_[static_cast<size_t>(i)].load(std::memory_order_relaxed); }
+  size_t size() const { return n_; }
+
+ private:
+  size_t n_;
+  std::unique_ptr<std::atomic<int64_t>[]> v_;
+};
+
+struct AuthState {
+  std::shared_ptr<const TokenTable> tokens;
+  std::shared_ptr<const RbacPolicy> rbac;
+  std::vector<std::vector<int32_t>> token_roles;  // per token index
+  std::vector<std::string> token_roles_header;    // per token index: "a,b"
+  std::shared_ptr<LastUseTable> last_use;         // per token index
+  int64_t inactive_expiry_s = 0;
+  std::string account_header;
+  bool forward_authorization = false;
+
+  // id -> last use, for the state file.
+  std::unordered_map<std::string, int64_t> lastUseById() const;
+};
+
+// Loads the token store named by config.auth and compiles the roles. Last-use
+// values are carried over from `previous` (a reload) and from `seed` (the
+// state file read at start), whichever is newer. Null with `error` on failure.
+std::shared_ptr<const AuthState> buildAuthState(const Config& config, const AuthState* previous,
+                                                const std::unordered_map<std::string, int64_t>& seed,
+                                                std::string& error);
+
+}  // namespace portcullis
