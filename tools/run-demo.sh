@@ -37,7 +37,8 @@ cd "$ROOT"
 
 PROXY_BIN="$BUILD_DIR/bin/portcullis"
 BACKEND_BIN="$BUILD_DIR/bin/demo-backend"
-for bin in "$PROXY_BIN" "$BACKEND_BIN"; do
+CTL_BIN="$BUILD_DIR/bin/portcullisctl"
+for bin in "$PROXY_BIN" "$BACKEND_BIN" "$CTL_BIN"; do
   if [[ ! -x "$bin" ]]; then
     echo "run-demo: $bin is missing; build first (make build)" >&2
     exit 1
@@ -85,6 +86,14 @@ if [[ ! -f var/demo/server.key || ! -f var/demo/server.crt ]]; then
     { echo "run-demo: openssl could not create the certificate" >&2; exit 1; }
   chmod 600 var/demo/server.key
   chmod 644 var/demo/server.crt
+fi
+# The demo token: issued once into a fresh store (mode 0600) and printed once;
+# the store keeps only its SHA-256. Lost it? Issue another with portcullisctl.
+TOKEN=""
+if [[ ! -f var/demo/tokens.toml ]]; then
+  TOKEN=$("$CTL_BIN" token issue --store var/demo/tokens.toml --account demo \
+          --role reader --role writer --role uploader --label "make run demo") ||
+    { echo "run-demo: could not issue the demo token" >&2; exit 1; }
 fi
 
 if $CURL -s -o /dev/null --max-time 1 "$PROXY_URL/" 2>/dev/null; then
@@ -168,6 +177,18 @@ for _ in $(seq 100); do
 done
 [[ $ready -eq 1 ]] || fail "portcullis did not answer on $PROXY_URL within 10 s" var/log/portcullis.out
 
+if [[ -n "$TOKEN" ]]; then
+  TOKEN_SHOWN=$TOKEN
+  TOKEN_NOTE="Demo token (shown this once; the store keeps only its hash):
+  $TOKEN
+"
+else
+  TOKEN_SHOWN="<your token>"
+  TOKEN_NOTE="The demo token was printed on the first run. To get a new one:
+  $CTL_BIN token issue --store var/demo/tokens.toml --account demo --role reader --role writer --role uploader
+"
+fi
+
 cat <<EOF
 
 Portcullis demo is running
@@ -176,19 +197,33 @@ Portcullis demo is running
   demo backend   http://$BACKEND_ADDR   (pid $BACKEND_PID)
   logs           var/log/  (portcullis.out, demo-backend.log, access.log, audit.log)
 
-Try (the demo backend echoes each request it receives as JSON):
+$TOKEN_NOTE
+Try (the demo backend echoes each request it receives as JSON, including the
+identity headers the proxy derives from the token):
 
+  export TOKEN=$TOKEN_SHOWN
+  $CURL -i $PROXY_URL/v1/hello -H "Authorization: Bearer \$TOKEN"
+
+  # without a token: 401 with WWW-Authenticate: Bearer
   $CURL -i $PROXY_URL/v1/hello
 
-  $CURL -i $PROXY_URL/v1/orders -H 'Content-Type: application/json' \\
-       -d '{"item": "widget", "qty": 2}'
+  $CURL -i $PROXY_URL/v1/orders -H "Authorization: Bearer \$TOKEN" \\
+       -H 'Content-Type: application/json' -d '{"item": "widget", "qty": 2}'
 
-  # an unrouted path is answered by the proxy itself (404, JSON error body)
-  $CURL -i $PROXY_URL/nowhere
+  # malformed JSON is stopped at the proxy (400) and never reaches the backend
+  $CURL -i $PROXY_URL/v1/orders -H "Authorization: Bearer \$TOKEN" \\
+       -H 'Content-Type: application/json' -d '{"item": '
 
-  # streamed upload: compare body_sha256 with: sha256sum var/demo/sample.csv
-  $CURL -i $PROXY_URL/v1/accounts/demo/uploads -H 'Content-Type: text/csv' \\
-       --data-binary @var/demo/sample.csv
+  # streamed CSV upload, checked as it streams
+  $CURL -i $PROXY_URL/v1/accounts/demo/uploads -H "Authorization: Bearer \$TOKEN" \\
+       -H 'Content-Type: text/csv' --data-binary @var/demo/sample.csv
+
+  # another tenant's path: 403
+  $CURL -i $PROXY_URL/v1/accounts/other/uploads -H "Authorization: Bearer \$TOKEN" \\
+       -H 'Content-Type: text/csv' --data-binary @var/demo/sample.csv
+
+  # tokens: list (never shows secrets), revoke (takes effect within 1 s)
+  $CTL_BIN token list --store var/demo/tokens.toml --state-dir var/state
 
   # the backend alone stores uploads in var/demo/uploads/
   curl -i 'http://$BACKEND_ADDR/upload?name=sample.csv' --data-binary @var/demo/sample.csv

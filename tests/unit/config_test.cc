@@ -778,7 +778,11 @@ TEST(ConfigTest, ExampleConfigLoads) {
   ASSERT_FALSE(c.routes.empty());
   EXPECT_EQ(c.routes[0].prefix, "/v1/");
   EXPECT_EQ(c.routes[0].upstream, "app");
-  EXPECT_FALSE(c.routes[0].auth);
+  EXPECT_TRUE(c.routes[0].auth);
+  EXPECT_TRUE(c.routes[0].validate_json);
+  EXPECT_EQ(c.auth.token_store, "var/demo/tokens.toml");
+  EXPECT_EQ(c.roles.size(), 3u);
+  EXPECT_TRUE(checkSupported(c, error)) << error;
   EXPECT_EQ(c.server.state_dir, "var/state");
   EXPECT_EQ(c.log.access.rfind("var/log/", 0), 0u);
   EXPECT_EQ(c.log.audit.rfind("var/log/", 0), 0u);
