@@ -32,6 +32,17 @@ std::shared_ptr<const AuthState> buildAuthState(const Config& config, const Auth
       header += r;
     }
     a->token_roles_header.push_back(std::move(header));
+    RateSpec rate = config.rate_limit.token;
+    bool from_role = false;
+    for (const std::string& name : recs[i].roles) {
+      for (const RoleConfig& rc : config.roles) {
+        if (rc.name != name || !rc.has_rate) continue;
+        const bool better = !from_role || rc.rps > rate.rps || (rc.rps == rate.rps && rc.burst > rate.burst);
+        if (better) rate = RateSpec{true, rc.rps, rc.burst};
+        from_role = true;
+      }
+    }
+    a->token_rate.push_back(rate);
     int64_t last = 0;
     if (auto it = seed.find(recs[i].id); it != seed.end()) last = it->second;
     if (previous != nullptr) {

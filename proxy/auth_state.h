@@ -42,6 +42,9 @@ struct AuthState {
   std::vector<std::vector<int32_t>> token_roles;  // per token index
   std::vector<std::string> token_roles_header;    // per token index: "a,b"
   std::shared_ptr<LastUseTable> last_use;         // per token index
+  // Per token index: its rate limit (the most generous `rate` of its roles,
+  // else rate_limit.token); `set` false = no token limit.
+  std::vector<RateSpec> token_rate;
   int64_t inactive_expiry_s = 0;
   std::string account_header;
   bool forward_authorization = false;

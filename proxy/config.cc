@@ -322,6 +322,8 @@ class Loader {
   void loadHttps(const toml::table& t, HttpsConfig& c);
   void loadAuth(const toml::table& t, AuthConfig& c);
   void loadRoles(const toml::table& root, std::vector<RoleConfig>& out);
+  void loadRateLimit(const toml::table& t, RateLimitConfig& c);
+  bool loadRate(const toml::table& t, std::string_view key, const std::string& path, RateSpec& out);
 
   std::string file_;
   std::vector<Problem> problems_;
@@ -674,6 +676,56 @@ void Loader::loadAuth(const toml::table& t, AuthConfig& c) {
   getBool(t, "forward_authorization", path, c.forward_authorization);
 }
 
+// `key = { rps = N, burst = M }`; rps may be fractional.
+bool Loader::loadRate(const toml::table& t, std::string_view key, const std::string& path, RateSpec& out) {
+  const toml::node* n = t.get(key);
+  if (n == nullptr) return false;
+  const std::string p = join(path, key);
+  const toml::table* rt = n->as_table();
+  if (rt == nullptr) {
+    typeError(*n, p, "inline table { rps, burst }");
+    return false;
+  }
+  checkKeys(*rt, p, {"rps", "burst"});
+  const toml::node* rps = rt->get("rps");
+  if (rps == nullptr || !rps->is_number()) {
+    fail(lineOf(*rt), join(p, "rps"), "required number of requests per second");
+    return false;
+  }
+  out.rps = rps->is_integer() ? static_cast<double>(rps->as_integer()->get()) : rps->as_floating_point()->get();
+  if (!(out.rps > 0) || out.rps > 1e9) {
+    fail(lineOf(*rps), join(p, "rps"), "must be greater than 0");
+    return false;
+  }
+  if (!rt->get("burst")) {
+    fail(lineOf(*rt), join(p, "burst"), "missing required key");
+    return false;
+  }
+  if (!getUint(*rt, "burst", p, out.burst, 1, 1000000000)) return false;
+  out.set = true;
+  return true;
+}
+
+void Loader::loadRateLimit(const toml::table& t, RateLimitConfig& c) {
+  const std::string path = "rate_limit";
+  checkKeys(t, path, {"token", "ip", "auth_failures", "max_keys"});
+  loadRate(t, "token", path, c.token);
+  loadRate(t, "ip", path, c.ip);
+  if (const toml::node* n = t.get("auth_failures")) {
+    const std::string p = join(path, "auth_failures");
+    if (const toml::table* af = n->as_table()) {
+      checkKeys(*af, p, {"max", "window_s", "ban_s"});
+      getUint(*af, "max", p, c.af_max, 1, 1000000);
+      getUint(*af, "window_s", p, c.af_window_s, 1, 86400);
+      getUint(*af, "ban_s", p, c.af_ban_s, 1, 86400 * 30);
+      c.auth_failures_set = true;
+    } else {
+      typeError(*n, p, "inline table { max, window_s, ban_s }");
+    }
+  }
+  getUint(t, "max_keys", path, c.max_keys, 1024, 1ull << 28);
+}
+
 void Loader::loadRoles(const toml::table& root, std::vector<RoleConfig>& out) {
   const toml::node* node = root.get("role");
   if (node == nullptr) return;
@@ -712,24 +764,11 @@ void Loader::loadRoles(const toml::table& root, std::vector<RoleConfig>& out) {
         }
       }
     }
-    if (const toml::node* rate = t->get("rate")) {
-      const toml::table* rt = rate->as_table();
-      if (rt == nullptr) {
-        typeError(*rate, join(path, "rate"), "inline table { rps, burst }");
-      } else {
-        const std::string rp = join(path, "rate");
-        checkKeys(*rt, rp, {"rps", "burst"});
-        const toml::node* rps = rt->get("rps");
-        if (rps == nullptr || !(rps->is_number())) {
-          fail(lineOf(*rt), join(rp, "rps"), "required number of requests per second");
-        } else {
-          r.rps = rps->is_integer() ? static_cast<double>(rps->as_integer()->get()) : rps->as_floating_point()->get();
-          if (!(r.rps > 0)) fail(lineOf(*rps), join(rp, "rps"), "must be greater than 0");
-        }
-        if (!rt->get("burst")) fail(lineOf(*rt), join(rp, "burst"), "missing required key");
-        getUint(*rt, "burst", rp, r.burst, 1, 1000000000);
-        r.has_rate = true;
-      }
+    RateSpec rate;
+    if (loadRate(*t, "rate", path, rate)) {
+      r.has_rate = true;
+      r.rps = rate.rps;
+      r.burst = rate.burst;
     }
     out.push_back(std::move(r));
   }
@@ -747,7 +786,8 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
 
   Config cfg;
   cfg.path = file_;
-  checkKeys(root, "", {"server", "timeouts", "limits", "tls", "https", "auth", "role", "upstream", "route", "log"});
+  checkKeys(root, "",
+            {"server", "timeouts", "limits", "tls", "https", "auth", "role", "rate_limit", "upstream", "route", "log"});
   uint32_t server_line = 1;
   if (const toml::table* t = getTable(root, "server", "")) {
     server_line = lineOf(*t);
@@ -762,6 +802,7 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
   if (const toml::table* t = getTable(root, "https", "")) loadHttps(*t, cfg.https);
   if (const toml::table* t = getTable(root, "auth", "")) loadAuth(*t, cfg.auth);
   loadRoles(root, cfg.roles);
+  if (const toml::table* t = getTable(root, "rate_limit", "")) loadRateLimit(*t, cfg.rate_limit);
 
   // Only complain about a missing listener if neither key was given at all; a
   // malformed one has already been reported.

@@ -137,6 +137,21 @@ struct AuthConfig {
   bool configured() const { return !token_store.empty(); }
 };
 
+// [rate_limit] (SPEC §3): each limit applies only when configured.
+struct RateSpec {
+  bool set = false;
+  double rps = 0;
+  uint32_t burst = 0;
+};
+struct RateLimitConfig {
+  RateSpec token;  // per token (a role's `rate` overrides: the most generous of its roles)
+  RateSpec ip;     // per client IPv4 address / IPv6 /64, before authentication
+  bool auth_failures_set = false;
+  uint32_t af_max = 10, af_window_s = 60, af_ban_s = 300;
+  uint64_t max_keys = 1u << 20;  // table size (fixed memory, 32 bytes per key)
+  bool configured() const { return token.set || ip.set || auth_failures_set; }
+};
+
 // [[role]]: what a token with this role may do (default deny).
 struct RoleConfig {
   std::string name;
@@ -160,6 +175,7 @@ struct Config {
   TlsConfig tls;
   HttpsConfig https;
   AuthConfig auth;
+  RateLimitConfig rate_limit;
   std::vector<RoleConfig> roles;
   std::vector<UpstreamConfig> upstreams;
   std::vector<RouteConfig> routes;

@@ -18,6 +18,8 @@
 #include "proxy/access_log.h"
 #include "proxy/admin_server.h"
 #include "filters/https_enforce.h"
+#include "filters/rate_limit.h"
+#include "filters/rate_limiter.h"
 #include "filters/token_check.h"
 #include "filters/validate.h"
 #include "proxy/auth_state.h"
@@ -99,9 +101,11 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   FilterFactoryList filters;
   // The chain in SPEC order: HTTPS enforcement, then (as they land)
   // validation, token check + RBAC, rate limiting, upload encryption.
+  filters.push_back(std::make_shared<RateLimitIpFactory>());  // before auth: floods and bans
   filters.push_back(std::make_shared<HttpsEnforceFactory>(*cfg));
   filters.push_back(std::make_shared<ValidateFactory>());
   filters.push_back(std::make_shared<TokenCheckFactory>());
+  filters.push_back(std::make_shared<RateLimitTokenFactory>());
   for (const auto& f : options_.extra_filters) filters.push_back(f);
   if (filters.size() > FilterChain::kMaxFilters) {
     error = "too many filters";
@@ -120,6 +124,16 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   auto snap = buildSnapshot(cfg, std::move(filters), health_, labels_, ++generation_);
   std::const_pointer_cast<Snapshot>(snap)->tls = std::move(tls);
   std::const_pointer_cast<Snapshot>(snap)->auth = std::move(auth);
+  if (cfg->rate_limit.configured()) {
+    // One fixed-size table for the process, created with the first config
+    // that asks for it; its size changes only on restart.
+    if (!rate_limiter_) {
+      RateLimiterOptions opts;
+      opts.capacity_keys = cfg->rate_limit.max_keys;
+      rate_limiter_ = std::make_unique<RateLimiter>(opts);
+    }
+    std::const_pointer_cast<Snapshot>(snap)->rate_limiter = rate_limiter_.get();
+  }
   out = std::move(snap);
   return true;
 }

@@ -23,6 +23,7 @@ namespace portcullis {
 class AdminServer;
 class HealthChecker;
 class LogWriter;
+class RateLimiter;
 class Worker;
 struct WorkerShared;
 
@@ -91,6 +92,7 @@ class Server {
   std::unordered_map<std::string, int64_t> last_use_seed_;
   std::unique_ptr<LogWriter> access_log_;
   std::unique_ptr<WorkerShared> shared_;
+  std::unique_ptr<RateLimiter> rate_limiter_;  // declared before workers_: outlives them
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<AdminServer> admin_;
   std::unique_ptr<HealthChecker> health_checker_;

@@ -36,6 +36,7 @@ class HealthTable {
 class RouteLabels;
 class TlsContext;
 struct AuthState;
+class RateLimiter;
 
 struct Snapshot {
   std::shared_ptr<const Config> config;
@@ -45,6 +46,9 @@ struct Snapshot {
   std::shared_ptr<const TlsContext> tls;
   // Tokens, roles and last use (null without [auth]).
   std::shared_ptr<const AuthState> auth;
+  // The process-wide rate-limit table (owned by the server, outlives every
+  // snapshot); null when [rate_limit] is not configured.
+  RateLimiter* rate_limiter = nullptr;
   // https.trusted_proxies, parsed; and the Strict-Transport-Security value
   // every HTTPS response carries (empty when hsts_max_age_s = 0).
   std::vector<Cidr> trusted_proxies;

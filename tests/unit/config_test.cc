@@ -419,7 +419,6 @@ rate_spike_factor = 1.0
 )");
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.error,
-            "t.toml:19: rate_limit: unknown key\n"
             "t.toml:23: encryption: unknown key\n"
             "t.toml:25: detect: unknown key");
 }
