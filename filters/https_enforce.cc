@@ -1,14 +1,63 @@
 #include "filters/https_enforce.h"
 
 #include <llhttp.h>
+#include <uv.h>
 
 #include <cctype>
+#include <cstdio>
+#include <ctime>
 
+#include "proxy/auth_state.h"
 #include "proxy/headers.h"
+#include "proxy/snapshot.h"
+#include "proxy/token.h"
 
 namespace portcullis {
 
 namespace {
+
+// A valid token sent over plaintext is exposed: revoke it in the store (on
+// libuv's thread pool: an event loop never writes files). The store watch
+// makes every worker refuse it within about a second.
+void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
+  const Snapshot* s = ctx.snapshot;
+  if (s == nullptr || !s->auth || !s->config->https.revoke_tokens_seen_in_plaintext || ctx.loop == nullptr) return;
+  const Header* h = head.find(HeaderId::kAuthorization);
+  if (h == nullptr) return;
+  ParsedToken token;
+  if (parseAuthorization(h->value, token) != TokenError::kOk) return;
+  const AuthState& a = *s->auth;
+  const int32_t idx = a.tokens->indexOf(token.id);
+  if (idx < 0) return;
+  const TokenRecord& rec = a.tokens->records()[static_cast<size_t>(idx)];
+  const TokenVerdict v = TokenTable::checkRecord(rec, hashSecret(token.secret), static_cast<int64_t>(std::time(nullptr)),
+                                                 a.last_use->get(idx), a.inactive_expiry_s);
+  if (v != TokenVerdict::kOk) return;  // only a working credential needs revoking
+  struct Job {
+    uv_work_t req;
+    std::string store;
+    std::string id;
+    bool ok = false;
+    std::string error;
+  };
+  auto* job = new Job;
+  job->req.data = job;
+  job->store = s->config->auth.token_store;
+  job->id = rec.id;
+  std::fprintf(stderr, "portcullis: token.plaintext_revoked token_id=%s remote_ip=%.*s\n", job->id.c_str(),
+               static_cast<int>(ctx.remote_ip.size()), ctx.remote_ip.data());
+  uv_queue_work(
+      ctx.loop, &job->req,
+      [](uv_work_t* r) {
+        auto* j = static_cast<Job*>(r->data);
+        j->ok = revokeToken(j->store, j->id, j->error);
+      },
+      [](uv_work_t* r, int) {
+        auto* j = static_cast<Job*>(r->data);
+        if (!j->ok) std::fprintf(stderr, "portcullis: cannot revoke token %s: %s\n", j->id.c_str(), j->error.c_str());
+        delete j;
+      });
+}
 
 class HttpsEnforce final : public Filter {
  public:
@@ -23,6 +72,7 @@ class HttpsEnforce final : public Filter {
         return FilterStatus::kContinue;
       }
     }
+    revokeExposedToken(ctx, head);
     const bool safe = head.method == HTTP_GET || head.method == HTTP_HEAD;
     if (f_->mode() == HttpsConfig::Plaintext::kRedirect && safe) {
       std::string location;

@@ -8,6 +8,8 @@
 // open redirect), anything else 403 https_required; with "reject", 403 for
 // all. A request from one of https.trusted_proxies that says
 // "X-Forwarded-Proto: https" counts as HTTPS (ctx.secure is set).
+// A valid token on a refused plaintext request is revoked in the token store
+// at once (https.revoke_tokens_seen_in_plaintext, default on).
 #pragma once
 
 #include <cstdint>

@@ -189,3 +189,39 @@ TEST(AuthLastUseE2E, LastUseIsWrittenToTheStateDirAtShutdown) {
 
 }  // namespace
 }  // namespace portcullis::e2e
+
+namespace portcullis::e2e {
+namespace {
+
+TEST(AuthPlaintextE2E, ValidTokenSentOverPlaintextIsRevoked) {
+  TempDir dir;
+  const std::string store = dir.file("tokens.toml");
+  const std::string token = ctl("token issue --store " + store + " --account acme --role reader");
+  const std::string other = ctl("token issue --store " + store + " --account acme --role reader");
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.routes = {RouteSpec{"/", "app", {}, 0, "", true}};
+  // The loopback peer stands in for a TLS-terminating load balancer: with
+  // X-Forwarded-Proto: https its requests count as HTTPS.
+  o.https_toml = "plaintext = \"redirect\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+  o.extra_toml = "[auth]\ntoken_store = \"" + store + "\"\n[[role]]\nname = \"reader\"\nallow = [\"GET /*\"]\n";
+  Proxy proxy(o);
+  Client c(proxy.httpPort());
+  const std::string via_tls = "X-Forwarded-Proto: https\r\n";
+  ASSERT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(token))).status, 200);
+  // The same token in a plaintext request: refused (308) and revoked.
+  EXPECT_EQ(c.roundTrip(getRequest("/x", bearer(token))).status, 308);
+  int status = 200;
+  for (int i = 0; i < 60 && status == 200; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    status = c.roundTrip(getRequest("/x", via_tls + bearer(token))).status;
+  }
+  EXPECT_EQ(status, 401);
+  EXPECT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(other))).status, 200) << "only the exposed token";
+  EXPECT_NE(ctl("token list --store " + store).find("revoked"), std::string::npos);
+  EXPECT_NE(proxy.process().stderrText().find("token.plaintext_revoked token_id=" + tokenId(token)),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace portcullis::e2e
