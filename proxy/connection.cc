@@ -398,6 +398,32 @@ void Connection::runHeadFilters() {
 // segments resolved, and climbing above the root, an encoded "/", "\\" or
 // NUL refused (400). The normalised path replaces the target's path.
 bool Connection::normalizeRequestTarget() {
+  // Framing and identity checks llhttp does not make (RFC 9112 §3.2, §6.1):
+  // exactly one Host on HTTP/1.1 (at most one on 1.0); Transfer-Encoding only
+  // as a single "chunked" on HTTP/1.1; no "_" in header names (proxies that
+  // map "_" to "-" would disagree about which header it is). Refused with
+  // 400 and close: the framing of what follows is in doubt.
+  int hosts = 0;
+  int transfer_encodings = 0;
+  for (const Header& h : req_.headers) {
+    if (h.id == HeaderId::kHost) {
+      ++hosts;
+    } else if (h.id == HeaderId::kTransferEncoding) {
+      ++transfer_encodings;
+      if (req_.http_minor == 0 || !equalsIgnoreCase(h.value, "chunked")) {
+        sendError(400, "bad_request", "validate", "transfer-encoding other than chunked", true);
+        return false;
+      }
+    } else if (h.name.find('_') != std::string_view::npos) {
+      sendError(400, "bad_request", "validate", "underscore in header name", true);
+      return false;
+    }
+  }
+  if (transfer_encodings > 1 || hosts > 1 || (hosts == 0 && req_.http_minor >= 1)) {
+    sendError(400, "bad_request", "validate", hosts != 1 ? "missing or duplicate host" : "repeated transfer-encoding",
+              true);
+    return false;
+  }
   if (req_.method == HTTP_TRACE || req_.method == HTTP_CONNECT) {
     sendError(405, "method_not_allowed", "validate", "method never proxied", !req_.hasBody() ? close_after_ : true);
     return false;

@@ -219,6 +219,12 @@ bool ChildProcess::waitExit(Millis timeout, int* wait_status) {
     if (Clock::now() >= deadline) return false;
     std::this_thread::sleep_for(Millis(2));
   }
+  {
+    // The child is gone, but the reader thread may not have drained its
+    // stderr pipe yet: wait (bounded) for EOF so stderrText() is complete.
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, Millis(2000), [this] { return stderr_eof_; });
+  }
   if (wait_status != nullptr) *wait_status = wait_status_;
   return true;
 }
