@@ -544,6 +544,11 @@ void Connection::onUpstreamConnected(int status) {
 
 void Connection::sendRequestHead() {
   up_head_.clear();
+  if (req_.find(HeaderId::kHost) == nullptr) {
+    // HTTP/1.0 clients may omit Host; the upstream request is HTTP/1.1,
+    // which requires one: name the server it goes to.
+    req_.add("Host", arena_.copy(pool_->serverAddress(up_->server).str()));
+  }
   const bool has_body = req_.hasBody();
   serializeRequest(req_, has_body, req_.chunked, req_.content_length, up_head_);
   head_sent_ = false;

@@ -89,6 +89,7 @@ class UpstreamPool : public std::enable_shared_from_this<UpstreamPool> {
   const UpstreamConfig& config() const { return config_; }
   Worker* worker() const { return worker_; }
   size_t serverCount() const { return servers_.size(); }
+  const HostPort& serverAddress(size_t server) const { return servers_[server].addr; }
 
  private:
   struct Server {

@@ -769,7 +769,11 @@ TEST(ProxyE2EMalformed, AmbiguousIdentityAndFramingHeadersAreRefused) {
   DemoBackend backend;
   Proxy ok(ProxyOptions::forBackend(backend.address()));
   Client c(ok.httpPort());
-  EXPECT_EQ(c.roundTrip("GET /ok HTTP/1.0\r\n\r\n").status, 200);
+  HttpResponse r10 = c.roundTrip("GET /ok HTTP/1.0\r\n\r\n");
+  ASSERT_EQ(r10.status, 200);
+  std::optional<Echo> echo = parseEcho(r10.body);
+  ASSERT_TRUE(echo.has_value()) << r10.body;
+  EXPECT_EQ(echo->headers["host"], backend.address()) << "the upstream request is HTTP/1.1 and needs a Host";
   EXPECT_EQ(sentinel.connectionCount(), 0);
 }
 
