@@ -7,6 +7,7 @@
 
 #include "filters/rbac.h"
 #include "proxy/cidr.h"
+#include "proxy/toml_guard.h"
 #include "proxy/token_store.h"
 
 #include <arpa/inet.h>
@@ -775,6 +776,10 @@ void Loader::loadRoles(const toml::table& root, std::vector<RoleConfig>& out) {
 }
 
 bool Loader::load(std::string_view text, Config& out, std::string& error) {
+  if (uint32_t bad = firstNonAsciiLine(text)) {
+    error = nonAsciiError(file_, bad);
+    return false;
+  }
   toml::parse_result parsed = toml::parse(text, file_);
   if (!parsed) {
     const toml::parse_error& e = parsed.error();

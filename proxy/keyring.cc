@@ -1,3 +1,4 @@
+#include "proxy/toml_guard.h"
 #include "proxy/keyring.h"
 
 #include <fcntl.h>
@@ -104,6 +105,10 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
   ::close(fd);
   OPENSSL_cleanse(chunk, sizeof(chunk));
 
+  if (uint32_t bad = firstNonAsciiLine(text.s)) {
+    error = nonAsciiError(path, bad);
+    return false;
+  }
   toml::parse_result parsed = toml::parse(text.s, path);
   if (!parsed) {
     const toml::parse_error& e = parsed.error();
@@ -165,7 +170,7 @@ bool writeKeyring(const std::string& path, const KeyringData& data, std::string&
     return false;
   }
   Wiped text;
-  text.s = "# Portcullis keyring (SPEC §7): master keys for upload encryption.\n"
+  text.s = "# Portcullis keyring (SPEC section 7): master keys for upload encryption.\n"
            "# Mode 0600. Keep old keys after rotation: older uploads need them.\n";
   text.s += "active = \"" + data.active + "\"\n\n[keys]\n";
   for (const auto& [id, key] : data.keys) {

@@ -1,4 +1,5 @@
 // Token store: parse, validate, look up, write. See token_store.h.
+#include "proxy/toml_guard.h"
 #include "proxy/token_store.h"
 
 #include <fcntl.h>
@@ -174,6 +175,10 @@ class StoreParser {
   explicit StoreParser(const std::string& name) : name_(name) {}
 
   bool parse(std::string_view text, std::vector<TokenRecord>& out, std::string& error) {
+    if (uint32_t bad = firstNonAsciiLine(text)) {
+      error = nonAsciiError(name_, bad);
+      return false;
+    }
     toml::parse_result parsed = toml::parse(text, name_);
     if (!parsed) {
       const toml::parse_error& e = parsed.error();
@@ -474,7 +479,7 @@ bool parseTokenStore(std::string_view text, const std::string& name, std::vector
 
 std::string serializeTokenStore(const std::vector<TokenRecord>& records) {
   std::string out =
-      "# Portcullis token store (SPEC §4). Written by portcullisctl through one locked\n"
+      "# Portcullis token store (SPEC section 4). Written by portcullisctl through one locked\n"
       "# writer; keep it mode 0600. It holds no secrets, only their SHA-256.\n";
   for (const TokenRecord& r : records) {
     out += "\n[[token]]\nid = ";

@@ -399,6 +399,13 @@ upstream = "app"
   EXPECT_EQ(error, "t.toml:6: route[0].auth: needs an [auth] section with token_store (or auth = false for a public route)");
 }
 
+TEST(ConfigTest, NonAsciiIsRefusedBeforeTheTomlParserSeesIt) {
+  // toml++ 3.3.0 has undefined behaviour for many such code points.
+  Result r = withBase("# caf\xc3\xa9\nworkers = 1\n");
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.error, "t.toml:11: non-ASCII character (not accepted: this build's TOML parser mishandles them)");
+}
+
 TEST(ConfigTest, NotYetImplementedSectionsAreUnknown) {
   Result r = load(std::string(kBase) + R"(listen_https = ":8443"
 [tls]
