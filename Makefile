@@ -3,8 +3,11 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
 CONFIG     ?= conf/portcullis.toml
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZERS    ?= http_codec config token multipart json pcx1
 
-.PHONY: all deps build run test test-asan bench clean
+.PHONY: all deps build run test test-asan bench fuzz clean
 
 all: build
 
@@ -40,5 +43,27 @@ bench:
 	MODE=tls ./bench/compare.sh $(BUILD)
 	./bench/idle_memory.sh $(BUILD)
 
+# libFuzzer targets (fuzz/), clang + ASan/UBSan, each run FUZZ_SECONDS on a
+# scratch copy of its seed corpus tests/fuzz/<target>/ (the seeds are never
+# written to). Crash inputs land in $(FUZZ_BUILD)/crashes/<target>/; any crash
+# fails the target.
+fuzz:
+	@./tools/install-deps.sh --fuzz
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DPORTCULLIS_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	@failed=""; \
+	for t in $(FUZZERS); do \
+	  corpus=$(FUZZ_BUILD)/corpus/$$t; crashes=$(FUZZ_BUILD)/crashes/$$t; \
+	  rm -rf $$crashes; mkdir -p $$corpus $$crashes; cp -f tests/fuzz/$$t/* $$corpus/; \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(FUZZ_BUILD)/bin/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -artifact_prefix=$$crashes/ $$corpus > $(FUZZ_BUILD)/$$t.log 2>&1 \
+	    || failed="$$failed $$t"; \
+	  grep -E '^#[0-9]+.*DONE|^stat::number_of_executed_units|^stat::average_exec_per_sec|SUMMARY|^artifact_prefix|Test unit written' $(FUZZ_BUILD)/$$t.log || true; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed (logs in $(FUZZ_BUILD)/<target>.log)"; exit 1; fi; \
+	echo "fuzz: all fuzzers ran $(FUZZ_SECONDS) s without a crash"
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -12,9 +12,12 @@ PKGS=(
 )
 # Extra tools used by `make bench` only; pass --bench to install them too.
 BENCH_PKGS=(wrk nginx-light haproxy python3-matplotlib)
+# clang and its libFuzzer/sanitizer runtimes, used by `make fuzz` only; pass --fuzz.
+FUZZ_PKGS=(clang libclang-rt-14-dev)
 
 want=("${PKGS[@]}")
 if [ "${1:-}" = "--bench" ]; then want+=("${BENCH_PKGS[@]}"); fi
+if [ "${1:-}" = "--fuzz" ]; then want+=("${FUZZ_PKGS[@]}"); fi
 
 missing=()
 for p in "${want[@]}"; do
