@@ -9,6 +9,7 @@
 
 #include "proxy/config.h"
 #include "proxy/server.h"
+#include "proxy/supported.h"
 
 namespace {
 
@@ -54,7 +55,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "portcullis: configuration %s is invalid\n", config_path.c_str());
       return 1;
     }
-    if (!portcullis::checkSupported(cfg, error)) {
+    if (!portcullis::checkSupported(cfg, error) || !portcullis::checkNamedFiles(cfg, error)) {
       std::fprintf(stderr, "%s\n", error.c_str());
       std::fprintf(stderr, "portcullis: configuration %s is invalid\n", config_path.c_str());
       return 1;

@@ -25,3 +25,17 @@ bool checkSupported(const Config& config, std::string& error) {
 }
 
 }  // namespace portcullis
+
+#include "proxy/auth_state.h"
+#include "proxy/supported.h"
+#include "proxy/tls.h"
+
+namespace portcullis {
+
+bool checkNamedFiles(const Config& config, std::string& error) {
+  if (config.tls.configured() && !TlsContext::create(config.tls, error)) return false;
+  if (config.auth.configured() && !buildAuthState(config, nullptr, {}, error)) return false;
+  return true;
+}
+
+}  // namespace portcullis

@@ -79,6 +79,25 @@ TEST(CliE2E, ProtectionsNotBuiltYetAreRefusedNotIgnored) {
   EXPECT_NE(run.stderr_text.find("route[0].auth"), std::string::npos) << run.stderr_text;
 }
 
+TEST(CliE2E, CheckLoadsTheFilesTheConfigNames) {
+  TempDir dir;
+  ProxyOptions o = ProxyOptions::forBackend("127.0.0.1:9");
+  o.routes[0].auth = true;
+  o.extra_toml = "[auth]\ntoken_store = \"" + dir.file("missing-tokens.toml") + "\"\n";
+  writeFile(dir.file("c.toml"), renderConfig(o, dir.path()));
+  Result r = runProxy({"-t", "-c", dir.file("c.toml")});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_NE(r.stderr_text.find("missing-tokens.toml"), std::string::npos) << r.stderr_text;
+
+  ProxyOptions t = ProxyOptions::forBackend("127.0.0.1:9");
+  t.tls_cert = dir.file("nope.crt");
+  t.tls_key = dir.file("nope.key");
+  writeFile(dir.file("t.toml"), renderConfig(t, dir.path()));
+  Result rt = runProxy({"-t", "-c", dir.file("t.toml")});
+  EXPECT_EQ(rt.status, 1);
+  EXPECT_NE(rt.stderr_text.find("nope.key"), std::string::npos) << rt.stderr_text;
+}
+
 TEST(CliE2E, VersionAndUsage) {
   Result v = runProxy({"--version"});
   EXPECT_EQ(v.status, 0);
