@@ -356,8 +356,11 @@ std::string formatRfc3339(int64_t unix_seconds) {
   time_t t = static_cast<time_t>(unix_seconds);
   struct tm tm;
   if (!::gmtime_r(&t, &tm)) return "invalid";
-  char buf[40];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  // Four-digit years always (strftime's %Y writes "759" for 0759, which is
+  // not a TOML date: found by the token-store fuzzer's round trip).
+  char buf[48];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec);
   return buf;
 }
 

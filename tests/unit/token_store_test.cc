@@ -546,3 +546,27 @@ TEST(TokenStoreTest, NameRules) {
 
 }  // namespace
 }  // namespace portcullis
+
+namespace portcullis {
+namespace {
+
+TEST(TokenStoreRoundTrip, EarlyYearsAreWrittenWithFourDigits) {
+  // Found by fuzz/token_fuzz.cc: a year below 1000 parsed but was written
+  // back as "759-...", which is not TOML.
+  const std::string text =
+      "[[token]]\nid = \"abcdefghijkl\"\n"
+      "secret_sha256 = \"0101010101010101010101010101010101010101010101010101010101010101\"\n"
+      "account = \"ACME\"\nroles = [\"reader\"]\ncreated = 0759-12-04T17:00:00Z\n"
+      "expires = 2026-03-04T17:00:00Z\nrevoked = false\n";
+  std::vector<TokenRecord> records;
+  std::string error;
+  ASSERT_TRUE(parseTokenStore(text, "t", records, error)) << error;
+  const std::string again = serializeTokenStore(records);
+  EXPECT_NE(again.find("created = 0759-12-04T17:00:00Z"), std::string::npos) << again;
+  std::vector<TokenRecord> records2;
+  ASSERT_TRUE(parseTokenStore(again, "again", records2, error)) << error;
+  EXPECT_EQ(serializeTokenStore(records2), again);
+}
+
+}  // namespace
+}  // namespace portcullis
