@@ -1,6 +1,7 @@
 #include "proxy/ip_limiter.h"
 
-#include <arpa/inet.h>
+#include "filters/rate_limiter.h"
+
 #include <xxhash.h>
 
 #include <cstring>
@@ -8,14 +9,8 @@
 namespace portcullis {
 
 std::string clientAddressKey(std::string_view ip) {
-  char text[INET6_ADDRSTRLEN];
-  if (ip.size() >= sizeof(text)) return std::string(ip);
-  std::memcpy(text, ip.data(), ip.size());
-  text[ip.size()] = '\0';
-  unsigned char bin[16];
-  if (inet_pton(AF_INET, text, bin) == 1) return std::string("4") + std::string(reinterpret_cast<char*>(bin), 4);
-  if (inet_pton(AF_INET6, text, bin) == 1) return std::string("6") + std::string(reinterpret_cast<char*>(bin), 8);
-  return std::string(ip);
+  // The same keying as the rate limiter (IPv4, IPv6 /64, IPv4-mapped as IPv4).
+  return std::string(ipKey(ip).view());
 }
 
 ConnectionsPerIp::Shard& ConnectionsPerIp::shardFor(const std::string& key) {
