@@ -25,6 +25,7 @@ workers = 1
 listen_http = "127.0.0.1:$PP"
 admin_listen = "127.0.0.1:$AP"
 state_dir = "$TMP/state"
+max_connections_per_ip = 100000   # every client here is 127.0.0.1
 [https]
 plaintext = "allow"
 [log]

@@ -66,6 +66,12 @@ class Arena {
     used_ = 0;
   }
 
+  // Frees every block (for a connection going idle: it then holds nothing).
+  void release() {
+    releaseAll();
+    used_ = 0;
+  }
+
   size_t bytesInUse() const { return used_; }
 
  private:

@@ -460,7 +460,7 @@ bool Connection::normalizeRequestTarget() {
     sendError(405, "method_not_allowed", "validate", "method never proxied", !req_.hasBody() ? close_after_ : true);
     return false;
   }
-  char* buf = static_cast<char*>(arena_.allocate(req_.target.size() + 1, 1));
+  char* buf = worker_->scratch(req_.target.size() + 1);
   NormalizedTarget nt = normalizeTarget(req_.target, buf, req_.target.size() + 1);
   if (!nt.ok()) {
     sendError(400, "bad_request", "validate", targetErrorName(nt.error), !req_.hasBody() ? close_after_ : true);
@@ -473,7 +473,11 @@ bool Connection::normalizeRequestTarget() {
     }
     return true;
   }
-  req_.path = std::string_view(buf, nt.path_len);
+  // Almost every path is already normal: keep the views into the read
+  // buffer then, and copy into the arena only what normalisation changed.
+  const std::string_view normal(buf, nt.path_len);
+  if (normal == req_.path) return true;
+  req_.path = arena_.copy(normal);
   req_.query = nt.query;
   req_.target = nt.has_query ? arena_.concat(req_.path, arena_.concat("?", nt.query)) : req_.path;
   return true;
@@ -1077,7 +1081,13 @@ void Connection::startNextRequest() {
     rbuf_.end = left;
     if (left == 0) worker_->buffers().release(rbuf_);
   }
-  arena_.reset();
+  // An idle keep-alive connection holds no buffer and no arena block; with
+  // pipelined bytes waiting, the first block is kept for the next request.
+  if (rbuf_.held()) {
+    arena_.reset();
+  } else {
+    arena_.release();
+  }
   codec_.startRequest(&req_, &arena_);
   unpinSnapshot();
   req_state_ = ReqState::kReadingHead;

@@ -73,6 +73,12 @@ class Worker {
   // Where TLS connections read ciphertext; it is handed to the TLS engine in
   // the same callback, so one buffer serves the whole worker.
   char* tlsScratch() { return tls_scratch_.get(); }
+  // A worker-owned buffer of at least `n` bytes for work that ends before the
+  // caller returns to the loop (e.g. normalising a request target).
+  char* scratch(size_t n) {
+    if (scratch_.size() < n) scratch_.resize(n);
+    return scratch_.data();
+  }
   static constexpr size_t kTlsScratchSize = 65536;
   void nextRequestId(char out[33]);
   int64_t wallClockUs() const;
@@ -103,6 +109,7 @@ class Worker {
   std::unique_ptr<WorkerMetrics> metrics_;
   BufferPool buffers_;
   std::unique_ptr<char[]> tls_scratch_{new char[kTlsScratchSize]};
+  std::vector<char> scratch_;
   std::shared_ptr<const Snapshot> snapshot_;
   std::vector<std::unique_ptr<SnapshotPin>> pins_;  // back() is current
   std::vector<std::shared_ptr<UpstreamPool>> pools_;
