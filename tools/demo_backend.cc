@@ -26,6 +26,9 @@
 // Endpoints (HEAD is accepted wherever GET is, and gets no body):
 //
 //   GET /healthz        200 "ok\n" (text/plain).
+//   GET /_requests      200 with the number of complete requests served so far
+//                       (all but /healthz and /_requests itself), text/plain:
+//                       lets tests prove the proxy forwarded nothing.
 //   GET /tiny           200 with exactly 64 bytes of text/plain body, served
 //                       from a precomputed response (benchmarks).
 //   GET /bytes/N        200 with an N-byte body, Content-Length framed. Byte i
@@ -95,6 +98,7 @@ std::string g_tiny_close;
 enum class Route : uint8_t {
   kEcho,
   kHealthz,
+  kRequests,
   kTiny,
   kBytes,
   kChunked,
@@ -672,6 +676,9 @@ int onHeaderValueComplete(llhttp_t* p) {
   return 0;
 }
 
+// Complete requests served (see GET /_requests); the loop is single-threaded.
+uint64_t g_requests = 0;
+
 void routeRequest(Conn* c) {
   const bool get = c->parser.method == HTTP_GET || c->parser.method == HTTP_HEAD;
   std::string_view target = c->url;
@@ -683,6 +690,7 @@ void routeRequest(Conn* c) {
     return true;
   };
   if (get && path == "/healthz") { c->route = Route::kHealthz; return; }
+  if (get && path == "/_requests") { c->route = Route::kRequests; return; }
   if (get && path == "/tiny") { c->route = Route::kTiny; return; }
   if (get && numberAfter("/bytes/", Route::kBytes)) return;
   if (get && numberAfter("/chunked/", Route::kChunked)) return;
@@ -802,6 +810,7 @@ void startStream(Conn* c, uint64_t length, uint64_t send, bool chunked, bool clo
 int onMessageComplete(llhttp_t* p) {
   Conn* c = connOf(p);
   const bool head_only = p->method == HTTP_HEAD;
+  if (c->route != Route::kHealthz && c->route != Route::kRequests) ++g_requests;
   if (!llhttp_should_keep_alive(p) || p->upgrade) c->closing_after = true;
 
   if (c->route == Route::kUpload) {
@@ -826,6 +835,9 @@ int onMessageComplete(llhttp_t* p) {
     switch (c->route) {
       case Route::kHealthz:
         appendSimple(c, 200, "text/plain", "ok\n", head_only);
+        break;
+      case Route::kRequests:
+        appendSimple(c, 200, "text/plain", std::to_string(g_requests) + "\n", head_only);
         break;
       case Route::kTiny: {
         const std::string& r = c->closing_after ? g_tiny_close

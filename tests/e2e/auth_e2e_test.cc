@@ -63,6 +63,7 @@ class AuthE2E : public ::testing::Test {
 };
 
 TEST_F(AuthE2E, MissingOrBadTokensGet401WithTheRightChallenge) {
+  const uint64_t before = backend_.requests();
   Client c(proxy_->httpPort());
   HttpResponse none = c.roundTrip(getRequest("/v1/status"));
   expectProxyError(none, 401, "unauthorized");
@@ -79,6 +80,7 @@ TEST_F(AuthE2E, MissingOrBadTokensGet401WithTheRightChallenge) {
     expectProxyError(r, 401, "unauthorized");
     EXPECT_EQ(r.header("www-authenticate").value_or(""), "Bearer error=\"invalid_token\"");
   }
+  EXPECT_EQ(backend_.requests(), before) << "a refused request reached the backend";
   // Public routes need nothing.
   EXPECT_EQ(c.roundTrip(getRequest("/public/x")).status, 200);
 }
@@ -98,9 +100,11 @@ TEST_F(AuthE2E, ValidTokenGetsThroughWithIdentityFromTheTokenOnly) {
 }
 
 TEST_F(AuthE2E, TenantsCannotReachEachOtherAndRolesAreLeastPrivilege) {
+  const uint64_t before = backend_.requests();
   Client c(proxy_->httpPort());
   expectProxyError(c.roundTrip(getRequest("/v1/accounts/beta/orders", bearer(acme_))), 403, "forbidden");
   expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/orders", bearer(beta_))), 403, "forbidden");
+  EXPECT_EQ(backend_.requests(), before) << "a refused request reached the backend";
   EXPECT_EQ(c.roundTrip(getRequest("/v1/accounts/beta/orders", bearer(beta_))).status, 200);
   // Traversal cannot borrow another tenant's path: normalised first.
   expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/../beta/orders", bearer(acme_))), 403, "forbidden");
@@ -109,6 +113,7 @@ TEST_F(AuthE2E, TenantsCannotReachEachOtherAndRolesAreLeastPrivilege) {
   HttpResponse up = c.roundTrip("POST /v1/accounts/beta/uploads HTTP/1.1\r\nHost: e2e.test\r\n" + bearer(beta_) +
                                 "Content-Length: 2\r\n\r\nhi");
   expectProxyError(up, 403, "forbidden");
+  EXPECT_EQ(backend_.requests(), before + 1) << "only the allowed request reached the backend";
 }
 
 TEST_F(AuthE2E, RevocationStopsAnOpenConnectionWithoutASignal) {
@@ -122,6 +127,9 @@ TEST_F(AuthE2E, RevocationStopsAnOpenConnectionWithoutASignal) {
     status = c.roundTrip(getRequest("/v1/status", bearer(acme_))).status;
   }
   EXPECT_EQ(status, 401) << "revoked token still accepted on the same keep-alive connection";
+  const uint64_t before = backend_.requests();
+  expectProxyError(c.roundTrip(getRequest("/v1/status", bearer(acme_))), 401, "unauthorized");
+  EXPECT_EQ(backend_.requests(), before) << "a revoked token's request reached the backend";
   EXPECT_EQ(c.roundTrip(getRequest("/v1/status", bearer(beta_))).status, 200) << "others are unaffected";
 }
 
@@ -159,6 +167,7 @@ TEST(AuthInactivityE2E, TokenUnusedTooLongIsRefused) {
   Client c(proxy.httpPort());
   HttpResponse r = c.roundTrip(getRequest("/x", bearer(token)));
   expectProxyError(r, 401, "unauthorized");
+  EXPECT_EQ(backend.requests(), 0u) << "an inactive token's request reached the backend";
   EXPECT_EQ(c.roundTrip(getRequest("/x", bearer(fresh))).status, 200);
 }
 

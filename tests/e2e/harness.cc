@@ -1048,4 +1048,10 @@ void expectProxyError(const HttpResponse& r, int status, const std::string& code
   }
 }
 
+uint64_t DemoBackend::requests() {
+  Client c(port_);
+  HttpResponse r = c.roundTrip(getRequest("/_requests"));
+  return std::strtoull(r.body.c_str(), nullptr, 10);
+}
+
 }  // namespace portcullis::e2e

@@ -129,6 +129,9 @@ class DemoBackend {
   uint16_t port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   ChildProcess& process() { return *proc_; }
+  // Complete requests the backend has served (asked directly, not through
+  // the proxy): proves a refused request was never forwarded.
+  uint64_t requests();
 
  private:
   TempDir dir_;

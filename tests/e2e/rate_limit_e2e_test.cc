@@ -43,12 +43,14 @@ TEST(RateLimitE2E, IpLimitBurstThen429WithHeaders) {
     EXPECT_EQ(r.header("ratelimit").value_or("").rfind("\"ip\";r=" + std::to_string(2 - i) + ";t=", 0), 0u)
         << r.header("ratelimit").value_or("");
   }
+  ASSERT_EQ(backend.requests(), 3u);
   HttpResponse limited = c.roundTrip(getRequest("/too-many"));
   expectProxyError(limited, 429, "rate_limited");
   const int retry = std::atoi(limited.header("retry-after").value_or("0").c_str());
   EXPECT_GE(retry, 90);
   EXPECT_LE(retry, 101);
   EXPECT_EQ(limited.header("ratelimit").value_or("").rfind("\"ip\";r=0;t=", 0), 0u);
+  EXPECT_EQ(backend.requests(), 3u) << "a limited request reached the backend";
   // Nothing limited reached the backend: it echoed exactly 3 requests.
   EXPECT_EQ(proxy.waitForMetric("portcullis_requests_total{route=\"/\",method=\"GET\",status=\"200\"}", 3), 3);
   EXPECT_EQ(proxy.waitForMetric("portcullis_requests_total{route=\"/\",method=\"GET\",status=\"429\"}", 1), 1);
@@ -81,8 +83,10 @@ TEST_F(TokenRateE2E, EachTokenHasItsOwnBucketAndRolesOverride) {
   HttpResponse second = c.roundTrip(getRequest("/x", bearer(a_)));
   EXPECT_EQ(second.status, 200);
   EXPECT_EQ(second.header("ratelimit-policy").value_or(""), "\"token\";q=2;w=200");
+  const uint64_t before = backend_.requests();
   HttpResponse third = c.roundTrip(getRequest("/x", bearer(a_)));
   expectProxyError(third, 429, "rate_limited");
+  EXPECT_EQ(backend_.requests(), before) << "a limited request reached the backend";
   EXPECT_GE(std::atoi(third.header("retry-after").value_or("0").c_str()), 1);
   // Another token is independent of the first.
   EXPECT_EQ(c.roundTrip(getRequest("/x", bearer(b_))).status, 200);
@@ -103,8 +107,10 @@ TEST_F(TokenRateE2E, RepeatedAuthFailuresBanTheIpEvenForValidTokens) {
     if (!banned) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_TRUE(banned);
+  const uint64_t before = backend_.requests();
   HttpResponse r = c.roundTrip(getRequest("/x", bearer(b_)));
   expectProxyError(r, 429, "rate_limited");
+  EXPECT_EQ(backend_.requests(), before) << "a banned IP's request reached the backend";
   EXPECT_GE(std::atoi(r.header("retry-after").value_or("0").c_str()), 1);
   // The ban ends after ban_s (2 s); a successful request would not have
   // lifted it earlier.
