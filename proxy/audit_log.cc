@@ -1,0 +1,635 @@
+#include "proxy/audit_log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <openssl/sha.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+
+#include "proxy/access_log.h"
+#include "proxy/audit_verify.h"
+
+namespace portcullis {
+
+// ---------------------------------------------------------------------------
+// AuditFields
+// ---------------------------------------------------------------------------
+
+void AuditFields::key(std::string_view k) {
+  if (!out_.empty()) out_ += ',';
+  out_ += '"';
+  appendJsonEscaped(k, out_);
+  out_ += "\":";
+}
+
+AuditFields& AuditFields::str(std::string_view k, std::string_view value) {
+  key(k);
+  out_ += '"';
+  appendJsonEscaped(value, out_);
+  out_ += '"';
+  return *this;
+}
+
+AuditFields& AuditFields::num(std::string_view k, int64_t value) {
+  key(k);
+  char buf[24];
+  out_.append(buf, std::to_chars(buf, buf + sizeof buf, value).ptr);
+  return *this;
+}
+
+AuditFields& AuditFields::unum(std::string_view k, uint64_t value) {
+  key(k);
+  char buf[24];
+  out_.append(buf, std::to_chars(buf, buf + sizeof buf, value).ptr);
+  return *this;
+}
+
+// ---------------------------------------------------------------------------
+// AuditLog
+// ---------------------------------------------------------------------------
+
+namespace {
+
+constexpr int64_t kIdleWakeNs = 20 * 1000 * 1000;
+constexpr size_t kWakeEvery = 1024;
+constexpr int64_t kSyncEveryUs = 1000 * 1000;
+constexpr size_t kMaxBatch = 4096;
+constexpr size_t kTailChunk = 64 * 1024;
+// A last line longer than this is not read to see whether it parses.
+constexpr size_t kMaxTailLine = 16u << 20;
+
+int64_t nowUs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t monoUs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+void futexWait(std::atomic<uint32_t>* word, uint32_t expected, long timeout_ns) {
+  struct timespec ts = {timeout_ns / 1000000000L, timeout_ns % 1000000000L};
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, &ts, nullptr, 0);
+}
+
+void futexWakeOne(std::atomic<uint32_t>* word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+}
+
+bool makeParentDirs(const std::string& path, std::string& error) {
+  for (size_t pos = path.find('/', 1); pos != std::string::npos; pos = path.find('/', pos + 1)) {
+    const std::string dir = path.substr(0, pos);
+    if (dir.back() != '/' && mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
+      error = "cannot create directory " + dir + ": " + std::strerror(errno);
+      return false;
+    }
+  }
+  return true;
+}
+
+int openAudit(const std::string& path, std::string& error) {
+  if (!makeParentDirs(path, error)) return -1;
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+  if (fd < 0) error = "cannot open audit log " + path + ": " + std::strerror(errno);
+  return fd;
+}
+
+bool preadAll(int fd, char* p, size_t n, off_t off) {
+  while (n > 0) {
+    const ssize_t r = ::pread(fd, p, n, off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+    off += r;
+  }
+  return true;
+}
+
+bool writeAllFd(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// Offset of the first byte of the line whose content ends at `content_end`
+// (just after the '\n' before it, or 0). -1 on a read error.
+off_t findLineStart(int fd, off_t content_end) {
+  char buf[kTailChunk];
+  off_t end = content_end;
+  while (end > 0) {
+    const off_t begin = end > static_cast<off_t>(kTailChunk) ? end - static_cast<off_t>(kTailChunk) : 0;
+    if (!preadAll(fd, buf, static_cast<size_t>(end - begin), begin)) return -1;
+    const void* nl = memrchr(buf, '\n', static_cast<size_t>(end - begin));
+    if (nl != nullptr) return begin + (static_cast<const char*>(nl) - buf) + 1;
+    end = begin;
+  }
+  return 0;
+}
+
+// The MAC context of the active key of `keys`, or nullptr with `error`.
+std::unique_ptr<AuditMac> activeMac(const KeyProvider* keys, std::string& error) {
+  if (keys == nullptr || !validKeyringId(keys->activeKeyId())) {
+    error = "audit log: no valid active key in the keyring";
+    return nullptr;
+  }
+  std::unique_ptr<AuditMac> m = AuditMac::create(*keys, keys->activeKeyId());
+  if (!m) error = "audit log: active key '" + keys->activeKeyId() + "' is not in the keyring";
+  return m;
+}
+
+size_t roundUpPow2(size_t n) {
+  size_t c = 2;
+  while (c < n) c <<= 1;
+  return c;
+}
+
+}  // namespace
+
+void AuditLog::Event::setName(std::string_view n) {
+  if (n.size() <= sizeof event) {
+    std::memcpy(event, n.data(), n.size());
+    event_len = static_cast<uint8_t>(n.size());
+    if (!long_event.empty()) long_event.clear();
+  } else {
+    long_event.assign(n.data(), n.size());
+  }
+}
+
+std::string_view AuditLog::Event::name() const {
+  return long_event.empty() ? std::string_view(event, event_len) : std::string_view(long_event);
+}
+
+AuditLog::AuditLog(size_t capacity)
+    : mask_(roundUpPow2(capacity) - 1), cells_(new Cell[mask_ + 1]), prev_(kAuditZeroMac) {
+  for (size_t i = 0; i <= mask_; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
+}
+
+AuditLog::~AuditLog() { stop(); }
+
+bool AuditLog::setKeys(std::shared_ptr<const KeyProvider> keys, std::string& error) {
+  std::unique_ptr<AuditMac> m = activeMac(keys.get(), error);
+  if (!m) return false;
+  std::lock_guard<std::mutex> lock(handoff_mu_);
+  pending_mac_ = std::move(m);
+  key_pending_.store(true, std::memory_order_release);
+  return true;
+}
+
+void AuditLog::setTee(std::function<void(std::string_view)> tee) {
+  std::lock_guard<std::mutex> lock(handoff_mu_);
+  pending_tee_ = std::move(tee);
+  tee_pending_.store(true, std::memory_order_release);
+  key_pending_.store(true, std::memory_order_release);  // makes the writer look
+}
+
+void AuditLog::refreshKey() {
+  if (!key_pending_.load(std::memory_order_acquire)) return;
+  std::lock_guard<std::mutex> lock(handoff_mu_);
+  if (pending_mac_) mac_ = std::move(pending_mac_);
+  if (tee_pending_.load(std::memory_order_relaxed)) {
+    tee_ = std::move(pending_tee_);
+    pending_tee_ = nullptr;
+    tee_pending_.store(false, std::memory_order_relaxed);
+  }
+  key_pending_.store(false, std::memory_order_relaxed);
+}
+
+// Finds where the chain in `fd` ends (see start()), writes the missing '\n' of
+// a torn tail, and formats the audit.torn record describing it.
+bool AuditLog::initChain(int fd, std::string& error) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    error = "audit log " + path_ + ": " + std::strerror(errno);
+    return false;
+  }
+  const off_t size = st.st_size;
+  if (size == 0) return true;
+  char last = 0;
+  if (!preadAll(fd, &last, 1, size - 1)) {
+    error = "audit log " + path_ + ": read failed";
+    return false;
+  }
+  // Walk back line by line to the last one that parses as a record.
+  off_t end = size;  // lines at [end, size) do not parse
+  bool found = false;
+  std::string line;
+  while (end > 0) {
+    const off_t content_end = (end == size && last != '\n') ? end : end - 1;
+    const off_t start = findLineStart(fd, content_end);
+    if (start < 0) {
+      error = "audit log " + path_ + ": read failed";
+      return false;
+    }
+    const size_t len = static_cast<size_t>(content_end - start);
+    if (len <= kMaxTailLine) {
+      line.resize(len);
+      if (len > 0 && !preadAll(fd, line.data(), len, start)) {
+        error = "audit log " + path_ + ": read failed";
+        return false;
+      }
+      AuditLine rec;
+      if (parseAuditLine(line, rec)) {
+        next_seq_ = rec.seq + 1;
+        prev_.assign(rec.mac.data(), rec.mac.size());
+        found = true;
+        break;
+      }
+    }
+    end = start;
+  }
+  if (found && end == size && last != '\n') {
+    // A complete record that only lacks its '\n'.
+    if (!writeAllFd(fd, "\n", 1)) {
+      error = "audit log " + path_ + ": write failed: " + std::strerror(errno);
+      return false;
+    }
+    return true;
+  }
+  if (end >= size) return true;  // `end` is just after the good record's '\n'
+  // Torn region [end, size), hashed without its final '\n'.
+  const off_t hashed_end = last == '\n' ? size - 1 : size;
+  SHA256_CTX sha;
+  SHA256_Init(&sha);
+  std::string chunk(kTailChunk, '\0');
+  for (off_t off = end; off < hashed_end;) {
+    const size_t n = static_cast<size_t>(std::min<off_t>(hashed_end - off, static_cast<off_t>(kTailChunk)));
+    if (!preadAll(fd, chunk.data(), n, off)) {
+      error = "audit log " + path_ + ": read failed";
+      return false;
+    }
+    SHA256_Update(&sha, chunk.data(), n);
+    off += static_cast<off_t>(n);
+  }
+  uint8_t digest[32];
+  SHA256_Final(digest, &sha);
+  if (last != '\n' && !writeAllFd(fd, "\n", 1)) {
+    error = "audit log " + path_ + ": write failed: " + std::strerror(errno);
+    return false;
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (uint8_t b : digest) {
+    hex += kHex[b >> 4];
+    hex += kHex[b & 0xF];
+  }
+  // Not AuditFields: parseAuditLine expects exactly this layout.
+  std::string fields = "\"torn_bytes\":" + std::to_string(hashed_end - end) + ",\"torn_sha256\":\"" + hex + "\"";
+  emit("audit.torn", fields);
+  return true;
+}
+
+bool AuditLog::start(const std::string& path, std::shared_ptr<const KeyProvider> keys, std::string& error) {
+  std::lock_guard<std::mutex> lock(lifecycle_mu_);
+  if (started_ || stopped_) {
+    error = "audit log already started";
+    return false;
+  }
+  std::unique_ptr<AuditMac> m = activeMac(keys.get(), error);
+  if (!m) return false;
+  const int fd = openAudit(path, error);
+  if (fd < 0) return false;
+  path_ = path;
+  mac_ = std::move(m);
+  now_us_ = nowUs();
+  if (!initChain(fd, error)) {
+    ::close(fd);
+    out_.clear();
+    out_records_ = 0;
+    return false;
+  }
+  fd_ = fd;
+  emit("audit.start", "\"pid\":" + std::to_string(::getpid()));
+  next_seq_pub_.store(next_seq_, std::memory_order_relaxed);
+  started_ = true;
+  running_.store(true, std::memory_order_release);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  thread_ = std::thread([this] { run(); });
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  pthread_setname_np(thread_.native_handle(), "pc-audit");
+  return true;
+}
+
+void AuditLog::wakeWriter() {
+  if (sleeping_.exchange(0, std::memory_order_seq_cst) != 0) futexWakeOne(&sleeping_);
+}
+
+void AuditLog::pushOverflow(Node* node) {
+  overflow_pending_.fetch_add(1, std::memory_order_seq_cst);
+  Node* head = overflow_head_.load(std::memory_order_relaxed);
+  do {
+    node->next = head;
+  } while (!overflow_head_.compare_exchange_weak(head, node, std::memory_order_release,
+                                                 std::memory_order_relaxed));
+}
+
+void AuditLog::record(std::string_view event, std::string&& fields) {
+  inflight_.fetch_add(1, std::memory_order_seq_cst);
+  if (!accepting_.load(std::memory_order_seq_cst)) {
+    inflight_.fetch_sub(1, std::memory_order_release);
+    lost_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (overflow_pending_.load(std::memory_order_seq_cst) == 0) {
+    size_t pos = enqueue_pos_.load(std::memory_order_relaxed);
+    for (;;) {
+      Cell* cell = &cells_[pos & mask_];
+      const size_t seq = cell->seq.load(std::memory_order_acquire);
+      const intptr_t dif = static_cast<intptr_t>(seq) - static_cast<intptr_t>(pos);
+      if (dif == 0) {
+        if (enqueue_pos_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+          cell->ev.setName(event);
+          cell->ev.fields = std::move(fields);
+          cell->seq.store(pos + 1, std::memory_order_seq_cst);
+          inflight_.fetch_sub(1, std::memory_order_release);
+          if ((pos & (kWakeEvery - 1)) == kWakeEvery - 1 && sleeping_.load(std::memory_order_seq_cst) != 0) {
+            wakeWriter();
+          }
+          return;
+        }
+      } else if (dif < 0) {
+        break;  // full: overflow path
+      } else {
+        pos = enqueue_pos_.load(std::memory_order_relaxed);
+      }
+    }
+  }
+  Node* node = new Node;
+  node->ev.setName(event);
+  node->ev.fields = std::move(fields);
+  overflowed_.fetch_add(1, std::memory_order_relaxed);
+  pushOverflow(node);
+  inflight_.fetch_sub(1, std::memory_order_release);
+  if (sleeping_.load(std::memory_order_seq_cst) != 0) wakeWriter();
+}
+
+void AuditLog::reopen() {
+  reopen_requested_.store(true, std::memory_order_seq_cst);
+  wakeWriter();
+}
+
+void AuditLog::flush() {
+  if (!running_.load(std::memory_order_acquire)) return;
+  inflight_.fetch_add(1, std::memory_order_seq_cst);
+  if (!accepting_.load(std::memory_order_seq_cst)) {
+    inflight_.fetch_sub(1, std::memory_order_release);
+    return;
+  }
+  Barrier barrier;
+  Node* node = new Node;
+  node->barrier = &barrier;
+  pushOverflow(node);
+  inflight_.fetch_sub(1, std::memory_order_release);
+  wakeWriter();
+  std::unique_lock<std::mutex> lock(flush_mu_);
+  flush_cv_.wait(lock, [&] { return barrier.done; });
+}
+
+void AuditLog::stop() {
+  std::lock_guard<std::mutex> lock(lifecycle_mu_);
+  if (stopped_) return;
+  stopped_ = true;
+  accepting_.store(false, std::memory_order_seq_cst);
+  if (thread_.joinable()) {
+    stopping_.store(true, std::memory_order_seq_cst);
+    wakeWriter();
+    thread_.join();
+  } else {
+    // Never started: events recorded so far cannot be written.
+    while (inflight_.load(std::memory_order_seq_cst) != 0) sched_yield();
+    lost_.fetch_add(depth(), std::memory_order_relaxed);
+    for (Node* n = overflow_head_.exchange(nullptr); n != nullptr;) {
+      Node* next = n->next;
+      delete n;
+      n = next;
+    }
+  }
+  running_.store(false, std::memory_order_release);
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+}
+
+uint64_t AuditLog::depth() const {
+  const size_t enq = enqueue_pos_.load(std::memory_order_relaxed);
+  const size_t deq = dequeue_pos_.load(std::memory_order_relaxed);
+  return (enq > deq ? enq - deq : 0) + overflow_pending_.load(std::memory_order_relaxed);
+}
+
+void AuditLog::emit(std::string_view event, std::string_view fields) {
+  // Per event, so that an event recorded after setKeys() returned is always
+  // signed with the new key (setKeys publishes before that record() does).
+  refreshKey();
+  const size_t start = out_.size();
+  char num[24];
+  out_ += "{\"seq\":";
+  out_.append(num, std::to_chars(num, num + sizeof num, next_seq_).ptr);
+  out_ += ",\"ts\":\"";
+  appendRfc3339Micros(now_us_, out_);
+  out_ += "\",\"event\":\"";
+  appendJsonEscaped(event, out_);
+  out_ += '"';
+  if (!fields.empty()) {
+    out_ += ',';
+    const size_t f = out_.size();
+    out_ += fields;
+    for (size_t i = f; i < out_.size(); ++i) {
+      if (out_[i] == '\n' || out_[i] == '\r') out_[i] = ' ';
+    }
+  }
+  out_ += ",\"key_id\":\"";
+  out_ += mac_->keyId();
+  out_ += "\",\"prev\":\"";
+  out_ += prev_;
+  out_ += '"';
+  std::string mac;
+  mac.reserve(64);
+  mac_->appendMacHex(prev_, std::string_view(out_).substr(start), mac);
+  out_ += ",\"mac\":\"";
+  out_ += mac;
+  out_ += "\"}\n";
+  prev_ = std::move(mac);
+  ++next_seq_;
+  ++out_records_;
+}
+
+// Moves up to `limit` published events from the ring into out_. With
+// `wait_claimed`, a cell claimed but not yet published is waited for (its
+// producer is between two stores) instead of ending the batch.
+size_t AuditLog::drainRing(size_t limit, bool wait_claimed) {
+  size_t pos = dequeue_pos_.load(std::memory_order_relaxed);
+  size_t n = 0;
+  while (n < limit) {
+    Cell& cell = cells_[pos & mask_];
+    if (cell.seq.load(std::memory_order_acquire) != pos + 1) {
+      if (!wait_claimed) break;
+      sched_yield();
+      continue;
+    }
+    emit(cell.ev.name(), cell.ev.fields);
+    std::string().swap(cell.ev.fields);
+    cell.seq.store(pos + mask_ + 1, std::memory_order_release);
+    ++pos;
+    ++n;
+    dequeue_pos_.store(pos, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+// One step of the writer: formats the next events into out_ in order.
+// Returns whether there was anything to take.
+bool AuditLog::drainOnce() {
+  now_us_ = nowUs();
+  Node* list = overflow_head_.exchange(nullptr, std::memory_order_acq_rel);
+  if (list == nullptr) return drainRing(kMaxBatch, false) > 0;
+  // Everything claimed in the ring before these nodes were pushed goes first.
+  const size_t target = enqueue_pos_.load(std::memory_order_seq_cst);
+  const size_t deq = dequeue_pos_.load(std::memory_order_relaxed);
+  if (target > deq) drainRing(target - deq, true);
+  Node* fifo = nullptr;
+  while (list != nullptr) {
+    Node* next = list->next;
+    list->next = fifo;
+    fifo = list;
+    list = next;
+  }
+  while (fifo != nullptr) {
+    Node* next = fifo->next;
+    if (fifo->barrier != nullptr) {
+      writeOut(false);
+      syncNow();
+      overflow_pending_.fetch_sub(1, std::memory_order_seq_cst);
+      std::lock_guard<std::mutex> lock(flush_mu_);
+      fifo->barrier->done = true;
+      flush_cv_.notify_all();
+    } else {
+      emit(fifo->ev.name(), fifo->ev.fields);
+      overflow_pending_.fetch_sub(1, std::memory_order_seq_cst);
+    }
+    delete fifo;
+    fifo = next;
+  }
+  return true;
+}
+
+void AuditLog::writeOut(bool stopping) {
+  if (out_written_bytes_ == out_.size()) {
+    out_.clear();
+    out_written_bytes_ = 0;
+    return;
+  }
+  const int64_t first_failure = monoUs();
+  while (out_written_bytes_ < out_.size()) {
+    const ssize_t w = ::write(fd_, out_.data() + out_written_bytes_, out_.size() - out_written_bytes_);
+    if (w > 0) {
+      out_written_bytes_ += static_cast<size_t>(w);
+      continue;
+    }
+    if (w < 0 && errno == EINTR) continue;
+    if (!write_failing_) {
+      std::fprintf(stderr, "portcullis: writing audit log %s failed: %s; retrying\n", path_.c_str(),
+                   std::strerror(errno));
+      write_failing_ = true;
+    }
+    if ((stopping || stopping_.load(std::memory_order_relaxed)) && monoUs() - first_failure > 5000000) {
+      std::fprintf(stderr, "portcullis: audit log %s: giving up on %zu records at shutdown\n", path_.c_str(),
+                   out_records_);
+      lost_.fetch_add(out_records_, std::memory_order_relaxed);
+      out_.clear();
+      out_written_bytes_ = 0;
+      out_records_ = 0;
+      return;
+    }
+    struct timespec ts = {0, 100 * 1000 * 1000};
+    nanosleep(&ts, nullptr);
+  }
+  write_failing_ = false;
+  dirty_ = true;
+  written_.fetch_add(out_records_, std::memory_order_relaxed);
+  if (tee_) {
+    std::string_view all(out_);
+    while (!all.empty()) {
+      const size_t nl = all.find('\n');
+      tee_(all.substr(0, nl + 1));
+      all.remove_prefix(nl + 1);
+    }
+  }
+  out_.clear();
+  out_written_bytes_ = 0;
+  out_records_ = 0;
+}
+
+void AuditLog::syncNow() {
+  if (dirty_ && fd_ >= 0) ::fdatasync(fd_);
+  dirty_ = false;
+  last_sync_us_ = monoUs();
+}
+
+void AuditLog::doReopen() {
+  std::string error;
+  const int fd = openAudit(path_, error);
+  if (fd < 0) {
+    std::fprintf(stderr, "portcullis: reopening audit log failed, keeping the old file: %s\n", error.c_str());
+    return;
+  }
+  ::close(fd_);
+  fd_ = fd;
+  write_failing_ = false;
+}
+
+void AuditLog::run() {
+  last_sync_us_ = monoUs();
+  for (;;) {
+    refreshKey();
+    if (reopen_requested_.exchange(false, std::memory_order_acq_rel)) {
+      writeOut(false);
+      syncNow();
+      doReopen();
+    }
+    const bool stopping = stopping_.load(std::memory_order_acquire);
+    const bool got = drainOnce();
+    writeOut(stopping);
+    next_seq_pub_.store(next_seq_, std::memory_order_relaxed);
+    if (dirty_ && (!got || monoUs() - last_sync_us_ >= kSyncEveryUs)) syncNow();
+    if (got) continue;
+    if (stopping) break;
+    sleeping_.store(1, std::memory_order_seq_cst);
+    const size_t pos = dequeue_pos_.load(std::memory_order_relaxed);
+    const bool ready = cells_[pos & mask_].seq.load(std::memory_order_seq_cst) == pos + 1 ||
+                       overflow_head_.load(std::memory_order_seq_cst) != nullptr ||
+                       stopping_.load(std::memory_order_seq_cst) ||
+                       reopen_requested_.load(std::memory_order_seq_cst);
+    if (!ready) futexWait(&sleeping_, 1, kIdleWakeNs);
+    sleeping_.store(0, std::memory_order_relaxed);
+  }
+  // accepting_ is false: wait for record() calls already past their check,
+  // then write everything they published.
+  while (inflight_.load(std::memory_order_seq_cst) != 0) sched_yield();
+  while (drainOnce()) writeOut(true);
+  writeOut(true);
+  syncNow();
+  next_seq_pub_.store(next_seq_, std::memory_order_relaxed);
+}
+
+}  // namespace portcullis

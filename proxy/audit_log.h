@@ -1,0 +1,250 @@
+// Tamper-evident audit log (SPEC §8).
+//
+// Record format: one JSON object a line, members in exactly this order:
+//
+//   {"seq":N,"ts":"<RFC 3339 UTC, µs>","event":"<name>"[,<fields>],
+//    "key_id":"<keyring id>","prev":"<64 hex>","mac":"<64 hex>"}\n
+//
+// (one line; wrapped here). `seq` counts from 1 and is gapless across restarts,
+// log rotation and key rotation. `prev` is the `mac` of the previous record, or
+// 64 '0' for the first record of a chain. `key_id` names the keyring key the
+// record's MAC key is derived from (the keyring's ACTIVE key when it was
+// written), so records written before a key rotation stay verifiable as long as
+// the old key stays in the keyring.
+//
+// Canonical form and MAC. Let BODY be the record line up to, not including, the
+// final `,"mac":"` (that is, the line with its `,"mac":"<64 hex>"}` tail and the
+// '\n' removed). Then
+//
+//   mac = lowercase hex of HMAC-SHA256(audit_key, PREV || BODY || "}")
+//
+// where PREV is the 64 ASCII hex characters of `prev` (as they appear in the
+// line) and audit_key = HKDF-SHA256(master key `key_id`, salt = empty,
+// info = "portcullis-audit", 32 bytes). Editing any byte of a record breaks its
+// mac; deleting, inserting or reordering records breaks the seq/prev chain.
+//
+// Reserved events, written by AuditLog itself:
+//   audit.start  on every start(); fields: "pid":N
+//   audit.torn   on start() when the file did not end with a complete record:
+//                "torn_bytes":K,"torn_sha256":"<hex>" over the bytes from the
+//                start of the first unparsable (or unterminated) line after the
+//                last parsable record to the end of the file, excluding the
+//                final '\n' (start() adds that '\n' when it was missing).
+// Callers must not use the `audit.` prefix.
+//
+// Key material and tokens are never written: callers put token ids, never
+// tokens, into fields, and the audit key only ever lives in HMAC state.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "proxy/keyring.h"
+
+namespace portcullis {
+
+class AuditMac;
+
+// Builds the `fields` fragment of AuditLog::record(): JSON members separated by
+// commas, without braces, e.g. `"reason":"bad_secret","ip":"1.2.3.4"`. Keys and
+// string values are escaped with appendJsonEscaped, so any value, however
+// hostile, stays inside its string. Numbers are written with std::to_chars.
+class AuditFields {
+ public:
+  AuditFields& str(std::string_view key, std::string_view value);
+  AuditFields& num(std::string_view key, int64_t value);
+  AuditFields& unum(std::string_view key, uint64_t value);
+  // Moves the fragment out (for record()); the builder is empty afterwards.
+  std::string take() { return std::move(out_); }
+  const std::string& view() const { return out_; }
+
+ private:
+  void key(std::string_view k);
+  std::string out_;
+};
+
+// AuditLog owns one audit log file and one writer thread.
+//
+// record() policy: never blocks, never takes a mutex, never drops an accepted
+// event. An event first goes into a bounded lock-free ring (Vyukov's bounded
+// queue, as in LogWriter). When the ring is full it goes instead onto an
+// unbounded lock-free overflow list (a Treiber stack of heap nodes that the
+// writer takes whole and reverses), counted in overflowed(); memory, not events,
+// is what an overload costs. The only system call record() can make is a futex
+// wake of a sleeping writer, at most once every 1024 events or when the ring is
+// full. (The overflow path allocates, and malloc may itself call mmap.)
+//
+// Ordering: the writer assigns seq in the order it takes events, and events
+// are written in seq order. If record(A) happens-before record(B) (same thread,
+// or any synchronisation between the callers), A gets the smaller seq. This
+// holds across the two paths: while any overflow node is unconsumed, every
+// record() also takes the overflow path, and before consuming overflow nodes the
+// writer first drains every ring slot claimed before it took them.
+//
+// Writer thread: assigns seq, ts (its clock at write time), key_id, prev and
+// mac; writes batches with write(2); fdatasync()s at least once a second while
+// records are being written, whenever it goes idle with unsynced records, and on
+// flush() and stop(). On a write error it reports once on stderr and retries
+// the unwritten bytes every 100 ms (events keep queueing in memory); only
+// stop() gives up after 5 s of failures, counting the lost records in lost().
+class AuditLog {
+ public:
+  // `capacity`: ring size in events, rounded up to a power of two (at least 2).
+  explicit AuditLog(size_t capacity = 16384);
+  // Calls stop().
+  ~AuditLog();
+  AuditLog(const AuditLog&) = delete;
+  AuditLog& operator=(const AuditLog&) = delete;
+
+  // Opens `path` for appending (creating it with mode 0640 and missing parent
+  // directories with mode 0750), continues the chain found at its end, and
+  // starts the writer thread. Continuing: the last complete line that parses
+  // as a record gives the next seq and prev (its mac is not verified, and its
+  // key_id need not be in `keys`). Anything after it (an unterminated or
+  // unparsable tail) is kept, terminated with '\n' if needed, and described by
+  // an audit.torn record; then an audit.start record follows. Events recorded
+  // before start() are written after these. Returns false with a one-line
+  // `error` if the file cannot be opened or read, `keys` is null or has no
+  // usable active key, or start() was already called. Call once.
+  bool start(const std::string& path, std::shared_ptr<const KeyProvider> keys,
+             std::string& error);
+
+  // Switches the MAC key of later records to the active key of `keys` (config
+  // reload / key rotation). The audit key is derived here, on the caller's
+  // thread, and handed to the writer under a mutex that only this call and the
+  // writer (once per batch, when a new key is pending) take. Records already
+  // queued may still be written with the old key. Returns false with `error`
+  // (and keeps the current key) when `keys` has no usable active key.
+  bool setKeys(std::shared_ptr<const KeyProvider> keys, std::string& error);
+
+  // Queues one event. `event` is the event name (e.g. "auth.failure"); it is
+  // copied (escaped by the writer). `fields` is a JSON members fragment as
+  // built by AuditFields (may be empty); its buffer is moved, not copied. Any
+  // raw '\n' or '\r' in it is written as a space, so one event stays one line.
+  // Thread-safe; see the class comment for blocking, ordering and overflow.
+  // After stop() the event cannot be written: it is counted in lost().
+  void record(std::string_view event, std::string&& fields);
+
+  // Asks the writer to reopen the path (logrotate: rename, then reopen()). The
+  // new file continues seq and prev from the last record of the old one.
+  // Thread-safe, non-blocking, not async-signal-safe.
+  void reopen();
+
+  // Blocks until every event recorded before this call is written and
+  // fdatasync()ed. Not from an event loop. Returns at once if not running.
+  void flush();
+
+  // Writes everything recorded before, fdatasync()s, joins the writer and
+  // closes the file. Idempotent; a stopped log cannot be started again.
+  void stop();
+
+  // Called on the writer thread with each written line (including its '\n'),
+  // after it was written to the file. For a SIEM sink; it must not block for
+  // long. Set before start(), or when nothing else calls setTee() (the writer
+  // reads it under the same tiny mutex as the keys).
+  void setTee(std::function<void(std::string_view line)> tee);
+
+  // Counters (relaxed reads; exact when quiescent).
+  uint64_t written() const { return written_.load(std::memory_order_relaxed); }
+  uint64_t overflowed() const { return overflowed_.load(std::memory_order_relaxed); }
+  uint64_t lost() const { return lost_.load(std::memory_order_relaxed); }
+  // Events recorded and not yet written.
+  uint64_t depth() const;
+  // The seq the next record will get (writer-owned; exact when quiescent).
+  uint64_t nextSeq() const { return next_seq_pub_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Event {
+    std::string fields;
+    std::string long_event;  // only when the name does not fit in `event`
+    char event[40];
+    uint8_t event_len = 0;
+    void setName(std::string_view name);
+    std::string_view name() const;
+  };
+  struct Cell {
+    std::atomic<size_t> seq;
+    Event ev;
+  };
+  struct Barrier {  // flush(): set under flush_mu_ once everything before is synced
+    bool done = false;
+  };
+  struct Node {  // overflow list node, or a flush barrier (barrier != nullptr)
+    Node* next = nullptr;
+    Event ev;
+    Barrier* barrier = nullptr;
+  };
+
+  void run();
+  void pushOverflow(Node* node);
+  size_t drainRing(size_t limit, bool wait_claimed);
+  bool drainOnce();
+  void emit(std::string_view event, std::string_view fields);
+  void writeOut(bool stopping);
+  void syncNow();
+  void doReopen();
+  void wakeWriter();
+  void refreshKey();
+  bool initChain(int fd, std::string& error);
+
+  const size_t mask_;
+  std::unique_ptr<Cell[]> cells_;
+  alignas(64) std::atomic<size_t> enqueue_pos_{0};
+  alignas(64) std::atomic<size_t> dequeue_pos_{0};
+  alignas(64) std::atomic<Node*> overflow_head_{nullptr};
+  // Overflow nodes pushed and not yet consumed by the writer; while > 0 every
+  // record() takes the overflow path (ordering, see class comment).
+  alignas(64) std::atomic<uint64_t> overflow_pending_{0};
+  // record() calls between their accepting_ check and their publication; the
+  // writer's final drain waits for 0 after accepting_ turned false.
+  alignas(64) std::atomic<uint64_t> inflight_{0};
+  alignas(64) std::atomic<uint32_t> sleeping_{0};
+  std::atomic<bool> accepting_{true};
+  std::atomic<bool> reopen_requested_{false};
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> running_{false};
+  std::atomic<uint64_t> written_{0};
+  std::atomic<uint64_t> overflowed_{0};
+  std::atomic<uint64_t> lost_{0};
+  std::atomic<uint64_t> next_seq_pub_{1};
+
+  // Handed from setKeys()/setTee() to the writer.
+  std::mutex handoff_mu_;
+  std::atomic<bool> key_pending_{false};
+  std::unique_ptr<AuditMac> pending_mac_;
+  std::atomic<bool> tee_pending_{false};
+  std::function<void(std::string_view)> pending_tee_;
+
+  std::mutex flush_mu_;
+  std::condition_variable flush_cv_;
+
+  // Writer thread state.
+  std::string path_;
+  int fd_ = -1;
+  std::unique_ptr<AuditMac> mac_;
+  std::function<void(std::string_view)> tee_;
+  uint64_t next_seq_ = 1;
+  std::string prev_;  // 64 hex
+  std::string out_;   // formatted, not yet written
+  size_t out_records_ = 0;
+  size_t out_written_bytes_ = 0;  // prefix of out_ already written
+  bool dirty_ = false;            // written but not yet fdatasync()ed
+  int64_t last_sync_us_ = 0;
+  bool write_failing_ = false;
+  int64_t now_us_ = 0;  // the ts of records formatted in the current batch
+
+  std::mutex lifecycle_mu_;
+  bool started_ = false;
+  bool stopped_ = false;
+  std::thread thread_;
+};
+
+}  // namespace portcullis

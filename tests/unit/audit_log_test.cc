@@ -1,0 +1,476 @@
+#include "proxy/audit_log.h"
+
+#include <gtest/gtest.h>
+#include <openssl/base64.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "proxy/audit_verify.h"
+#include "proxy/keyring.h"
+
+namespace portcullis {
+namespace {
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    std::string tmpl = "/tmp/pcauditXXXXXX";
+    path = mkdtemp(tmpl.data());
+  }
+  ~TempDir() { (void)system(("rm -rf '" + path + "'").c_str()); }
+};
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void writeFile(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << data;
+}
+
+std::vector<std::string> lines(const std::string& path) {
+  std::vector<std::string> v;
+  std::istringstream in(readFile(path));
+  for (std::string l; std::getline(in, l);) v.push_back(l);
+  return v;
+}
+
+std::string joinLines(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& l : v) s += l + "\n";
+  return s;
+}
+
+MasterKey keyFromByte(uint8_t b) {
+  MasterKey k;
+  for (size_t i = 0; i < k.size(); ++i) k[i] = static_cast<uint8_t>(b + i * 7);
+  return k;
+}
+
+// Writes a keyring with the given (id, seed) keys and active id; loads it.
+std::shared_ptr<const LocalKeyring> makeKeyring(const std::string& path,
+                                                const std::vector<std::pair<std::string, uint8_t>>& keys,
+                                                const std::string& active) {
+  KeyringData data;
+  data.active = active;
+  for (const auto& [id, seed] : keys) data.keys.emplace_back(id, keyFromByte(seed));
+  std::string error;
+  EXPECT_TRUE(writeKeyring(path, data, error)) << error;
+  auto ring = LocalKeyring::load(path, error);
+  EXPECT_TRUE(ring) << error;
+  return ring;
+}
+
+class AuditLogTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    log_path = dir.path + "/sub/audit.log";
+    ring = makeKeyring(dir.path + "/keyring.toml", {{"k1", 1}}, "k1");
+  }
+
+  // Writes `n` events (plus the audit.start record) and stops.
+  void writeEvents(int n, const std::string& path) {
+    AuditLog log;
+    std::string error;
+    ASSERT_TRUE(log.start(path, ring, error)) << error;
+    for (int i = 0; i < n; ++i) {
+      log.record("auth.failure", AuditFields().str("reason", "bad_secret").num("i", i).take());
+    }
+    log.stop();
+    EXPECT_GE(log.written(), static_cast<uint64_t>(n) + 1);
+    EXPECT_EQ(log.lost(), 0u);
+  }
+
+  VerifyResult verify(const std::string& path) { return verifyAuditFile(path, *ring); }
+
+  TempDir dir;
+  std::string log_path;
+  std::shared_ptr<const LocalKeyring> ring;
+};
+
+TEST_F(AuditLogTest, IntactChainVerifies) {
+  writeEvents(20, log_path);
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 21u);
+  EXPECT_NE(v[0].find("\"seq\":1,"), std::string::npos);
+  EXPECT_NE(v[0].find("\"event\":\"audit.start\",\"pid\":"), std::string::npos);
+  EXPECT_NE(v[0].find("\"prev\":\"" + std::string(kAuditZeroMac) + "\""), std::string::npos);
+  EXPECT_NE(v[5].find("\"reason\":\"bad_secret\",\"i\":4,\"key_id\":\"k1\""), std::string::npos);
+  const VerifyResult r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+  EXPECT_EQ(r.records, 21u);
+  EXPECT_EQ(r.last_seq, 21u);
+  EXPECT_EQ(r.continues_from_seq, 0u);
+  struct stat st {};
+  ASSERT_EQ(stat(log_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+}
+
+TEST_F(AuditLogTest, ParsesItsOwnLinesAndMacMatchesDefinition) {
+  writeEvents(1, log_path);
+  auto v = lines(log_path);
+  AuditLine rec;
+  ASSERT_TRUE(parseAuditLine(v[1], rec));
+  EXPECT_EQ(rec.seq, 2u);
+  EXPECT_EQ(rec.key_id, "k1");
+  // mac = HMAC(HKDF(master), prev || line-without-mac-member)
+  const std::string line = v[1];
+  const size_t cut = line.rfind(",\"mac\":\"");
+  ASSERT_EQ(cut, rec.mac_cut);
+  auto m = AuditMac::create(*ring, "k1");
+  std::string hex;
+  m->appendMacHex(rec.prev, std::string_view(line).substr(0, cut), hex);
+  EXPECT_EQ(hex, rec.mac);
+  EXPECT_FALSE(parseAuditLine(line.substr(0, line.size() - 1), rec));
+  EXPECT_FALSE(parseAuditLine("{}", rec));
+}
+
+TEST_F(AuditLogTest, HostileFieldValuesStayInsideTheirString) {
+  AuditLog log;
+  std::string error;
+  ASSERT_TRUE(log.start(log_path, ring, error)) << error;
+  log.record("auth.failure",
+             AuditFields().str("ip", "1.2.3.4\",\"key_id\":\"k9\",\"prev\":\"x\n").take());
+  log.record("alert", std::string("\"raw\":\"a\nb\""));  // raw newline in a bad fragment
+  log.stop();
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 3u);
+  EXPECT_TRUE(verify(log_path).ok);
+}
+
+TEST_F(AuditLogTest, EditedFieldIsDetectedWithItsSeq) {
+  writeEvents(10, log_path);
+  auto v = lines(log_path);
+  const size_t at = v[4].find("bad_secret");
+  ASSERT_NE(at, std::string::npos);
+  v[4].replace(at, 10, "good_secre");
+  writeFile(log_path, joinLines(v));
+  const VerifyResult r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "edited");
+  EXPECT_EQ(r.first_bad_seq, 5u);
+  EXPECT_EQ(r.first_bad_line, 5u);
+}
+
+TEST_F(AuditLogTest, DeletedLineIsDetected) {
+  writeEvents(10, log_path);
+  auto v = lines(log_path);
+  v.erase(v.begin() + 4);  // seq 5
+  writeFile(log_path, joinLines(v));
+  const VerifyResult r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "deleted");
+  EXPECT_EQ(r.first_bad_seq, 6u);
+  EXPECT_EQ(r.first_bad_line, 5u);
+}
+
+TEST_F(AuditLogTest, ReorderedLinesAreDetected) {
+  writeEvents(10, log_path);
+  auto v = lines(log_path);
+  std::swap(v[4], v[5]);  // seq 6 before seq 5
+  writeFile(log_path, joinLines(v));
+  VerifyResult r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "reordered");
+  EXPECT_EQ(r.first_bad_seq, 6u);
+  EXPECT_EQ(r.first_bad_line, 5u);
+
+  // A record moved earlier by several lines.
+  v = lines(log_path);
+  std::swap(v[4], v[5]);  // undo
+  std::string moved = v[8];
+  v.erase(v.begin() + 8);
+  v.insert(v.begin() + 2, moved);
+  writeFile(log_path, joinLines(v));
+  r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "reordered");
+  EXPECT_EQ(r.first_bad_line, 3u);
+}
+
+TEST_F(AuditLogTest, InsertedCopyIsDetected) {
+  writeEvents(10, log_path);
+  auto v = lines(log_path);
+  v.insert(v.begin() + 7, v[3]);  // a copy of seq 4 after seq 7
+  writeFile(log_path, joinLines(v));
+  VerifyResult r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "inserted");
+  EXPECT_EQ(r.first_bad_seq, 4u);
+  EXPECT_EQ(r.first_bad_line, 8u);
+
+  v = lines(log_path);
+  v.erase(v.begin() + 7);
+  v.insert(v.begin() + 4, v[3]);  // a duplicate right after itself
+  writeFile(log_path, joinLines(v));
+  r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "inserted");
+  EXPECT_EQ(r.first_bad_line, 5u);
+}
+
+TEST_F(AuditLogTest, TruncatedMidLineIsTorn) {
+  writeEvents(10, log_path);
+  std::string data = readFile(log_path);
+  data.resize(data.size() - 30);
+  writeFile(log_path, data);
+  const VerifyResult r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "torn");
+  EXPECT_EQ(r.first_bad_line, 11u);
+  EXPECT_EQ(r.records, 10u);
+}
+
+TEST_F(AuditLogTest, GarbageLineMidFileIsTorn) {
+  writeEvents(5, log_path);
+  auto v = lines(log_path);
+  v.insert(v.begin() + 2, "not a record");
+  writeFile(log_path, joinLines(v));
+  const VerifyResult r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "torn");
+  EXPECT_EQ(r.first_bad_line, 3u);
+}
+
+TEST_F(AuditLogTest, RestartContinuesTheChain) {
+  writeEvents(5, log_path);
+  writeEvents(5, log_path);
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 12u);
+  EXPECT_NE(v[6].find("\"seq\":7,"), std::string::npos);
+  EXPECT_NE(v[6].find("\"event\":\"audit.start\""), std::string::npos);
+  const VerifyResult r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+  EXPECT_EQ(r.records, 12u);
+  EXPECT_EQ(r.torn_accepted, 0u);
+}
+
+TEST_F(AuditLogTest, TornTailIsRecordedOnRestart) {
+  writeEvents(5, log_path);
+  std::string data = readFile(log_path);
+  const std::string good = data;
+  data.resize(data.size() - 40);  // tear the last record
+  writeFile(log_path, data);
+  const std::string torn = data.substr(good.rfind('\n', good.size() - 2) + 1);
+  writeEvents(2, log_path);
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 10u);  // 5 good, torn, audit.torn, audit.start, 2
+  EXPECT_EQ(v[5], torn);
+  EXPECT_NE(v[6].find("\"seq\":6,"), std::string::npos);
+  EXPECT_NE(v[6].find("\"event\":\"audit.torn\",\"torn_bytes\":" + std::to_string(torn.size())),
+            std::string::npos);
+  EXPECT_NE(v[7].find("\"event\":\"audit.start\""), std::string::npos);
+  VerifyResult r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail << " line " << r.first_bad_line;
+  EXPECT_EQ(r.torn_accepted, 1u);
+  EXPECT_EQ(r.records, 9u);
+
+  // Editing the torn bytes afterwards is caught.
+  v[5][3] = 'X';
+  writeFile(log_path, joinLines(v));
+  r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "torn");
+  EXPECT_EQ(r.first_bad_line, 6u);
+}
+
+TEST_F(AuditLogTest, CompleteLastRecordWithoutNewlineIsKept) {
+  writeEvents(3, log_path);
+  std::string data = readFile(log_path);
+  data.pop_back();
+  writeFile(log_path, data);
+  EXPECT_EQ(verify(log_path).why, "torn");
+  writeEvents(1, log_path);
+  const VerifyResult r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+  EXPECT_EQ(r.records, 6u);
+  EXPECT_EQ(r.torn_accepted, 0u);
+}
+
+TEST_F(AuditLogTest, GarbageOnlyFileStartsAChainAfterIt) {
+  mkdir((dir.path + "/sub").c_str(), 0750);
+  writeFile(log_path, "garbage\n\nmore");
+  writeEvents(1, log_path);
+  const VerifyResult r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+  EXPECT_EQ(r.torn_accepted, 1u);
+  auto v = lines(log_path);
+  EXPECT_NE(v[3].find("\"seq\":1,"), std::string::npos);
+  EXPECT_NE(v[3].find("\"torn_bytes\":13,"), std::string::npos);
+}
+
+TEST_F(AuditLogTest, KeyRotationMidFile) {
+  const std::string both = dir.path + "/both.toml";
+  AuditLog log;
+  std::string error;
+  ASSERT_TRUE(log.start(log_path, ring, error)) << error;
+  for (int i = 0; i < 5; ++i) log.record("auth.success", AuditFields().num("i", i).take());
+  log.flush();
+  auto rotated = makeKeyring(both, {{"k1", 1}, {"k2", 2}}, "k2");
+  ASSERT_TRUE(log.setKeys(rotated, error)) << error;
+  for (int i = 5; i < 10; ++i) log.record("auth.success", AuditFields().num("i", i).take());
+  log.stop();
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 11u);
+  EXPECT_NE(v[5].find("\"key_id\":\"k1\""), std::string::npos);
+  EXPECT_NE(v[6].find("\"key_id\":\"k2\""), std::string::npos);
+
+  VerifyResult r = verifyAuditFile(log_path, *rotated);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+  EXPECT_EQ(r.records, 11u);
+
+  auto only_new = makeKeyring(dir.path + "/new.toml", {{"k2", 2}}, "k2");
+  r = verifyAuditFile(log_path, *only_new);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "unknown key id");
+  EXPECT_EQ(r.first_bad_seq, 1u);
+
+  // A wrong key under the right id reads as an edit.
+  auto wrong = makeKeyring(dir.path + "/wrong.toml", {{"k1", 9}, {"k2", 2}}, "k2");
+  r = verifyAuditFile(log_path, *wrong);
+  EXPECT_EQ(r.why, "edited");
+
+  // A restart whose keyring no longer has the last record's key continues.
+  auto k3 = makeKeyring(dir.path + "/k3.toml", {{"k3", 3}}, "k3");
+  AuditLog log2;
+  ASSERT_TRUE(log2.start(log_path, k3, error)) << error;
+  log2.record("config.reload", "");
+  log2.stop();
+  auto all = makeKeyring(dir.path + "/all.toml", {{"k1", 1}, {"k2", 2}, {"k3", 3}}, "k3");
+  r = verifyAuditFile(log_path, *all);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+  EXPECT_EQ(r.records, 13u);
+  EXPECT_FALSE(log2.setKeys(nullptr, error));
+}
+
+TEST_F(AuditLogTest, ReopenAfterRenameContinuesSeqAndPrev) {
+  AuditLog log;
+  std::string error;
+  ASSERT_TRUE(log.start(log_path, ring, error)) << error;
+  for (int i = 0; i < 4; ++i) log.record("auth.success", "");
+  log.flush();
+  ASSERT_EQ(rename(log_path.c_str(), (log_path + ".1").c_str()), 0);
+  log.reopen();
+  for (int i = 0; i < 3; ++i) log.record("auth.failure", "");
+  log.stop();
+  auto old_lines = lines(log_path + ".1");
+  auto new_lines = lines(log_path);
+  ASSERT_EQ(old_lines.size(), 5u);
+  ASSERT_EQ(new_lines.size(), 3u);
+  AuditLine last, first;
+  ASSERT_TRUE(parseAuditLine(old_lines.back(), last));
+  ASSERT_TRUE(parseAuditLine(new_lines.front(), first));
+  EXPECT_EQ(first.seq, last.seq + 1);
+  EXPECT_EQ(first.prev, last.mac);
+  VerifyResult r = verify(log_path + ".1");
+  EXPECT_TRUE(r.ok);
+  EXPECT_EQ(r.continues_from_seq, 0u);
+  r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+  EXPECT_EQ(r.continues_from_seq, 6u);
+  // The two files together are one chain.
+  writeFile(dir.path + "/joined", readFile(log_path + ".1") + readFile(log_path));
+  EXPECT_TRUE(verify(dir.path + "/joined").ok);
+}
+
+TEST_F(AuditLogTest, OverflowPathKeepsEveryEventInOrder) {
+  AuditLog log(4);
+  // Recorded before start(): 50 events for a ring of 4, so most overflow.
+  for (int i = 0; i < 50; ++i) log.record("pre", AuditFields().num("t", 99).num("n", i).take());
+  EXPECT_GE(log.overflowed(), 46u);
+  std::string error;
+  ASSERT_TRUE(log.start(log_path, ring, error)) << error;
+  constexpr int kThreads = 8, kEach = 3000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&log, t] {
+      for (int n = 0; n < kEach; ++n) log.record("ratelimit.ban", AuditFields().num("t", t).num("n", n).take());
+    });
+  }
+  for (auto& th : threads) th.join();
+  log.flush();
+  EXPECT_EQ(log.depth(), 0u);
+  log.stop();
+  const uint64_t total = 1 + 50 + uint64_t(kThreads) * kEach;
+  EXPECT_EQ(log.written(), total);
+  EXPECT_EQ(log.lost(), 0u);
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), total);
+  std::map<int, int> next;  // per producer: the n expected next (in order, once)
+  uint64_t seq = 0;
+  for (const auto& l : v) {
+    AuditLine rec;
+    ASSERT_TRUE(parseAuditLine(l, rec));
+    EXPECT_EQ(rec.seq, ++seq);
+    const size_t t_at = l.find("\"t\":");
+    if (t_at == std::string::npos) continue;
+    const int t = std::atoi(l.c_str() + t_at + 4);
+    const int n = std::atoi(l.c_str() + l.find("\"n\":") + 4);
+    EXPECT_EQ(n, next[t]) << "producer " << t;
+    next[t] = n + 1;
+  }
+  EXPECT_EQ(next[99], 50);
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(next[t], kEach);
+  EXPECT_TRUE(verify(log_path).ok);
+}
+
+TEST_F(AuditLogTest, TeeSeesEveryLine) {
+  AuditLog log;
+  std::vector<std::string> seen;
+  log.setTee([&seen](std::string_view l) { seen.emplace_back(l); });
+  std::string error;
+  ASSERT_TRUE(log.start(log_path, ring, error)) << error;
+  log.record("alert", AuditFields().str("kind", "auth_failures").str("ip", "203.0.113.9").take());
+  log.stop();
+  EXPECT_EQ(joinLines(lines(log_path)), seen.size() == 2 ? seen[0] + seen[1] : "");
+}
+
+TEST_F(AuditLogTest, KeyMaterialNeverAppearsInTheFile) {
+  writeEvents(50, log_path);
+  const std::string data = readFile(log_path);
+  const MasterKey master = keyFromByte(1);
+  uint8_t audit_key[32];
+  ASSERT_TRUE(deriveAuditKey(master.data(), audit_key));
+  auto hex = [](const uint8_t* p, size_t n) {
+    static const char* h = "0123456789abcdef";
+    std::string s;
+    for (size_t i = 0; i < n; ++i) s += {h[p[i] >> 4], h[p[i] & 15]};
+    return s;
+  };
+  uint8_t b64[48];
+  const size_t b64_len = EVP_EncodeBlock(b64, master.data(), master.size());
+  for (const std::string& needle :
+       {std::string(reinterpret_cast<const char*>(master.data()), 8), hex(master.data(), 8),
+        std::string(reinterpret_cast<const char*>(b64), b64_len).substr(0, 12),
+        std::string(reinterpret_cast<const char*>(audit_key), 8), hex(audit_key, 8)}) {
+    EXPECT_EQ(data.find(needle), std::string::npos);
+  }
+}
+
+TEST_F(AuditLogTest, StartRefusesBadKeysAndDoubleStart) {
+  AuditLog log;
+  std::string error;
+  EXPECT_FALSE(log.start(log_path, nullptr, error));
+  ASSERT_TRUE(log.start(log_path, ring, error)) << error;
+  EXPECT_FALSE(log.start(log_path, ring, error));
+  log.stop();
+  log.record("auth.success", "");
+  EXPECT_EQ(log.lost(), 1u);
+}
+
+}  // namespace
+}  // namespace portcullis
