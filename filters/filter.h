@@ -12,6 +12,7 @@
 // connection, and is destroyed when the request completes.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
 
@@ -30,6 +31,51 @@ enum class FilterStatus : uint8_t {
 // until the next call into the same filter or onComplete().
 struct BodyChunk {
   std::string_view data;
+};
+
+// Output of a BodyTransform call: up to kMax slices, in order.
+struct BodyOutput {
+  static constexpr size_t kMax = 2;
+  std::string_view slices[kMax];
+  size_t count = 0;
+  void push(std::string_view s) {
+    if (!s.empty() && count < kMax) slices[count++] = s;
+  }
+};
+
+// A body transform replaces the whole request body on its way upstream (upload
+// encryption). A filter installs at most one, from its onRequestHead, by
+// setting ctx.body_transform to an object it owns (usually itself). Every
+// filter's onRequestBody still sees the client's bytes; the transform sees
+// them after all filters, and only its output reaches the upstream, framed
+// with Content-Length = outputLength(client's length), or chunked when the
+// client sent chunked.
+//
+// The connection drives it in rounds. A round starts with beginRound(), when
+// every byte of output from earlier rounds has been written to the upstream
+// (so the transform may reuse that memory); then transform() for each decoded
+// body slice (their total at most the inputBudget() read after beginRound());
+// then, once the body has ended, finish(). Output slices are owned by the
+// transform and must stay valid and unchanged until the next beginRound() or
+// the filter's destruction. A request whose body has framing but zero bytes
+// (Content-Length: 0) still gets beginRound() + finish().
+class BodyTransform {
+ public:
+  enum class Finish : uint8_t { kDone, kAgain, kFailed };
+  virtual void beginRound() = 0;
+  // Most input bytes the calls of this round may take in total; at least 1.
+  virtual size_t inputBudget() const = 0;
+  // Takes all of `in` and appends output; false: the transform failed (the
+  // request is aborted and the upstream never sees a complete body).
+  virtual bool transform(std::string_view in, BodyOutput& out) = 0;
+  // End of input. kAgain: call beginRound() + finish() again after this
+  // round's output has been written (there is more output to come).
+  virtual Finish finish(BodyOutput& out) = 0;
+  // Exact output length for an n-byte body.
+  virtual uint64_t outputLength(uint64_t n) const = 0;
+
+ protected:
+  ~BodyTransform() = default;
 };
 
 class Filter {

@@ -15,6 +15,7 @@ namespace portcullis {
 
 struct RouteConfig;
 struct Snapshot;
+class BodyTransform;
 
 // A reply the proxy makes itself (SPEC §5): status, error code for the JSON
 // body, and any extra headers (e.g. WWW-Authenticate, Retry-After, Allow).
@@ -72,6 +73,8 @@ class RequestContext {
   std::string_view reason;
   std::string_view token_id;
   std::string_view account;
+  // Installed by at most one filter in its head phase (see filter.h).
+  BodyTransform* body_transform = nullptr;
 
   // --- Owner wiring (the connection). ---
   void bind(Arena* arena, ResumeFn fn, void* owner) {
@@ -91,6 +94,7 @@ class RequestContext {
     local_reply.headers.clear();
     local_reply.close = false;
     rejected_by = reason = token_id = account = {};
+    body_transform = nullptr;
   }
 
  private:

@@ -322,6 +322,11 @@ class Loader {
   void loadTls(const toml::table& t, TlsConfig& c);
   void loadHttps(const toml::table& t, HttpsConfig& c);
   void loadAuth(const toml::table& t, AuthConfig& c);
+  void loadEncryption(const toml::table& t, EncryptionConfig& c);
+  void loadDetect(const toml::table& t, DetectSettings& c);
+  void loadCountWindow(const toml::table& t, std::string_view key, const std::string& path, uint32_t& count,
+                       uint32_t& window_s);
+  void getFactor(const toml::table& t, std::string_view key, const std::string& path, double& out);
   void loadRoles(const toml::table& root, std::vector<RoleConfig>& out);
   void loadRateLimit(const toml::table& t, RateLimitConfig& c);
   bool loadRate(const toml::table& t, std::string_view key, const std::string& path, RateSpec& out);
@@ -677,6 +682,78 @@ void Loader::loadAuth(const toml::table& t, AuthConfig& c) {
   getBool(t, "forward_authorization", path, c.forward_authorization);
 }
 
+void Loader::loadEncryption(const toml::table& t, EncryptionConfig& c) {
+  const std::string path = "encryption";
+  checkKeys(t, path, {"keyring", "segment_bytes", "watch"});
+  if (!t.get("keyring")) fail(lineOf(t), "encryption.keyring", "missing (path of the master keyring)");
+  getNonEmptyString(t, "keyring", path, c.keyring);
+  // 16 bytes is only useful in tests; the format allows up to 16 MiB.
+  getUint(t, "segment_bytes", path, c.segment_bytes, 16, 16u << 20);
+  getBool(t, "watch", path, c.watch);
+}
+
+// `key = { count = N, window_s = S }`.
+void Loader::loadCountWindow(const toml::table& t, std::string_view key, const std::string& path, uint32_t& count,
+                             uint32_t& window_s) {
+  const toml::node* n = t.get(key);
+  if (n == nullptr) return;
+  const std::string p = join(path, key);
+  const toml::table* ct = n->as_table();
+  if (ct == nullptr) {
+    typeError(*n, p, "inline table { count, window_s }");
+    return;
+  }
+  checkKeys(*ct, p, {"count", "window_s"});
+  getUint(*ct, "count", p, count, 1, 65534);
+  getUint(*ct, "window_s", p, window_s, 1, 86400);
+}
+
+void Loader::getFactor(const toml::table& t, std::string_view key, const std::string& path, double& out) {
+  const toml::node* n = t.get(key);
+  if (n == nullptr) return;
+  if (!n->is_number()) {
+    typeError(*n, join(path, key), "number");
+    return;
+  }
+  const double v = n->is_integer() ? static_cast<double>(n->as_integer()->get()) : n->as_floating_point()->get();
+  if (!(v >= 1.5) || v > 1e6) {
+    fail(lineOf(*n), join(path, key), "must be between 1.5 and 1000000");
+    return;
+  }
+  out = v;
+}
+
+void Loader::loadDetect(const toml::table& t, DetectSettings& c) {
+  const std::string path = "detect";
+  c.present = true;
+  checkKeys(t, path,
+            {"auth_failures", "forbidden", "not_found", "rate_spike_factor", "bytes_spike_factor", "alert_webhook",
+             "rate_min", "bytes_min", "interval_s", "warmup_intervals", "cooldown_s", "max_keys", "enabled"});
+  DetectConfig& d = c.thresholds;
+  loadCountWindow(t, "auth_failures", path, d.auth_failures_count, d.auth_failures_window_s);
+  loadCountWindow(t, "forbidden", path, d.forbidden_count, d.forbidden_window_s);
+  loadCountWindow(t, "not_found", path, d.not_found_count, d.not_found_window_s);
+  getFactor(t, "rate_spike_factor", path, d.rate_factor);
+  getFactor(t, "bytes_spike_factor", path, d.bytes_factor);
+  getUint(t, "rate_min", path, d.rate_min, 1, 1ull << 32);
+  getUint(t, "bytes_min", path, d.bytes_min, 1, 1ull << 40);
+  getUint(t, "interval_s", path, d.interval_s, 1, 3600);
+  getUint(t, "warmup_intervals", path, d.warmup_intervals, 1, 63);
+  getUint(t, "cooldown_s", path, d.cooldown_s, 1, 86400);
+  getUint(t, "max_keys", path, d.capacity_keys, 1024, 1ull << 24);
+  getBool(t, "enabled", path, d.enabled);
+  std::string url;
+  if (getString(t, "alert_webhook", path, url)) {
+    constexpr std::string_view kScheme = "http://";
+    if (!url.empty() && url.compare(0, kScheme.size(), kScheme) != 0) {
+      fail(lineOf(*t.get("alert_webhook")), "detect.alert_webhook",
+           "invalid URL " + quoted(url) + " (expected \"\" or \"http://host:port/path\")");
+    } else {
+      c.alert_webhook = std::move(url);
+    }
+  }
+}
+
 // `key = { rps = N, burst = M }`; rps may be fractional.
 bool Loader::loadRate(const toml::table& t, std::string_view key, const std::string& path, RateSpec& out) {
   const toml::node* n = t.get(key);
@@ -792,7 +869,8 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
   Config cfg;
   cfg.path = file_;
   checkKeys(root, "",
-            {"server", "timeouts", "limits", "tls", "https", "auth", "role", "rate_limit", "upstream", "route", "log"});
+            {"server", "timeouts", "limits", "tls", "https", "auth", "role", "rate_limit", "upstream", "route", "log",
+             "encryption", "detect"});
   uint32_t server_line = 1;
   if (const toml::table* t = getTable(root, "server", "")) {
     server_line = lineOf(*t);
@@ -806,6 +884,8 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
   if (const toml::table* t = getTable(root, "tls", "")) loadTls(*t, cfg.tls);
   if (const toml::table* t = getTable(root, "https", "")) loadHttps(*t, cfg.https);
   if (const toml::table* t = getTable(root, "auth", "")) loadAuth(*t, cfg.auth);
+  if (const toml::table* t = getTable(root, "encryption", "")) loadEncryption(*t, cfg.encryption);
+  if (const toml::table* t = getTable(root, "detect", "")) loadDetect(*t, cfg.detect);
   loadRoles(root, cfg.roles);
   if (const toml::table* t = getTable(root, "rate_limit", "")) loadRateLimit(*t, cfg.rate_limit);
 

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "proxy/detect.h"
+
 namespace portcullis {
 
 // A parsed "host:port" listen or server address. `host` is a numeric IPv4 or
@@ -161,6 +163,23 @@ struct RoleConfig {
   uint32_t burst = 0;
 };
 
+// [encryption] (SPEC §3, §7): the master keyring and the segment size of
+// routes with `encrypt_body = true`.
+struct EncryptionConfig {
+  std::string keyring;              // empty: no [encryption] section
+  uint32_t segment_bytes = 65536;   // plaintext bytes per pcx1 segment
+  bool watch = true;                // re-read the keyring within 1 s of a change
+  bool configured() const { return !keyring.empty(); }
+};
+
+// [detect] (SPEC §3, §8): thresholds of the Detector (proxy/detect.h), plus
+// where alerts are POSTed.
+struct DetectSettings {
+  bool present = false;       // the file has a [detect] table
+  DetectConfig thresholds;
+  std::string alert_webhook;  // "" or "http://host:port/path"
+};
+
 struct LogConfig {
   std::string access = "var/log/access.log";  // empty = access log off
   std::string audit = "var/log/audit.log";
@@ -179,6 +198,8 @@ struct Config {
   std::vector<RoleConfig> roles;
   std::vector<UpstreamConfig> upstreams;
   std::vector<RouteConfig> routes;
+  EncryptionConfig encryption;
+  DetectSettings detect;
   LogConfig log;
 };
 

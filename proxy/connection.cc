@@ -373,6 +373,7 @@ void Connection::beginRequest() {
   local_reply_ = false;
   continue_sent_ = false;
   retried_ = false;
+  xform_finishing_ = false;
   connect_attempts_ = 0;
   status_ = upstream_status_ = 0;
   resp_bytes_out_ = 0;
@@ -585,8 +586,12 @@ void Connection::sendRequestHead() {
     // which requires one: name the server it goes to.
     req_.add("Host", arena_.copy(pool_->serverAddress(up_->server).str()));
   }
-  const bool has_body = req_.hasBody();
-  serializeRequest(req_, has_body, req_.chunked, req_.content_length, up_head_);
+  // A body transform (upload encryption) replaces the body, so even an
+  // empty Content-Length body becomes its output, of a length it computes.
+  const BodyTransform* xf = ctx_.body_transform;
+  const bool has_body = req_.hasBody() || xf != nullptr;
+  const uint64_t length = xf != nullptr && !req_.chunked ? xf->outputLength(req_.content_length) : req_.content_length;
+  serializeRequest(req_, has_body, req_.chunked, length, up_head_);
   head_sent_ = false;
   req_state_ = ReqState::kStreamingBody;
   resp_state_ = RespState::kHead;
@@ -631,12 +636,24 @@ void Connection::onBodyData(std::string_view data) {
 // upstream in one write.
 void Connection::pumpRequestBody() {
   if (closing_ || up_ == nullptr || up_->write_pending || paused_in_body_) return;
+  BodyTransform* xf = ctx_.body_transform;
+again:
   up_bufs_.clear();
   body_slices_.clear();
   chunk_frames_used_ = 0;
   if (!head_sent_) up_bufs_.push_back(uv_buf_init(up_head_.data(), static_cast<unsigned>(up_head_.size())));
   bool request_done = false;
-  if (!req_.hasBody()) {
+  size_t budget = SIZE_MAX;
+  if (xf != nullptr) {
+    // Every earlier output is written (no write is pending): a new round.
+    // Parsing only `budget` raw bytes keeps the body bytes of this round
+    // within what the transform takes (chunk framing only makes it less).
+    xf->beginRound();
+    budget = xf->inputBudget();
+  }
+  if (xform_finishing_) {
+    request_done = true;  // the parser is past the body; the transform has more to say
+  } else if (!req_.hasBody()) {
     // A body-less request still has to reach its end in the parser, which
     // happens without consuming input. On a retry it already has.
     if (codec_.inMessage()) {
@@ -647,7 +664,7 @@ void Connection::pumpRequestBody() {
     request_done = true;
   } else if (rbuf_.unparsed() > 0) {
     size_t consumed = 0;
-    HttpCodec::Status st = codec_.execute(rbuf_.data + rbuf_.start, rbuf_.unparsed(), consumed);
+    HttpCodec::Status st = codec_.execute(rbuf_.data + rbuf_.start, std::min(rbuf_.unparsed(), budget), consumed);
     rbuf_.start += consumed;
     if (st == HttpCodec::Status::kError) {
       worker_->metrics().parse_errors.inc();
@@ -662,7 +679,7 @@ void Connection::pumpRequestBody() {
       return;
     }
   }
-  if (req_.hasBody() && chain_.wantsBody() && (!body_slices_.empty() || request_done)) {
+  if (!xform_finishing_ && req_.hasBody() && chain_.wantsBody() && (!body_slices_.empty() || request_done)) {
     // Body filters see the decoded bytes before anything of them leaves;
     // they may answer (the upstream then never gets the end of the request)
     // or replace a slice with bytes they own.
@@ -684,6 +701,7 @@ void Connection::pumpRequestBody() {
       }
     }
   }
+  if (xf != nullptr && !transformBody(xf, request_done)) return;
   for (std::string_view slice : body_slices_) {
     if (slice.empty()) continue;
     if (req_.chunked) {
@@ -701,8 +719,45 @@ void Connection::pumpRequestBody() {
     req_state_ = ReqState::kDone;
     uv_timer_stop(&timer_);
     if (resp_state_ == RespState::kHead) startUpstreamTimer(up_, snap_->config->timeouts.upstream_response_ms);
+  } else if (xf != nullptr && up_bufs_.empty() && rbuf_.unparsed() > 0) {
+    // The transform took this round's bytes without output yet and more
+    // are buffered: no write will call us back, so go on at once.
+    goto again;
   }
   flushToUpstream();
+}
+
+// Runs this round's decoded body slices through the request's body
+// transform and puts its output in their place. When the body has ended and
+// the transform has more output than this round can carry, `request_done`
+// is cleared and xform_finishing_ makes the next round (after the write)
+// call finish() again. The transform copies what it keeps, so rbuf_'s body
+// region is free at once. False: the request was aborted.
+bool Connection::transformBody(BodyTransform* xf, bool& request_done) {
+  BodyOutput out;
+  bool ok = true;
+  if (!xform_finishing_) {
+    for (std::string_view slice : body_slices_) ok = ok && xf->transform(slice, out);
+  }
+  if (ok && request_done) {
+    const BodyTransform::Finish f = xf->finish(out);
+    ok = f != BodyTransform::Finish::kFailed;
+    xform_finishing_ = f == BodyTransform::Finish::kAgain;
+    if (xform_finishing_) request_done = false;
+  }
+  if (!ok) {
+    releaseUpstream(false);  // the upstream never sees a complete body
+    sendError(500, "internal_error", "upload_encrypt", "body transform failed", true);
+    return false;
+  }
+  body_slices_.assign(out.slices, out.slices + out.count);
+  if (rbuf_.held() && !xform_finishing_ && codec_.inMessage()) {
+    const size_t left = rbuf_.unparsed();
+    if (left > 0 && rbuf_.start != body_base_) std::memmove(rbuf_.data + body_base_, rbuf_.data + rbuf_.start, left);
+    rbuf_.start = body_base_;
+    rbuf_.end = body_base_ + left;
+  }
+  return true;
 }
 
 void Connection::flushToUpstream() {
@@ -751,7 +806,7 @@ void Connection::onUpstreamWritten(int status) {
     if (resp_state_ == RespState::kHead) uv_timer_stop(&up_->timer);
     armClientTimer(snap_->config->timeouts.body_idle_ms);
     if (tls_ && tls_->hasBufferedInput() && !tlsPull()) return;
-    if (rbuf_.unparsed() > 0) {
+    if (rbuf_.unparsed() > 0 || xform_finishing_) {
       pumpRequestBody();
       return;
     }
@@ -781,7 +836,8 @@ void Connection::handleUpstreamFailure(UpstreamError kind, int status) {
     close();
     return;
   }
-  if (kind == UpstreamError::kReset && reused && !retried_ && req_body_bytes_ == 0 && !req_.hasBody()) {
+  if (kind == UpstreamError::kReset && reused && !retried_ && req_body_bytes_ == 0 && !req_.hasBody() &&
+      ctx_.body_transform == nullptr) {
     // A pooled connection the server had already closed: nothing of this
     // request was processed, so it is safe to send it again.
     retried_ = true;

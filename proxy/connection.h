@@ -92,6 +92,7 @@ class Connection : public BodySink {
   void connectUpstream(bool fresh);
   void sendRequestHead();
   void pumpRequestBody();
+  bool transformBody(BodyTransform* xf, bool& request_done);
   void flushToUpstream();
   void handleUpstreamFailure(UpstreamError kind, int status);
 
@@ -190,6 +191,7 @@ class Connection : public BodySink {
   bool first_request_ = true;
   bool raw_response_ = false;     // forward response body bytes as received
   bool paused_in_body_ = false;
+  bool xform_finishing_ = false;  // body ended; the body transform has output left
   bool draining_ = false;
   int handles_open_ = 0;
 };

@@ -191,6 +191,22 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
   for (const auto& [name, healthy] : extra.upstream_health) {
     appendF(out, "portcullis_upstream_healthy{server=\"%s\"} %d\n", escapeLabel(name).c_str(), healthy ? 1 : 0);
   }
+  if (!extra.encryption.empty()) {
+    auto perKey = [&](const char* name, const char* help, uint64_t MetricsExtra::KeyUse::*field) {
+      appendF(out, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+      for (const auto& k : extra.encryption) {
+        appendF(out, "%s{key_id=\"%s\"} %llu\n", name, escapeLabel(k.key_id).c_str(),
+                static_cast<unsigned long long>(k.*field));
+      }
+    };
+    perKey("portcullis_uploads_encrypted_total", "Request bodies encrypted completely (pcx1), by master key id.",
+           &MetricsExtra::KeyUse::uploads);
+    perKey("portcullis_bytes_encrypted_total", "Plaintext bytes of completely encrypted bodies, by master key id.",
+           &MetricsExtra::KeyUse::bytes);
+    perKey("portcullis_uploads_encryption_aborted_total",
+           "Encrypted bodies that never ended (client gone, refused, upstream failed), by master key id.",
+           &MetricsExtra::KeyUse::aborted);
+  }
   counter("portcullis_log_lines_written_total", "Access log lines written.", extra.log_written);
   counter("portcullis_log_lines_dropped_total", "Access log lines dropped because the queue was full.",
           extra.log_dropped);

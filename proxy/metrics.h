@@ -116,6 +116,11 @@ struct MetricsExtra {
   uint64_t config_reloads = 0;
   uint64_t config_reload_failures = 0;
   std::vector<std::pair<std::string, bool>> upstream_health;  // "upstream/host:port" -> healthy
+  struct KeyUse {
+    std::string key_id;
+    uint64_t uploads = 0, bytes = 0, aborted = 0;
+  };
+  std::vector<KeyUse> encryption;  // per master key id
 };
 std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, const RouteLabels& labels,
                           const MetricsExtra& extra);

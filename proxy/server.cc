@@ -21,9 +21,11 @@
 #include "filters/rate_limit.h"
 #include "filters/rate_limiter.h"
 #include "filters/token_check.h"
+#include "filters/upload_encrypt.h"
 #include "filters/validate.h"
 #include "proxy/auth_state.h"
 #include "proxy/health_check.h"
+#include "proxy/keyring.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
 
@@ -106,6 +108,18 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   filters.push_back(std::make_shared<ValidateFactory>());
   filters.push_back(std::make_shared<TokenCheckFactory>());
   filters.push_back(std::make_shared<RateLimitTokenFactory>());
+  if (cfg->encryption.configured()) {
+    // Last: only authorised, validated bodies are encrypted, and every
+    // filter before sees plaintext.
+    std::shared_ptr<const LocalKeyring> keys = LocalKeyring::load(cfg->encryption.keyring, error);
+    if (!keys) return false;
+    for (const std::string& id : keys->keyIds()) {
+      auto& c = enc_counters_[id];
+      if (!c) c = std::make_unique<EncryptionCounters>();
+    }
+    EncryptionCounters* counters = enc_counters_[keys->activeKeyId()].get();
+    filters.push_back(std::make_shared<UploadEncryptFactory>(std::move(keys), cfg->encryption.segment_bytes, counters));
+  }
   for (const auto& f : options_.extra_filters) filters.push_back(f);
   if (filters.size() > FilterChain::kMaxFilters) {
     error = "too many filters";
@@ -327,27 +341,52 @@ int Server::run() {
   return 0;
 }
 
+namespace {
+// Identity and version of a file for change watching; size -1 when absent.
+void statFile(const std::string& path, int64_t& sec, int64_t& nsec, int64_t& size, int64_t& ino) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    sec = st.st_mtim.tv_sec;
+    nsec = st.st_mtim.tv_nsec;
+    size = st.st_size;
+    ino = static_cast<int64_t>(st.st_ino);
+  }
+}
+}  // namespace
+
 void Server::rememberStoreStat() {
   store_stat_ = {};
-  if (!config_ || !config_->auth.configured()) return;
-  struct stat st;
-  if (::stat(config_->auth.token_store.c_str(), &st) == 0) {
-    store_stat_ = {static_cast<int64_t>(st.st_mtim.tv_sec), static_cast<int64_t>(st.st_mtim.tv_nsec),
-                   static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_ino)};
+  keyring_stat_ = {};
+  if (!config_) return;
+  if (config_->auth.configured()) {
+    statFile(config_->auth.token_store, store_stat_.sec, store_stat_.nsec, store_stat_.size, store_stat_.ino);
+  }
+  if (config_->encryption.configured()) {
+    statFile(config_->encryption.keyring, keyring_stat_.sec, keyring_stat_.nsec, keyring_stat_.size,
+             keyring_stat_.ino);
   }
 }
 
+// Every second: the token store and the keyring are re-read (by a full
+// reload, which validates them like SIGHUP does) when their file changed.
 void Server::onAuthTimer(uv_timer_t* t) {
   auto* s = static_cast<Server*>(t->data);
-  if (s->shutting_down_ || !s->config_ || !s->config_->auth.configured()) return;
-  if (s->config_->auth.watch) {
-    StoreStat before = s->store_stat_;
+  if (s->shutting_down_ || !s->config_) return;
+  const bool watch_store = s->config_->auth.configured() && s->config_->auth.watch;
+  const bool watch_keyring = s->config_->encryption.configured() && s->config_->encryption.watch;
+  if (watch_store || watch_keyring) {
+    const StoreStat store_before = s->store_stat_;
+    const StoreStat keyring_before = s->keyring_stat_;
     s->rememberStoreStat();
-    if (!(before == s->store_stat_)) {
+    if (watch_store && !(store_before == s->store_stat_)) {
       logLine("info", "token store changed; reloading");
+      s->reload();
+    } else if (watch_keyring && !(keyring_before == s->keyring_stat_)) {
+      logLine("info", "keyring changed; reloading");
       s->reload();
     }
   }
+  if (!s->config_->auth.configured()) return;
   if (++s->auth_ticks_ % 10 == 0) s->flushLastUse(false);
 }
 
@@ -502,6 +541,10 @@ std::string Server::renderMetricsText() const {
   extra.config_reloads = reloads_.load();
   extra.config_reload_failures = reload_failures_.load();
   extra.upstream_health = health_.list();
+  for (const auto& [id, c] : enc_counters_) {
+    extra.encryption.push_back({id, c->uploads.load(std::memory_order_relaxed), c->bytes.load(std::memory_order_relaxed),
+                                c->aborted.load(std::memory_order_relaxed)});
+  }
   return renderMetrics(ms, labels_, extra);
 }
 

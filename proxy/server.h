@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "filters/filter_chain.h"
+#include "filters/upload_encrypt.h"
 #include "proxy/config.h"
 #include "proxy/metrics.h"
 #include "proxy/snapshot.h"
@@ -89,6 +90,10 @@ class Server {
     }
   };
   StoreStat store_stat_;
+  StoreStat keyring_stat_;
+  // Upload encryption counters per master key id; entries are only added,
+  // so the pointers the filter factories hold stay valid. Main thread only.
+  std::unordered_map<std::string, std::unique_ptr<EncryptionCounters>> enc_counters_;
   std::unordered_map<std::string, int64_t> last_use_seed_;
   std::unique_ptr<LogWriter> access_log_;
   std::unique_ptr<WorkerShared> shared_;

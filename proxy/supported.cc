@@ -6,9 +6,6 @@ namespace portcullis {
 
 bool checkSupported(const Config& config, std::string& error) {
   std::string out;
-  auto refuse = [&](const std::string& key, const char* what) {
-    out += config.path + ": " + key + ": " + what + " is not available in this build yet\n";
-  };
   for (size_t i = 0; i < config.routes.size(); ++i) {
     const RouteConfig& r = config.routes[i];
     const std::string k = "route[" + std::to_string(i) + "].";
@@ -16,7 +13,13 @@ bool checkSupported(const Config& config, std::string& error) {
       out += config.path + ":" + std::to_string(r.line) + ": " + k +
              "auth: needs an [auth] section with token_store (or auth = false for a public route)\n";
     }
-    if (r.encrypt_body) refuse(k + "encrypt_body", "upload encryption");
+    if (r.encrypt_body && !config.encryption.configured()) {
+      out += config.path + ":" + std::to_string(r.line) + ": " + k +
+             "encrypt_body: needs an [encryption] section with keyring\n";
+    }
+  }
+  if (config.detect.present) {
+    out += config.path + ": detect: suspicious-activity detection is not available in this build yet\n";
   }
   if (out.empty()) return true;
   out.pop_back();
@@ -27,6 +30,7 @@ bool checkSupported(const Config& config, std::string& error) {
 }  // namespace portcullis
 
 #include "proxy/auth_state.h"
+#include "proxy/keyring.h"
 #include "proxy/supported.h"
 #include "proxy/tls.h"
 
@@ -35,6 +39,7 @@ namespace portcullis {
 bool checkNamedFiles(const Config& config, std::string& error) {
   if (config.tls.configured() && !TlsContext::create(config.tls, error)) return false;
   if (config.auth.configured() && !buildAuthState(config, nullptr, {}, error)) return false;
+  if (config.encryption.configured() && !LocalKeyring::load(config.encryption.keyring, error)) return false;
   return true;
 }
 

@@ -15,9 +15,8 @@
 #
 # The first run generates the demo secrets under var/demo/ (kept across runs,
 # never committed): a self-signed ECDSA P-256 certificate for 127.0.0.1 and
-# localhost with its key (mode 0600). Once token checking and upload
-# encryption land, the keyring and a demo token (printed exactly once) are
-# generated here too.
+# localhost with its key (mode 0600), the upload encryption keyring (0600) and
+# a demo token (printed exactly once).
 
 set -euo pipefail
 
@@ -86,6 +85,11 @@ if [[ ! -f var/demo/server.key || ! -f var/demo/server.crt ]]; then
     { echo "run-demo: openssl could not create the certificate" >&2; exit 1; }
   chmod 600 var/demo/server.key
   chmod 644 var/demo/server.crt
+fi
+# The upload encryption keyring: one random master key, active.
+if [[ ! -f var/demo/keyring.toml ]]; then
+  "$CTL_BIN" keys gen --keyring var/demo/keyring.toml --id k1 --activate >/dev/null ||
+    { echo "run-demo: could not create the keyring" >&2; exit 1; }
 fi
 # The demo token: issued once into a fresh store (mode 0600) and printed once;
 # the store keeps only its SHA-256. Lost it? Issue another with portcullisctl.

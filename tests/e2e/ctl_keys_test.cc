@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "proxy/keyring.h"
+#include "tests/e2e/harness.h"
 #include "tools/pcx1/pcx1.h"
 
 namespace portcullis {
@@ -52,24 +53,8 @@ class CtlKeysTest : public ::testing::Test {
     std::ofstream(in, std::ios::binary | std::ios::trunc) << input;
     std::vector<std::string> argv_s = {PORTCULLISCTL_BIN};
     argv_s.insert(argv_s.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& s : argv_s) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      const int fi = ::open(in.c_str(), O_RDONLY);
-      const int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      const int fe = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      ::dup2(fi, 0);
-      ::dup2(fo, 1);
-      ::dup2(fe, 2);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    int status = 0;
-    ::waitpid(pid, &status, 0);
     CtlRun r;
-    r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.rc = e2e::runWithFiles(argv_s, in, out, err);
     r.out = slurp(out);
     r.err = slurp(err);
     return r;

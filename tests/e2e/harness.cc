@@ -270,10 +270,35 @@ std::optional<size_t> ChildProcess::waitForStderr(std::string_view needle, Milli
 // ---------------------------------------------------------------------------
 // DemoBackend
 
-DemoBackend::DemoBackend() {
+int runWithFiles(std::vector<std::string> argv_s, const std::string& in, const std::string& out,
+                 const std::string& err) {
+  std::vector<char*> argv;
+  for (std::string& s : argv_s) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fi = ::open(in.c_str(), O_RDONLY);
+    const int fo = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    const int fe = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ::dup2(fi, 0);
+    ::dup2(fo, 1);
+    ::dup2(fe, 2);
+    ::execvp(argv[0], argv.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+DemoBackend::DemoBackend(const std::string& upload_dir) {
   const std::string port_file = dir_.file("port");
-  proc_ = std::make_unique<ChildProcess>(std::vector<std::string>{
-      DEMO_BACKEND_BIN, "--listen", "127.0.0.1:0", "--port-file", port_file, "--quiet"});
+  std::vector<std::string> argv{DEMO_BACKEND_BIN, "--listen", "127.0.0.1:0", "--port-file", port_file, "--quiet"};
+  if (!upload_dir.empty()) {
+    argv.push_back("--upload-dir");
+    argv.push_back(upload_dir);
+  }
+  proc_ = std::make_unique<ChildProcess>(argv);
   const auto deadline = Clock::now() + Millis(15000);
   while (Clock::now() < deadline) {
     std::ifstream f(port_file);

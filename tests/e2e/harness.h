@@ -123,9 +123,16 @@ class ChildProcess {
 };
 
 // demo-backend on 127.0.0.1:<ephemeral>.
+// Runs argv (argv[0] looked up in PATH) to completion with stdin, stdout
+// and stderr redirected to the given files; returns the exit status, or
+// 128 + signal number.
+int runWithFiles(std::vector<std::string> argv, const std::string& in, const std::string& out,
+                 const std::string& err);
+
 class DemoBackend {
  public:
-  DemoBackend();
+  // With `upload_dir`, POST /upload?name=X bodies are stored as files there.
+  explicit DemoBackend(const std::string& upload_dir = "");
   uint16_t port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   ChildProcess& process() { return *proc_; }

@@ -406,28 +406,47 @@ TEST(ConfigTest, NonAsciiIsRefusedBeforeTheTomlParserSeesIt) {
   EXPECT_EQ(r.error, "t.toml:11: non-ASCII character (not accepted: this build's TOML parser mishandles them)");
 }
 
-TEST(ConfigTest, NotYetImplementedSectionsAreUnknown) {
+TEST(ConfigTest, EncryptionAndDetectSections) {
   Result r = load(std::string(kBase) + R"(listen_https = ":8443"
 [tls]
 cert = "x"
 key = "y"
-[https]
-plaintext = "reject"
-[auth]
-token_store = "x"
-[rate_limit]
-token = { rps = 1, burst = 2 }
-[[role]]
-name = "reader"
 [encryption]
-keyring = "x"
+keyring = "conf/keyring.toml"
+segment_bytes = 4096
+[detect]
+auth_failures = { count = 5, window_s = 30 }
+forbidden = { count = 7, window_s = 20 }
+not_found = { count = 9, window_s = 10 }
+rate_spike_factor = 4.5
+bytes_spike_factor = 8
+alert_webhook = "http://127.0.0.1:9/alerts"
+)");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.cfg.encryption.keyring, "conf/keyring.toml");
+  EXPECT_EQ(r.cfg.encryption.segment_bytes, 4096u);
+  const DetectConfig& d = r.cfg.detect.thresholds;
+  EXPECT_EQ(d.auth_failures_count, 5u);
+  EXPECT_EQ(d.auth_failures_window_s, 30u);
+  EXPECT_EQ(d.forbidden_count, 7u);
+  EXPECT_EQ(d.not_found_window_s, 10u);
+  EXPECT_DOUBLE_EQ(d.rate_factor, 4.5);
+  EXPECT_DOUBLE_EQ(d.bytes_factor, 8.0);
+  EXPECT_EQ(r.cfg.detect.alert_webhook, "http://127.0.0.1:9/alerts");
+
+  Result bad = load(std::string(kBase) + R"([encryption]
+segment_bytes = 8
 [detect]
 rate_spike_factor = 1.0
+alert_webhook = "https://collector"
+surprise = 1
 )");
-  EXPECT_FALSE(r.ok);
-  EXPECT_EQ(r.error,
-            "t.toml:23: encryption: unknown key\n"
-            "t.toml:25: detect: unknown key");
+  EXPECT_FALSE(bad.ok);
+  EXPECT_NE(bad.error.find("encryption.keyring: missing"), std::string::npos) << bad.error;
+  EXPECT_NE(bad.error.find("encryption.segment_bytes"), std::string::npos) << bad.error;
+  EXPECT_NE(bad.error.find("detect.rate_spike_factor: must be between"), std::string::npos) << bad.error;
+  EXPECT_NE(bad.error.find("detect.alert_webhook: invalid URL"), std::string::npos) << bad.error;
+  EXPECT_NE(bad.error.find("detect.surprise: unknown key"), std::string::npos) << bad.error;
 }
 
 TEST(ConfigTest, UnknownTopLevelKey) {

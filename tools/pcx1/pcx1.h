@@ -163,6 +163,10 @@ class Sealer {
   std::span<const uint8_t> header() const { return {header_.data(), header_len_}; }
   // Plaintext bytes taken so far.
   uint64_t plaintextBytes() const { return plaintext_bytes_; }
+  // Plaintext bytes taken but not sealed yet (0 ..= segment_size). With
+  // ready() empty, feed() takes up to segment_size - held() bytes without
+  // producing output; one byte more seals the held segment.
+  size_t held() const { return held_; }
   // Forgets the stream and wipes key material; keeps the buffer.
   void reset();
 
