@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "proxy/audit_log.h"
 #include "proxy/auth_state.h"
 #include "proxy/headers.h"
 #include "proxy/snapshot.h"
@@ -46,6 +47,11 @@ void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
   job->id = rec.id;
   std::fprintf(stderr, "portcullis: token.plaintext_revoked token_id=%s remote_ip=%.*s\n", job->id.c_str(),
                static_cast<int>(ctx.remote_ip.size()), ctx.remote_ip.data());
+  if (s->audit != nullptr) {
+    AuditFields f;
+    f.str("request_id", ctx.request_id).str("ip", ctx.remote_ip).str("token_id", rec.id).str("account", rec.account);
+    s->audit->record("token.plaintext_revoked", f.take());
+  }
   uv_queue_work(
       ctx.loop, &job->req,
       [](uv_work_t* r) {

@@ -6,7 +6,10 @@
 #include <string>
 
 #include "filters/rate_limiter.h"
+#include "proxy/audit_log.h"
 #include "proxy/auth_state.h"
+#include "proxy/detect.h"
+#include "proxy/security_events.h"
 #include "proxy/snapshot.h"
 
 namespace portcullis {
@@ -71,6 +74,13 @@ class RateLimitIp final : public Filter {
     if (b.ban_started) {
       std::fprintf(stderr, "portcullis: ratelimit.ban ip=%.*s ban_s=%u (auth failures)\n",
                    static_cast<int>(ctx.remote_ip.size()), ctx.remote_ip.data(), cfg_->af_ban_s);
+      // A ban is always an alert (SPEC §8), besides its own audit record.
+      if (AuditLog* audit = ctx.snapshot->audit) {
+        AuditFields f;
+        f.str("ip", ctx.remote_ip).unum("ban_s", cfg_->af_ban_s).unum("failures", cfg_->af_max + 1);
+        audit->record("ratelimit.ban", f.take());
+      }
+      if (Detector* d = ctx.snapshot->detector) d->ban(ctx.remote_ip, monotonicNowNs());
     }
   }
 

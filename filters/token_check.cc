@@ -31,8 +31,8 @@ class TokenCheck final : public Filter {
     const int64_t now = static_cast<int64_t>(std::time(nullptr));
     const TokenVerdict v = TokenTable::checkRecord(rec, hashSecret(token.secret), now, auth_->last_use->get(idx),
                                                    auth_->inactive_expiry_s);
+    ctx.token_id = rec.id;  // public; lets the audit log name a revoked or expired token
     if (v != TokenVerdict::kOk) return unauthorized(ctx, kInvalidChallenge, tokenVerdictName(v));
-    ctx.token_id = rec.id;
     ctx.account = rec.account;
     if (!auth_->rbac->allowed(auth_->token_roles[static_cast<size_t>(idx)], head.method_name, head.path,
                               rec.account)) {

@@ -566,6 +566,7 @@ void Loader::loadLog(const toml::table& t, LogConfig& c) {
   checkKeys(t, path, {"access", "audit", "syslog"});
   getString(t, "access", path, c.access);
   getNonEmptyString(t, "audit", path, c.audit);
+  c.audit_explicit = t.get("audit") != nullptr;
   std::string syslog;
   if (getString(t, "syslog", path, syslog)) {
     constexpr std::string_view kScheme = "tcp://";

@@ -183,6 +183,7 @@ struct DetectSettings {
 struct LogConfig {
   std::string access = "var/log/access.log";  // empty = access log off
   std::string audit = "var/log/audit.log";
+  bool audit_explicit = false;  // `audit` was given in the file
   std::string syslog;
 };
 

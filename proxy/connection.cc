@@ -32,6 +32,7 @@
 #include <cstring>
 
 #include "proxy/access_log.h"
+#include "proxy/security_events.h"
 #include "proxy/target_normalize.h"
 #include "proxy/worker.h"
 
@@ -1108,6 +1109,7 @@ void Connection::finishExchange() {
   m.requests[label][methodSlot(req_.method_name)][statusSlot(status_)].inc();
   m.request_latency.observe(dur);
   logAccess();
+  reportSecurity();
   chain_.complete(ctx_);
   if (close_after_ || draining_) {
     close();
@@ -1252,6 +1254,11 @@ void Connection::drain(bool force) {
   if (req_state_ == ReqState::kReadingHead && !head_bytes_seen_ && !codec_.inMessage()) close();
 }
 
+void Connection::reportSecurity() {
+  if (snap_ == nullptr) return;
+  reportRequest(*snap_, ctx_, req_.method_name, req_.path, status_, resp_bytes_out_);
+}
+
 void Connection::logAccess() {
   LogWriter* log = worker_->accessLog();
   if (log == nullptr) return;
@@ -1282,6 +1289,9 @@ void Connection::close() {
   if (closing_) return;
   closing_ = true;
   if (up_ != nullptr) releaseUpstream(false);
+  // A request cut short (the client went away mid-reply) still counts for
+  // the audit log and the detector once its chain had started.
+  if (chain_.active()) reportSecurity();
   chain_.complete(ctx_);
   unpinSnapshot();
   uv_timer_stop(&timer_);

@@ -93,6 +93,7 @@ class Connection : public BodySink {
   void sendRequestHead();
   void pumpRequestBody();
   bool transformBody(BodyTransform* xf, bool& request_done);
+  void reportSecurity();
   void flushToUpstream();
   void handleUpstreamFailure(UpstreamError kind, int status);
 

@@ -1,5 +1,7 @@
 #include "proxy/metrics.h"
 
+#include "proxy/detect.h"
+
 #include <cstdarg>
 #include <cstdio>
 
@@ -206,6 +208,38 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
     perKey("portcullis_uploads_encryption_aborted_total",
            "Encrypted bodies that never ended (client gone, refused, upstream failed), by master key id.",
            &MetricsExtra::KeyUse::aborted);
+  }
+  if (extra.audit_enabled) {
+    counter("portcullis_audit_records_written_total", "Audit records written (hash-chained).", extra.audit_written);
+    counter("portcullis_audit_overflowed_total",
+            "Audit events that found the queue full and took the overflow path (never dropped).",
+            extra.audit_overflowed);
+    gauge("portcullis_audit_queue_depth", "Audit events waiting to be written.",
+          static_cast<int64_t>(extra.audit_queue_depth));
+  }
+  if (extra.detect_enabled) {
+    out += "# HELP portcullis_alerts_total Suspicious-activity alerts raised, by kind.\n";
+    out += "# TYPE portcullis_alerts_total counter\n";
+    for (size_t k = 0; k < kAlertKinds; ++k) {
+      appendF(out, "portcullis_alerts_total{kind=\"%s\"} %llu\n",
+              std::string(alertKindName(static_cast<AlertKind>(k))).c_str(),
+              static_cast<unsigned long long>(extra.alerts[k]));
+    }
+    counter("portcullis_detect_fallbacks_total", "Detector events for keys that found no table cell.",
+            extra.detect_fallbacks);
+  }
+  if (extra.webhook_enabled) {
+    counter("portcullis_alert_webhook_sent_total", "Alerts the webhook collector accepted (2xx).", extra.webhook_sent);
+    counter("portcullis_alert_webhook_failed_total", "Alerts given up after every retry failed.",
+            extra.webhook_failed);
+    counter("portcullis_alert_webhook_dropped_total", "Alerts not queued for the webhook (queue full).",
+            extra.webhook_dropped);
+  }
+  if (extra.syslog_enabled) {
+    counter("portcullis_syslog_sent_total", "Audit records sent to the syslog collector.", extra.syslog_sent);
+    counter("portcullis_syslog_dropped_total",
+            "Audit records not sent to the syslog collector (queue full); the audit file keeps them.",
+            extra.syslog_dropped);
   }
   counter("portcullis_log_lines_written_total", "Access log lines written.", extra.log_written);
   counter("portcullis_log_lines_dropped_total", "Access log lines dropped because the queue was full.",

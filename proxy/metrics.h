@@ -121,6 +121,15 @@ struct MetricsExtra {
     uint64_t uploads = 0, bytes = 0, aborted = 0;
   };
   std::vector<KeyUse> encryption;  // per master key id
+  bool audit_enabled = false;
+  uint64_t audit_written = 0, audit_overflowed = 0, audit_queue_depth = 0;
+  bool detect_enabled = false;
+  uint64_t alerts[6] = {};  // by AlertKind
+  uint64_t detect_fallbacks = 0;
+  bool webhook_enabled = false;
+  uint64_t webhook_sent = 0, webhook_failed = 0, webhook_dropped = 0;
+  bool syslog_enabled = false;
+  uint64_t syslog_sent = 0, syslog_dropped = 0;
 };
 std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, const RouteLabels& labels,
                           const MetricsExtra& extra);

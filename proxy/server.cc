@@ -17,6 +17,8 @@
 
 #include "proxy/access_log.h"
 #include "proxy/admin_server.h"
+#include "proxy/alert_webhook.h"
+#include "proxy/audit_log.h"
 #include "filters/https_enforce.h"
 #include "filters/rate_limit.h"
 #include "filters/rate_limiter.h"
@@ -26,6 +28,7 @@
 #include "proxy/auth_state.h"
 #include "proxy/health_check.h"
 #include "proxy/keyring.h"
+#include "proxy/syslog_sink.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
 
@@ -108,17 +111,18 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   filters.push_back(std::make_shared<ValidateFactory>());
   filters.push_back(std::make_shared<TokenCheckFactory>());
   filters.push_back(std::make_shared<RateLimitTokenFactory>());
+  std::shared_ptr<const LocalKeyring> keys;
   if (cfg->encryption.configured()) {
     // Last: only authorised, validated bodies are encrypted, and every
     // filter before sees plaintext.
-    std::shared_ptr<const LocalKeyring> keys = LocalKeyring::load(cfg->encryption.keyring, error);
+    keys = LocalKeyring::load(cfg->encryption.keyring, error);
     if (!keys) return false;
     for (const std::string& id : keys->keyIds()) {
       auto& c = enc_counters_[id];
       if (!c) c = std::make_unique<EncryptionCounters>();
     }
     EncryptionCounters* counters = enc_counters_[keys->activeKeyId()].get();
-    filters.push_back(std::make_shared<UploadEncryptFactory>(std::move(keys), cfg->encryption.segment_bytes, counters));
+    filters.push_back(std::make_shared<UploadEncryptFactory>(keys, cfg->encryption.segment_bytes, counters));
   }
   for (const auto& f : options_.extra_filters) filters.push_back(f);
   if (filters.size() > FilterChain::kMaxFilters) {
@@ -148,6 +152,13 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
     }
     std::const_pointer_cast<Snapshot>(snap)->rate_limiter = rate_limiter_.get();
   }
+  if (cfg->detect.thresholds.enabled && !detector_) {
+    // Like the rate limiter: one fixed-size table, sized by the first config.
+    detector_ = std::make_unique<Detector>(cfg->detect.thresholds, &alerts_);
+  }
+  std::const_pointer_cast<Snapshot>(snap)->detector = cfg->detect.thresholds.enabled ? detector_.get() : nullptr;
+  std::const_pointer_cast<Snapshot>(snap)->keys = keys;
+  std::const_pointer_cast<Snapshot>(snap)->audit = keys ? audit_.get() : nullptr;
   out = std::move(snap);
   return true;
 }
@@ -180,6 +191,7 @@ bool Server::startup(std::string& error) {
 
   access_log_ = std::make_unique<LogWriter>();
   if (!access_log_->start(cfg.log.access, error)) return false;
+  if (!startAuditAndAlerts(*snap, error)) return false;
   shared_ = std::make_unique<WorkerShared>();
   shared_->access_log = access_log_.get();
 
@@ -311,6 +323,7 @@ int Server::run() {
     uv_run(&loop_, UV_RUN_DEFAULT);
     workers_.clear();
     if (access_log_) access_log_->stop();
+    stopAuditAndAlerts();
     uv_loop_close(&loop_);
     setReady(false);
     return 1;
@@ -323,6 +336,7 @@ int Server::run() {
   workers_.clear();
   flushLastUse(true);
   access_log_->stop();
+  stopAuditAndAlerts();
   if (signals_installed_) {
     // Closing the handles restores the default actions; a signal arriving
     // from here to exit stays pending instead of turning exit 0 into death
@@ -454,7 +468,10 @@ void Server::requestReopen() {
 void Server::onAsync(uv_async_t* a) {
   auto* s = static_cast<Server*>(a->data);
   if (s->ready_state_ != 1) return;  // run() re-sends once ready
-  if (s->want_reopen_.exchange(false)) s->access_log_->reopen();
+  if (s->want_reopen_.exchange(false)) {
+    s->access_log_->reopen();
+    if (s->audit_) s->audit_->reopen();
+  }
   if (s->want_reload_.exchange(false)) s->reload();
   if (s->want_shutdown_.exchange(false)) s->beginShutdown();
 }
@@ -468,6 +485,7 @@ void Server::onSignal(uv_signal_t* sig, int signum) {
     case SIGUSR1:
       logLine("info", "reopening log files");
       s->access_log_->reopen();
+      if (s->audit_) s->audit_->reopen();
       break;
     default:
       s->beginShutdown();
@@ -482,6 +500,7 @@ void Server::reload() {
   if (!buildSnapshotFromFile(snap, error)) {
     reload_failures_++;
     logLine("error", "reload refused, keeping the running config: " + error);
+    if (audit_) audit_->record("config.reload", AuditFields().str("result", "refused").str("error", error).take());
     return;
   }
   const Config& old = *config_;
@@ -496,8 +515,75 @@ void Server::reload() {
   rememberStoreStat();
   for (auto& w : workers_) w->postSnapshot(snap);
   health_checker_->update(*snap);
+  if (cfg.detect.present != old.detect.present || cfg.log.audit != old.log.audit ||
+      cfg.log.syslog != old.log.syslog || cfg.detect.alert_webhook != old.detect.alert_webhook) {
+    logLine("warn", "reload: [detect], log.audit, log.syslog and the alert webhook change only on restart");
+  }
+  if (audit_ && snap->keys) {
+    // Key rotation: later records are signed with the new active key.
+    std::string e;
+    if (!audit_->setKeys(snap->keys, e)) logLine("error", "audit log keeps its key: " + e);
+  }
   reloads_++;
-  logLine("info", "config reloaded (generation " + std::to_string(snap->generation) + ")");
+  logLine("info", "config reloaded (generation " + std::to_string(snap->generation) + ")" +
+                      (snap->keys ? "; active key " + snap->keys->activeKeyId() : std::string()));
+  if (audit_) {
+    audit_->record("config.reload", AuditFields().str("result", "applied").unum("generation", snap->generation).take());
+  }
+}
+
+// The audit log needs the [encryption] keyring (its MAC key is derived from
+// the active master key). Without one it is off, with a warning (a config
+// that names log.audit explicitly is refused by checkSupported instead).
+bool Server::startAuditAndAlerts(const Snapshot& snap, std::string& error) {
+  const Config& cfg = *snap.config;
+  webhook_ = std::make_unique<AlertWebhook>();
+  if (!webhook_->start(cfg.detect.alert_webhook, error)) {
+    error = "detect.alert_webhook: " + error;
+    return false;
+  }
+  if (!cfg.log.syslog.empty()) {
+    syslog_ = std::make_unique<SyslogSink>();
+    char host[256] = {0};
+    if (::gethostname(host, sizeof(host) - 1) != 0) host[0] = 0;
+    if (!syslog_->start(cfg.log.syslog, host, error)) {
+      error = "log.syslog: " + error;
+      return false;
+    }
+  }
+  if (snap.keys) {
+    audit_ = std::make_unique<AuditLog>();
+    if (syslog_) {
+      SyslogSink* sink = syslog_.get();
+      audit_->setTee([sink](std::string_view line) {
+        // The event name is the record's third member; alerts go as warnings.
+        std::string_view event = "audit";
+        const size_t at = line.find("\"event\":\"");
+        if (at != std::string_view::npos) {
+          const size_t from = at + 9;
+          const size_t to = line.find('"', from);
+          if (to != std::string_view::npos) event = line.substr(from, to - from);
+        }
+        sink->send(event, line, event == "alert" ? SyslogSink::Severity::kWarning : SyslogSink::Severity::kNotice);
+      });
+    }
+    if (!audit_->start(cfg.log.audit, snap.keys, error)) {
+      error = "log.audit: " + error;
+      return false;
+    }
+    std::const_pointer_cast<Snapshot>(snapshot_)->audit = audit_.get();
+  } else {
+    logLine("warn", "no [encryption] keyring: the audit log (keyed by it) is off");
+  }
+  alerts_.attach(audit_.get(), webhook_.get());
+  return true;
+}
+
+// After the workers have stopped: everything recorded is written and synced.
+void Server::stopAuditAndAlerts() {
+  if (audit_) audit_->stop();
+  if (syslog_) syslog_->stop();
+  if (webhook_) webhook_->stop();
 }
 
 void Server::beginShutdown() {
@@ -541,6 +627,30 @@ std::string Server::renderMetricsText() const {
   extra.config_reloads = reloads_.load();
   extra.config_reload_failures = reload_failures_.load();
   extra.upstream_health = health_.list();
+  if (audit_) {
+    extra.audit_enabled = true;
+    extra.audit_written = audit_->written();
+    extra.audit_overflowed = audit_->overflowed();
+    extra.audit_queue_depth = audit_->depth();
+  }
+  if (detector_) {
+    extra.detect_enabled = true;
+    for (size_t k = 0; k < kAlertKinds; ++k) {
+      extra.alerts[k] = detector_->alertsRaised(static_cast<AlertKind>(k));
+    }
+    extra.detect_fallbacks = detector_->fallbacks();
+  }
+  if (webhook_ && webhook_->enabled()) {
+    extra.webhook_enabled = true;
+    extra.webhook_sent = webhook_->sent();
+    extra.webhook_failed = webhook_->failed();
+    extra.webhook_dropped = webhook_->dropped();
+  }
+  if (syslog_) {
+    extra.syslog_enabled = true;
+    extra.syslog_sent = syslog_->sent();
+    extra.syslog_dropped = syslog_->dropped();
+  }
   for (const auto& [id, c] : enc_counters_) {
     extra.encryption.push_back({id, c->uploads.load(std::memory_order_relaxed), c->bytes.load(std::memory_order_relaxed),
                                 c->aborted.load(std::memory_order_relaxed)});

@@ -15,6 +15,7 @@
 
 #include "filters/filter_chain.h"
 #include "filters/upload_encrypt.h"
+#include "proxy/security_events.h"
 #include "proxy/config.h"
 #include "proxy/metrics.h"
 #include "proxy/snapshot.h"
@@ -24,6 +25,9 @@ namespace portcullis {
 class AdminServer;
 class HealthChecker;
 class LogWriter;
+class AuditLog;
+class AlertWebhook;
+class SyslogSink;
 class RateLimiter;
 class Worker;
 struct WorkerShared;
@@ -74,6 +78,8 @@ class Server {
   static void onAuthTimer(uv_timer_t* t);
   void rememberStoreStat();
   void flushLastUse(bool sync);
+  bool startAuditAndAlerts(const Snapshot& snap, std::string& error);
+  void stopAuditAndAlerts();
 
   ServerOptions options_;
   uv_loop_t loop_;
@@ -98,6 +104,12 @@ class Server {
   std::unique_ptr<LogWriter> access_log_;
   std::unique_ptr<WorkerShared> shared_;
   std::unique_ptr<RateLimiter> rate_limiter_;  // declared before workers_: outlives them
+  // Audit log, detector and alert fan-out; also declared before workers_.
+  std::unique_ptr<AuditLog> audit_;
+  std::unique_ptr<AlertWebhook> webhook_;
+  std::unique_ptr<SyslogSink> syslog_;
+  AlertDispatcher alerts_;
+  std::unique_ptr<Detector> detector_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<AdminServer> admin_;
   std::unique_ptr<HealthChecker> health_checker_;

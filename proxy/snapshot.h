@@ -37,6 +37,9 @@ class RouteLabels;
 class TlsContext;
 struct AuthState;
 class RateLimiter;
+class AuditLog;
+class Detector;
+class KeyProvider;
 
 struct Snapshot {
   std::shared_ptr<const Config> config;
@@ -49,6 +52,11 @@ struct Snapshot {
   // The process-wide rate-limit table (owned by the server, outlives every
   // snapshot); null when [rate_limit] is not configured.
   RateLimiter* rate_limiter = nullptr;
+  // The audit log and the detector (owned by the server, outlive every
+  // snapshot); null when off. `keys` is the [encryption] keyring (null without).
+  AuditLog* audit = nullptr;
+  Detector* detector = nullptr;
+  std::shared_ptr<const KeyProvider> keys;
   // https.trusted_proxies, parsed; and the Strict-Transport-Security value
   // every HTTPS response carries (empty when hsts_max_age_s = 0).
   std::vector<Cidr> trusted_proxies;

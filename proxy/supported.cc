@@ -18,8 +18,8 @@ bool checkSupported(const Config& config, std::string& error) {
              "encrypt_body: needs an [encryption] section with keyring\n";
     }
   }
-  if (config.detect.present) {
-    out += config.path + ": detect: suspicious-activity detection is not available in this build yet\n";
+  if (config.log.audit_explicit && !config.encryption.configured()) {
+    out += config.path + ": log.audit: needs an [encryption] keyring (the audit MAC key is derived from it)\n";
   }
   if (out.empty()) return true;
   out.pop_back();

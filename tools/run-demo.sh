@@ -218,7 +218,8 @@ identity headers the proxy derives from the token):
   $CURL -i $PROXY_URL/v1/orders -H "Authorization: Bearer \$TOKEN" \\
        -H 'Content-Type: application/json' -d '{"item": '
 
-  # streamed CSV upload, checked as it streams
+  # streamed CSV upload, checked as it streams, then encrypted (pcx1): the
+  # echo shows X-Portcullis-Encryption and the ciphertext length the backend got
   $CURL -i $PROXY_URL/v1/accounts/demo/uploads -H "Authorization: Bearer \$TOKEN" \\
        -H 'Content-Type: text/csv' --data-binary @var/demo/sample.csv
 
@@ -231,6 +232,10 @@ identity headers the proxy derives from the token):
 
   # the backend alone stores uploads in var/demo/uploads/
   curl -i 'http://$BACKEND_ADDR/upload?name=sample.csv' --data-binary @var/demo/sample.csv
+
+  # decrypt what a backend received; check the audit trail
+  $CTL_BIN decrypt --keyring var/demo/keyring.toml < FILE.pcx1 > FILE
+  $CTL_BIN audit verify --keyring var/demo/keyring.toml var/log/audit.log
 
   curl -s $ADMIN_URL/metrics
   curl -i $ADMIN_URL/healthz

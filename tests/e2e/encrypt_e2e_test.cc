@@ -322,7 +322,9 @@ TEST_F(EncryptE2E, KeyRotationMidTraffic) {
   }
   stop = true;
   traffic.join();
-  EXPECT_TRUE(rotated) << "uploads did not switch to the new active key";
+  EXPECT_TRUE(rotated) << "uploads did not switch to the new active key; uploads sent: " << sent.load()
+                       << ", k2 uploads: " << proxy.metricOr0("portcullis_uploads_encrypted_total{key_id=\"k2\"}")
+                       << ", k1 uploads: " << proxy.metricOr0("portcullis_uploads_encrypted_total{key_id=\"k1\"}");
   int k1 = 0, k2 = 0;
   std::string last_k1, last_k2;
   for (const auto& [name, i] : names) {

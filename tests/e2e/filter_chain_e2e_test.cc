@@ -398,7 +398,6 @@ class FilterChainE2E : public ::testing::Test {
                           << "plaintext = \"allow\"\n"
                           << "[log]\n"
                           << "access = \"" << dir_ << "/access.log\"\n"
-                          << "audit = \"" << dir_ << "/audit.log\"\n"
                           << "[[upstream]]\n"
                           << "name = \"tiny\"\n"
                           << "servers = [\"127.0.0.1:" << upstream_->port() << "\"]\n"

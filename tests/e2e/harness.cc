@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <openssl/rand.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -18,6 +19,8 @@
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
+
+#include "proxy/keyring.h"
 
 namespace portcullis::e2e {
 
@@ -370,7 +373,21 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
     t += "\n";
   }
   if (!o.https_toml.empty()) t += "[https]\n" + o.https_toml + "\n";
-  t += "[log]\naccess = \"" + dir + "/access.log\"\naudit = \"" + dir + "/audit.log\"\n\n";
+  t += "[log]\naccess = \"" + dir + "/access.log\"\naudit = \"" + dir + "/audit.log\"\n" + o.log_toml + "\n";
+  if (o.extra_toml.find("[encryption]") == std::string::npos) {
+    // The audit log is keyed by the keyring: every test proxy gets one.
+    const std::string ring = dir + "/keyring.toml";
+    if (::access(ring.c_str(), F_OK) != 0) {
+      KeyringData d;
+      d.active = "test";
+      MasterKey k;
+      RAND_bytes(k.data(), static_cast<int>(k.size()));
+      d.keys = {{"test", k}};
+      std::string e;
+      if (!writeKeyring(ring, d, e)) fail("cannot write the test keyring: " + e);
+    }
+    t += "[encryption]\nkeyring = \"" + ring + "\"\n\n";
+  }
   t += o.extra_toml;
   return t;
 }
@@ -1005,7 +1022,7 @@ void ScriptedUpstream::loop() {
   }
 }
 
-std::string ScriptedUpstream::readRequest(int fd, Millis timeout) {
+std::string ScriptedUpstream::readRequest(int fd, Millis timeout, std::string* body) {
   setTimeouts(fd, timeout);
   std::string data;
   char tmp[65536];
@@ -1020,7 +1037,10 @@ std::string ScriptedUpstream::readRequest(int fd, Millis timeout) {
         if (p != std::string::npos) need = std::strtoull(lower.c_str() + p + 17, nullptr, 10);
       }
     }
-    if (head_end != std::string::npos && data.size() >= head_end + 4 + need) return data.substr(0, head_end + 4);
+    if (head_end != std::string::npos && data.size() >= head_end + 4 + need) {
+      if (body != nullptr) *body = data.substr(head_end + 4, need);
+      return data.substr(0, head_end + 4);
+    }
     ssize_t n = ::recv(fd, tmp, sizeof(tmp), 0);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return {};

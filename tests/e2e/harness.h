@@ -174,6 +174,7 @@ struct ProxyOptions {
   std::map<std::string, uint64_t> limits;    // [limits] key -> value
   std::string extra_toml;                    // appended verbatim
   std::string server_toml;                   // extra lines inside [server]
+  std::string log_toml;                      // extra lines inside [log]
   std::string state_dir;                     // "" = <temp dir>/state
   // HTTPS listener on 127.0.0.1:0 with this certificate and key (PEM paths);
   // empty = plaintext only.
@@ -377,9 +378,9 @@ class ScriptedUpstream {
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   int connectionCount() const { return accepted_.load(); }
 
-  // Reads one request head (and a Content-Length body, if any) from fd.
-  // Returns the head text, or "" on EOF/timeout.
-  static std::string readRequest(int fd, Millis timeout = Millis(5000));
+  // Reads one request head (and a Content-Length body, if any, into *body
+  // when given) from fd. Returns the head text, or "" on EOF/timeout.
+  static std::string readRequest(int fd, Millis timeout = Millis(5000), std::string* body = nullptr);
   static bool writeAll(int fd, std::string_view data);
 
  private:

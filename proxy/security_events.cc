@@ -1,0 +1,86 @@
+#include "proxy/security_events.h"
+
+#include <time.h>
+
+#include <string>
+
+#include "filters/request_context.h"
+#include "proxy/access_log.h"
+#include "proxy/alert_webhook.h"
+#include "proxy/audit_log.h"
+#include "proxy/server.h"
+#include "proxy/snapshot.h"
+
+namespace portcullis {
+
+uint64_t monotonicNowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+namespace {
+
+void requestFields(AuditFields& f, const RequestContext& ctx, std::string_view method, std::string_view path) {
+  f.str("request_id", ctx.request_id).str("ip", ctx.remote_ip).str("method", method).str("path", path);
+}
+
+void auditRequest(AuditLog* audit, std::string_view event, const RequestContext& ctx, std::string_view method,
+                  std::string_view path, std::string_view reason) {
+  if (audit == nullptr) return;
+  AuditFields f;
+  requestFields(f, ctx, method, path);
+  if (!ctx.token_id.empty()) f.str("token_id", ctx.token_id);
+  if (!ctx.account.empty()) f.str("account", ctx.account);
+  if (!reason.empty()) f.str("reason", reason);
+  audit->record(event, f.take());
+}
+
+}  // namespace
+
+void reportRequest(const Snapshot& snap, const RequestContext& ctx, std::string_view method, std::string_view path,
+                   int status, uint64_t bytes_out) {
+  AuditLog* audit = snap.audit;
+  Detector* detector = snap.detector;
+  if (audit == nullptr && detector == nullptr) return;
+  const bool by_token_check = ctx.rejected_by == "token_check";
+  if (by_token_check && status == 401) {
+    std::string_view event = ctx.reason == "revoked"   ? "token.revoked_used"
+                             : ctx.reason == "expired" ? "token.expired_used"
+                                                       : "auth.failure";
+    auditRequest(audit, event, ctx, method, path, ctx.reason);
+    if (detector != nullptr) detector->authFailure(ctx.remote_ip, monotonicNowNs());
+  } else if (by_token_check && status == 403) {
+    auditRequest(audit, "authz.forbidden", ctx, method, path, ctx.reason);
+    if (detector != nullptr) detector->forbidden(ctx.remote_ip, ctx.token_id, monotonicNowNs());
+  } else if (!ctx.token_id.empty()) {
+    auditRequest(audit, "auth.success", ctx, method, path, {});
+    if (detector != nullptr) detector->tokenRequest(ctx.token_id, bytes_out, monotonicNowNs());
+  }
+  if (ctx.route == nullptr && status == 404 && detector != nullptr) detector->notFound(ctx.remote_ip, monotonicNowNs());
+}
+
+void AlertDispatcher::onAlert(const Alert& a) {
+  AuditFields f;
+  f.str("kind", a.kind);
+  if (!a.ip.empty()) f.str("ip", a.ip);
+  if (!a.token_id.empty()) f.str("token_id", a.token_id);
+  f.unum("count", a.count).unum("threshold", a.threshold).unum("window_s", a.window_s);
+  if (a.baseline > 0) f.unum("baseline", static_cast<uint64_t>(a.baseline + 0.5));
+  const std::string& members = f.view();
+  std::string line = "alert " + std::string(a.kind) + " {" + members + "}";
+  logLine("warn", line);
+  if (webhook_ != nullptr && webhook_->enabled()) {
+    std::string body = "{\"event\":\"alert\",\"ts\":\"";
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    appendRfc3339Micros(static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000, body);
+    body += "\",";
+    body += members;
+    body += "}";
+    webhook_->post(std::move(body));
+  }
+  if (audit_ != nullptr) audit_->record("alert", f.take());
+}
+
+}  // namespace portcullis

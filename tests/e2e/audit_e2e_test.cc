@@ -1,0 +1,269 @@
+// Audit log, detection and alert delivery end to end (SPEC §8): security
+// events of real requests land in the hash-chained audit log, which
+// `portcullisctl audit verify` accepts and rejects once edited; a burst of
+// auth failures or unrouted paths POSTs an alert to a real collector within
+// 2 s; audit records also reach a syslog collector; no token is in any log.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/e2e/harness.h"
+
+namespace portcullis::e2e {
+namespace {
+
+using Steady = std::chrono::steady_clock;
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// Runs portcullisctl; stdout (and stderr when `with_stderr`), trimmed.
+std::string ctlOut(const std::string& args, int* rc = nullptr, bool with_stderr = true) {
+  const std::string cmd = std::string(PORTCULLISCTL_BIN) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[512];
+  while (p != nullptr && fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+  const int st = p != nullptr ? pclose(p) : -1;
+  if (rc != nullptr) *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+std::vector<std::string> lines(const std::string& text) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t nl = text.find('\n', at);
+    if (nl == std::string::npos) nl = text.size();
+    out.push_back(text.substr(at, nl - at));
+    at = nl + 1;
+  }
+  return out;
+}
+
+// Collects what arrives at a plain TCP listener (one connection at a time):
+// HTTP POST bodies for the webhook (answered 200), raw bytes for syslog.
+class Collector {
+ public:
+  explicit Collector(bool http) : http_(http) {
+    upstream_ = std::make_unique<ScriptedUpstream>([this](int fd, int) { serve(fd); });
+  }
+  std::string address() const { return upstream_->address(); }
+  // Waits (bounded) until `needle` has arrived; returns when it did, or -1.
+  double waitFor(const std::string& needle, Steady::time_point since, Millis timeout) {
+    const auto deadline = Steady::now() + timeout;
+    while (Steady::now() < deadline) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (data_.find(needle) != std::string::npos) {
+          return std::chrono::duration<double>(seen_at_ - since).count();
+        }
+      }
+      std::this_thread::sleep_for(Millis(5));
+    }
+    return -1;
+  }
+  std::string data() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return data_;
+  }
+
+ private:
+  void serve(int fd) {
+    if (http_) {
+      for (;;) {
+        std::string body;
+        std::string req = ScriptedUpstream::readRequest(fd, Millis(1000), &body);
+        if (req.empty()) return;
+        append(req + body);
+        if (!ScriptedUpstream::writeAll(fd, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")) return;
+      }
+    }
+    char buf[4096];
+    for (;;) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 1000) <= 0) return;
+      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) return;
+      append(std::string(buf, static_cast<size_t>(n)));
+    }
+  }
+  void append(const std::string& s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    data_ += s;
+    seen_at_ = Steady::now();
+  }
+  bool http_;
+  std::mutex mu_;
+  std::string data_;
+  Steady::time_point seen_at_;
+  std::unique_ptr<ScriptedUpstream> upstream_;
+};
+
+class AuditE2E : public ::testing::Test {
+ protected:
+  void start(const std::string& detect_toml, const std::string& syslog = "") {
+    store_ = dir_.file("tokens.toml");
+    token_ = ctlOut("token issue --store " + store_ + " --account acme --role reader", nullptr, false);
+    ASSERT_EQ(token_.size(), 60u) << token_;
+    ProxyOptions o = ProxyOptions::forBackend(backend_.address());
+    RouteSpec api{"/v1/", "app", {}, 0, "", true};
+    o.routes = {api};
+    o.extra_toml = "[auth]\ntoken_store = \"" + store_ + "\"\n" +
+                   "[[role]]\nname = \"reader\"\nallow = [\"GET /v1/accounts/{account}/*\"]\n" + detect_toml;
+    if (!syslog.empty()) o.log_toml = "syslog = \"tcp://" + syslog + "\"\n";
+    proxy_ = std::make_unique<Proxy>(o);
+    audit_ = proxy_->dir().file("audit.log");
+    keyring_ = proxy_->dir().file("keyring.toml");
+  }
+
+  // SIGTERM and wait: everything is written and synced; the files stay.
+  void stopProxy() {
+    proxy_->process().sendSignal(SIGTERM);
+    int ws = 0;
+    EXPECT_TRUE(proxy_->process().waitExit(Millis(10000), &ws));
+    EXPECT_TRUE(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  }
+
+  TempDir dir_;
+  DemoBackend backend_;
+  std::string store_, token_, audit_, keyring_;
+  std::unique_ptr<Proxy> proxy_;
+};
+
+TEST_F(AuditE2E, SecurityEventsAreChainedAndVerify) {
+  start("");
+  Client c(proxy_->httpPort());
+  expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/x")), 401, "unauthorized");
+  expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/x", "Authorization: Bearer pct_nope\r\n")), 401,
+                   "unauthorized");
+  HttpResponse ok = c.roundTrip(getRequest("/v1/accounts/acme/x", "Authorization: Bearer " + token_ + "\r\n"));
+  EXPECT_EQ(ok.status, 200);
+  expectProxyError(c.roundTrip(getRequest("/v1/accounts/beta/x", "Authorization: Bearer " + token_ + "\r\n")), 403,
+                   "forbidden");
+  EXPECT_TRUE(proxy_->reload());
+  stopProxy();
+
+  const std::string text = slurp(audit_);
+  const std::string id = token_.substr(4, 12);
+  std::vector<std::string> ls = lines(text);
+  auto has = [&](const std::string& a, const std::string& b = "") {
+    for (const std::string& l : ls) {
+      if (l.find(a) != std::string::npos && l.find(b) != std::string::npos) return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(has("\"event\":\"audit.start\""));
+  EXPECT_TRUE(has("\"event\":\"auth.failure\"", "\"reason\":\"no token\"")) << text;
+  EXPECT_TRUE(has("\"event\":\"auth.failure\"", "\"reason\":\"bad_length\"")) << text;
+  EXPECT_TRUE(has("\"event\":\"auth.success\"", "\"token_id\":\"" + id + "\"")) << text;
+  EXPECT_TRUE(has("\"event\":\"authz.forbidden\"", "\"path\":\"/v1/accounts/beta/x\"")) << text;
+  EXPECT_TRUE(has("\"event\":\"config.reload\"", "\"result\":\"applied\"")) << text;
+  for (const std::string& l : ls) EXPECT_EQ(l.find(",\"mac\":\""), l.size() - 74) << l;
+  EXPECT_EQ(text.find(token_.substr(17)), std::string::npos) << "no token secret in the audit log";
+
+  int rc = -1;
+  std::string out = ctlOut("audit verify --keyring " + keyring_ + " " + audit_, &rc);
+  EXPECT_EQ(rc, 0) << out;
+
+  // An edited copy fails and names the record.
+  std::string edited = text;
+  const size_t at = edited.find("\"reason\":\"no token\"");
+  ASSERT_NE(at, std::string::npos);
+  edited.replace(at, 19, "\"reason\":\"no tokem\"");
+  const std::string copy = dir_.file("edited.log");
+  std::ofstream(copy, std::ios::binary) << edited;
+  out = ctlOut("audit verify --keyring " + keyring_ + " " + copy, &rc);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("edited"), std::string::npos) << out;
+  EXPECT_NE(out.find("seq"), std::string::npos) << out;
+}
+
+TEST_F(AuditE2E, AuthFailureBurstPostsAnAlertWithinTwoSeconds) {
+  Collector hook(true);
+  start("[detect]\nauth_failures = { count = 5, window_s = 60 }\nalert_webhook = \"http://" + hook.address() +
+        "/alerts\"\n");
+  Client c(proxy_->httpPort());
+  const auto t0 = Steady::now();
+  for (int i = 0; i < 5; ++i) {
+    expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/x", "Authorization: Bearer pct_nope\r\n")), 401,
+                     "unauthorized");
+  }
+  const double took = hook.waitFor("\"kind\":\"auth_failures\"", t0, Millis(5000));
+  ASSERT_GE(took, 0) << "no alert arrived; got: " << hook.data();
+  EXPECT_LT(took, 2.0);
+  const std::string got = hook.data();
+  EXPECT_NE(got.find("POST /alerts HTTP/1.1"), std::string::npos) << got;
+  EXPECT_NE(got.find("\"ip\":\"127.0.0.1\""), std::string::npos) << got;
+  EXPECT_NE(got.find("\"count\":5"), std::string::npos) << got;
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_alerts_total{kind=\"auth_failures\"}", 1), 1);
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_alert_webhook_sent_total", 1), 1);
+  stopProxy();
+  const std::string text = slurp(audit_);
+  EXPECT_NE(text.find("\"event\":\"alert\",\"kind\":\"auth_failures\",\"ip\":\"127.0.0.1\""), std::string::npos)
+      << text;
+}
+
+TEST_F(AuditE2E, ScanningAndForbiddenBurstsAlert) {
+  Collector hook(true);
+  start("[detect]\nnot_found = { count = 3, window_s = 60 }\nforbidden = { count = 3, window_s = 60 }\n"
+        "alert_webhook = \"http://" + hook.address() + "/\"\n");
+  Client c(proxy_->httpPort());
+  const auto t0 = Steady::now();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(c.roundTrip(getRequest("/admin/" + std::to_string(i))).status, 404);
+  EXPECT_GE(hook.waitFor("\"kind\":\"scanning\"", t0, Millis(5000)), 0) << hook.data();
+  for (int i = 0; i < 3; ++i) {
+    expectProxyError(c.roundTrip(getRequest("/v1/accounts/other/x", "Authorization: Bearer " + token_ + "\r\n")),
+                     403, "forbidden");
+  }
+  EXPECT_GE(hook.waitFor("\"kind\":\"forbidden\",\"token_id\":\"" + token_.substr(4, 12), t0, Millis(5000)), 0)
+      << hook.data();
+  EXPECT_EQ(hook.data().find(token_.substr(17)), std::string::npos);
+}
+
+TEST_F(AuditE2E, AuditRecordsAlsoReachASyslogCollector) {
+  Collector siem(false);
+  const auto t0 = Steady::now();
+  start("", siem.address());
+  ASSERT_GE(siem.waitFor("audit.start", t0, Millis(5000)), 0) << siem.data();
+  Client c(proxy_->httpPort());
+  expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/x")), 401, "unauthorized");
+  ASSERT_GE(siem.waitFor("\"event\":\"auth.failure\"", t0, Millis(5000)), 0) << siem.data();
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_syslog_sent_total", 2), 2);
+  const std::string got = siem.data();
+  // Octet counting: "LEN SP <85>1 TS HOST portcullis PID MSGID - MSG" (authpriv.notice).
+  size_t at = 0;
+  int frames = 0;
+  while (at < got.size()) {
+    const size_t sp = got.find(' ', at);
+    ASSERT_NE(sp, std::string::npos) << got;
+    const size_t len = std::strtoul(got.c_str() + at, nullptr, 10);
+    ASSERT_GT(len, 0u) << got;
+    ASSERT_LE(sp + 1 + len, got.size()) << got;
+    const std::string msg = got.substr(sp + 1, len);
+    EXPECT_EQ(msg.compare(0, 6, "<85>1 "), 0) << msg;
+    EXPECT_NE(msg.find(" portcullis "), std::string::npos) << msg;
+    EXPECT_EQ(msg.back(), '}') << msg;
+    at = sp + 1 + len;
+    ++frames;
+  }
+  EXPECT_EQ(frames, 2);
+}
+
+}  // namespace
+}  // namespace portcullis::e2e
