@@ -5,7 +5,7 @@ JOBS       ?= $(shell nproc)
 CONFIG     ?= conf/portcullis.toml
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
-FUZZERS    ?= http_codec config token multipart json pcx1
+FUZZERS    ?= http_codec config token multipart json pcx1 audit_verify
 
 .PHONY: all deps build run test test-asan bench fuzz clean
 

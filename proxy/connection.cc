@@ -1256,6 +1256,9 @@ void Connection::drain(bool force) {
 
 void Connection::reportSecurity() {
   if (snap_ == nullptr) return;
+  WorkerMetrics& m = worker_->metrics();
+  if (!ctx_.rejected_by.empty()) m.refusals.inc(ctx_.rejected_by, ctx_.reason);
+  if (!ctx_.token_id.empty() && ctx_.rejected_by != "token_check") m.auth_success.inc();
   reportRequest(*snap_, ctx_, req_.method_name, req_.path, status_, resp_bytes_out_);
 }
 

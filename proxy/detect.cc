@@ -45,7 +45,8 @@ namespace portcullis {
 namespace {
 
 constexpr uint64_t kStatusShift = 62;
-constexpr uint64_t kEmpty = 0, kTentative = 1, kLive = 2;
+[[maybe_unused]] constexpr uint64_t kEmpty = 0;  // status of a never-claimed cell (the zero word)
+constexpr uint64_t kTentative = 1, kLive = 2;
 constexpr uint64_t kGenShift = 60;
 constexpr uint64_t kGenMask = uint64_t{3} << kGenShift;
 constexpr uint64_t kStatusGenMask = (uint64_t{3} << kStatusShift) | kGenMask;

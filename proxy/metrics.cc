@@ -1,9 +1,13 @@
 #include "proxy/metrics.h"
 
-#include "proxy/detect.h"
+#include <xxhash.h>
 
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
+#include <map>
+
+#include "proxy/detect.h"
 
 namespace portcullis {
 
@@ -123,6 +127,33 @@ size_t RouteLabels::count() const {
   return names_.size() < kMaxRouteLabels ? names_.size() : kMaxRouteLabels;
 }
 
+void RefusalCounters::inc(std::string_view filter, std::string_view reason) {
+  filter = filter.substr(0, kFilterLen);
+  reason = reason.substr(0, kReasonLen);
+  uint64_t h = XXH3_64bits_withSeed(reason.data(), reason.size(), XXH3_64bits(filter.data(), filter.size()));
+  h |= 1;  // 0 marks an empty slot
+  for (size_t i = 0; i < 8; ++i) {
+    Slot& s = slots_[(h + i) % kSlots];
+    const uint64_t have = s.hash.load(std::memory_order_relaxed);
+    if (have == h) {
+      s.count.inc();
+      return;
+    }
+    if (have == 0) {
+      // Only this worker writes the table, so filling the slot races with
+      // nobody; readers skip it until the hash is published.
+      s.flen = static_cast<uint8_t>(filter.size());
+      s.rlen = static_cast<uint8_t>(reason.size());
+      std::memcpy(s.filter, filter.data(), filter.size());
+      std::memcpy(s.reason, reason.data(), reason.size());
+      s.count.inc();
+      s.hash.store(h, std::memory_order_release);
+      return;
+    }
+  }
+  overflow_.inc();
+}
+
 std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, const RouteLabels& labels,
                           const MetricsExtra& extra) {
   std::string out;
@@ -167,6 +198,22 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
           sum(workers, [](const WorkerMetrics& w) { return w.bytes_in.get(); }));
   counter("portcullis_sent_bytes_total", "Bytes sent to clients.",
           sum(workers, [](const WorkerMetrics& w) { return w.bytes_out.get(); }));
+  {
+    std::map<std::pair<std::string, std::string>, uint64_t> refusals;
+    for (const WorkerMetrics* w : workers) {
+      w->refusals.forEach([&](std::string_view f, std::string_view r, uint64_t n) {
+        refusals[{std::string(f), std::string(r)}] += n;
+      });
+    }
+    out += "# HELP portcullis_refusals_total Requests the proxy answered itself, by refusing filter and reason.\n";
+    out += "# TYPE portcullis_refusals_total counter\n";
+    for (const auto& [key, n] : refusals) {
+      appendF(out, "portcullis_refusals_total{filter=\"%s\",reason=\"%s\"} %llu\n", escapeLabel(key.first).c_str(),
+              escapeLabel(key.second).c_str(), static_cast<unsigned long long>(n));
+    }
+  }
+  counter("portcullis_auth_success_total", "Requests whose token passed the token check.",
+          sum(workers, [](const WorkerMetrics& w) { return w.auth_success.get(); }));
   counter("portcullis_parse_errors_total", "Requests refused because they could not be parsed.",
           sum(workers, [](const WorkerMetrics& w) { return w.parse_errors.get(); }));
   out += "# HELP portcullis_tls_handshakes_total Completed TLS handshakes, by kind.\n";

@@ -77,6 +77,40 @@ enum class UpstreamError : uint8_t {
 };
 std::string_view upstreamErrorName(UpstreamError e);
 
+// Refused requests by (filter, reason), e.g. ("token_check", "bad_secret"):
+// a fixed table per worker, written only by its worker and read by the
+// scraper. A slot's strings are filled before its hash is published
+// (release), so a reader that sees the hash (acquire) sees them too. Up to
+// kSlots distinct pairs (reasons are the filters' fixed strings); more, or
+// a pair whose probe window is full, count under ("other", "other").
+class RefusalCounters {
+ public:
+  static constexpr size_t kSlots = 128;
+  static constexpr size_t kFilterLen = 31, kReasonLen = 63;  // longer ones are cut
+  void inc(std::string_view filter, std::string_view reason);
+  // Calls f(filter, reason, count) for every published slot, and for the
+  // overflow when non-zero.
+  template <class F>
+  void forEach(F&& f) const {
+    for (const Slot& s : slots_) {
+      if (s.hash.load(std::memory_order_acquire) == 0) continue;
+      f(std::string_view(s.filter, s.flen), std::string_view(s.reason, s.rlen), s.count.get());
+    }
+    if (overflow_.get() > 0) f(std::string_view("other"), std::string_view("other"), overflow_.get());
+  }
+
+ private:
+  struct Slot {
+    std::atomic<uint64_t> hash{0};
+    uint8_t flen = 0, rlen = 0;
+    char filter[kFilterLen];
+    char reason[kReasonLen];
+    Counter count;
+  };
+  Slot slots_[kSlots];
+  Counter overflow_;
+};
+
 struct WorkerMetrics {
   Counter requests[kMaxRouteLabels][kMethodSlots][kStatusSlots];
   Histogram request_latency;   // head received -> response complete
@@ -93,6 +127,8 @@ struct WorkerMetrics {
   Counter tls_handshakes_full;
   Counter tls_handshakes_resumed;
   Counter tls_handshake_failures;
+  Counter auth_success;          // requests whose token passed the token check
+  RefusalCounters refusals;      // local refusals by filter and reason
 };
 
 class RouteLabels {

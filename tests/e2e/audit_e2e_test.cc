@@ -3,6 +3,7 @@
 // `portcullisctl audit verify` accepts and rejects once edited; a burst of
 // auth failures or unrouted paths POSTs an alert to a real collector within
 // 2 s; audit records also reach a syslog collector; no token is in any log.
+#include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -156,6 +157,14 @@ TEST_F(AuditE2E, SecurityEventsAreChainedAndVerify) {
   EXPECT_EQ(ok.status, 200);
   expectProxyError(c.roundTrip(getRequest("/v1/accounts/beta/x", "Authorization: Bearer " + token_ + "\r\n")), 403,
                    "forbidden");
+  // The counters moved by exactly the traffic sent.
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_refusals_total{filter=\"token_check\",reason=\"no token\"}", 1), 1);
+  EXPECT_EQ(proxy_->metricOr0("portcullis_refusals_total{filter=\"token_check\",reason=\"bad_length\"}"), 1);
+  EXPECT_EQ(proxy_->metricOr0(
+                "portcullis_refusals_total{filter=\"token_check\",reason=\"no role allows this request\"}"),
+            1);
+  EXPECT_EQ(proxy_->metricOr0("portcullis_auth_success_total"), 1);
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_audit_records_written_total", 5), 5);
   EXPECT_TRUE(proxy_->reload());
   stopProxy();
 
@@ -263,6 +272,14 @@ TEST_F(AuditE2E, AuditRecordsAlsoReachASyslogCollector) {
     ++frames;
   }
   EXPECT_EQ(frames, 2);
+}
+
+// The harness scans every file a test proxy wrote (and its stderr) for
+// tokens and key material when it stops it; prove the scan can fail.
+TEST_F(AuditE2E, LogScanCatchesALeakedToken) {
+  start("");
+  std::ofstream(proxy_->dir().file("access.log"), std::ios::app) << "{\"leak\":\"" << token_ << "\"}\n";
+  EXPECT_NONFATAL_FAILURE(proxy_.reset(), "contains a token");
 }
 
 }  // namespace

@@ -304,7 +304,10 @@ TEST_F(EncryptE2E, KeyRotationMidTraffic) {
   std::atomic<int> sent{0};
   std::vector<std::pair<std::string, uint32_t>> names;
   std::thread traffic([&] {
-    for (uint32_t i = 0; !stop.load() && i < 2000; ++i) {
+    // Until told to stop (the rotation must happen mid-traffic however fast
+    // the machine is), paced so the number of stored bodies stays small.
+    for (uint32_t i = 0; !stop.load() && i < 20000; ++i) {
+      if (i >= 5) std::this_thread::sleep_for(Millis(3));
       const std::string name = "rot" + std::to_string(i);
       HttpResponse r = upload(proxy.httpPort(), name, 3000 + i, i % 2 == 1, 500 + i, 1000);
       if (r.status != 200) ADD_FAILURE() << r.status << " " << r.body;

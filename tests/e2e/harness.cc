@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -421,9 +422,70 @@ Proxy::Proxy(const ProxyOptions& options) {
   if (http_port_ == 0 || admin_port_ == 0) fail("cannot parse listening ports in stderr:\n" + err);
 }
 
+namespace {
+
+bool isBase32Lower(char c) { return (c >= 'a' && c <= 'z') || (c >= '2' && c <= '7'); }
+bool isBase64Url(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; }
+
+// The first complete token (pct_<12 base32>_<43 base64url>) in `text`, or "".
+std::string findToken(std::string_view text) {
+  for (size_t at = text.find("pct_"); at != std::string_view::npos; at = text.find("pct_", at + 1)) {
+    if (at + 4 + 12 + 1 + 43 > text.size()) break;
+    bool ok = true;
+    for (size_t i = 0; i < 12 && ok; ++i) ok = isBase32Lower(text[at + 4 + i]);
+    ok = ok && text[at + 16] == '_';
+    for (size_t i = 0; i < 43 && ok; ++i) ok = isBase64Url(text[at + 17 + i]);
+    if (ok) return std::string(text.substr(at, 60));
+  }
+  return {};
+}
+
+// The base64 key values of a keyring file (lines `"id" = "<base64>"`).
+std::vector<std::string> keyringSecrets(const std::string& path) {
+  std::vector<std::string> out;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    const size_t eq = line.find("= \"");
+    if (line.rfind("\"", 0) != 0 || eq == std::string::npos) continue;
+    std::string v = line.substr(eq + 3);
+    if (!v.empty() && v.back() == '"') v.pop_back();
+    if (v.size() >= 40) out.push_back(v);
+  }
+  return out;
+}
+
+}  // namespace
+
+// SPEC §8: tokens and secrets never appear in any log. Every file the proxy
+// wrote under its directory (access and audit logs, state) and its stderr
+// are scanned for a complete token and for the keyring's key material.
+void Proxy::scanForSecrets(const std::string& err) {
+  const std::vector<std::string> keys = keyringSecrets(dir_.file("keyring.toml"));
+  auto check = [&](const std::string& what, std::string_view text) {
+    const std::string token = findToken(text);
+    if (!token.empty()) ADD_FAILURE() << what << " contains a token: " << token.substr(0, 17) << "...";
+    for (const std::string& k : keys) {
+      if (text.find(k) != std::string_view::npos) ADD_FAILURE() << what << " contains keyring key material";
+    }
+  };
+  check("portcullis stderr", err);
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir_.path(), ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (!it->is_regular_file()) continue;
+    const std::string name = it->path().filename().string();
+    if (name.rfind("portcullis.toml", 0) == 0 || name == "keyring.toml") continue;  // inputs, not logs
+    std::ifstream f(it->path(), std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    check(it->path().string(), text);
+  }
+}
+
 Proxy::~Proxy() {
   const int st = proc_->stop(Millis(15000));
   const std::string err = proc_->stderrText();
+  scanForSecrets(err);
   const bool sanitizer = err.find("AddressSanitizer") != std::string::npos ||
                          err.find("LeakSanitizer") != std::string::npos ||
                          err.find("runtime error:") != std::string::npos;

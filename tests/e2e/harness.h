@@ -231,6 +231,8 @@ class Proxy {
   void setExpectCleanExit(bool v) { expect_clean_exit_ = v; }
 
  private:
+  void scanForSecrets(const std::string& err);
+
   TempDir dir_;
   std::string config_path_;
   std::unique_ptr<ChildProcess> proc_;
