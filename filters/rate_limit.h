@@ -30,4 +30,13 @@ class RateLimitTokenFactory : public FilterFactory {
   Filter* create(RequestContext& ctx) const override;
 };
 
+// Per-route limit (`[[route]] rate = { rps, burst }`): per client of the
+// route, keyed by its token when authenticated, else by its IP key. After
+// the token limit in the chain.
+class RateLimitRouteFactory : public FilterFactory {
+ public:
+  std::string_view name() const override { return "rate_limit"; }
+  Filter* create(RequestContext& ctx) const override;
+};
+
 }  // namespace portcullis

@@ -73,6 +73,8 @@ class RequestContext {
   std::string_view reason;
   std::string_view token_id;
   std::string_view account;
+  // Rate-limit decisions that allowed this request: bit (1 << LimitKind).
+  uint8_t rate_allowed = 0;
   // Installed by at most one filter in its head phase (see filter.h).
   BodyTransform* body_transform = nullptr;
 
@@ -95,6 +97,7 @@ class RequestContext {
     local_reply.close = false;
     rejected_by = reason = token_id = account = {};
     body_transform = nullptr;
+    rate_allowed = 0;
   }
 
  private:

@@ -489,7 +489,7 @@ void Loader::loadRoutes(const toml::table& root, const Config& cfg, std::vector<
     const uint32_t line = lineOf(*t);
     checkKeys(*t, path,
               {"prefix", "upstream", "methods", "auth", "content_types", "max_body_bytes", "validate_json", "upload",
-               "encrypt_body"});
+               "encrypt_body", "rate"});
     RouteConfig r;
     r.line = t->get("auth") != nullptr ? lineOf(*t->get("auth")) : line;
 
@@ -557,6 +557,7 @@ void Loader::loadRoutes(const toml::table& root, const Config& cfg, std::vector<
     getBool(*t, "validate_json", path, r.validate_json);
     getBool(*t, "upload", path, r.upload);
     getBool(*t, "encrypt_body", path, r.encrypt_body);
+    loadRate(*t, "rate", path, r.rate);
     out.push_back(std::move(r));
   }
 }
@@ -916,6 +917,7 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
     return false;
   }
 
+  for (const RouteConfig& r : cfg.routes) cfg.rate_limit.any_route_rate = cfg.rate_limit.any_route_rate || r.rate.set;
   if (cfg.server.workers == 0) cfg.server.workers = std::max(1u, std::thread::hardware_concurrency());
   out = std::move(cfg);
   error.clear();

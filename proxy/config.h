@@ -83,6 +83,12 @@ enum MethodBit : uint16_t {
 inline constexpr uint16_t kDefaultRouteMethods = kMethodGet | kMethodHead | kMethodPost | kMethodPut |
                                                  kMethodPatch | kMethodDelete | kMethodOptions;
 
+struct RateSpec {
+  bool set = false;
+  double rps = 0;
+  uint32_t burst = 0;
+};
+
 struct RouteConfig {
   std::string prefix;
   std::string upstream;        // name of an [[upstream]]
@@ -94,6 +100,7 @@ struct RouteConfig {
   bool validate_json = false;
   bool upload = false;
   bool encrypt_body = false;
+  RateSpec rate;  // per client on this route: its token, else its IP (IPv4 / IPv6 /64)
   uint32_t line = 0;  // of the route's `auth` key, else of the table (messages)
 };
 
@@ -140,11 +147,6 @@ struct AuthConfig {
 };
 
 // [rate_limit] (SPEC §3): each limit applies only when configured.
-struct RateSpec {
-  bool set = false;
-  double rps = 0;
-  uint32_t burst = 0;
-};
 struct RateLimitConfig {
   RateSpec token;  // per token (a role's `rate` overrides: the most generous of its roles)
   RateSpec ip;     // per client IPv4 address / IPv6 /64, before authentication
@@ -152,6 +154,7 @@ struct RateLimitConfig {
   uint32_t af_max = 10, af_window_s = 60, af_ban_s = 300;
   uint64_t max_keys = 1u << 20;  // table size (fixed memory, 32 bytes per key)
   bool configured() const { return token.set || ip.set || auth_failures_set; }
+  bool any_route_rate = false;  // some [[route]] has `rate` (the table is needed too)
 };
 
 // [[role]]: what a token with this role may do (default deny).

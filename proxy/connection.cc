@@ -1259,6 +1259,9 @@ void Connection::reportSecurity() {
   WorkerMetrics& m = worker_->metrics();
   if (!ctx_.rejected_by.empty()) m.refusals.inc(ctx_.rejected_by, ctx_.reason);
   if (!ctx_.token_id.empty() && ctx_.rejected_by != "token_check") m.auth_success.inc();
+  for (unsigned k = 0; k < 3; ++k) {
+    if (ctx_.rate_allowed & (1u << k)) m.rate_allowed[k].inc();
+  }
   reportRequest(*snap_, ctx_, req_.method_name, req_.path, status_, resp_bytes_out_);
 }
 

@@ -256,6 +256,25 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
            "Encrypted bodies that never ended (client gone, refused, upstream failed), by master key id.",
            &MetricsExtra::KeyUse::aborted);
   }
+  if (extra.ratelimit_enabled) {
+    out += "# HELP portcullis_ratelimit_allowed_total Requests a rate limit checked and allowed, by limit kind "
+           "(refused ones: portcullis_refusals_total{filter=\"rate_limit\"}).\n";
+    out += "# TYPE portcullis_ratelimit_allowed_total counter\n";
+    const char* kinds[] = {"ip", "token", "route"};
+    for (size_t k = 0; k < 3; ++k) {
+      appendF(out, "portcullis_ratelimit_allowed_total{kind=\"%s\"} %llu\n", kinds[k],
+              static_cast<unsigned long long>(sum(workers, [k](const WorkerMetrics& w) { return w.rate_allowed[k].get(); })));
+    }
+    counter("portcullis_ratelimit_fallbacks_total",
+            "Rate-limit decisions made by a shard's shared overflow cell (table full).", extra.ratelimit_fallbacks);
+    counter("portcullis_ratelimit_bans_total", "Brute-force bans started.", extra.ratelimit_bans_started);
+    gauge("portcullis_ratelimit_bans_active", "Client IPs banned right now.",
+          static_cast<int64_t>(extra.ratelimit_bans_active));
+    gauge("portcullis_ratelimit_keys", "Rate-limit table cells holding live state.",
+          static_cast<int64_t>(extra.ratelimit_keys));
+    gauge("portcullis_ratelimit_cells", "Rate-limit table capacity in cells (fixed at start).",
+          static_cast<int64_t>(extra.ratelimit_cells));
+  }
   if (extra.audit_enabled) {
     counter("portcullis_audit_records_written_total", "Audit records written (hash-chained).", extra.audit_written);
     counter("portcullis_audit_overflowed_total",

@@ -128,6 +128,7 @@ struct WorkerMetrics {
   Counter tls_handshakes_resumed;
   Counter tls_handshake_failures;
   Counter auth_success;          // requests whose token passed the token check
+  Counter rate_allowed[4];       // allowed rate-limit decisions by LimitKind (ip, token, route)
   RefusalCounters refusals;      // local refusals by filter and reason
 };
 
@@ -157,6 +158,9 @@ struct MetricsExtra {
     uint64_t uploads = 0, bytes = 0, aborted = 0;
   };
   std::vector<KeyUse> encryption;  // per master key id
+  bool ratelimit_enabled = false;
+  uint64_t ratelimit_fallbacks = 0, ratelimit_bans_started = 0, ratelimit_bans_active = 0;
+  uint64_t ratelimit_keys = 0, ratelimit_cells = 0;
   bool audit_enabled = false;
   uint64_t audit_written = 0, audit_overflowed = 0, audit_queue_depth = 0;
   bool detect_enabled = false;

@@ -111,6 +111,7 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   filters.push_back(std::make_shared<ValidateFactory>());
   filters.push_back(std::make_shared<TokenCheckFactory>());
   filters.push_back(std::make_shared<RateLimitTokenFactory>());
+  filters.push_back(std::make_shared<RateLimitRouteFactory>());
   std::shared_ptr<const LocalKeyring> keys;
   if (cfg->encryption.configured()) {
     // Last: only authorised, validated bodies are encrypted, and every
@@ -142,7 +143,7 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   auto snap = buildSnapshot(cfg, std::move(filters), health_, labels_, ++generation_);
   std::const_pointer_cast<Snapshot>(snap)->tls = std::move(tls);
   std::const_pointer_cast<Snapshot>(snap)->auth = std::move(auth);
-  if (cfg->rate_limit.configured()) {
+  if (cfg->rate_limit.configured() || cfg->rate_limit.any_route_rate) {
     // One fixed-size table for the process, created with the first config
     // that asks for it; its size changes only on restart.
     if (!rate_limiter_) {
@@ -632,6 +633,16 @@ std::string Server::renderMetricsText() const {
     extra.audit_written = audit_->written();
     extra.audit_overflowed = audit_->overflowed();
     extra.audit_queue_depth = audit_->depth();
+  }
+  if (rate_limiter_) {
+    const uint64_t now = monotonicNowNs();
+    const RateLimiterStats st = rate_limiter_->stats();
+    extra.ratelimit_enabled = true;
+    extra.ratelimit_fallbacks = st.fallbacks;
+    extra.ratelimit_bans_started = st.bans_started;
+    extra.ratelimit_bans_active = rate_limiter_->activeBans(now);
+    extra.ratelimit_keys = rate_limiter_->occupancy(now);
+    extra.ratelimit_cells = st.cells;
   }
   if (detector_) {
     extra.detect_enabled = true;

@@ -274,6 +274,55 @@ TEST_F(AuditE2E, AuditRecordsAlsoReachASyslogCollector) {
   EXPECT_EQ(frames, 2);
 }
 
+TEST_F(AuditE2E, Sigusr1ReopenContinuesTheChainInTheNewFile) {
+  start("");
+  Client c(proxy_->httpPort());
+  expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/x")), 401, "unauthorized");
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_audit_records_written_total", 2), 2);
+  const std::string old_file = audit_ + ".1";
+  ASSERT_EQ(::rename(audit_.c_str(), old_file.c_str()), 0);
+  proxy_->process().sendSignal(SIGUSR1);
+  // Wait until the new file exists (the writer reopens on its next batch).
+  for (int i = 0; i < 200 && ::access(audit_.c_str(), F_OK) != 0; ++i) {
+    expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/y")), 401, "unauthorized");
+    std::this_thread::sleep_for(Millis(10));
+  }
+  expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/z")), 401, "unauthorized");
+  stopProxy();
+  int rc = -1;
+  std::string out = ctlOut("audit verify --keyring " + keyring_ + " " + old_file, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  out = ctlOut("audit verify --keyring " + keyring_ + " " + audit_, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("continues a chain from seq"), std::string::npos) << out;
+  // The new file's first record links to the old file's last one.
+  const std::vector<std::string> a = lines(slurp(old_file)), b = lines(slurp(audit_));
+  ASSERT_FALSE(a.empty());
+  ASSERT_FALSE(b.empty());
+  const std::string last_mac = a.back().substr(a.back().size() - 66, 64);
+  EXPECT_NE(b.front().find("\"prev\":\"" + last_mac + "\""), std::string::npos) << a.back() << "\n" << b.front();
+}
+
+TEST_F(AuditE2E, TokenRequestBurstFarAboveItsBaselineAlerts) {
+  Collector hook(true);
+  start("[detect]\ninterval_s = 1\nwarmup_intervals = 2\nrate_min = 10\nrate_spike_factor = 5\n"
+        "alert_webhook = \"http://" + hook.address() + "/\"\n");
+  Client c(proxy_->httpPort());
+  const std::string auth = "Authorization: Bearer " + token_ + "\r\n";
+  // A steady baseline of ~2 requests a second for 3 s...
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(c.roundTrip(getRequest("/v1/accounts/acme/x", auth)).status, 200);
+    std::this_thread::sleep_for(Millis(500));
+  }
+  EXPECT_EQ(proxy_->metricOr0("portcullis_alerts_total{kind=\"token_rate\"}"), 0) << "steady traffic is no spike";
+  // ...then a burst of 60 in well under a second.
+  const auto t0 = Steady::now();
+  for (int i = 0; i < 60; ++i) EXPECT_EQ(c.roundTrip(getRequest("/v1/accounts/acme/x", auth)).status, 200);
+  EXPECT_GE(hook.waitFor("\"kind\":\"token_rate\"", t0, Millis(5000)), 0) << hook.data();
+  EXPECT_NE(hook.data().find("\"token_id\":\"" + token_.substr(4, 12) + "\""), std::string::npos);
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_alerts_total{kind=\"token_rate\"}", 1), 1);
+}
+
 // The harness scans every file a test proxy wrote (and its stderr) for
 // tokens and key material when it stops it; prove the scan can fail.
 TEST_F(AuditE2E, LogScanCatchesALeakedToken) {

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <thread>
 
@@ -54,6 +55,36 @@ TEST(RateLimitE2E, IpLimitBurstThen429WithHeaders) {
   // Nothing limited reached the backend: it echoed exactly 3 requests.
   EXPECT_EQ(proxy.waitForMetric("portcullis_requests_total{route=\"/\",method=\"GET\",status=\"200\"}", 3), 3);
   EXPECT_EQ(proxy.waitForMetric("portcullis_requests_total{route=\"/\",method=\"GET\",status=\"429\"}", 1), 1);
+}
+
+TEST(RateLimitE2E, PerRouteLimitIsPerClientAndOnlyOnItsRoute) {
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  RouteSpec search;
+  search.prefix = "/search";
+  search.extra_toml = "rate = { rps = 0.01, burst = 2 }\n";
+  o.routes = {search, RouteSpec{}};
+  Proxy proxy(o);
+  Client c(proxy.httpPort());
+  for (int i = 0; i < 2; ++i) {
+    HttpResponse r = c.roundTrip(getRequest("/search?q=" + std::to_string(i)));
+    ASSERT_EQ(r.status, 200) << i;
+    EXPECT_EQ(r.header("ratelimit-policy").value_or(""), "\"route\";q=2;w=200");
+  }
+  HttpResponse limited = c.roundTrip(getRequest("/search?q=3"));
+  expectProxyError(limited, 429, "rate_limited");
+  EXPECT_GE(std::atoi(limited.header("retry-after").value_or("0").c_str()), 90);
+  // Other routes are not limited, and carry no route policy.
+  for (int i = 0; i < 5; ++i) {
+    HttpResponse r = c.roundTrip(getRequest("/other"));
+    ASSERT_EQ(r.status, 200);
+    EXPECT_FALSE(r.hasHeader("ratelimit-policy"));
+  }
+  EXPECT_EQ(backend.requests(), 7u) << "the limited request never reached the backend";
+  EXPECT_EQ(proxy.waitForMetric("portcullis_ratelimit_allowed_total{kind=\"route\"}", 2), 2);
+  EXPECT_EQ(proxy.metricOr0("portcullis_refusals_total{filter=\"rate_limit\",reason=\"route rate\"}"), 1);
+  EXPECT_GT(proxy.metricOr0("portcullis_ratelimit_cells"), 0);
+  EXPECT_GE(proxy.metricOr0("portcullis_ratelimit_keys"), 1);
 }
 
 class TokenRateE2E : public ::testing::Test {
@@ -107,6 +138,10 @@ TEST_F(TokenRateE2E, RepeatedAuthFailuresBanTheIpEvenForValidTokens) {
     if (!banned) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_TRUE(banned);
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_ratelimit_bans_total", 1), 1);
+  EXPECT_EQ(proxy_->metricOr0("portcullis_ratelimit_bans_active"), 1);
+  // A ban is audited once, and is always an alert.
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_alerts_total{kind=\"ban\"}", 1), 1);
   const uint64_t before = backend_.requests();
   HttpResponse r = c.roundTrip(getRequest("/x", bearer(b_)));
   expectProxyError(r, 429, "rate_limited");
@@ -121,6 +156,20 @@ TEST_F(TokenRateE2E, RepeatedAuthFailuresBanTheIpEvenForValidTokens) {
   }
   EXPECT_EQ(status, 200);
   EXPECT_NE(proxy_->process().stderrText().find("ratelimit.ban ip=127.0.0.1"), std::string::npos);
+  EXPECT_EQ(proxy_->metricOr0("portcullis_ratelimit_bans_active"), 0);
+  // Audited exactly once per ban.
+  size_t bans = 0;
+  for (int i = 0; i < 100 && bans == 0; ++i) {
+    std::ifstream f(proxy_->dir().file("audit.log"));
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    bans = 0;
+    for (size_t at = text.find("\"event\":\"ratelimit.ban\""); at != std::string::npos;
+         at = text.find("\"event\":\"ratelimit.ban\"", at + 1)) {
+      ++bans;
+    }
+    if (bans == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(bans, 1u);
 }
 
 }  // namespace
