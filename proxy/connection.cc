@@ -601,6 +601,7 @@ void Connection::sendRequestHead() {
   up_->codec.startResponse(&resp_, &arena_, req_.method == HTTP_HEAD);
   up_->startReading();
   upstream_sent_at_us_ = nowUs();
+  if (!retried_) worker_->metrics().proxy_added_latency.observe(upstream_sent_at_us_ - ctx_.start_us);
   uv_timer_start(&up_->timer, [](uv_timer_t* t) {
     auto* u = static_cast<UpstreamConn*>(t->data);
     if (u->owner != nullptr) u->owner->onUpstreamTimeout();

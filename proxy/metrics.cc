@@ -178,6 +178,10 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
   renderHistogram(out, "portcullis_upstream_response_seconds",
                   "Time from request sent upstream to response head received.", workers,
                   &WorkerMetrics::upstream_latency);
+  renderHistogram(out, "portcullis_proxy_added_seconds",
+                  "Time the proxy adds before the backend sees a request: from request head received (routing, "
+                  "filters, token check, rate limits, upstream connection) to the request head written upstream.",
+                  workers, &WorkerMetrics::proxy_added_latency);
 
   auto counter = [&](const char* name, const char* help, uint64_t v) {
     appendF(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,

@@ -115,6 +115,7 @@ struct WorkerMetrics {
   Counter requests[kMaxRouteLabels][kMethodSlots][kStatusSlots];
   Histogram request_latency;   // head received -> response complete
   Histogram upstream_latency;  // request sent -> response head received
+  Histogram proxy_added_latency;  // head received -> request head sent upstream
   Counter connections_total;
   Gauge connections_active;
   Counter connections_refused;  // over max_connections / per-IP limit

@@ -164,6 +164,7 @@ TEST_F(AuditE2E, SecurityEventsAreChainedAndVerify) {
                 "portcullis_refusals_total{filter=\"token_check\",reason=\"no role allows this request\"}"),
             1);
   EXPECT_EQ(proxy_->metricOr0("portcullis_auth_success_total"), 1);
+  EXPECT_EQ(proxy_->metricOr0("portcullis_proxy_added_seconds_count"), 1) << "one request reached the backend";
   EXPECT_EQ(proxy_->waitForMetric("portcullis_audit_records_written_total", 5), 5);
   EXPECT_TRUE(proxy_->reload());
   stopProxy();
