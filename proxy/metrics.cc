@@ -226,6 +226,19 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
           static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.tls_handshakes_full.get(); })));
   appendF(out, "portcullis_tls_handshakes_total{kind=\"resumed\"} %llu\n",
           static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.tls_handshakes_resumed.get(); })));
+  {
+    std::map<std::string, uint64_t> reasons;
+    for (const WorkerMetrics* w : workers) {
+      w->tls_failure_reasons.forEach(
+          [&](std::string_view, std::string_view r, uint64_t n) { reasons[std::string(r)] += n; });
+    }
+    out += "# HELP portcullis_tls_handshake_failure_reasons_total Failed TLS handshakes by BoringSSL reason.\n";
+    out += "# TYPE portcullis_tls_handshake_failure_reasons_total counter\n";
+    for (const auto& [r, n] : reasons) {
+      appendF(out, "portcullis_tls_handshake_failure_reasons_total{reason=\"%s\"} %llu\n", escapeLabel(r).c_str(),
+              static_cast<unsigned long long>(n));
+    }
+  }
   counter("portcullis_tls_handshake_failures_total", "TLS handshakes that failed (protocol, cipher or certificate).",
           sum(workers, [](const WorkerMetrics& w) { return w.tls_handshake_failures.get(); }));
   counter("portcullis_upstream_retries_total", "Requests retried on a new upstream connection.",

@@ -128,6 +128,7 @@ struct WorkerMetrics {
   Counter tls_handshakes_full;
   Counter tls_handshakes_resumed;
   Counter tls_handshake_failures;
+  RefusalCounters tls_failure_reasons;  // failed handshakes by BoringSSL reason ("tls", reason)
   Counter auth_success;          // requests whose token passed the token check
   Counter rate_allowed[4];       // allowed rate-limit decisions by LimitKind (ip, token, route)
   RefusalCounters refusals;      // local refusals by filter and reason

@@ -380,26 +380,50 @@ void Server::rememberStoreStat() {
     statFile(config_->encryption.keyring, keyring_stat_.sec, keyring_stat_.nsec, keyring_stat_.size,
              keyring_stat_.ino);
   }
+  tls_stats_.clear();
+  if (config_->tls.configured()) {
+    std::vector<const std::string*> files = {&config_->tls.cert, &config_->tls.key};
+    for (const TlsSniConfig& e : config_->tls.sni) {
+      files.push_back(&e.cert);
+      files.push_back(&e.key);
+    }
+    for (const std::string* f : files) {
+      StoreStat st;
+      statFile(*f, st.sec, st.nsec, st.size, st.ino);
+      tls_stats_.push_back(st);
+    }
+  }
 }
 
-// Every second: the token store and the keyring are re-read (by a full
-// reload, which validates them like SIGHUP does) when their file changed.
+// Every second: the token store, the keyring and the TLS certificates and
+// keys are re-read (by a full reload, validated like SIGHUP) when one of
+// their files changed; a renewed certificate (e.g. from an ACME client)
+// applies to new connections within a second, open ones keep theirs. Also
+// rotates the session ticket keys every TicketKeys::kTicketRotationS.
 void Server::onAuthTimer(uv_timer_t* t) {
   auto* s = static_cast<Server*>(t->data);
   if (s->shutting_down_ || !s->config_) return;
+  if (++s->ticket_ticks_ >= TicketKeys::kTicketRotationS) {
+    s->ticket_ticks_ = 0;
+    TicketKeys::shared().rotate();
+  }
   const bool watch_store = s->config_->auth.configured() && s->config_->auth.watch;
   const bool watch_keyring = s->config_->encryption.configured() && s->config_->encryption.watch;
-  if (watch_store || watch_keyring) {
-    const StoreStat store_before = s->store_stat_;
-    const StoreStat keyring_before = s->keyring_stat_;
-    s->rememberStoreStat();
-    if (watch_store && !(store_before == s->store_stat_)) {
-      logLine("info", "token store changed; reloading");
-      s->reload();
-    } else if (watch_keyring && !(keyring_before == s->keyring_stat_)) {
-      logLine("info", "keyring changed; reloading");
-      s->reload();
-    }
+  const StoreStat store_before = s->store_stat_;
+  const StoreStat keyring_before = s->keyring_stat_;
+  const std::vector<StoreStat> tls_before = s->tls_stats_;
+  s->rememberStoreStat();
+  const char* what = nullptr;
+  if (watch_store && !(store_before == s->store_stat_)) {
+    what = "token store changed; reloading";
+  } else if (watch_keyring && !(keyring_before == s->keyring_stat_)) {
+    what = "keyring changed; reloading";
+  } else if (!tls_before.empty() && !(tls_before == s->tls_stats_)) {
+    what = "TLS certificate or key changed; reloading";
+  }
+  if (what != nullptr) {
+    logLine("info", what);
+    s->reload();
   }
   if (!s->config_->auth.configured()) return;
   if (++s->auth_ticks_ % 10 == 0) s->flushLastUse(false);

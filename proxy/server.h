@@ -97,6 +97,8 @@ class Server {
   };
   StoreStat store_stat_;
   StoreStat keyring_stat_;
+  std::vector<StoreStat> tls_stats_;  // [tls] cert, key, then each [[tls.sni]] cert, key
+  uint64_t ticket_ticks_ = 0;
   // Upload encryption counters per master key id; entries are only added,
   // so the pointers the filter factories hold stay valid. Main thread only.
   std::unordered_map<std::string, std::unique_ptr<EncryptionCounters>> enc_counters_;

@@ -1,6 +1,10 @@
 #include "proxy/tls.h"
 
+#include <openssl/cipher.h>
 #include <openssl/err.h>
+#include <openssl/hmac.h>
+#include <openssl/mem.h>
+#include <openssl/rand.h>
 #include <sys/stat.h>
 
 #include <cctype>
@@ -81,6 +85,7 @@ SSL_CTX* newPolicyContext(bool min_tls13, const std::string& cert, const std::st
   }
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_tlsext_ticket_key_cb(ctx, &TicketKeys::callback);
   SSL_CTX_set_alpn_select_cb(ctx, &selectAlpn, nullptr);
   if (SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()) != 1) {
     error = cert + ": cannot load certificate chain: " + lastSslError();
@@ -143,6 +148,84 @@ int TlsContext::onServerName(SSL* ssl, int*, void* arg) {
   return SSL_TLSEXT_ERR_OK;  // unknown names get the default certificate too
 }
 
+TicketKeys& TicketKeys::shared() {
+  static TicketKeys keys;
+  return keys;
+}
+
+TicketKeys::TicketKeys() {
+  for (auto& slot : words_)
+    for (auto& w : slot) w.store(0, std::memory_order_relaxed);
+  rotate();
+  rotate();  // both slots hold real keys from the start
+}
+
+// Writer (main thread only): seq odd while the slots change.
+void TicketKeys::rotate() {
+  Key fresh;
+  RAND_bytes(reinterpret_cast<uint8_t*>(&fresh), sizeof(fresh));
+  uint64_t in[kWords];
+  std::memcpy(in, &fresh, sizeof(in));
+  OPENSSL_cleanse(&fresh, sizeof(fresh));
+  const uint64_t s = seq_.load(std::memory_order_relaxed);
+  seq_.store(s + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  for (size_t i = 0; i < kWords; ++i) {
+    words_[1][i].store(words_[0][i].load(std::memory_order_relaxed), std::memory_order_relaxed);
+    words_[0][i].store(in[i], std::memory_order_relaxed);
+  }
+  seq_.store(s + 2, std::memory_order_release);
+  OPENSSL_cleanse(in, sizeof(in));
+}
+
+void TicketKeys::read(Key& current, Key& previous) const {
+  uint64_t out[2][kWords];
+  for (;;) {
+    const uint64_t s1 = seq_.load(std::memory_order_acquire);
+    if (s1 & 1) continue;
+    for (size_t k = 0; k < 2; ++k)
+      for (size_t i = 0; i < kWords; ++i) out[k][i] = words_[k][i].load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (seq_.load(std::memory_order_relaxed) == s1) break;
+  }
+  std::memcpy(&current, out[0], sizeof(Key));
+  std::memcpy(&previous, out[1], sizeof(Key));
+  OPENSSL_cleanse(out, sizeof(out));
+}
+
+// encrypt: name the current key, fresh IV. decrypt: 1 with the current key,
+// 2 (accept, issue a new ticket) with the previous one, 0 (full handshake)
+// for anything else.
+int TicketKeys::callback(SSL*, uint8_t* key_name, uint8_t* iv, EVP_CIPHER_CTX* cipher, HMAC_CTX* hmac,
+                         int encrypt) {
+  Key cur, prev;
+  shared().read(cur, prev);
+  int rc = 0;
+  const Key* use = nullptr;
+  if (encrypt) {
+    std::memcpy(key_name, cur.name, 16);
+    if (RAND_bytes(iv, EVP_CIPHER_iv_length(EVP_aes_256_cbc())) == 1) {
+      use = &cur;
+      rc = 1;
+    }
+  } else if (CRYPTO_memcmp(key_name, cur.name, 16) == 0) {
+    use = &cur;
+    rc = 1;
+  } else if (CRYPTO_memcmp(key_name, prev.name, 16) == 0) {
+    use = &prev;
+    rc = 2;
+  }
+  if (use != nullptr) {
+    const bool ok = (encrypt ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, use->aes, iv)
+                             : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, use->aes, iv)) == 1 &&
+                    HMAC_Init_ex(hmac, use->hmac, sizeof(use->hmac), EVP_sha256(), nullptr) == 1;
+    if (!ok) rc = encrypt ? -1 : 0;
+  }
+  OPENSSL_cleanse(&cur, sizeof(cur));
+  OPENSSL_cleanse(&prev, sizeof(prev));
+  return rc;
+}
+
 TlsContext::~TlsContext() {
   for (SniEntry& e : sni_) SSL_CTX_free(e.ctx);
   if (ctx_ != nullptr) SSL_CTX_free(ctx_);
@@ -177,7 +260,13 @@ TlsSession::Result TlsSession::readPlaintext(char* out, size_t cap, size_t& n) {
     case SSL_ERROR_ZERO_RETURN:
       return Result::kClosed;
     default:
-      failure_ = handshakeDone() ? "record_error" : "handshake_failed";
+    {
+      // BoringSSL's reason (static storage), e.g. UNSUPPORTED_PROTOCOL,
+      // NO_SHARED_CIPHER, WRONG_VERSION_NUMBER, HTTP_REQUEST.
+      const uint32_t err = ERR_peek_error();
+      const char* reason = err != 0 ? ERR_reason_error_string(err) : nullptr;
+      failure_ = reason != nullptr ? reason : handshakeDone() ? "record_error" : "handshake_failed";
+    }
       ERR_clear_error();
       return Result::kError;
   }

@@ -10,6 +10,7 @@
 
 #include <openssl/ssl.h>
 
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -26,10 +27,10 @@ class TlsContext {
   // TLS 1.2 and 1.3 only (1.3 only with min_version = "1.3"); TLS 1.2 suites
   // ECDHE with AES-GCM or ChaCha20-Poly1305 only; groups X25519, P-256,
   // P-384; server cipher preference; ALPN http/1.1; no renegotiation and no
-  // compression (BoringSSL supports neither); session tickets with keys that
-  // BoringSSL generates in memory and rotates (shared by all workers through
-  // this one SSL_CTX); no stateful session-ID cache. Refuses a key file that
-  // group or others may read.
+  // compression (BoringSSL supports neither); session tickets under the
+  // process's TicketKeys (shared by all workers and by every context built
+  // on reload); no stateful session-ID cache. Refuses a key file that group
+  // or others may read.
   static std::shared_ptr<const TlsContext> create(const TlsConfig& config, std::string& error);
   ~TlsContext();
   TlsContext(const TlsContext&) = delete;
@@ -52,6 +53,36 @@ class TlsContext {
 
   SSL_CTX* ctx_ = nullptr;
   std::vector<SniEntry> sni_;
+};
+
+// Session ticket keys of the process, shared by every TLS context it builds:
+// a ticket issued before a certificate reload (which builds a new SSL_CTX)
+// still resumes after it, on any worker. Keys are random, in memory only.
+// rotate() (the server calls it every kTicketRotationS) makes a fresh key
+// current; the one before stays accepted (the client gets a new ticket) until
+// the next rotation, so a ticket key lives at most 2 x kTicketRotationS.
+// Handshakes read the keys through a seqlock of relaxed atomics: no mutex,
+// and rotate() on the main thread never blocks them.
+class TicketKeys {
+ public:
+  static constexpr uint64_t kTicketRotationS = 12 * 3600;
+  static TicketKeys& shared();
+  void rotate();
+  // The SSL_CTX_set_tlsext_ticket_key_cb callback (AES-256-CBC + HMAC-SHA256).
+  static int callback(SSL* ssl, uint8_t* key_name, uint8_t* iv, EVP_CIPHER_CTX* cipher, HMAC_CTX* hmac,
+                      int encrypt);
+
+ private:
+  static constexpr size_t kWords = 10;  // 16 name + 32 AES + 32 HMAC bytes
+  struct Key {
+    uint8_t name[16];
+    uint8_t aes[32];
+    uint8_t hmac[32];
+  };
+  TicketKeys();
+  void read(Key& current, Key& previous) const;
+  std::atomic<uint64_t> seq_{0};
+  std::atomic<uint64_t> words_[2][kWords];  // [0] current, [1] previous
 };
 
 // Checks that the file at `path` is not accessible by group or others.
