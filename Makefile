@@ -42,6 +42,10 @@ bench:
 	./bench/compare.sh $(BUILD)
 	MODE=tls ./bench/compare.sh $(BUILD)
 	./bench/idle_memory.sh $(BUILD)
+	MODE=encrypt UPLOAD_MB=1 DURATION=5 ./bench/compare.sh $(BUILD)
+	MODE=encrypt UPLOAD_MB=100 DURATION=5 ./bench/compare.sh $(BUILD)
+	./bench/upload_rss.sh $(BUILD)
+	DURATION=5 ./bench/logging_cost.sh $(BUILD)
 
 # libFuzzer targets (fuzz/), clang + ASan/UBSan, each run FUZZ_SECONDS on a
 # scratch copy of its seed corpus tests/fuzz/<target>/ (the seeds are never

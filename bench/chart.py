@@ -5,6 +5,8 @@ Three panels, one bar per contender (median over rounds, every round as a dot):
 GET /tiny requests/s, proxy CPU microseconds per request, upload MB/s.
 For MODE=tls results the third panel is proxy CPU per new TLS connection (full and
 resumed handshakes side by side) and the first two are over keep-alive HTTPS.
+For MODE=encrypt results: two panels, plaintext upload MB/s and proxy CPU per MiB,
+with portcullis-enc (encrypt_body = true) next to the plain forwarders.
 """
 import json
 import sys
@@ -16,8 +18,9 @@ try:
 except ImportError:
     sys.exit("chart.py: matplotlib is not installed (Debian: python3-matplotlib); no chart")
 
-ORDER = ["direct", "nginx", "haproxy", "portcullis"]
-COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "portcullis": "#e65100"}
+ORDER = ["direct", "nginx", "haproxy", "portcullis", "portcullis-enc"]
+COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "portcullis": "#e65100",
+          "portcullis-enc": "#6a1b9a"}
 
 
 def main():
@@ -34,7 +37,13 @@ def main():
                 if r["contender"] == c and r["test"] == test and r.get(key) is not None]
 
     tls = res.get("mode") == "tls"
+    enc = res.get("mode") == "encrypt"
     panels = [
+        ("POST {:g} MiB uploads: plaintext MB/s\n(higher is better)".format(res["settings"]["upload_mib"]),
+         "upload", "upload_MBps", "{:,.0f}", "MB/s (10⁶ bytes/s)"),
+        ("Proxy CPU per MiB uploaded\n(user+sys µs, lower is better)", "upload", "proxy_cpu_us_per_MiB",
+         "{:,.0f}", "µs / MiB"),
+    ] if enc else [
         ("GET /tiny, 64-byte body: requests/s\n(higher is better)", "tiny", "rps", "{:,.0f}", "requests/s"),
         ("Proxy CPU per GET request\n(user+sys µs, lower is better)", "tiny", "proxy_cpu_us_per_req",
          "{:.1f}", "µs / request"),
@@ -46,7 +55,7 @@ def main():
         ("Proxy CPU per keep-alive HTTPS request\n(user+sys µs, lower is better)", "tiny", "proxy_cpu_us_per_req",
          "{:.1f}", "µs / request"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6))
+    fig, axes = plt.subplots(1, len(panels) + (1 if tls else 0), figsize=(15 if not enc else 12, 5.6))
     if tls:
         handshake_panel(axes[2], res, [c for c in names if c != "direct"], points)
     for ax, (title, test, key, fmt, ylabel) in zip(axes, panels):
@@ -55,6 +64,13 @@ def main():
             value, hatch, label, pts = med[c].get(key), None, c, points(c, test, key)
             if tls and key == "rps" and c == "direct":
                 hatch, label = "//", "direct\n(plain HTTP)"
+            if enc and key == "proxy_cpu_us_per_MiB":
+                value = med[c].get("upload_proxy_cpu_us_per_MiB")
+                if c == "direct":  # no proxy in the path
+                    labels.append(c)
+                    xs.append(i)
+                    ax.text(i, 0, "no proxy", ha="center", va="bottom", color="#555")
+                    continue
             if key == "proxy_cpu_us_per_req" and c == "direct":
                 # No proxy in the path: show what the origin alone costs.
                 value, hatch, label = med[c].get("origin_cpu_us_per_req"), "//", "origin\nalone"
@@ -83,11 +99,13 @@ def main():
 
     m, s = res["machine"], res["settings"]
     fig.suptitle("Portcullis vs nginx vs HAProxy — one worker each, wrk on loopback"
-                 + (", TLS (ECDSA P-256 certificate)" if tls else ""), fontsize=13)
+                 + (", TLS (ECDSA P-256 certificate)" if tls else "")
+                 + (", encrypt_body uploads (pcx1 AES-256-GCM)" if enc else ""), fontsize=13)
     info = ("{} CPUs {} · {} · {} · {} s × {} rounds, {} connections{} · bars = median, dots = rounds"
             .format(m["nproc"], m["cpu_model"], m["kernel"], m["date_utc"], s["duration_s"],
-                    s["rounds"], s["connections"], ", pinned" if s["pin"] else ""))
-    skipped = [c for c in ORDER if c not in med]
+                    s["rounds"], s["upload_connections"] if enc else s["connections"],
+                    ", pinned" if s["pin"] else ""))
+    skipped = [c for c in ORDER if c not in med and (enc or c != "portcullis-enc")]
     if skipped:
         info += " · not measured: " + ", ".join(skipped)
     fig.text(0.5, 0.015, info, ha="center", fontsize=8.5, color="#444")

@@ -4,13 +4,18 @@
 #
 #   bench/compare.sh [BUILD_DIR]          (default: build)
 #   MODE=tls bench/compare.sh [BUILD_DIR] (HTTPS: keep-alive, full and resumed handshakes)
+#   MODE=encrypt bench/compare.sh [BUILD_DIR] (uploads only: Portcullis with
+#                                  encrypt_body = true vs plain forwarding)
 #
 # Env knobs: DURATION (s per run, 10), CONNS (64), ROUNDS (3), UPLOAD_MB (1),
 # OUT (results dir, bench/results/<UTC timestamp>), PIN (0; 1 = proxy on cpu 0,
 # wrk + origin on cpu 1), WARMUP (s per contender before round 1, 1; 0 = none),
 # UPLOAD_CONNS (connections for the upload run, default CONNS), MODE (plain; tls =
 # the proxies terminate TLS with one ECDSA P-256 certificate), HS_CONNS (MODE=tls:
-# connections for the new-connection-per-request runs, default CONNS).
+# connections for the new-connection-per-request runs, default CONNS). MODE=encrypt
+# adds "portcullis-enc" (encrypt_body = true on /upload, pcx1 AES-256-GCM), runs
+# only the upload test, then build/bin/pcx1_bench for the raw sealing cost;
+# there UPLOAD_CONNS defaults to 256 / UPLOAD_MB, clamped to 4 .. CONNS.
 #
 # Writes OUT/results.json, OUT/chart.png, OUT/raw/ (wrk output per run) and
 # OUT/configs/ (the exact configs used). See bench/README.md.
@@ -27,17 +32,22 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-3}
 UPLOAD_MB=${UPLOAD_MB:-1}
+MODE=${MODE:-plain}
+if [ -z "${UPLOAD_CONNS:-}" ] && [ "$MODE" = encrypt ] && [[ ${UPLOAD_MB} =~ ^[0-9]+([.][0-9]+)?$ ]] && [[ $CONNS =~ ^[0-9]+$ ]]; then
+  # Large bodies: fewer connections, so each run completes enough requests and the
+  # origin (which holds every body in memory) stays at a few hundred MiB.
+  UPLOAD_CONNS=$(awk -v m="$UPLOAD_MB" -v c="$CONNS" 'BEGIN { n = int(256 / m); if (n < 4) n = 4; if (n > c) n = c; print n }')
+fi
 UPLOAD_CONNS=${UPLOAD_CONNS:-$CONNS}
 PIN=${PIN:-0}
 WARMUP=${WARMUP:-1}
 OUT=${OUT:-$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)}
-MODE=${MODE:-plain}
 HS_CONNS=${HS_CONNS:-$CONNS}
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
 note() { echo "compare.sh: note: $*" >&2; }
 
-case $MODE in plain|tls) ;; *) die "MODE must be plain or tls (got '$MODE')" ;; esac
+case $MODE in plain|tls|encrypt) ;; *) die "MODE must be plain, tls or encrypt (got '$MODE')" ;; esac
 for v in DURATION CONNS ROUNDS UPLOAD_CONNS WARMUP HS_CONNS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
@@ -141,6 +151,8 @@ render() {  # render TEMPLATE OUTFILE -- fills @NAME@ placeholders from the env 
       -e "s#@ORIGIN_PORT@#$ORIGIN_PORT#g" -e "s#@TINY_BODY@#$TINY_BODY#g" \
       -e "s#@BODY_BUFFER@#$BODY_BUFFER#g" -e "s#@ECHO_MODULE@#$ECHO_MODULE#g" \
       -e "s#@CERT@#${TLS_CERT:-}#g" -e "s#@KEY@#${TLS_KEY:-}#g" -e "s#@PEM@#${TLS_PEM:-}#g" \
+      -e "s#@STATE@#${R_STATE:-}#g" -e "s#@LOG@#${R_LOG:-}#g" -e "s#@KEYRING@#${R_KEYRING:-}#g" \
+      -e "s#@SEGMENT@#${ENC_SEGMENT:-65536}#g" \
       "$BENCH_DIR/$1" > "$2"
 }
 
@@ -183,13 +195,28 @@ TINY_BODY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef   # 6
 BODY_BUFFER=$(( UPLOAD_BYTES / 1024 + 64 ))k   # whole body in origin memory, no temp file
 head -c "$UPLOAD_BYTES" /dev/zero > "$TMP/body.bin"
 
-mapfile -t PORTS < <(free_ports 5)
+mapfile -t PORTS < <(free_ports 7)
 ORIGIN_PORT=${PORTS[0]}
-declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=${PORTS[1]} [haproxy]=${PORTS[2]} [portcullis]=${PORTS[3]})
-PORTCULLIS_ADMIN_PORT=${PORTS[4]}
+declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=${PORTS[1]} [haproxy]=${PORTS[2]} [portcullis]=${PORTS[3]}
+                 [portcullis-enc]=${PORTS[5]})
+declare -A ADMIN_PORT=([portcullis]=${PORTS[4]} [portcullis-enc]=${PORTS[6]})
+
+# MODE=encrypt: what the origin must receive from portcullis-enc for one upload:
+# the pcx1 ciphertext (SPEC section 7) of the UPLOAD_BYTES-byte body, key id "k1",
+# 64 KiB segments: header 4+2+4+1+len(key_id)+12+48+7 bytes, then the body and a
+# 16-byte tag per started segment (one empty segment for an empty body).
+ENC_KEY_ID=k1
+ENC_SEGMENT=65536
+ENC_HEADER=$(( 4 + 2 + 4 + 1 + ${#ENC_KEY_ID} + 12 + 48 + 7 ))
+ENC_SEGMENTS=$(( (UPLOAD_BYTES + ENC_SEGMENT - 1) / ENC_SEGMENT ))
+[ "$ENC_SEGMENTS" -ge 1 ] || ENC_SEGMENTS=1
+ENC_BYTES=$(( ENC_HEADER + UPLOAD_BYTES + 16 * ENC_SEGMENTS ))
 
 if [ "$MODE" = tls ]; then
   echo "Portcullis bench (TLS): DURATION=${DURATION}s CONNS=$CONNS HS_CONNS=$HS_CONNS ROUNDS=$ROUNDS PIN=$PIN  ->  $OUT"
+elif [ "$MODE" = encrypt ]; then
+  echo "Portcullis bench (encrypt_body uploads): DURATION=${DURATION}s ROUNDS=$ROUNDS UPLOAD_MB=$UPLOAD_MB" \
+       "UPLOAD_CONNS=$UPLOAD_CONNS PIN=$PIN  ->  $OUT"
 else
   echo "Portcullis bench: DURATION=${DURATION}s CONNS=$CONNS ROUNDS=$ROUNDS UPLOAD_MB=$UPLOAD_MB" \
        "UPLOAD_CONNS=$UPLOAD_CONNS PIN=$PIN  ->  $OUT"
@@ -264,25 +291,42 @@ else
   printf 'haproxy\tskipped\thaproxy not installed\n' >> "$STATUS"; note "haproxy not installed; skipped"
 fi
 
-# Portcullis.
+# Portcullis. MODE=encrypt starts a second instance, portcullis-enc, from
+# portcullis-enc.toml.tmpl: the same settings plus [encryption] (a fresh keyring
+# with one key, k1) and encrypt_body = true on /upload.
 PORTCULLIS_BIN=$BUILD_DIR/bin/portcullis
+PORTCULLISCTL_BIN=$BUILD_DIR/bin/portcullisctl
+start_portcullis() {  # start_portcullis NAME TEMPLATE
+  local name=$1 tmpl=$2
+  mkdir -p "$TMP/state" "$TMP/$name-state"   # portcullis.toml.tmpl uses TMP/state
+  R_PORT=${PORT[$name]} R_ADMIN_PORT=${ADMIN_PORT[$name]} R_STATE=$TMP/$name-state R_LOG=$TMP/$name \
+    R_KEYRING=$TMP/keyring.toml render "$tmpl" "$TMP/$name.toml"
+  if ! timeout 10 "$PORTCULLIS_BIN" -t -c "$TMP/$name.toml" > "$TMP/$name-check.out" 2>&1; then
+    drop "$name" "config check (portcullis -t) failed: $(why "$TMP/$name-check.out")"
+  else
+    start "$name" "$CPU_PROXY" "$PORTCULLIS_BIN" -c "$TMP/$name.toml"
+  fi
+  if [ -z "${PID[$name]:-}" ]; then
+    :
+  elif wait_http "$name" "http://127.0.0.1:${ADMIN_PORT[$name]}/readyz" 15; then
+    printf '%s\tok\t%s\n' "$name" "${PORTCULLIS_VERSION:-$PORTCULLIS_BIN}" >> "$STATUS"
+  elif alive "${PID[$name]}"; then
+    drop "$name" "admin /readyz not 200 within 15 s: $(why "$TMP/$name.out")"
+  else
+    drop "$name" "exited at startup: $(why "$TMP/$name.out")"
+  fi
+}
 if [ -x "$PORTCULLIS_BIN" ]; then
   PORTCULLIS_VERSION=$( (timeout 5 "$PORTCULLIS_BIN" --version 2>/dev/null || true) | head -1)
-  mkdir -p "$TMP/state"
-  R_PORT=${PORT[portcullis]} R_ADMIN_PORT=$PORTCULLIS_ADMIN_PORT render "portcullis$T.toml.tmpl" "$TMP/portcullis.toml"
-  if ! timeout 10 "$PORTCULLIS_BIN" -t -c "$TMP/portcullis.toml" > "$TMP/portcullis-check.out" 2>&1; then
-    drop portcullis "config check (portcullis -t) failed: $(why "$TMP/portcullis-check.out")"
-  else
-    start portcullis "$CPU_PROXY" "$PORTCULLIS_BIN" -c "$TMP/portcullis.toml"
-  fi
-  if [ -z "${PID[portcullis]:-}" ]; then
-    :
-  elif wait_http portcullis "http://127.0.0.1:$PORTCULLIS_ADMIN_PORT/readyz" 15; then
-    printf 'portcullis\tok\t%s\n' "${PORTCULLIS_VERSION:-$PORTCULLIS_BIN}" >> "$STATUS"
-  elif alive "${PID[portcullis]}"; then
-    drop portcullis "admin /readyz not 200 within 15 s: $(why "$TMP/portcullis.out")"
-  else
-    drop portcullis "exited at startup: $(why "$TMP/portcullis.out")"
+  start_portcullis portcullis "portcullis$T.toml.tmpl"
+  if [ "$MODE" = encrypt ]; then
+    if (umask 077 && "$PORTCULLISCTL_BIN" keys gen --keyring "$TMP/keyring.toml" --id "$ENC_KEY_ID" --activate \
+          > "$TMP/keygen.out" 2>&1); then
+      start_portcullis portcullis-enc portcullis-enc.toml.tmpl
+    else
+      printf 'portcullis-enc\tskipped\tportcullisctl keys gen failed: %s\n' "$(why "$TMP/keygen.out")" >> "$STATUS"
+      note "portcullis-enc skipped: portcullisctl keys gen failed"
+    fi
   fi
 else
   printf 'portcullis\tskipped\t%s not built\n' "$PORTCULLIS_BIN" >> "$STATUS"
@@ -290,25 +334,38 @@ else
 fi
 
 # Sanity: every contender returns the exact 64-byte body and carries a whole
-# upload to the origin (the origin logs the request length only for /upload).
-upload_lines() { awk -v n="$UPLOAD_BYTES" '$1 == 200 && $2 >= n { c++ } END { print c + 0 }' "$TMP/origin-upload.log" 2>/dev/null || echo 0; }
+# upload to the origin. The origin logs "$status $request_length $content_length
+# $http_x_portcullis_encryption" for /upload only (the origin answers 200 only
+# after the last body byte). A plain upload counts when $request_length (head +
+# body) >= UPLOAD_BYTES; an encrypted one (portcullis-enc) when the body was
+# exactly the pcx1 ciphertext length, carried the pcx1 header and arrived whole.
+upload_lines() {  # upload_lines CONTENDER -> whole bodies of its kind in the origin log
+  awk -v n="$UPLOAD_BYTES" -v ct="$ENC_BYTES" -v enc="$([ "${1:-}" = portcullis-enc ] && echo 1 || echo 0)" '
+    $1 != 200 { next }
+    enc == 1 && $3 == ct && $2 >= ct && $4 ~ /^pcx1;/ { c++ }
+    enc == 0 && $2 >= n { c++ }
+    END { print c + 0 }' "$TMP/origin-upload.log" 2>/dev/null || echo 0
+}
+ALL_CONTENDERS=(direct nginx haproxy portcullis)
+[ "$MODE" = encrypt ] && ALL_CONTENDERS+=(portcullis-enc)
 CONTENDERS=()
-for c in direct nginx haproxy portcullis; do
+for c in "${ALL_CONTENDERS[@]}"; do
   [ -n "${PID[$c]:-}" ] || [ "$c" = direct ] || continue
   base="$SCHEME://127.0.0.1:${PORT[$c]}"
   [ "$c" = direct ] && base="http://127.0.0.1:${PORT[$c]}"
   body=$(curl -s "${CURL_TLS[@]}" --max-time 5 "$base/tiny" || true)
-  before=$(upload_lines)
-  code=$(http_code --max-time 30 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
+  before=$(upload_lines "$c")
+  code=$(http_code --max-time 60 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
            --data-binary "@$TMP/body.bin" "$base/upload")
-  after=$(upload_lines)
+  after=$(upload_lines "$c")
   if [ "$body" != "$TINY_BODY" ]; then
     [ "$c" = direct ] && die "origin returned a wrong /tiny body"
     drop "$c" "GET /tiny did not return the 64-byte origin body"; continue
   fi
   if [ "$code" != 200 ] || [ "$after" -le "$before" ]; then
     [ "$c" = direct ] && die "origin upload check failed (HTTP $code)"
-    drop "$c" "POST /upload of $UPLOAD_BYTES bytes: HTTP $code, origin saw $(( after - before )) whole bodies"; continue
+    drop "$c" "POST /upload of $UPLOAD_BYTES bytes: HTTP $code, origin saw $(( after - before )) whole bodies$(
+      [ "$c" = portcullis-enc ] && echo " of $ENC_BYTES ciphertext bytes")"; continue
   fi
   CONTENDERS+=("$c")
   if [ "$MODE" = tls ] && [ "$c" != direct ]; then
@@ -364,13 +421,13 @@ run_wrk() {
   local p0 o0 h0 w0 u0 p1 o1 h1 w1 u1 cmd=(wrk -t1 -c"$conns" -d"${dur}s" --latency --timeout 10s "${hdr[@]}" -s "$script" "$scheme://127.0.0.1:${PORT[$c]}$path")
   [ "$PIN" = 1 ] && cmd=(taskset -c "$CPU_LOAD" "${cmd[@]}")
   cmd=(env "${envs[@]}" "${cmd[@]}")
-  u0=$(upload_lines); times > "$TMP/times0"; h0=$(host_ticks); o0=$(proc_ticks "${PID[origin]}"); p0=$(proc_ticks "$ppid")
+  u0=$(upload_lines "$c"); times > "$TMP/times0"; h0=$(host_ticks); o0=$(proc_ticks "${PID[origin]}"); p0=$(proc_ticks "$ppid")
   "${cmd[@]}" > "$raw" 2>&1 &
   local wpid=$! wrc=0
   STARTED[$wpid]=1
   wait "$wpid" || wrc=$?
   unset "STARTED[$wpid]"
-  p1=$(proc_ticks "$ppid"); o1=$(proc_ticks "${PID[origin]}"); h1=$(host_ticks); times > "$TMP/times1"; u1=$(upload_lines)
+  p1=$(proc_ticks "$ppid"); o1=$(proc_ticks "${PID[origin]}"); h1=$(host_ticks); times > "$TMP/times1"; u1=$(upload_lines "$c")
   w0=$(children_ms "$TMP/times0"); w1=$(children_ms "$TMP/times1")
   [ "$round" = 0 ] && return 0
 
@@ -405,9 +462,9 @@ run_wrk() {
     BEGIN {
       n = get("requests"); d = get("duration_us") / 1e6; rps = d > 0 ? n / d : 0
       if (t == "full" || t == "resumed")
-        s = sprintf("  round %d/%d  %-10s %-7s %8.0f conn/s  p50 %6d us  p99 %6d us", r, R, c, t, rps, get("p50_us"), get("p99_us"))
+        s = sprintf("  round %d/%d  %-14s %-7s %8.0f conn/s  p50 %6d us  p99 %6d us", r, R, c, t, rps, get("p50_us"), get("p99_us"))
       else
-        s = sprintf("  round %d/%d  %-10s %-6s %9.0f req/s  p50 %6d us  p99 %6d us", r, R, c, t, rps, get("p50_us"), get("p99_us"))
+        s = sprintf("  round %d/%d  %-14s %-6s %9.0f req/s  p50 %6d us  p99 %6d us", r, R, c, t, rps, get("p50_us"), get("p99_us"))
       if (t == "upload") s = s sprintf("  %7.0f MB/s", rps * ub / 1e6)
       if (pd != "null" && n > 0) s = s sprintf("  proxy CPU %6.1f us/%s", pd * 1e6 / hz / n, (t == "full" || t == "resumed") ? "conn" : "req")
       e = get("err_connect") + get("err_read") + get("err_write") + get("err_timeout") + get("err_status")
@@ -436,6 +493,42 @@ if [ "$MODE" = tls ]; then
       done
     done
   done
+elif [ "$MODE" = encrypt ]; then
+  # Uploads only: plain forwarding (direct, nginx, HAProxy, portcullis) vs
+  # portcullis-enc sealing every body into pcx1; the order reverses every other
+  # round so slow drift hits everybody alike.
+  echo "Contenders: ${CONTENDERS[*]}  (~$(( ${#CONTENDERS[@]} * (DURATION * ROUNDS + WARMUP) + 15 )) s)"
+  if [ "$WARMUP" -gt 0 ]; then
+    for c in "${CONTENDERS[@]}"; do run_wrk "$c" 0 upload; done
+  fi
+  for round in $(seq "$ROUNDS"); do
+    order=("${CONTENDERS[@]}")
+    if [ $(( round % 2 )) = 0 ]; then
+      order=(); for (( i = ${#CONTENDERS[@]} - 1; i >= 0; i-- )); do order+=("${CONTENDERS[$i]}"); done
+    fi
+    for c in "${order[@]}"; do
+      [ "$c" = direct ] || [ -n "${PID[$c]:-}" ] || continue   # dropped mid-way
+      run_wrk "$c" "$round" upload
+    done
+  done
+  # The raw sealing cost in the same session: BoringSSL AES-256-GCM on 64 KiB
+  # (in place, and over an 8 MiB body into a segment buffer) and the pcx1 sealer
+  # fed 16 KiB slices into 64 KiB segments. Google Benchmark's bytes_per_second
+  # is per CPU second of the benchmark thread.
+  PCX1_BENCH=$BUILD_DIR/bin/pcx1_bench
+  if [ -x "$PCX1_BENCH" ]; then
+    echo "  pcx1_bench (raw sealing cost) ..."
+    cmd=("$PCX1_BENCH" '--benchmark_filter=^BM_(RawAes256GcmSeal/65536|RawAes256GcmSealBody/65536|Pcx1SealerStream/65536/16384)$'
+         --benchmark_min_time=0.5 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+         --benchmark_out_format=json "--benchmark_out=$OUT/pcx1_bench.json")
+    [ "$PIN" = 1 ] && cmd=(taskset -c "$CPU_PROXY" "${cmd[@]}")
+    "${cmd[@]}" > "$OUT/raw/pcx1_bench.txt" 2>&1 &
+    bpid=$!; STARTED[$bpid]=1
+    wait "$bpid" || note "pcx1_bench failed; see $OUT/raw/pcx1_bench.txt"
+    unset "STARTED[$bpid]"
+  else
+    note "$PCX1_BENCH not built (configure with -DPORTCULLIS_BENCH=ON); no raw sealing cost"
+  fi
 elif [ "$WARMUP" -gt 0 ]; then
   for c in "${CONTENDERS[@]}"; do run_wrk "$c" 0 tiny; run_wrk "$c" 0 upload; done
 fi
@@ -464,6 +557,7 @@ META_LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg) \
 S_DURATION=$DURATION S_CONNS=$CONNS S_UPLOAD_CONNS=$UPLOAD_CONNS S_ROUNDS=$ROUNDS S_UPLOAD_MB=$UPLOAD_MB \
 S_UPLOAD_BYTES=$UPLOAD_BYTES S_PIN=$PIN S_WARMUP=$WARMUP S_CLK_TCK=$CLK_TCK S_BUILD_DIR=$BUILD_DIR \
 S_MODE=$MODE S_HS_CONNS=$HS_CONNS S_TLS_INFO=$TMP/tls-info.tsv \
+S_ENC_BYTES=$ENC_BYTES S_ENC_SEGMENT=$ENC_SEGMENT S_ENC_KEY_ID=$ENC_KEY_ID \
 python3 - "$OUT" "$STATUS" <<'PY'
 import json, os, statistics, sys
 
@@ -474,6 +568,9 @@ hz = int(E["S_CLK_TCK"])
 upload_bytes = int(E["S_UPLOAD_BYTES"])
 mode = E["S_MODE"]
 tls = mode == "tls"
+enc = mode == "encrypt"
+if enc:
+    order.append("portcullis-enc")
 HS_TESTS = ("full", "resumed")  # MODE=tls: one new TLS connection per request
 
 contenders = {}
@@ -531,6 +628,7 @@ for line in open(os.path.join(out, "runs.jsonl")):
         rec["upload_bytes"] = upload_bytes
         rec["upload_MBps"] = rec["rps"] * upload_bytes / 1e6
         rec["proxy_cpu_us_per_MiB"] = rec["proxy_cpu_us_per_req"] / mib if rec["proxy_cpu_us_per_req"] is not None else None
+        rec["origin_cpu_us_per_MiB"] = rec["origin_cpu_us_per_req"] / mib if rec["origin_cpu_us_per_req"] is not None else None
         # The origin only answers after the last body byte, so every upload wrk
         # counts as done must appear here as a whole body at the origin.
         rec["origin_whole_uploads"] = r["origin_whole_uploads"]
@@ -567,7 +665,16 @@ for c in measured if tls else []:
         # minus one request on a kept-alive connection.
         a, b = d[t + "_proxy_cpu_us_per_conn"], d["proxy_cpu_us_per_req"]
         d[t + "_handshake_cpu_us"] = a - b if a is not None and b is not None else None
-for c in [] if tls else measured:
+for c in measured if enc else []:
+    medians[c] = {
+        "upload_MBps": med(c, "upload", "upload_MBps"),
+        "upload_MBps_range": spread(c, "upload", "upload_MBps"),
+        "upload_p50_us": med(c, "upload", "p50_us"), "upload_p99_us": med(c, "upload", "p99_us"),
+        "upload_proxy_cpu_us_per_MiB": med(c, "upload", "proxy_cpu_us_per_MiB"),
+        "upload_origin_cpu_us_per_MiB": med(c, "upload", "origin_cpu_us_per_MiB"),
+        "other_cpu_pct_of_core": med(c, "upload", "other_cpu_pct_of_core"),
+    }
+for c in [] if tls or enc else measured:
     medians[c] = {
         "rps": med(c, "tiny", "rps"), "rps_range": spread(c, "tiny", "rps"),
         "p50_us": med(c, "tiny", "p50_us"), "p99_us": med(c, "tiny", "p99_us"),
@@ -589,11 +696,51 @@ ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us", "upload_MBps"]
 if tls:
     ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us", "full_proxy_cpu_us_per_conn",
                   "full_handshake_cpu_us", "full_conn_per_s", "resumed_proxy_cpu_us_per_conn"]
+pairs = [("portcullis", "nginx"), ("portcullis", "haproxy"), ("haproxy", "nginx")]
+if enc:
+    ratio_keys = ["upload_MBps", "upload_proxy_cpu_us_per_MiB", "upload_p99_us"]
+    pairs = [("portcullis-enc", "haproxy"), ("portcullis-enc", "nginx"), ("portcullis-enc", "portcullis")] + pairs
 ratios = {}
-for a, b in (("portcullis", "nginx"), ("portcullis", "haproxy"), ("haproxy", "nginx")):
+for a, b in pairs:
     ratios[f"{a}/{b}"] = {k: ratio(a, b, k) for k in ratio_keys}
+
+# MODE=encrypt: the raw sealing cost from pcx1_bench (same session) and the check
+# CPU per encrypted MiB <= plain CPU per MiB + 1.1 x raw sealing cost per MiB.
+sealing = None
+if enc:
+    sealing = {"benchmarks": {}}
+    bench_json = os.path.join(out, "pcx1_bench.json")
+    if os.path.exists(bench_json):
+        for b in json.load(open(bench_json)).get("benchmarks", []):
+            if b.get("aggregate_name", "median") != "median" or "bytes_per_second" not in b:
+                continue
+            name = b.get("run_name", b["name"])
+            # bytes_per_second is per CPU second (no UseRealTime in pcx1_bench).
+            sealing["benchmarks"][name] = {"MBps": b["bytes_per_second"] / 1e6,
+                                           "cpu_us_per_MiB": 1048576 / b["bytes_per_second"] * 1e6}
+    bm = sealing["benchmarks"]
+    raw = bm.get("BM_RawAes256GcmSeal/65536", {}).get("cpu_us_per_MiB")
+    raw_body = bm.get("BM_RawAes256GcmSealBody/65536", {}).get("cpu_us_per_MiB")
+    sealer = bm.get("BM_Pcx1SealerStream/65536/16384", {}).get("cpu_us_per_MiB")
+    e_cpu = medians.get("portcullis-enc", {}).get("upload_proxy_cpu_us_per_MiB")
+    p_cpu = medians.get("portcullis", {}).get("upload_proxy_cpu_us_per_MiB")
+    sealing.update({
+        "raw_seal_us_per_MiB": raw, "raw_seal_body_us_per_MiB": raw_body, "pcx1_sealer_us_per_MiB": sealer,
+        "encrypted_cpu_us_per_MiB": e_cpu, "plain_cpu_us_per_MiB": p_cpu,
+        "extra_cpu_us_per_MiB": e_cpu - p_cpu if e_cpu is not None and p_cpu is not None else None,
+    })
+    if None not in (raw, e_cpu, p_cpu):
+        sealing["budget_us_per_MiB"] = p_cpu + 1.1 * raw
+        sealing["extra_over_raw"] = (e_cpu - p_cpu) / raw
+        sealing["within_budget"] = e_cpu <= p_cpu + 1.1 * raw
+    if None not in (raw_body, e_cpu, p_cpu):
+        sealing["budget_body_us_per_MiB"] = p_cpu + 1.1 * raw_body
+        sealing["within_budget_body"] = e_cpu <= p_cpu + 1.1 * raw_body
 if tls:  # keep-alive HTTPS through the proxy vs plain HTTP straight at the origin
     fraction_of_direct = {c: {"rps": ratio(c, "direct", "rps")} for c in ("nginx", "haproxy", "portcullis")}
+elif enc:
+    fraction_of_direct = {c: {"upload_MBps": ratio(c, "direct", "upload_MBps")}
+                          for c in ("nginx", "haproxy", "portcullis", "portcullis-enc")}
 else:
     fraction_of_direct = {c: {"rps": ratio(c, "direct", "rps"), "upload_MBps": ratio(c, "direct", "upload_MBps")}
                           for c in ("nginx", "haproxy", "portcullis")}
@@ -630,6 +777,16 @@ results = {
     "ratios": ratios,
     "fraction_of_direct": fraction_of_direct,
 }
+if enc:
+    results["encryption"] = sealing
+    st = results["settings"]
+    st.update({
+        "mode": "encrypt", "tests": {"upload": "POST /upload of upload_bytes bytes, keep-alive"},
+        "encrypted_body_bytes": int(E["S_ENC_BYTES"]), "segment_bytes": int(E["S_ENC_SEGMENT"]),
+        "key_id": E["S_ENC_KEY_ID"],
+        "portcullis_enc": "portcullis-enc.toml.tmpl: portcullis.toml.tmpl + [encryption] + encrypt_body = true on /upload",
+        "units": "MB/s = 10^6 bytes/s of plaintext request body; CPU us of proxy process time (utime+stime) per MiB of plaintext",
+    })
 if tls:
     st = results["settings"]
     for k in ("upload_connections", "upload_mib", "upload_bytes"):
@@ -692,6 +849,51 @@ if tls:
     print("  (req/s, conn/s: higher is better for the first; CPU and p99: lower is better)")
     print("Fraction of direct (HTTPS via proxy / plain HTTP to origin):  " + "   ".join(
         f"{c} {fmt(v['rps'], '{:.2f}')} req/s" for c, v in fraction_of_direct.items() if c in medians))
+elif enc:
+    print()
+    print(f"Results, encrypt_body uploads ({m['nproc']} CPUs {m['cpu_model']}, {m['kernel']}; {s['duration_s']} s x"
+          f" {s['rounds']} rounds, {s['upload_connections']} conns, {s['upload_mib']:g} MiB uploads"
+          f"{', pinned' if s['pin'] else ''}; medians)")
+    hdr = (f"{'':<15}{'upload MB/s':>12}{'range':>15}{'p50 us':>10}{'p99 us':>10}{'CPU us/MiB':>11}"
+           f"{'origin us/MiB':>14}")
+    print(hdr)
+    print("-" * len(hdr))
+    for c in order:
+        if c not in medians:
+            why = contenders[c].get("reason", "no successful run")
+            print(f"{c:<15}  not measured: {why[:90]}")
+            continue
+        d = medians[c]
+        rng = f"{d['upload_MBps_range'][0]:,.0f}-{d['upload_MBps_range'][1]:,.0f}" if d["upload_MBps_range"] else "-"
+        print(f"{c:<15}{fmt(d['upload_MBps']):>12}{rng:>15}{fmt(d['upload_p50_us']):>10}{fmt(d['upload_p99_us']):>10}"
+              f"{fmt(d['upload_proxy_cpu_us_per_MiB'], '{:.0f}'):>11}{fmt(d['upload_origin_cpu_us_per_MiB'], '{:.0f}'):>14}")
+    print("  MB/s = plaintext MB/s (10^6 bytes/s); CPU us/MiB = proxy process CPU per plaintext MiB;"
+          " portcullis-enc = encrypt_body = true (pcx1, AES-256-GCM, 64 KiB segments).")
+    print(f"  Each encrypted upload reached the origin as {s['encrypted_body_bytes']:,} bytes of pcx1 ciphertext"
+          f" for {s['upload_bytes']:,} bytes of plaintext.")
+    print()
+    print(f"{'Ratios':<28}{'upload MB/s':>12}{'CPU/MiB':>9}{'p99':>8}")
+    for k, v in ratios.items():
+        print(f"{k:<28}{fmt(v['upload_MBps'], '{:.2f}'):>12}{fmt(v['upload_proxy_cpu_us_per_MiB'], '{:.2f}'):>9}"
+              f"{fmt(v['upload_p99_us'], '{:.2f}'):>8}")
+    print("  (MB/s: higher is better for the first; CPU/MiB and p99: lower is better)")
+    print("Fraction of direct (MB/s):  " + "   ".join(
+        f"{c} {fmt(v['upload_MBps'], '{:.2f}')}" for c, v in fraction_of_direct.items() if c in medians))
+    e = results["encryption"]
+    print()
+    if e["benchmarks"]:
+        print("Raw sealing cost (pcx1_bench, same session, CPU per MiB of plaintext):  " + "   ".join(
+            f"{n.replace('BM_', '')} {v['cpu_us_per_MiB']:.0f} us ({v['MBps']:,.0f} MB/s)" for n, v in e["benchmarks"].items()))
+    if e.get("within_budget") is not None:
+        print(f"Encryption CPU: encrypted {e['encrypted_cpu_us_per_MiB']:.0f} us/MiB vs plain {e['plain_cpu_us_per_MiB']:.0f} us/MiB:"
+              f" +{e['extra_cpu_us_per_MiB']:.0f} us/MiB = {e['extra_over_raw']:.2f} x raw seal ({e['raw_seal_us_per_MiB']:.0f} us/MiB)")
+        print(f"  check: encrypted <= plain + 1.1 x raw seal = {e['budget_us_per_MiB']:.0f} us/MiB:"
+              f" {'yes' if e['within_budget'] else 'NO'}"
+              + (f"   (with the 8 MiB-body raw seal, {e['raw_seal_body_us_per_MiB']:.0f} us/MiB:"
+                 f" budget {e['budget_body_us_per_MiB']:.0f}, {'yes' if e['within_budget_body'] else 'NO'})"
+                 if e.get("within_budget_body") is not None else ""))
+    else:
+        print("Encryption CPU check: not computed (missing portcullis, portcullis-enc or pcx1_bench figures)")
 else:
     print()
     print(f"Results ({m['nproc']} CPUs {m['cpu_model']}, {m['kernel']}; {s['duration_s']} s x {s['rounds']} rounds,"

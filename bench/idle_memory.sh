@@ -30,7 +30,6 @@ max_connections_per_ip = 100000   # every client here is 127.0.0.1
 plaintext = "allow"
 [log]
 access = "$TMP/access.log"
-audit = "$TMP/audit.log"
 [[upstream]]
 name = "origin"
 servers = ["127.0.0.1:$BP"]

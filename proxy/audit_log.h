@@ -91,8 +91,9 @@ class AuditFields {
 //
 // Writer thread: assigns seq, ts (its clock at write time), key_id, prev and
 // mac; writes batches with write(2); fdatasync()s at least once a second while
-// records are being written, whenever it goes idle with unsynced records, and on
-// flush() and stop(). On a write error it reports once on stderr and retries
+// records are being written, within ~120 ms of going idle with unsynced
+// records (at most one idle sync per 100 ms, so a steady trickle of events
+// does not cost a sync each), and on flush() and stop(). On a write error it reports once on stderr and retries
 // the unwritten bytes every 100 ms (events keep queueing in memory); only
 // stop() gives up after 5 s of failures, counting the lost records in lost().
 class AuditLog {

@@ -322,19 +322,21 @@ TEST_F(TlsE2E, LargeBodiesBothWays) {
   EXPECT_EQ(echo->body_sha256, patternSha256(up));
 }
 
+// One request on a fresh connection; returns the session (TLS 1.3 ticket)
+// it left behind, or null. Caller frees it.
+SSL_SESSION* firstSession(uint16_t port) {
+  TlsClient first;
+  if (!first.connect(port, TlsOptions{}) || !first.send(getRequest("/one"))) return nullptr;
+  TlsClient::Response r;
+  if (!first.readResponse(r)) return nullptr;
+  return first.session();
+}
+
 TEST_F(TlsE2E, SessionsResumeAcrossConnectionsAndWorkers) {
   ProxyOptions o = options();
   o.workers = 2;  // one SSL_CTX (and ticket key) shared by all workers
   Proxy proxy(o);
-  SSL_SESSION* session = nullptr;
-  {
-    TlsClient first;
-    ASSERT_TRUE(first.connect(proxy.httpsPort(), TlsOptions{}));
-    ASSERT_TRUE(first.send(getRequest("/one")));
-    TlsClient::Response r;
-    ASSERT_TRUE(first.readResponse(r));
-    session = first.session();
-  }
+  SSL_SESSION* session = firstSession(proxy.httpsPort());
   ASSERT_NE(session, nullptr);
   int resumed = 0;
   for (int i = 0; i < 6; ++i) {
@@ -355,15 +357,7 @@ TEST_F(TlsE2E, SessionsResumeAcrossConnectionsAndWorkers) {
 
 TEST_F(TlsE2E, TicketsSurviveAReload) {
   Proxy proxy(options());
-  SSL_SESSION* session = nullptr;
-  {
-    TlsClient first;
-    ASSERT_TRUE(first.connect(proxy.httpsPort(), TlsOptions{}));
-    ASSERT_TRUE(first.send(getRequest("/one")));
-    TlsClient::Response r;
-    ASSERT_TRUE(first.readResponse(r));
-    session = first.session();
-  }
+  SSL_SESSION* session = firstSession(proxy.httpsPort());
   ASSERT_NE(session, nullptr);
   ASSERT_TRUE(proxy.reload());  // a new SSL_CTX; the process's ticket keys stay
   TlsClient again;
