@@ -12,7 +12,9 @@
 # Env: DURATION (s per wrk run, 10), CONNS (64), ROUNDS (3; the order reverses
 # every round), PIN (0; 1 = proxies on cpu 0, wrk and origin on cpu 1), OUT
 # (results dir, default bench/results/<UTC timestamp>-logging), VARIANTS ("on off";
-# add "access" = access log only and/or "audit" = audit log only, to split the cost).
+# add "access" = access log only and/or "audit" = audit log only, to split the cost;
+# "noauth" = logs off and the route public (auth = false): off vs noauth is the
+# cost of the token check + RBAC).
 # Both use one worker, plaintext HTTP (plaintext = "allow",
 # revoke_tokens_seen_in_plaintext = false: the token is sent in the clear on
 # loopback), no [rate_limit], detection on (default), one token from
@@ -33,7 +35,7 @@ ROUNDS=${ROUNDS:-3}
 PIN=${PIN:-0}
 read -r -a VARIANTS <<< "${VARIANTS:-on off}"
 for v in "${VARIANTS[@]}"; do
-  case $v in on|off|access|audit) ;; *) echo "logging_cost.sh: VARIANTS: unknown '$v' (on off access audit)" >&2; exit 1 ;; esac
+  case $v in on|off|access|audit|noauth) ;; *) echo "logging_cost.sh: VARIANTS: unknown '$v' (on off access audit noauth)" >&2; exit 1 ;; esac
 done
 [[ " ${VARIANTS[*]} " == *" on "* && " ${VARIANTS[*]} " == *" off "* ]] || { echo "logging_cost.sh: VARIANTS must include on and off" >&2; exit 1; }
 OUT=${OUT:-$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)-logging}
@@ -69,12 +71,12 @@ start() {  # start NAME CPU CMD...
 }
 mapfile -t P < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(9)]
+ss = [socket.socket() for _ in range(11)]
 for s in ss: s.bind(("127.0.0.1", 0))
 for s in ss: print(s.getsockname()[1])')
 ORIGIN=${P[0]}
-declare -A PORT=([on]=${P[1]} [off]=${P[2]} [access]=${P[5]} [audit]=${P[6]})
-declare -A ADMIN=([on]=${P[3]} [off]=${P[4]} [access]=${P[7]} [audit]=${P[8]})
+declare -A PORT=([on]=${P[1]} [off]=${P[2]} [access]=${P[5]} [audit]=${P[6]} [noauth]=${P[9]})
+declare -A ADMIN=([on]=${P[3]} [off]=${P[4]} [access]=${P[7]} [audit]=${P[8]} [noauth]=${P[10]})
 
 # Origin: nginx, one worker, GET /tiny -> 64 bytes (as in compare.sh).
 TINY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
@@ -127,7 +129,7 @@ servers = ["127.0.0.1:$ORIGIN"]
 [[route]]
 prefix = "/"
 upstream = "origin"
-auth = true
+auth = $([ "$v" = noauth ] && echo false || echo true)
 
 TOML
     if [ "$v" = on ] || [ "$v" = audit ]; then
@@ -163,7 +165,8 @@ for v in "${VARIANTS[@]}"; do
   body=$(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${PORT[$v]}/tiny")
   [ "$body" = "$TINY" ] || die "logs-$v: authenticated GET /tiny did not return the origin body: $body"
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${PORT[$v]}/tiny")
-  [ "$code" = 401 ] || die "logs-$v: GET /tiny without a token got $code, not 401"
+  want=401; [ "$v" = noauth ] && want=200   # the public route needs no token
+  [ "$code" = "$want" ] || die "logs-$v: GET /tiny without a token got $code, not $want"
 done
 
 ticks() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; set -- $s; echo $(( ${12} + ${13} )); }
@@ -244,12 +247,17 @@ print()
 print(f"Logging cost ({res['machine']['nproc']} CPUs {res['machine']['cpu_model']}; {sys.argv[10]} s x {len(rounds)} rounds, "
       f"{sys.argv[11]} conns; authenticated GET /tiny; medians)")
 print(f"{'':<12}{'req/s':>10}{'p99 us':>9}{'CPU us/req':>12}")
-names = {"on": "access + audit", "off": "no logs", "access": "access log only", "audit": "audit log only"}
+names = {"on": "access + audit", "off": "no logs", "access": "access log only", "audit": "audit log only",
+         "noauth": "no logs, public route: no token check"}
 for v in variants:
     q = res["ratio_to_off"][v]
     print(f"logs-{v:<7}{med[v]['rps']:>10,.0f}{med[v]['p99_us']:>9,.0f}{med[v]['proxy_cpu_us_per_req']:>12.2f}"
           f"   vs off: req/s {q['rps']:.3f}, CPU/req {q['proxy_cpu_us_per_req']:.3f}  ({names[v]})")
 print(f"  per-round req/s ratio on/off: " + ", ".join(f"{x:.3f}" for x in paired))
+if "noauth" in variants:
+    a = med["off"]["rps"] / med["noauth"]["rps"]
+    print(f"  token check + RBAC: off vs noauth req/s {a:.3f} (target >= 0.95: {'met' if a >= 0.95 else 'NOT met'}),"
+          f" CPU/req {med['off']['proxy_cpu_us_per_req'] / med['noauth']['proxy_cpu_us_per_req']:.3f}")
 cost = 1 - r["rps"]
 print(f"  throughput cost of audit + access logging: {cost * 100:.1f} % (target <= 5 %: {'met' if cost <= 0.05 else 'NOT met'});"
       f" CPU per request +{(r['proxy_cpu_us_per_req'] - 1) * 100:.1f} %")

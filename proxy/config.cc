@@ -364,12 +364,13 @@ void Loader::loadServer(const toml::table& t, ServerConfig& s) {
 void Loader::loadTimeouts(const toml::table& t, TimeoutsConfig& c) {
   const std::string path = "timeouts";
   checkKeys(t, path,
-            {"request_header_ms", "body_idle_ms", "min_body_rate", "keepalive_idle_ms", "upstream_connect_ms",
-             "upstream_response_ms"});
+            {"request_header_ms", "body_idle_ms", "min_body_rate", "min_body_rate_grace_ms", "keepalive_idle_ms",
+             "upstream_connect_ms", "upstream_response_ms"});
   getUint(t, "request_header_ms", path, c.request_header_ms, 1, kU32Max);
   getUint(t, "body_idle_ms", path, c.body_idle_ms, 1, kU32Max);
   // A rate, not a timeout: 0 means no minimum.
   getUint(t, "min_body_rate", path, c.min_body_rate, 0, kU32Max);
+  getUint(t, "min_body_rate_grace_ms", path, c.min_body_rate_grace_ms, 0, kU32Max);
   getUint(t, "keepalive_idle_ms", path, c.keepalive_idle_ms, 1, kU32Max);
   getUint(t, "upstream_connect_ms", path, c.upstream_connect_ms, 1, kU32Max);
   getUint(t, "upstream_response_ms", path, c.upstream_response_ms, 1, kU32Max);

@@ -35,7 +35,8 @@ struct ServerConfig {
 struct TimeoutsConfig {
   uint32_t request_header_ms = 10000;
   uint32_t body_idle_ms = 30000;
-  uint32_t min_body_rate = 500;
+  uint32_t min_body_rate = 500;             // bytes/s a body must average after the grace; 0 = none
+  uint32_t min_body_rate_grace_ms = 10000;  // extension: time before the rate applies
   uint32_t keepalive_idle_ms = 60000;
   uint32_t upstream_connect_ms = 2000;
   uint32_t upstream_response_ms = 30000;

@@ -383,6 +383,7 @@ void Connection::beginRequest() {
   continue_sent_ = false;
   retried_ = false;
   xform_finishing_ = false;
+  body_start_us_ = upstream_wait_us_ = write_wait_since_us_ = last_body_data_us_ = 0;
   connect_attempts_ = 0;
   status_ = upstream_status_ = 0;
   resp_bytes_out_ = 0;
@@ -626,7 +627,11 @@ void Connection::sendRequestHead() {
       uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
     }
   }
-  if (has_body) armClientTimer(snap_->config->timeouts.body_idle_ms);
+  if (has_body) {
+    body_start_us_ = last_body_data_us_ = nowUs();
+    upstream_wait_us_ = write_wait_since_us_ = 0;
+    armBodyTimer();
+  }
   pumpRequestBody();
 }
 
@@ -638,6 +643,7 @@ void Connection::onBodyData(std::string_view data) {
   }
   req_body_bytes_ += data.size();
   body_slices_.push_back(data);
+  if (body_start_us_ != 0) last_body_data_us_ = nowUs();
 }
 
 // Parses whatever body bytes are buffered, lets the body filters see (and
@@ -683,6 +689,12 @@ again:
       return;
     }
     request_done = (st == HttpCodec::Status::kMessageComplete);
+    const uint64_t deadline = request_done ? 0 : bodyDeadlineUs();
+    if (deadline != 0 && nowUs() > deadline) {
+      releaseUpstream(false);  // the upstream sees an unterminated request
+      sendError(408, "request_timeout", "timeout", "request body below min_body_rate", true);
+      return;
+    }
     if (req_body_bytes_ > max_body_) {
       releaseUpstream(false);
       sendError(413, "payload_too_large", "router", "body over route limit", true);
@@ -790,6 +802,7 @@ void Connection::flushToUpstream() {
   if (rc == 1) {
     up_->write_req.data = up_;
     up_->write_pending = true;
+    if (body_start_us_ != 0) write_wait_since_us_ = nowUs();
     if (resp_state_ == RespState::kHead) startUpstreamTimer(up_, snap_->config->timeouts.upstream_response_ms);
     updateClientReading();
     return;
@@ -798,6 +811,10 @@ void Connection::flushToUpstream() {
 }
 
 void Connection::onUpstreamWritten(int status) {
+  if (write_wait_since_us_ != 0) {
+    upstream_wait_us_ += nowUs() - write_wait_since_us_;
+    write_wait_since_us_ = 0;
+  }
   if (status != 0) {
     // The upstream went away while we wrote. Reading will tell the rest
     // (the response may already be there); if it does not, it is a reset.
@@ -814,7 +831,7 @@ void Connection::onUpstreamWritten(int status) {
   if (req_state_ == ReqState::kStreamingBody) {
     // Waiting on the client again (see startUpstreamTimer).
     if (resp_state_ == RespState::kHead) uv_timer_stop(&up_->timer);
-    armClientTimer(snap_->config->timeouts.body_idle_ms);
+    armBodyTimer();
     if (tls_ && tls_->hasBufferedInput() && !tlsPull()) return;
     if (rbuf_.unparsed() > 0 || xform_finishing_) {
       pumpRequestBody();
@@ -1224,6 +1241,22 @@ void Connection::sendLocalReply(int status, std::string_view code, bool close) {
   maybeFinishExchange();
 }
 
+uint64_t Connection::bodyDeadlineUs() const {
+  const TimeoutsConfig& t = snap_->config->timeouts;
+  if (t.min_body_rate == 0 || body_start_us_ == 0) return 0;
+  return body_start_us_ + uint64_t(t.min_body_rate_grace_ms) * 1000 + upstream_wait_us_ +
+         req_body_bytes_ * 1000000 / t.min_body_rate;
+}
+
+void Connection::armBodyTimer() {
+  uint64_t ms = snap_->config->timeouts.body_idle_ms;
+  if (const uint64_t deadline = bodyDeadlineUs()) {
+    const uint64_t now = nowUs();
+    ms = std::min<uint64_t>(ms, deadline > now ? (deadline - now) / 1000 + 1 : 1);
+  }
+  armClientTimer(ms);
+}
+
 void Connection::armClientTimer(uint64_t ms) {
   if (closing_) return;
   uv_timer_start(&timer_, &Connection::onTimer, ms, 0);
@@ -1246,8 +1279,19 @@ void Connection::onTimer(uv_timer_t* t) {
     return;
   }
   if (c->req_state_ == ReqState::kStreamingBody && c->resp_state_ != RespState::kBody) {
+    const uint64_t deadline = c->bodyDeadlineUs();
+    const uint64_t now = nowUs();
+    const bool too_slow = deadline != 0 && now >= deadline;
+    if (!too_slow && deadline != 0 &&
+        now - c->last_body_data_us_ < uint64_t(c->snap_->config->timeouts.body_idle_ms) * 1000) {
+      // Armed for an earlier deadline; bytes since moved it and the body
+      // is not idle: wait on.
+      c->armBodyTimer();
+      return;
+    }
     c->releaseUpstream(false);
-    c->sendError(408, "request_timeout", "timeout", "request body stalled", true);
+    c->sendError(408, "request_timeout", "timeout",
+                 too_slow ? "request body below min_body_rate" : "request body stalled", true);
     return;
   }
   c->close();

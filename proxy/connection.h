@@ -94,6 +94,13 @@ class Connection : public BodySink {
   void pumpRequestBody();
   bool transformBody(BodyTransform* xf, bool& request_done);
   void reportSecurity();
+  // min_body_rate (like mod_reqtimeout's MinRate): the body must arrive by
+  // start + grace + bytes / rate, where the time the proxy itself spent
+  // waiting on upstream writes (not reading the client) is added back. 0 = no
+  // deadline. armBodyTimer() waits on the client for body_idle_ms or until
+  // that deadline, whichever is first.
+  uint64_t bodyDeadlineUs() const;
+  void armBodyTimer();
   void flushToUpstream();
   void handleUpstreamFailure(UpstreamError kind, int status);
 
@@ -193,6 +200,10 @@ class Connection : public BodySink {
   bool raw_response_ = false;     // forward response body bytes as received
   bool paused_in_body_ = false;
   bool xform_finishing_ = false;  // body ended; the body transform has output left
+  uint64_t body_start_us_ = 0;        // request body began (0: none)
+  uint64_t upstream_wait_us_ = 0;     // time spent waiting on upstream writes meanwhile
+  uint64_t write_wait_since_us_ = 0;  // an upstream write is pending since
+  uint64_t last_body_data_us_ = 0;    // body bytes last parsed
   bool draining_ = false;
   int handles_open_ = 0;
 };

@@ -154,6 +154,7 @@ struct MetricsExtra {
   size_t log_queue_depth = 0;
   uint64_t config_reloads = 0;
   uint64_t config_reload_failures = 0;
+  uint64_t file_watch_events = 0;
   std::vector<std::pair<std::string, bool>> upstream_health;  // "upstream/host:port" -> healthy
   struct KeyUse {
     std::string key_id;

@@ -253,6 +253,7 @@ bool Server::startup(std::string& error) {
   auth_timer_started_ = true;
   rememberStoreStat();
   uv_timer_start(&auth_timer_, &Server::onAuthTimer, 1000, 1000);
+  updateFileWatches();
 
   for (auto& w : workers_) w->start();
   const std::string workers = " with " + std::to_string(workers_.size()) + " worker(s)";
@@ -407,26 +408,98 @@ void Server::onAuthTimer(uv_timer_t* t) {
     s->ticket_ticks_ = 0;
     TicketKeys::shared().rotate();
   }
-  const bool watch_store = s->config_->auth.configured() && s->config_->auth.watch;
-  const bool watch_keyring = s->config_->encryption.configured() && s->config_->encryption.watch;
-  const StoreStat store_before = s->store_stat_;
-  const StoreStat keyring_before = s->keyring_stat_;
-  const std::vector<StoreStat> tls_before = s->tls_stats_;
-  s->rememberStoreStat();
+  s->checkWatchedFiles();
+  if (!s->config_->auth.configured()) return;
+  if (++s->auth_ticks_ % 10 == 0) s->flushLastUse(false);
+}
+
+void Server::checkWatchedFiles() {
+  if (shutting_down_ || !config_) return;
+  const bool watch_store = config_->auth.configured() && config_->auth.watch;
+  const bool watch_keyring = config_->encryption.configured() && config_->encryption.watch;
+  const StoreStat store_before = store_stat_;
+  const StoreStat keyring_before = keyring_stat_;
+  const std::vector<StoreStat> tls_before = tls_stats_;
+  rememberStoreStat();
   const char* what = nullptr;
-  if (watch_store && !(store_before == s->store_stat_)) {
+  if (watch_store && !(store_before == store_stat_)) {
     what = "token store changed; reloading";
-  } else if (watch_keyring && !(keyring_before == s->keyring_stat_)) {
+  } else if (watch_keyring && !(keyring_before == keyring_stat_)) {
     what = "keyring changed; reloading";
-  } else if (!tls_before.empty() && !(tls_before == s->tls_stats_)) {
+  } else if (!tls_before.empty() && !(tls_before == tls_stats_)) {
     what = "TLS certificate or key changed; reloading";
   }
   if (what != nullptr) {
     logLine("info", what);
-    s->reload();
+    reload();
   }
-  if (!s->config_->auth.configured()) return;
-  if (++s->auth_ticks_ % 10 == 0) s->flushLastUse(false);
+}
+
+void Server::updateFileWatches() {
+  if (!config_ || shutting_down_) return;
+  std::vector<std::string> dirs;
+  std::vector<std::vector<std::string>> names;
+  auto add = [&](const std::string& file) {
+    const std::filesystem::path p(file);
+    std::string dir = p.parent_path().string();
+    if (dir.empty()) dir = ".";
+    size_t i = 0;
+    while (i < dirs.size() && dirs[i] != dir) ++i;
+    if (i == dirs.size()) {
+      dirs.push_back(dir);
+      names.emplace_back();
+    }
+    names[i].push_back(p.filename().string());
+  };
+  if (config_->auth.configured() && config_->auth.watch) add(config_->auth.token_store);
+  if (config_->encryption.configured() && config_->encryption.watch) add(config_->encryption.keyring);
+  if (config_->tls.configured()) {
+    add(config_->tls.cert);
+    add(config_->tls.key);
+    for (const TlsSniConfig& e : config_->tls.sni) {
+      add(e.cert);
+      add(e.key);
+    }
+  }
+  bool same = dirs.size() == file_watches_.size();
+  for (size_t i = 0; same && i < dirs.size(); ++i) {
+    same = file_watches_[i]->dir == dirs[i] && file_watches_[i]->names == names[i];
+  }
+  if (same) return;
+  closeFileWatches();
+  for (size_t i = 0; i < dirs.size(); ++i) {
+    const std::string& dir = dirs[i];
+    auto* w = new FileWatch;
+    w->server = this;
+    w->dir = dir;
+    w->names = names[i];
+    w->handle.data = w;
+    uv_fs_event_init(&loop_, &w->handle);
+    const int rc = uv_fs_event_start(
+        &w->handle,
+        [](uv_fs_event_t* h, const char* name, int, int) {
+          auto* fw = static_cast<FileWatch*>(h->data);
+          // Other files in the directory (logs, temporary files) are not ours.
+          if (name != nullptr) {
+            bool ours = false;
+            for (const std::string& n : fw->names) ours = ours || n == name;
+            if (!ours) return;
+          }
+          fw->server->watch_events_++;
+          fw->server->checkWatchedFiles();
+        },
+        dir.c_str(), 0);
+    if (rc != 0) logLine("warn", "cannot watch " + dir + " (" + uv_strerror(rc) + "); checking it every second");
+    file_watches_.push_back(w);
+  }
+}
+
+void Server::closeFileWatches() {
+  for (FileWatch* w : file_watches_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->handle),
+             [](uv_handle_t* h) { delete static_cast<FileWatch*>(h->data); });
+  }
+  file_watches_.clear();
 }
 
 // Writes the last-use table to the state dir; on the thread pool unless
@@ -549,6 +622,7 @@ void Server::reload() {
     std::string e;
     if (!audit_->setKeys(snap->keys, e)) logLine("error", "audit log keeps its key: " + e);
   }
+  updateFileWatches();
   reloads_++;
   logLine("info", "config reloaded (generation " + std::to_string(snap->generation) + ")" +
                       (snap->keys ? "; active key " + snap->keys->activeKeyId() : std::string()));
@@ -620,6 +694,7 @@ void Server::beginShutdown() {
   admin_->close();
   health_checker_->stop();
   if (auth_timer_started_) uv_close(reinterpret_cast<uv_handle_t*>(&auth_timer_), nullptr);
+  closeFileWatches();
   if (signals_installed_) {
     // Not closed: that would restore the default actions, and a second
     // SIGTERM or a SIGHUP during the drain would kill the process. Unref'd,
@@ -651,6 +726,7 @@ std::string Server::renderMetricsText() const {
   }
   extra.config_reloads = reloads_.load();
   extra.config_reload_failures = reload_failures_.load();
+  extra.file_watch_events = watch_events_.load();
   extra.upstream_health = health_.list();
   if (audit_) {
     extra.audit_enabled = true;

@@ -131,6 +131,9 @@ TEST_F(AuthE2E, RevocationStopsAnOpenConnectionWithoutASignal) {
   expectProxyError(c.roundTrip(getRequest("/v1/status", bearer(acme_))), 401, "unauthorized");
   EXPECT_EQ(backend_.requests(), before) << "a revoked token's request reached the backend";
   EXPECT_EQ(c.roundTrip(getRequest("/v1/status", bearer(beta_))).status, 200) << "others are unaffected";
+  // The change was seen by the directory watch (inotify), not only by the
+  // once-a-second stat.
+  EXPECT_GT(proxy_->metricOr0("portcullis_file_watch_events_total"), 0);
 }
 
 TEST(AuthInactivityE2E, TokenUnusedTooLongIsRefused) {

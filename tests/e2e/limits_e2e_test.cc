@@ -2,10 +2,12 @@
 // max_connections a new connection is closed at once, counted, and nothing of
 // it reaches the backend; a slot frees up when a connection closes.
 #include <gtest/gtest.h>
+#include <poll.h>
 
 #include <chrono>
 #include <memory>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -79,4 +81,42 @@ TEST_F(LimitsE2E, TotalLimitClosesExtraConnections) {
 }
 
 }  // namespace
+// timeouts.min_body_rate: a body trickled below the rate is cut with 408
+// after the grace, while the backend never gets the whole body; a body at a
+// normal pace on the same proxy goes through.
+TEST(SlowClientE2E, TrickleUploadBelowMinBodyRateIsCut) {
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.timeouts["min_body_rate"] = 2000;          // bytes/s
+  o.timeouts["min_body_rate_grace_ms"] = 300;
+  o.timeouts["body_idle_ms"] = 10000;          // the idle timeout alone would not fire
+  Proxy proxy(o);
+  const uint64_t before = backend.requests();
+  Client c(proxy.httpPort());
+  ASSERT_TRUE(c.send("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"));
+  const auto t0 = std::chrono::steady_clock::now();
+  bool cut = false;
+  for (int i = 0; i < 100 && !cut; ++i) {  // 20 bytes every 50 ms: 400 B/s
+    if (!c.send(std::string(20, 'x'))) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    pollfd p{c.fd(), POLLIN, 0};
+    cut = ::poll(&p, 1, 0) > 0;
+  }
+  HttpResponse r;
+  ASSERT_EQ(c.readResponse(r), ReadResult::kOk);
+  expectProxyError(r, 408, "request_timeout");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));
+  EXPECT_TRUE(c.waitClosed(Millis(2000)));
+  EXPECT_EQ(backend.requests(), before) << "the backend never completed the trickled request";
+  EXPECT_EQ(proxy.waitForMetric(
+                "portcullis_refusals_total{filter=\"timeout\",reason=\"request body below min_body_rate\"}", 1),
+            1);
+
+  // A body at a normal pace passes on the same proxy.
+  Client ok(proxy.httpPort());
+  HttpResponse fine = ok.roundTrip("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 300000\r\n\r\n" +
+                                   std::string(300000, 'y'));
+  EXPECT_EQ(fine.status, 200);
+}
+
 }  // namespace portcullis::e2e
