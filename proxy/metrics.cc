@@ -218,6 +218,8 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
   }
   counter("portcullis_auth_success_total", "Requests whose token passed the token check.",
           sum(workers, [](const WorkerMetrics& w) { return w.auth_success.get(); }));
+  counter("portcullis_accept_errors_total", "Connections that could not be accepted (EMFILE, ENFILE, ...).",
+          sum(workers, [](const WorkerMetrics& w) { return w.accept_errors.get(); }));
   counter("portcullis_parse_errors_total", "Requests refused because they could not be parsed.",
           sum(workers, [](const WorkerMetrics& w) { return w.parse_errors.get(); }));
   out += "# HELP portcullis_tls_handshakes_total Completed TLS handshakes, by kind.\n";

@@ -119,6 +119,7 @@ struct WorkerMetrics {
   Counter connections_total;
   Gauge connections_active;
   Counter connections_refused;  // over max_connections / per-IP limit
+  Counter accept_errors;        // accept failed (EMFILE, ENFILE, ...)
   Counter upstream_errors[static_cast<size_t>(UpstreamError::kCount)];
   Counter upstream_retries;
   Counter bytes_in;

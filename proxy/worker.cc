@@ -185,7 +185,12 @@ int64_t Worker::wallClockUs() const {
 
 void Worker::onConnection(uv_stream_t* server, int status) {
   auto* w = static_cast<Worker*>(server->data);
-  if (status < 0) return;
+  if (status < 0) {
+    // EMFILE/ENFILE: libuv has already accepted and closed what it could
+    // not serve (its reserve descriptor), so returning cannot spin.
+    w->metrics_->accept_errors.inc();
+    return;
+  }
   const ServerConfig& sc = w->snapshot_->config->server;
   const bool secure = server == reinterpret_cast<uv_stream_t*>(&w->tls_listener_);
   auto* c = new Connection(w, secure);

@@ -396,7 +396,9 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
 Proxy::Proxy(const ProxyOptions& options) {
   config_path_ = dir_.file("portcullis.toml");
   writeConfig(options);
-  proc_ = std::make_unique<ChildProcess>(std::vector<std::string>{PORTCULLIS_BIN, "-c", config_path_});
+  std::vector<std::string> argv = options.exec_prefix;
+  argv.insert(argv.end(), {PORTCULLIS_BIN, "-c", config_path_});
+  proc_ = std::make_unique<ChildProcess>(argv);
   const Millis kStart(20000);
   auto admin_at = proc_->waitForStderr("admin listening ", kStart);
   if (!admin_at) fail("portcullis did not start; stderr:\n" + proc_->stderrText());

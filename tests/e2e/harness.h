@@ -175,6 +175,8 @@ struct ProxyOptions {
   std::string extra_toml;                    // appended verbatim
   std::string server_toml;                   // extra lines inside [server]
   std::string log_toml;                      // extra lines inside [log]
+  // Command words put before the proxy binary, e.g. {"prlimit", "--nofile=64", "--"}.
+  std::vector<std::string> exec_prefix;
   std::string state_dir;                     // "" = <temp dir>/state
   // HTTPS listener on 127.0.0.1:0 with this certificate and key (PEM paths);
   // empty = plaintext only.

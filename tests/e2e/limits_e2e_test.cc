@@ -3,9 +3,12 @@
 // it reaches the backend; a slot frees up when a connection closes.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <chrono>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -117,6 +120,94 @@ TEST(SlowClientE2E, TrickleUploadBelowMinBodyRateIsCut) {
   HttpResponse fine = ok.roundTrip("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 300000\r\n\r\n" +
                                    std::string(300000, 'y'));
   EXPECT_EQ(fine.status, 200);
+}
+
+// Descriptors run out (EMFILE on accept, as with a low `ulimit -n`): the
+// proxy neither spins nor dies (libuv's reserve-descriptor trick closes the
+// connections it cannot serve), and serves again once descriptors free up.
+TEST(DescriptorLimitE2E, EmfileOnAcceptNeitherSpinsNorStops) {
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.exec_prefix = {"/usr/bin/prlimit", "--nofile=64:64", "--"};
+  Proxy proxy(o);
+  Client first(proxy.httpPort());
+  ASSERT_EQ(first.roundTrip(getRequest("/before")).status, 200);
+  std::vector<std::unique_ptr<Client>> hogs;
+  for (int i = 0; i < 100; ++i) {
+    try {
+      hogs.push_back(std::make_unique<Client>(proxy.httpPort(), Millis(2000)));
+    } catch (const std::exception&) {
+      break;
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto cpuTicks = [&]() {
+    std::ifstream f("/proc/" + std::to_string(proxy.process().pid()) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::istringstream in(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    uint64_t ticks = 0;
+    for (int i = 3; i <= 15 && (in >> field); ++i) {
+      if (i == 14 || i == 15) ticks += std::stoull(field);
+    }
+    return ticks;
+  };
+  const uint64_t t0 = cpuTicks();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const uint64_t used = cpuTicks() - t0;
+  EXPECT_LT(used, 30u) << "the accept loop spins while descriptors are exhausted (" << used << " ticks in 1 s)";
+  EXPECT_FALSE(proxy.process().waitExit(Millis(0))) << "the proxy died";
+  // Descriptors really ran out: libuv closed the connections it could not
+  // accept, so some of the extra clients see an immediate EOF.
+  size_t shed = 0;
+  for (const auto& h : hogs) {
+    char b;
+    pollfd p{h->fd(), POLLIN, 0};
+    if (::poll(&p, 1, 0) > 0 && ::recv(h->fd(), &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) ++shed;
+  }
+  EXPECT_GT(shed, 0u) << "the test did not exhaust the proxy's descriptors";
+  hogs.clear();
+  bool ok = false;
+  for (int i = 0; i < 50 && !ok; ++i) {
+    try {
+      Client c(proxy.httpPort(), Millis(2000));
+      ok = c.roundTrip(getRequest("/after")).status == 200;
+    } catch (const std::exception&) {
+    }
+    if (!ok) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(ok) << "not serving after descriptors were freed";
+}
+
+// 1,000 garbage payloads on fresh connections (random bytes, random
+// lengths, some with a plausible request line first): every one is refused
+// or dropped, nothing crashes, nothing reaches the backend, and a valid
+// request afterwards is served.
+TEST(GarbageE2E, ThousandGarbagePayloadsThenAValidRequest) {
+  DemoBackend backend;
+  Proxy proxy(ProxyOptions::forBackend(backend.address()));
+  const uint64_t before = backend.requests();
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  auto next = [&x]() {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  for (int i = 0; i < 1000; ++i) {
+    std::string payload;
+    if (i % 3 == 0) payload = "POST / HTTP/1.1\r\n";
+    const size_t n = 1 + next() % 2048;
+    for (size_t k = 0; k < n; ++k) payload += static_cast<char>(next() & 0xff);
+    Client c(proxy.httpPort(), Millis(3000));
+    c.send(payload);
+    c.shutdownWrite();
+    c.waitClosed(Millis(3000));
+  }
+  EXPECT_FALSE(proxy.process().waitExit(Millis(0))) << "the proxy died";
+  Client ok(proxy.httpPort());
+  EXPECT_EQ(ok.roundTrip(getRequest("/after-garbage")).status, 200);
+  EXPECT_EQ(backend.requests(), before + 1) << "only the valid request reached the backend";
 }
 
 }  // namespace portcullis::e2e
