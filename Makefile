@@ -7,7 +7,7 @@ FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 FUZZERS    ?= http_codec config token multipart json pcx1 audit_verify
 
-.PHONY: all deps build run test test-asan bench fuzz clean
+.PHONY: all deps build run test test-asan test-tsan bench fuzz clean
 
 all: build
 
@@ -33,6 +33,18 @@ test-asan: deps $(ASAN_BUILD)/CMakeCache.txt
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j $(JOBS)
+
+# ThreadSanitizer over the unit tests of everything shared between threads
+# without a lock: rate limiter and lockout, detector, audit log, access log
+# writer, alert webhook and syslog queues, metrics tables.
+TSAN_BUILD ?= build-tsan
+TSAN_TESTS ?= RateLimiter*:Lockout*:IpKey*:Detect*:Audit*:AccessLog*:LogWriter*:AlertWebhook*:SyslogSink*:RefusalCounters*
+$(TSAN_BUILD)/CMakeCache.txt:
+	cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPORTCULLIS_TSAN=ON -DPORTCULLIS_BENCH=OFF
+
+test-tsan: deps $(TSAN_BUILD)/CMakeCache.txt
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target unit_tests
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 $(TSAN_BUILD)/bin/unit_tests --gtest_filter='$(TSAN_TESTS)'
 
 bench:
 	@./tools/install-deps.sh --bench

@@ -14,7 +14,8 @@
 # (results dir, default bench/results/<UTC timestamp>-logging), VARIANTS ("on off";
 # add "access" = access log only and/or "audit" = audit log only, to split the cost;
 # "noauth" = logs off and the route public (auth = false): off vs noauth is the
-# cost of the token check + RBAC).
+# cost of the token check + RBAC; "limits" = logs off with every rate limit on,
+# set far above the load: limits vs off is the limiter's cost).
 # Both use one worker, plaintext HTTP (plaintext = "allow",
 # revoke_tokens_seen_in_plaintext = false: the token is sent in the clear on
 # loopback), no [rate_limit], detection on (default), one token from
@@ -35,7 +36,7 @@ ROUNDS=${ROUNDS:-3}
 PIN=${PIN:-0}
 read -r -a VARIANTS <<< "${VARIANTS:-on off}"
 for v in "${VARIANTS[@]}"; do
-  case $v in on|off|access|audit|noauth) ;; *) echo "logging_cost.sh: VARIANTS: unknown '$v' (on off access audit noauth)" >&2; exit 1 ;; esac
+  case $v in on|off|access|audit|noauth|limits) ;; *) echo "logging_cost.sh: VARIANTS: unknown '$v' (on off access audit noauth limits)" >&2; exit 1 ;; esac
 done
 [[ " ${VARIANTS[*]} " == *" on "* && " ${VARIANTS[*]} " == *" off "* ]] || { echo "logging_cost.sh: VARIANTS must include on and off" >&2; exit 1; }
 OUT=${OUT:-$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)-logging}
@@ -71,12 +72,12 @@ start() {  # start NAME CPU CMD...
 }
 mapfile -t P < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(11)]
+ss = [socket.socket() for _ in range(13)]
 for s in ss: s.bind(("127.0.0.1", 0))
 for s in ss: print(s.getsockname()[1])')
 ORIGIN=${P[0]}
-declare -A PORT=([on]=${P[1]} [off]=${P[2]} [access]=${P[5]} [audit]=${P[6]} [noauth]=${P[9]})
-declare -A ADMIN=([on]=${P[3]} [off]=${P[4]} [access]=${P[7]} [audit]=${P[8]} [noauth]=${P[10]})
+declare -A PORT=([on]=${P[1]} [off]=${P[2]} [access]=${P[5]} [audit]=${P[6]} [noauth]=${P[9]} [limits]=${P[11]})
+declare -A ADMIN=([on]=${P[3]} [off]=${P[4]} [access]=${P[7]} [audit]=${P[8]} [noauth]=${P[10]} [limits]=${P[12]})
 
 # Origin: nginx, one worker, GET /tiny -> 64 bytes (as in compare.sh).
 TINY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
@@ -150,6 +151,15 @@ TOML
       cat <<TOML
 [log]
 access = ""                     # access log off; no [encryption], so no audit log
+TOML
+    fi
+    if [ "$v" = limits ]; then
+      cat <<TOML
+
+[rate_limit]                    # every limit on, far above the offered load
+ip = { rps = 10000000, burst = 10000000 }
+token = { rps = 10000000, burst = 10000000 }
+auth_failures = { max = 1000000, window_s = 60, ban_s = 1 }
 TOML
     fi
   } > "$TMP/$v.toml"
@@ -248,12 +258,17 @@ print(f"Logging cost ({res['machine']['nproc']} CPUs {res['machine']['cpu_model'
       f"{sys.argv[11]} conns; authenticated GET /tiny; medians)")
 print(f"{'':<12}{'req/s':>10}{'p99 us':>9}{'CPU us/req':>12}")
 names = {"on": "access + audit", "off": "no logs", "access": "access log only", "audit": "audit log only",
-         "noauth": "no logs, public route: no token check"}
+         "noauth": "no logs, public route: no token check",
+         "limits": "no logs, rate limits on (not triggered)"}
 for v in variants:
     q = res["ratio_to_off"][v]
     print(f"logs-{v:<7}{med[v]['rps']:>10,.0f}{med[v]['p99_us']:>9,.0f}{med[v]['proxy_cpu_us_per_req']:>12.2f}"
           f"   vs off: req/s {q['rps']:.3f}, CPU/req {q['proxy_cpu_us_per_req']:.3f}  ({names[v]})")
 print(f"  per-round req/s ratio on/off: " + ", ".join(f"{x:.3f}" for x in paired))
+if "limits" in variants:
+    a = med["limits"]["rps"] / med["off"]["rps"]
+    print(f"  rate limits on vs off: req/s {a:.3f} (target >= 0.97: {'met' if a >= 0.97 else 'NOT met'}),"
+          f" CPU/req {med['limits']['proxy_cpu_us_per_req'] / med['off']['proxy_cpu_us_per_req']:.3f}")
 if "noauth" in variants:
     a = med["off"]["rps"] / med["noauth"]["rps"]
     print(f"  token check + RBAC: off vs noauth req/s {a:.3f} (target >= 0.95: {'met' if a >= 0.95 else 'NOT met'}),"

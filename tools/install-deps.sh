@@ -8,7 +8,7 @@ PKGS=(
   libuv1-dev node-llhttp android-libboringssl-dev
   libxxhash-dev libmimalloc-dev libtomlplusplus-dev
   googletest libgtest-dev libgmock-dev libbenchmark-dev
-  curl openssl python3 python3-cryptography
+  curl openssl python3 python3-cryptography libtsan2 util-linux
 )
 # Extra tools used by `make bench` only; pass --bench to install them too.
 BENCH_PKGS=(wrk nginx-light haproxy python3-matplotlib)

@@ -57,6 +57,22 @@ TEST(RateLimitE2E, IpLimitBurstThen429WithHeaders) {
   EXPECT_EQ(proxy.waitForMetric("portcullis_requests_total{route=\"/\",method=\"GET\",status=\"429\"}", 1), 1);
 }
 
+TEST(RateLimitE2E, IpLimitRecoversAfterItsInterval) {
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.extra_toml = "[rate_limit]\nip = { rps = 1, burst = 1 }\n";  // one request a second
+  Proxy proxy(o);
+  Client c(proxy.httpPort());
+  EXPECT_EQ(c.roundTrip(getRequest("/a")).status, 200);
+  HttpResponse limited = c.roundTrip(getRequest("/b"));
+  expectProxyError(limited, 429, "rate_limited");
+  EXPECT_EQ(limited.header("retry-after").value_or(""), "1") << "whole seconds, at least 1, never early";
+  // The next request is allowed 1 s after the first: come back after the
+  // Retry-After the proxy gave.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  EXPECT_EQ(c.roundTrip(getRequest("/c")).status, 200) << "no recovery after the interval";
+}
+
 TEST(RateLimitE2E, PerRouteLimitIsPerClientAndOnlyOnItsRoute) {
   DemoBackend backend;
   ProxyOptions o = ProxyOptions::forBackend(backend.address());
