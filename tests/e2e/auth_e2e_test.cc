@@ -233,6 +233,21 @@ TEST(AuthPlaintextE2E, ValidTokenSentOverPlaintextIsRevoked) {
   EXPECT_NE(ctl("token list --store " + store).find("revoked"), std::string::npos);
   EXPECT_NE(proxy.process().stderrText().find("token.plaintext_revoked token_id=" + tokenId(token)),
             std::string::npos);
+  // Audited: the revocation, then the revoked token's use.
+  const std::string id = "\"token_id\":\"" + tokenId(token) + "\"";
+  std::string audit;
+  for (int i = 0; i < 100 && audit.find("token.revoked_used") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::ifstream f(proxy.dir().file("audit.log"));
+    audit.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  }
+  const size_t revoked = audit.find("\"event\":\"token.plaintext_revoked\"");
+  const size_t used = audit.find("\"event\":\"token.revoked_used\"");
+  ASSERT_NE(revoked, std::string::npos) << audit;
+  ASSERT_NE(used, std::string::npos) << audit;
+  EXPECT_LT(revoked, used);
+  EXPECT_NE(audit.find(id, revoked), std::string::npos);
+  EXPECT_NE(audit.find(id, used), std::string::npos);
 }
 
 }  // namespace
