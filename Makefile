@@ -6,8 +6,9 @@ CONFIG     ?= conf/portcullis.toml
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 FUZZERS    ?= http_codec config token multipart json pcx1 audit_verify
+SOAK_SECONDS ?= 600
 
-.PHONY: all deps build run test test-asan test-tsan bench fuzz clean
+.PHONY: all deps build run test test-asan test-tsan bench fuzz soak clean
 
 all: build
 
@@ -58,6 +59,12 @@ bench:
 	MODE=encrypt UPLOAD_MB=100 DURATION=5 ./bench/compare.sh $(BUILD)
 	./bench/upload_rss.sh $(BUILD)
 	DURATION=5 ./bench/logging_cost.sh $(BUILD)
+
+# One proxy under SOAK_SECONDS of mixed traffic (tools/soak.sh): fails if it
+# dies, its RSS grows > 10 % after warm-up, or its audit chain does not verify.
+soak: build
+	@./tools/install-deps.sh --bench
+	./tools/soak.sh $(BUILD) $(SOAK_SECONDS)
 
 # libFuzzer targets (fuzz/), clang + ASan/UBSan, each run FUZZ_SECONDS on a
 # scratch copy of its seed corpus tests/fuzz/<target>/ (the seeds are never

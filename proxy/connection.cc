@@ -741,10 +741,14 @@ again:
     req_state_ = ReqState::kDone;
     uv_timer_stop(&timer_);
     if (resp_state_ == RespState::kHead) startUpstreamTimer(up_, snap_->config->timeouts.upstream_response_ms);
-  } else if (xf != nullptr && up_bufs_.empty() && rbuf_.unparsed() > 0) {
-    // The transform took this round's bytes without output yet and more
-    // are buffered: no write will call us back, so go on at once.
-    goto again;
+  } else if (xf != nullptr && up_bufs_.empty()) {
+    // The transform took this round's bytes without output yet: no write
+    // will call us back, so go on at once with whatever is buffered, in
+    // rbuf_ or still inside the TLS engine (decrypted records that did not
+    // fit before; the client may have sent everything already, so no
+    // socket read would ever bring them).
+    if (tls_ && rbuf_.unparsed() == 0 && tls_->hasBufferedInput() && !tlsPull()) return;
+    if (rbuf_.unparsed() > 0) goto again;
   }
   flushToUpstream();
 }

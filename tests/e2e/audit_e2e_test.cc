@@ -159,12 +159,13 @@ TEST_F(AuditE2E, SecurityEventsAreChainedAndVerify) {
                    "forbidden");
   // The counters moved by exactly the traffic sent.
   EXPECT_EQ(proxy_->waitForMetric("portcullis_refusals_total{filter=\"token_check\",reason=\"no token\"}", 1), 1);
-  EXPECT_EQ(proxy_->metricOr0("portcullis_refusals_total{filter=\"token_check\",reason=\"bad_length\"}"), 1);
-  EXPECT_EQ(proxy_->metricOr0(
-                "portcullis_refusals_total{filter=\"token_check\",reason=\"no role allows this request\"}"),
+  // Counters move after the reply is written: wait for each (bounded).
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_refusals_total{filter=\"token_check\",reason=\"bad_length\"}", 1), 1);
+  EXPECT_EQ(proxy_->waitForMetric(
+                "portcullis_refusals_total{filter=\"token_check\",reason=\"no role allows this request\"}", 1),
             1);
-  EXPECT_EQ(proxy_->metricOr0("portcullis_auth_success_total"), 1);
-  EXPECT_EQ(proxy_->metricOr0("portcullis_proxy_added_seconds_count"), 1) << "one request reached the backend";
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_auth_success_total", 1), 1);
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_proxy_added_seconds_count", 1), 1) << "one request reached the backend";
   EXPECT_EQ(proxy_->waitForMetric("portcullis_audit_records_written_total", 5), 5);
   EXPECT_TRUE(proxy_->reload());
   stopProxy();

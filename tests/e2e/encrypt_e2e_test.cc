@@ -256,7 +256,8 @@ TEST_F(EncryptE2E, SizesAroundSegmentBoundariesBothFramings) {
     ++count;
   }
   EXPECT_EQ(proxy.waitForMetric("portcullis_uploads_encrypted_total{key_id=\"k1\"}", count), count);
-  EXPECT_EQ(proxy.metricOr0("portcullis_bytes_encrypted_total{key_id=\"k1\"}"), static_cast<double>(total));
+  EXPECT_EQ(proxy.waitForMetric("portcullis_bytes_encrypted_total{key_id=\"k1\"}", static_cast<double>(total)),
+            static_cast<double>(total));
   EXPECT_EQ(proxy.metricOr0("portcullis_uploads_encrypted_total{key_id=\"k2\"}"), 0);
 }
 
