@@ -17,6 +17,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "proxy/background_thread.h"
+
 namespace portcullis {
 
 // ---------------------------------------------------------------------------
@@ -289,14 +291,7 @@ bool LogWriter::start(const std::string& path, std::string& error) {
   started_ = true;
   running_.store(true, std::memory_order_release);
 
-  // The writer thread must not take the process's signals (SIGHUP, SIGUSR1, ...),
-  // so it is created with all of them blocked.
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  thread_ = std::thread([this] { run(); });
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  pthread_setname_np(thread_.native_handle(), "pc-logwriter");
+  thread_ = startBackgroundThread("pc-logwriter", [this] { run(); });
   return true;
 }
 

@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "proxy/access_log.h"
+#include "proxy/background_thread.h"
 #include "proxy/audit_verify.h"
 
 namespace portcullis {
@@ -325,12 +326,7 @@ bool AuditLog::start(const std::string& path, std::shared_ptr<const KeyProvider>
   next_seq_pub_.store(next_seq_, std::memory_order_relaxed);
   started_ = true;
   running_.store(true, std::memory_order_release);
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  thread_ = std::thread([this] { run(); });
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  pthread_setname_np(thread_.native_handle(), "pc-audit");
+  thread_ = startBackgroundThread("pc-audit", [this] { run(); });
   return true;
 }
 

@@ -15,6 +15,8 @@
 #include <charconv>
 #include <cstring>
 
+#include "proxy/background_thread.h"
+
 namespace portcullis {
 
 bool parseSinkHostPort(std::string_view hostport, uint16_t default_port, SinkEndpoint& out,
@@ -189,16 +191,6 @@ SinkIo sendAll(int fd, std::string_view data, const StopSignal& stop, int timeou
   return result;
 }
 
-std::thread startSinkThread(const char* name, std::function<void()> fn) {
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  std::thread t(std::move(fn));
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  pthread_setname_np(t.native_handle(), name);
-  return t;
-}
-
 bool SinkThread::start(const char* what, const char* name, std::string& error,
                        const std::function<bool(std::string&)>& prepare,
                        std::function<void()> body) {
@@ -213,7 +205,7 @@ bool SinkThread::start(const char* what, const char* name, std::string& error,
       error = std::string(what) + ": cannot create an eventfd";
       return false;
     }
-    thread_ = startSinkThread(name, std::move(body));
+    thread_ = startBackgroundThread(name, std::move(body));
   }
   started_ = true;
   return true;

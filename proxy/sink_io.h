@@ -94,10 +94,6 @@ class Backoff {
   int next_ms_ = kInitialMs;
 };
 
-// Starts `fn` on a new thread with every signal blocked (the process's signals
-// belong to the main loop) and names it `name` (at most 15 characters).
-std::thread startSinkThread(const char* name, std::function<void()> fn);
-
 // The lifecycle the secondary sinks share: one background thread, the flags that
 // producers and the thread check, an IdleWaker for producers to wake the thread,
 // and a StopSignal that interrupts every wait of the thread at once.
