@@ -419,7 +419,9 @@ void Loader::loadUpstreams(const toml::table& root, std::vector<UpstreamConfig>&
       continue;
     }
     const uint32_t line = lineOf(*t);
-    checkKeys(*t, path, {"name", "servers", "lb", "health_check", "max_idle_per_server", "fail_timeout_ms"});
+    checkKeys(*t, path,
+              {"name", "servers", "lb", "health_check", "max_idle_per_server", "fail_timeout_ms", "tls", "ca", "sni",
+               "verify"});
     UpstreamConfig u;
 
     if (!t->get("name")) {
@@ -468,6 +470,20 @@ void Loader::loadUpstreams(const toml::table& root, std::vector<UpstreamConfig>&
     }
     getUint(*t, "max_idle_per_server", path, u.max_idle_per_server, 0, kU32Max);
     getUint(*t, "fail_timeout_ms", path, u.fail_timeout_ms, 1, kU32Max);
+    getBool(*t, "tls", path, u.tls);
+    getNonEmptyString(*t, "ca", path, u.ca);
+    if (getNonEmptyString(*t, "sni", path, u.sni)) {
+      const bool name_ok = std::all_of(u.sni.begin(), u.sni.end(), [](char ch) {
+        return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-';
+      }) && u.sni.size() <= 253 && u.sni.front() != '.' && u.sni.front() != '-';
+      if (!name_ok) fail(lineOf(*t->get("sni"), line), join(path, "sni"), "must be a DNS name");
+    }
+    getBool(*t, "verify", path, u.verify);
+    if (!u.tls) {
+      for (const char* k : {"ca", "sni", "verify"}) {
+        if (t->get(k)) fail(lineOf(*t->get(k), line), join(path, k), "only valid with tls = true");
+      }
+    }
     out.push_back(std::move(u));
   }
 }

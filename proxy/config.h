@@ -67,6 +67,14 @@ struct UpstreamConfig {
   HealthCheckConfig health_check;
   uint32_t max_idle_per_server = 64;  // pooled keep-alive connections per worker
   uint32_t fail_timeout_ms = 10000;   // a server that failed to connect is skipped this long
+  // TLS to the servers (tls = true): the certificate is verified against `ca`
+  // (default: the system bundle) and the name `sni` (sent as SNI), or, without
+  // sni, against the server's IP address. verify = false turns verification
+  // off (logged as a warning at every load).
+  bool tls = false;
+  std::string ca;
+  std::string sni;
+  bool verify = true;
 };
 
 // Method bits, used for route method lists and role allow patterns.

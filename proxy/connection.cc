@@ -574,16 +574,19 @@ void Connection::connectUpstream(bool fresh) {
 void Connection::onUpstreamConnected(int status) {
   uv_timer_stop(&up_->timer);
   if (status != 0) {
+    // A refused connect, or TLS to the server failed (handshake or its
+    // certificate): the server is skipped for fail_timeout_ms either way.
+    const UpstreamError kind = up_->tls_failure != nullptr ? UpstreamError::kTlsHandshake : UpstreamError::kConnectFailed;
     pool_->markFailed(up_->server);
     releaseUpstream(false);
     if (connect_attempts_ < 3 && connect_attempts_ < pool_->serverCount()) {
       // Counted here only when another server is tried; the last failure is
       // counted by handleUpstreamFailure().
-      worker_->metrics().upstream_errors[static_cast<size_t>(UpstreamError::kConnectFailed)].inc();
+      worker_->metrics().upstream_errors[static_cast<size_t>(kind)].inc();
       connectUpstream(true);
       return;
     }
-    handleUpstreamFailure(UpstreamError::kConnectFailed, 502);
+    handleUpstreamFailure(kind, 502);
     return;
   }
   sendRequestHead();
@@ -792,20 +795,13 @@ void Connection::flushToUpstream() {
     return;
   }
   head_sent_ = true;
-  int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&up_->tcp), &up_->write_req, up_bufs_.data(),
-                        static_cast<unsigned>(up_bufs_.size()), [](uv_write_t* req, int status) {
-                          auto* u = static_cast<UpstreamConn*>(req->data);
-                          u->write_pending = false;
-                          if (u->owner != nullptr) u->owner->onUpstreamWritten(status);
-                        });
+  int rc = up_->write(up_bufs_.data(), static_cast<unsigned>(up_bufs_.size()));
   up_bufs_.clear();
   if (rc < 0) {
     onUpstreamWritten(rc);
     return;
   }
   if (rc == 1) {
-    up_->write_req.data = up_;
-    up_->write_pending = true;
     if (body_start_us_ != 0) write_wait_since_us_ = nowUs();
     if (resp_state_ == RespState::kHead) startUpstreamTimer(up_, snap_->config->timeouts.upstream_response_ms);
     updateClientReading();

@@ -12,8 +12,12 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include "proxy/tls.h"
 
 namespace portcullis {
 
@@ -31,6 +35,14 @@ struct Probe {
   std::string request;
   size_t len = 0;
   char buf[kMaxResponseBytes];
+  // TLS (the upstream has tls = true): the session, the ciphertext read
+  // buffer, and the ciphertext handed to uv_write (kept until the probe ends).
+  std::shared_ptr<const UpstreamTlsContext> tls_ctx;
+  std::string ip;
+  std::unique_ptr<TlsSession> tls;
+  bool request_sent = false;
+  char cipher_in[4096];
+  std::vector<std::unique_ptr<std::string>> cipher_out;
 };
 
 void logChange(const HealthTable::Entry* e, bool healthy, const std::string& reason) {
@@ -48,6 +60,8 @@ struct HealthChecker::Target {
   HealthTable::Entry* entry = nullptr;
   sockaddr_storage addr{};
   bool addr_ok = false;
+  std::shared_ptr<const UpstreamTlsContext> tls;  // null = plaintext probes
+  std::string ip;
   std::string request;
   uint32_t interval_ms = 0;
   uint32_t timeout_ms = 0;
@@ -146,14 +160,94 @@ bool evaluate(Probe* p, bool eof) {
   return true;
 }
 
+void onWrite(uv_write_t* req, int status);
+
+// TLS probes: sends what the engine produced. False (probe finished) on error.
+bool flushTls(Probe* p) {
+  while (p->tls->pendingCiphertext() > 0) {
+    auto chunk = std::make_unique<std::string>(p->tls->pendingCiphertext(), '\0');
+    chunk->resize(p->tls->takeCiphertext(chunk->data(), chunk->size()));
+    auto* req = new uv_write_t;
+    uv_buf_t b = uv_buf_init(chunk->data(), static_cast<unsigned>(chunk->size()));
+    p->cipher_out.push_back(std::move(chunk));
+    const int rc = uv_write(req, reinterpret_cast<uv_stream_t*>(&p->tcp), &b, 1, [](uv_write_t* r, int status) {
+      if (status == 0 || status == UV_ECANCELED) {
+        delete r;
+        return;
+      }
+      onWrite(r, status);
+      delete r;
+    });
+    if (rc < 0) {
+      delete req;
+      finishProbe(p, false, uvError("write", rc));
+      return false;
+    }
+  }
+  return true;
+}
+
+// TLS probes: handshake (certificate verified like the data path's), then
+// the request, then the decrypted response into p->buf.
+void stepTls(Probe* p, bool eof) {
+  if (!p->tls->handshakeDone()) {
+    const TlsSession::Result r = p->tls->handshake();
+    if (!flushTls(p)) return;
+    if (r == TlsSession::Result::kError) {
+      finishProbe(p, false, std::string("tls: ") + p->tls->failureReason());
+      return;
+    }
+    if (r == TlsSession::Result::kWantRead) {
+      if (eof) finishProbe(p, false, "tls: closed during handshake");
+      return;
+    }
+  }
+  if (!p->request_sent) {
+    p->request_sent = true;
+    if (!p->tls->writePlaintext(p->request.data(), p->request.size())) {
+      finishProbe(p, false, "tls: write failed");
+      return;
+    }
+    if (!flushTls(p)) return;
+  }
+  for (;;) {
+    size_t n = 0;
+    const TlsSession::Result r = p->tls->readPlaintext(p->buf + p->len, sizeof(p->buf) - p->len, n);
+    if (r == TlsSession::Result::kOk) {
+      p->len += n;
+      if (evaluate(p, false)) return;
+      continue;
+    }
+    if (r == TlsSession::Result::kError) {
+      finishProbe(p, false, std::string("tls: ") + p->tls->failureReason());
+      return;
+    }
+    if (r == TlsSession::Result::kClosed || eof) evaluate(p, true);
+    return;
+  }
+}
+
 void onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
   auto* p = static_cast<Probe*>(h->data);
+  if (p->tls) {
+    *buf = uv_buf_init(p->cipher_in, sizeof(p->cipher_in));
+    return;
+  }
   *buf = uv_buf_init(p->buf + p->len, static_cast<unsigned>(sizeof(p->buf) - p->len));
 }
 
 void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
   auto* p = static_cast<Probe*>(s->data);
   if (p->done) return;
+  if (p->tls && nread > 0) {
+    p->tls->pushCiphertext(p->cipher_in, static_cast<size_t>(nread));
+    stepTls(p, false);
+    return;
+  }
+  if (p->tls && nread == UV_EOF) {
+    stepTls(p, true);
+    return;
+  }
   if (nread == UV_EOF) {
     evaluate(p, true);
   } else if (nread < 0) {
@@ -177,6 +271,16 @@ void onConnect(uv_connect_t* req, int status) {
     finishProbe(p, false, uvError("connect", status));
     return;
   }
+  if (p->tls_ctx) {
+    p->tls = std::make_unique<TlsSession>(*p->tls_ctx, p->ip, nullptr, nullptr);
+    const int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&p->tcp), onAlloc, onRead);
+    if (rc < 0) {
+      finishProbe(p, false, uvError("read", rc));
+      return;
+    }
+    stepTls(p, false);
+    return;
+  }
   uv_buf_t b = uv_buf_init(p->request.data(), static_cast<unsigned>(p->request.size()));
   auto* stream = reinterpret_cast<uv_stream_t*>(&p->tcp);
   int rc = uv_write(&p->write, stream, &b, 1, onWrite);
@@ -193,6 +297,8 @@ void startProbe(Target* t) {
   auto* p = new Probe;
   p->owner = t;
   p->request = t->request;
+  p->tls_ctx = t->tls;
+  p->ip = t->ip;
   t->probe = p;
   uv_timer_start(&t->timeout, [](uv_timer_t* h) {
     auto* tt = static_cast<Target*>(h->data);
@@ -221,12 +327,16 @@ void onTargetHandleClosed(uv_handle_t* h) {
 }
 
 // Copies the settings of `u`/`s` into `t`. Returns true if the interval changed.
-bool configure(Target* t, const UpstreamConfig& u, const HostPort& s) {
+bool configure(Target* t, const UpstreamConfig& u, const HostPort& s,
+               std::shared_ptr<const UpstreamTlsContext> tls) {
   const HealthCheckConfig& hc = u.health_check;
+  t->tls = std::move(tls);
+  t->ip = s.host;
   t->addr = {};
   t->addr_ok = uv_ip4_addr(s.host.c_str(), s.port, reinterpret_cast<sockaddr_in*>(&t->addr)) == 0 ||
                uv_ip6_addr(s.host.c_str(), s.port, reinterpret_cast<sockaddr_in6*>(&t->addr)) == 0;
-  t->request = "GET " + (hc.path.empty() ? std::string("/") : hc.path) + " HTTP/1.1\r\nHost: " + s.str() +
+  const std::string host = t->tls && !u.sni.empty() ? u.sni : s.str();
+  t->request = "GET " + (hc.path.empty() ? std::string("/") : hc.path) + " HTTP/1.1\r\nHost: " + host +
                "\r\nUser-Agent: portcullis-health\r\nConnection: close\r\n\r\n";
   uint32_t interval = std::max<uint32_t>(hc.interval_ms, 1);
   bool changed = interval != t->interval_ms;
@@ -262,6 +372,7 @@ void HealthChecker::update(const Snapshot& snap) {
     const UpstreamConfig& u = snap.config->upstreams[i];
     const std::vector<HealthTable::Entry*>& entries = snap.health[i];
     const size_t servers = std::min(u.servers.size(), entries.size());
+    std::shared_ptr<const UpstreamTlsContext> tls = i < snap.upstream_tls.size() ? snap.upstream_tls[i] : nullptr;
     for (size_t j = 0; j < servers; ++j) {
       HealthTable::Entry* e = entries[j];
       if (e == nullptr) continue;
@@ -274,14 +385,14 @@ void HealthChecker::update(const Snapshot& snap) {
       if (it != targets_.end()) {
         Target* t = it->second;
         targets_.erase(it);
-        if (configure(t, u, u.servers[j])) uv_timer_start(&t->interval, onInterval, t->interval_ms, t->interval_ms);
+        if (configure(t, u, u.servers[j], tls)) uv_timer_start(&t->interval, onInterval, t->interval_ms, t->interval_ms);
         next.emplace(e, t);
         continue;
       }
       auto* t = new Target;
       t->probes = &probes_;
       t->entry = e;
-      configure(t, u, u.servers[j]);
+      configure(t, u, u.servers[j], tls);
       uv_timer_init(loop_, &t->interval);
       uv_timer_init(loop_, &t->timeout);
       t->interval.data = t;

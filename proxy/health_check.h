@@ -39,6 +39,8 @@ class HealthChecker {
   //
   // For each upstream whose health_check.enabled is true, each server gets a
   // probe every interval_ms: a TCP connect to its numeric IPv4 or IPv6 address,
+  // (over TLS for a tls = true upstream: handshake and certificate check as
+  // on the data path, Host = sni when set; a TLS failure is a failure),
   // then "GET <path> HTTP/1.1" with Host, User-Agent: portcullis-health and
   // Connection: close, then the status line is read. A 2xx or 3xx status within
   // timeout_ms (counted from the start of the connect) is a success; anything

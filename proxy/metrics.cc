@@ -102,6 +102,7 @@ std::string_view upstreamErrorName(UpstreamError e) {
     case UpstreamError::kReset: return "reset";
     case UpstreamError::kBadResponse: return "bad_response";
     case UpstreamError::kNoHealthyServer: return "no_healthy_server";
+    case UpstreamError::kTlsHandshake: return "tls_handshake";
     case UpstreamError::kCount: break;
   }
   return "unknown";
@@ -228,19 +229,28 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
           static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.tls_handshakes_full.get(); })));
   appendF(out, "portcullis_tls_handshakes_total{kind=\"resumed\"} %llu\n",
           static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.tls_handshakes_resumed.get(); })));
-  {
+  for (const char* side : {"tls", "upstream"}) {
+    // "tls": handshakes on the HTTPS listener; "upstream": TLS to upstreams.
     std::map<std::string, uint64_t> reasons;
     for (const WorkerMetrics* w : workers) {
-      w->tls_failure_reasons.forEach(
-          [&](std::string_view, std::string_view r, uint64_t n) { reasons[std::string(r)] += n; });
+      w->tls_failure_reasons.forEach([&](std::string_view s, std::string_view r, uint64_t n) {
+        if (s == side) reasons[std::string(r)] += n;
+      });
     }
-    out += "# HELP portcullis_tls_handshake_failure_reasons_total Failed TLS handshakes by BoringSSL reason.\n";
-    out += "# TYPE portcullis_tls_handshake_failure_reasons_total counter\n";
+    const bool up = std::string_view(side) == "upstream";
+    const char* name = up ? "portcullis_upstream_tls_failure_reasons_total" : "portcullis_tls_handshake_failure_reasons_total";
+    appendF(out, "# HELP %s Failed TLS handshakes %s by BoringSSL reason.\n# TYPE %s counter\n", name,
+            up ? "to upstream servers" : "on the HTTPS listener", name);
     for (const auto& [r, n] : reasons) {
-      appendF(out, "portcullis_tls_handshake_failure_reasons_total{reason=\"%s\"} %llu\n", escapeLabel(r).c_str(),
-              static_cast<unsigned long long>(n));
+      appendF(out, "%s{reason=\"%s\"} %llu\n", name, escapeLabel(r).c_str(), static_cast<unsigned long long>(n));
     }
   }
+  out += "# HELP portcullis_upstream_tls_handshakes_total Completed TLS handshakes to upstream servers, by kind.\n";
+  out += "# TYPE portcullis_upstream_tls_handshakes_total counter\n";
+  appendF(out, "portcullis_upstream_tls_handshakes_total{kind=\"full\"} %llu\n",
+          static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.upstream_tls_full.get(); })));
+  appendF(out, "portcullis_upstream_tls_handshakes_total{kind=\"resumed\"} %llu\n",
+          static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.upstream_tls_resumed.get(); })));
   counter("portcullis_tls_handshake_failures_total", "TLS handshakes that failed (protocol, cipher or certificate).",
           sum(workers, [](const WorkerMetrics& w) { return w.tls_handshake_failures.get(); }));
   counter("portcullis_upstream_retries_total", "Requests retried on a new upstream connection.",

@@ -73,6 +73,7 @@ enum class UpstreamError : uint8_t {
   kReset,           // closed or reset before the response completed
   kBadResponse,     // unparsable response
   kNoHealthyServer,
+  kTlsHandshake,    // TLS to the upstream failed (handshake or certificate)
   kCount
 };
 std::string_view upstreamErrorName(UpstreamError e);
@@ -128,8 +129,10 @@ struct WorkerMetrics {
   Counter parse_errors;
   Counter tls_handshakes_full;
   Counter tls_handshakes_resumed;
+  Counter upstream_tls_full;     // TLS handshakes to upstreams, full
+  Counter upstream_tls_resumed;  // ... and resumed with a pooled session
   Counter tls_handshake_failures;
-  RefusalCounters tls_failure_reasons;  // failed handshakes by BoringSSL reason ("tls", reason)
+  RefusalCounters tls_failure_reasons;  // failed handshakes by BoringSSL reason ("tls" = listener or "upstream", reason)
   Counter auth_success;          // requests whose token passed the token check
   Counter rate_allowed[4];       // allowed rate-limit decisions by LimitKind (ip, token, route)
   RefusalCounters refusals;      // local refusals by filter and reason

@@ -135,6 +135,16 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
     tls = TlsContext::create(cfg->tls, error);
     if (!tls) return false;
   }
+  std::vector<std::shared_ptr<const UpstreamTlsContext>> upstream_tls(cfg->upstreams.size());
+  for (size_t i = 0; i < cfg->upstreams.size(); ++i) {
+    const UpstreamConfig& u = cfg->upstreams[i];
+    if (!u.tls) continue;
+    upstream_tls[i] = UpstreamTlsContext::create(u, error);
+    if (!upstream_tls[i]) return false;
+    if (!u.verify) {
+      logLine("warn", "[[upstream]] " + u.name + ": tls verify = false, server certificates are not checked");
+    }
+  }
   std::shared_ptr<const AuthState> auth;
   if (cfg->auth.configured()) {
     auth = buildAuthState(*cfg, snapshot_ ? snapshot_->auth.get() : nullptr, last_use_seed_, error);
@@ -142,6 +152,7 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   }
   auto snap = buildSnapshot(cfg, std::move(filters), health_, labels_, ++generation_);
   std::const_pointer_cast<Snapshot>(snap)->tls = std::move(tls);
+  std::const_pointer_cast<Snapshot>(snap)->upstream_tls = std::move(upstream_tls);
   std::const_pointer_cast<Snapshot>(snap)->auth = std::move(auth);
   if (cfg->rate_limit.configured() || cfg->rate_limit.any_route_rate) {
     // One fixed-size table for the process, created with the first config
@@ -394,10 +405,16 @@ void Server::rememberStoreStat() {
       tls_stats_.push_back(st);
     }
   }
+  for (const UpstreamConfig& u : config_->upstreams) {
+    if (!u.tls || u.ca.empty()) continue;
+    StoreStat st;
+    statFile(u.ca, st.sec, st.nsec, st.size, st.ino);
+    tls_stats_.push_back(st);
+  }
 }
 
-// Every second: the token store, the keyring and the TLS certificates and
-// keys are re-read (by a full reload, validated like SIGHUP) when one of
+// Every second: the token store, the keyring, the TLS certificates and
+// keys and the upstream CA files are re-read (by a full reload, validated like SIGHUP) when one of
 // their files changed; a renewed certificate (e.g. from an ACME client)
 // applies to new connections within a second, open ones keep theirs. Also
 // rotates the session ticket keys every TicketKeys::kTicketRotationS.
@@ -427,7 +444,7 @@ void Server::checkWatchedFiles() {
   } else if (watch_keyring && !(keyring_before == keyring_stat_)) {
     what = "keyring changed; reloading";
   } else if (!tls_before.empty() && !(tls_before == tls_stats_)) {
-    what = "TLS certificate or key changed; reloading";
+    what = "TLS certificate, key or upstream CA changed; reloading";
   }
   if (what != nullptr) {
     logLine("info", what);
@@ -460,6 +477,9 @@ void Server::updateFileWatches() {
       add(e.cert);
       add(e.key);
     }
+  }
+  for (const UpstreamConfig& u : config_->upstreams) {
+    if (u.tls && !u.ca.empty()) add(u.ca);
   }
   bool same = dirs.size() == file_watches_.size();
   for (size_t i = 0; same && i < dirs.size(); ++i) {

@@ -35,6 +35,7 @@ class HealthTable {
 
 class RouteLabels;
 class TlsContext;
+class UpstreamTlsContext;
 struct AuthState;
 class RateLimiter;
 class AuditLog;
@@ -47,6 +48,8 @@ struct Snapshot {
   FilterFactoryList filters;
   // Certificate and policy for new HTTPS connections (null without [tls]).
   std::shared_ptr<const TlsContext> tls;
+  // Per upstream (config order): its client TLS context, null when tls = false.
+  std::vector<std::shared_ptr<const UpstreamTlsContext>> upstream_tls;
   // Tokens, roles and last use (null without [auth]).
   std::shared_ptr<const AuthState> auth;
   // The process-wide rate-limit table (owned by the server, outlives every

@@ -38,6 +38,9 @@ namespace portcullis {
 
 bool checkNamedFiles(const Config& config, std::string& error) {
   if (config.tls.configured() && !TlsContext::create(config.tls, error)) return false;
+  for (const UpstreamConfig& u : config.upstreams) {
+    if (u.tls && !UpstreamTlsContext::create(u, error)) return false;
+  }
   if (config.auth.configured() && !buildAuthState(config, nullptr, {}, error)) return false;
   if (config.encryption.configured() && !LocalKeyring::load(config.encryption.keyring, error)) return false;
   return true;

@@ -5,6 +5,7 @@
 #include <openssl/hmac.h>
 #include <openssl/mem.h>
 #include <openssl/rand.h>
+#include <openssl/x509v3.h>
 #include <sys/stat.h>
 
 #include <cctype>
@@ -238,6 +239,101 @@ TlsSession::TlsSession(SSL_CTX* ctx) {
   if (ssl_ == nullptr || rbio_ == nullptr || wbio_ == nullptr) abort();
   SSL_set_bio(ssl_, rbio_, wbio_);  // ssl_ owns both BIOs from here on
   SSL_set_accept_state(ssl_);
+}
+
+TlsSession::TlsSession(const UpstreamTlsContext& up, const std::string& ip, SSL_SESSION* resume,
+                       UpstreamTlsContext::SessionTarget* target) {
+  ssl_ = SSL_new(up.ctx());
+  rbio_ = BIO_new(BIO_s_mem());
+  wbio_ = BIO_new(BIO_s_mem());
+  if (ssl_ == nullptr || rbio_ == nullptr || wbio_ == nullptr) abort();
+  SSL_set_bio(ssl_, rbio_, wbio_);
+  SSL_set_connect_state(ssl_);
+  SSL_set_ex_data(ssl_, UpstreamTlsContext::sessionSlot(), target);
+  if (!up.sni().empty()) SSL_set_tlsext_host_name(ssl_, up.sni().c_str());
+  if (up.verify()) {
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl_);
+    // Exact name or IP match; no partial wildcards like "w*.example.com".
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    const int ok = up.sni().empty() ? X509_VERIFY_PARAM_set1_ip_asc(param, ip.c_str())
+                                    : X509_VERIFY_PARAM_set1_host(param, up.sni().data(), up.sni().size());
+    if (ok != 1) abort();  // the loader validated both
+  }
+  if (resume != nullptr) SSL_set_session(ssl_, resume);
+}
+
+TlsSession::Result TlsSession::handshake() {
+  const int rc = SSL_do_handshake(ssl_);
+  if (rc == 1) return Result::kOk;
+  const int err = SSL_get_error(ssl_, rc);
+  if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return Result::kWantRead;
+  const uint32_t e = ERR_peek_error();
+  const char* reason = e != 0 ? ERR_reason_error_string(e) : nullptr;
+  failure_ = reason != nullptr ? reason : "handshake_failed";
+  ERR_clear_error();
+  return Result::kError;
+}
+
+// ---------------------------------------------------------------------------
+// UpstreamTlsContext
+
+namespace {
+constexpr const char* kSystemCaBundle = "/etc/ssl/certs/ca-certificates.crt";
+
+int onNewClientSession(SSL* ssl, SSL_SESSION* session) {
+  auto* target = static_cast<UpstreamTlsContext::SessionTarget*>(SSL_get_ex_data(ssl, UpstreamTlsContext::sessionSlot()));
+  if (target == nullptr || target->sink == nullptr) return 0;  // not kept
+  target->sink(target->arg, session);
+  return 1;  // the sink owns the reference
+}
+}  // namespace
+
+int UpstreamTlsContext::sessionSlot() {
+  static const int slot = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return slot;
+}
+
+std::shared_ptr<const UpstreamTlsContext> UpstreamTlsContext::create(const UpstreamConfig& config,
+                                                                     std::string& error) {
+  std::shared_ptr<UpstreamTlsContext> c(new UpstreamTlsContext());
+  c->verify_ = config.verify;
+  c->sni_ = config.sni;
+  const std::string where = "[[upstream]] " + config.name + ": ";
+  c->ctx_ = SSL_CTX_new(TLS_method());
+  if (c->ctx_ == nullptr) {
+    error = where + lastSslError();
+    return nullptr;
+  }
+  SSL_CTX* ctx = c->ctx_;
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+  if (SSL_CTX_set_strict_cipher_list(ctx, kTls12Ciphers) != 1 || SSL_CTX_set1_curves_list(ctx, kGroups) != 1) {
+    error = where + "cipher policy: " + lastSslError();
+    return nullptr;
+  }
+  static const uint8_t kAlpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+  SSL_CTX_set_alpn_protos(ctx, kAlpn, sizeof(kAlpn));
+  // Renegotiation: BoringSSL clients refuse it by default (ssl_renegotiate_never).
+  // Sessions are kept by the pools (new-session callback), not by BoringSSL's
+  // internal cache.
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+  SSL_CTX_sess_set_new_cb(ctx, &onNewClientSession);
+  if (config.verify) {
+    const std::string& ca = config.ca.empty() ? std::string(kSystemCaBundle) : config.ca;
+    if (SSL_CTX_load_verify_locations(ctx, ca.c_str(), nullptr) != 1) {
+      error = where + "cannot load CA file " + ca + ": " + lastSslError();
+      return nullptr;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  } else {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+  }
+  (void)sessionSlot();  // allocate the slot before workers race for it
+  return c;
+}
+
+UpstreamTlsContext::~UpstreamTlsContext() {
+  if (ctx_ != nullptr) SSL_CTX_free(ctx_);
 }
 
 TlsSession::~TlsSession() { SSL_free(ssl_); }

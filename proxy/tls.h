@@ -85,6 +85,40 @@ class TicketKeys {
   std::atomic<uint64_t> words_[2][kWords];  // [0] current, [1] previous
 };
 
+// Client side of TLS to one [[upstream]] (tls = true): one SSL_CTX per
+// snapshot, shared by every worker's pool of that upstream. TLS 1.2 and 1.3
+// only, the same AEAD/ECDHE suites and groups as the listener, peer
+// verification against `ca` (or the system bundle) unless verify = false,
+// and client session caching (the pool keeps the last ticket per server, so
+// new connections resume instead of doing a full handshake).
+class UpstreamTlsContext {
+ public:
+  static std::shared_ptr<const UpstreamTlsContext> create(const UpstreamConfig& config, std::string& error);
+  ~UpstreamTlsContext();
+  UpstreamTlsContext(const UpstreamTlsContext&) = delete;
+  UpstreamTlsContext& operator=(const UpstreamTlsContext&) = delete;
+
+  SSL_CTX* ctx() const { return ctx_; }
+  bool verify() const { return verify_; }
+  // The SNI name sent and verified; empty = verify the server's IP address.
+  const std::string& sni() const { return sni_; }
+  // Index of the SSL ex_data slot holding the new-session callback's target.
+  static int sessionSlot();
+  // Called with ownership of a fresh client session (a TLS 1.3 ticket or a
+  // TLS 1.2 session) for the connection whose ex_data slot holds `sink`.
+  using SessionSink = void (*)(void* arg, SSL_SESSION* session);
+  struct SessionTarget {
+    SessionSink sink;
+    void* arg;
+  };
+
+ private:
+  UpstreamTlsContext() = default;
+  SSL_CTX* ctx_ = nullptr;
+  bool verify_ = true;
+  std::string sni_;
+};
+
 // Checks that the file at `path` is not accessible by group or others.
 bool checkPrivateFileMode(const std::string& path, std::string& error);
 
@@ -97,8 +131,20 @@ class TlsSession {
     kError,     // handshake or record failure: close the connection
   };
 
+  // A server-side session (accepts a handshake).
   explicit TlsSession(SSL_CTX* ctx);
+  // A client-side session to an upstream server: sends `up.sni()` as SNI
+  // and verifies the certificate for it, or for `ip` (the server's numeric
+  // address) without one; offers `resume` when non-null. `target` receives
+  // the sessions the server issues (must outlive the session).
+  TlsSession(const UpstreamTlsContext& up, const std::string& ip, SSL_SESSION* resume,
+             UpstreamTlsContext::SessionTarget* target);
   ~TlsSession();
+
+  // Client side: drives the handshake. kOk once it is complete (then
+  // readPlaintext() takes over), kWantRead while it waits for the server,
+  // kError on failure (failureReason(): e.g. "certificate_verify_failed").
+  Result handshake();
   TlsSession(const TlsSession&) = delete;
   TlsSession& operator=(const TlsSession&) = delete;
 

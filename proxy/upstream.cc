@@ -1,5 +1,6 @@
 #include "proxy/upstream.h"
 
+#include <cctype>
 #include <cstring>
 
 #include "proxy/connection.h"
@@ -26,48 +27,189 @@ UpstreamConn::~UpstreamConn() = default;
 
 int UpstreamConn::connect(const sockaddr* addr) {
   state = State::kConnecting;
-  return uv_tcp_connect(&connect_req, &tcp, addr, [](uv_connect_t* req, int status) {
-    auto* u = static_cast<UpstreamConn*>(req->data);
-    if (u->state == State::kClosing) return;
-    if (status == 0) {
-      u->state = State::kActive;
-      uv_tcp_nodelay(&u->tcp, 1);
-    }
-    if (u->owner != nullptr) {
-      u->owner->onUpstreamConnected(status);
-    } else {
-      u->close();
-    }
-  });
+  return uv_tcp_connect(&connect_req, &tcp, addr,
+                        [](uv_connect_t* req, int status) { static_cast<UpstreamConn*>(req->data)->onConnected(status); });
+}
+
+void UpstreamConn::onConnected(int status) {
+  if (state == State::kClosing) return;
+  if (owner == nullptr) {
+    close();
+    return;
+  }
+  if (status != 0) {
+    owner->onUpstreamConnected(status);
+    return;
+  }
+  uv_tcp_nodelay(&tcp, 1);
+  if (pool->tls() == nullptr) {
+    state = State::kActive;
+    owner->onUpstreamConnected(0);
+    return;
+  }
+  // TLS: the owner hears of the connection once the handshake and the
+  // certificate check passed. Sessions the server issues are kept by the
+  // pool for the next connection to this server.
+  session_target_.sink = [](void* arg, SSL_SESSION* session) {
+    auto* u = static_cast<UpstreamConn*>(arg);
+    u->pool->storeSession(u->server, session);
+  };
+  session_target_.arg = this;
+  tls_ = std::make_unique<TlsSession>(*pool->tls(), pool->serverAddress(server).host, pool->session(server),
+                                      &session_target_);
+  startReading();
+  tlsHandshakeStep();
+}
+
+void UpstreamConn::tlsHandshakeStep() {
+  const TlsSession::Result r = tls_->handshake();
+  if (flushCiphertext() < 0) {
+    tlsFailed("write_failed");
+    return;
+  }
+  if (r == TlsSession::Result::kWantRead) return;
+  if (r != TlsSession::Result::kOk) {
+    tlsFailed(tls_->failureReason());
+    return;
+  }
+  WorkerMetrics& m = pool->worker()->metrics();
+  (tls_->resumed() ? m.upstream_tls_resumed : m.upstream_tls_full).inc();
+  state = State::kActive;
+  if (owner != nullptr) {
+    owner->onUpstreamConnected(0);
+  } else {
+    close();
+  }
+}
+
+void UpstreamConn::tlsFailed(const char* reason) {
+  stopReading();
+  tls_failure = reason;
+  WorkerMetrics& m = pool->worker()->metrics();
+  char lower[RefusalCounters::kReasonLen];
+  size_t n = 0;
+  for (const char* p = reason; *p != '\0' && n < sizeof(lower); ++p) {
+    lower[n++] = static_cast<char>(std::tolower(static_cast<unsigned char>(*p)));
+  }
+  m.tls_failure_reasons.inc("upstream", std::string_view(lower, n));
+  if (owner != nullptr) {
+    owner->onUpstreamConnected(UV_EPROTO);
+  } else {
+    close();
+  }
 }
 
 void UpstreamConn::startReading() {
-  if (state == State::kClosing || reading_) return;
-  reading_ = true;
-  uv_read_start(
-      reinterpret_cast<uv_stream_t*>(&tcp),
-      [](uv_handle_t* h, size_t, uv_buf_t* buf) {
-        auto* u = static_cast<UpstreamConn*>(h->data);
-        u->pool->worker()->buffers().acquire(u->rbuf);
-        buf->base = u->rbuf.data + u->rbuf.end;
-        buf->len = u->rbuf.room();
-      },
-      [](uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
-        auto* u = static_cast<UpstreamConn*>(s->data);
-        if (u->state == State::kIdle || u->owner == nullptr) {
-          // An idle pooled connection must stay silent; EOF, an error or
-          // stray bytes all mean it cannot be used again.
-          if (nread != 0) u->pool->dropIdle(u);
-          return;
-        }
-        if (nread == UV_ENOBUFS) {
-          // Buffer full: the owner stops reading until it drains it.
-          u->stopReading();
-          return;
-        }
-        if (nread < 0) u->stopReading();
-        u->owner->onUpstreamRead(nread);
-      });
+  if (state == State::kClosing) return;
+  if (!reading_) {
+    reading_ = true;
+    uv_read_start(
+        reinterpret_cast<uv_stream_t*>(&tcp),
+        [](uv_handle_t* h, size_t, uv_buf_t* buf) {
+          auto* u = static_cast<UpstreamConn*>(h->data);
+          if (u->tls_) {
+            // Ciphertext goes through the worker's scratch into the engine.
+            buf->base = u->pool->worker()->tlsScratch();
+            buf->len = Worker::kTlsScratchSize;
+            return;
+          }
+          u->pool->worker()->buffers().acquire(u->rbuf);
+          buf->base = u->rbuf.data + u->rbuf.end;
+          buf->len = u->rbuf.room();
+        },
+        [](uv_stream_t* s, ssize_t nread, const uv_buf_t*) { static_cast<UpstreamConn*>(s->data)->onTcpRead(nread); });
+  }
+  if (tls_ && state == State::kActive && owner != nullptr && tls_->hasBufferedInput()) deliverTls();
+}
+
+void UpstreamConn::onTcpRead(ssize_t nread) {
+  if (state == State::kIdle || owner == nullptr) {
+    // An idle pooled connection must stay silent; EOF, an error or stray
+    // bytes all mean it cannot be used again. Over TLS, records that carry
+    // no data (a late session ticket) are fine.
+    if (nread > 0 && tls_ && state == State::kIdle) {
+      tls_->pushCiphertext(pool->worker()->tlsScratch(), static_cast<size_t>(nread));
+      if (tlsQuiet()) return;
+    }
+    if (nread != 0) pool->dropIdle(this);
+    return;
+  }
+  if (nread == 0) return;
+  if (nread == UV_ENOBUFS) {
+    // Buffer full: the owner stops reading until it drains it.
+    stopReading();
+    return;
+  }
+  if (nread < 0) {
+    stopReading();
+    if (state == State::kConnecting) {
+      tlsFailed(nread == UV_EOF ? "closed_during_handshake" : "reset_during_handshake");
+      return;
+    }
+    owner->onUpstreamRead(nread);
+    return;
+  }
+  if (!tls_) {
+    owner->onUpstreamRead(nread);
+    return;
+  }
+  tls_->pushCiphertext(pool->worker()->tlsScratch(), static_cast<size_t>(nread));
+  if (state == State::kConnecting) {
+    tlsHandshakeStep();
+    return;  // the owner's startReading() delivers anything that came along
+  }
+  deliverTls();
+}
+
+bool UpstreamConn::tlsQuiet() {
+  char scratch[64];
+  size_t n = 0;
+  const TlsSession::Result r = tls_->readPlaintext(scratch, sizeof(scratch), n);
+  return r == TlsSession::Result::kWantRead && tls_->pendingCiphertext() == 0;
+}
+
+// Decrypts what the engine holds into rbuf and hands it to the owner, until
+// the engine needs more ciphertext, rbuf is full (socket reading stops until
+// the owner calls startReading() again) or the owner stops reading. Nested
+// calls (the owner restarting reading from inside onUpstreamRead) only ask
+// the outer loop for another round.
+void UpstreamConn::deliverTls() {
+  if (delivering_) {
+    redeliver_ = true;
+    return;
+  }
+  delivering_ = true;
+  do {
+    redeliver_ = false;
+    if (!reading_ || owner == nullptr || state != State::kActive) break;
+    pool->worker()->buffers().acquire(rbuf);
+    size_t got = 0;
+    TlsSession::Result r = TlsSession::Result::kWantRead;
+    while (rbuf.end + got < rbuf.cap) {
+      size_t n = 0;
+      r = tls_->readPlaintext(rbuf.data + rbuf.end + got, rbuf.cap - rbuf.end - got, n);
+      if (r != TlsSession::Result::kOk) break;
+      got += n;
+    }
+    if (flushCiphertext() < 0) r = TlsSession::Result::kError;
+    if (got > 0) owner->onUpstreamRead(static_cast<ssize_t>(got));
+    if (state == State::kClosing) break;
+    if (r == TlsSession::Result::kClosed || r == TlsSession::Result::kError) {
+      if (state == State::kIdle) {
+        pool->dropIdle(this);
+      } else if (owner != nullptr) {
+        stopReading();
+        owner->onUpstreamRead(r == TlsSession::Result::kClosed ? UV_EOF : UV_EPROTO);
+      }
+      break;
+    }
+    if (owner != nullptr && rbuf.held() && rbuf.room() == 0) {
+      // The engine keeps the rest; the socket waits until rbuf drains.
+      stopReading();
+      break;
+    }
+  } while (redeliver_);
+  delivering_ = false;
 }
 
 void UpstreamConn::stopReading() {
@@ -78,11 +220,86 @@ void UpstreamConn::stopReading() {
 
 void UpstreamConn::releaseBuffer() { pool->worker()->buffers().release(rbuf); }
 
+int UpstreamConn::write(uv_buf_t* bufs, unsigned n) {
+  if (!tls_) {
+    const int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&tcp), &write_req, bufs, n, [](uv_write_t* req, int status) {
+      auto* u = static_cast<UpstreamConn*>(req->data);
+      u->write_pending = false;
+      if (u->owner != nullptr) u->owner->onUpstreamWritten(status);
+    });
+    if (rc == 1) {
+      write_req.data = this;
+      write_pending = true;
+    }
+    return rc;
+  }
+  // The records of one write() stay in the engine until the socket took
+  // them: the owner does not write again before onUpstreamWritten().
+  for (unsigned i = 0; i < n; ++i) {
+    if (!tls_->writePlaintext(bufs[i].base, bufs[i].len)) return UV_EPROTO;
+  }
+  const int rc = flushCiphertext();
+  if (rc == 1) {
+    owner_waits_write_ = true;
+    write_pending = true;
+  }
+  return rc;
+}
+
+// Sends the engine's ciphertext through tls_out_, one pooled buffer at a
+// time. 0 = all sent, 1 = a write is in flight (onCiphertextWritten goes on),
+// < 0 = socket error.
+int UpstreamConn::flushCiphertext() {
+  if (cipher_write_pending_) return 1;
+  while (tls_->pendingCiphertext() > 0) {
+    pool->worker()->buffers().acquire(tls_out_);
+    const size_t n = tls_->takeCiphertext(tls_out_.data, tls_out_.cap);
+    uv_buf_t b = uv_buf_init(tls_out_.data, static_cast<unsigned>(n));
+    const int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&tcp), &write_req, &b, 1, &UpstreamConn::onCiphertextWritten);
+    if (rc < 0) {
+      pool->worker()->buffers().release(tls_out_);
+      return rc;
+    }
+    if (rc == 1) {
+      write_req.data = this;
+      cipher_write_pending_ = true;
+      return 1;
+    }
+  }
+  pool->worker()->buffers().release(tls_out_);
+  return 0;
+}
+
+void UpstreamConn::onCiphertextWritten(uv_write_t* req, int status) {
+  auto* u = static_cast<UpstreamConn*>(req->data);
+  u->cipher_write_pending_ = false;
+  if (u->state == State::kClosing) return;
+  const int rc = status != 0 ? status : u->flushCiphertext();
+  if (rc == 1) return;
+  if (u->owner_waits_write_) {
+    u->owner_waits_write_ = false;
+    u->write_pending = false;
+    if (u->owner != nullptr) u->owner->onUpstreamWritten(rc);
+    return;
+  }
+  if (rc == 0) return;
+  // A handshake flight or an engine-initiated record could not be sent.
+  if (u->state == State::kConnecting) {
+    u->tlsFailed("write_failed");
+  } else if (u->state == State::kIdle || u->owner == nullptr) {
+    u->pool->dropIdle(u);
+  } else {
+    u->stopReading();
+    u->owner->onUpstreamRead(rc);
+  }
+}
+
 void UpstreamConn::close() {
   if (state == State::kClosing) return;
   state = State::kClosing;
   owner = nullptr;
   releaseBuffer();
+  pool->worker()->buffers().release(tls_out_);
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp), &UpstreamConn::onClose);
   uv_close(reinterpret_cast<uv_handle_t*>(&timer), &UpstreamConn::onClose);
 }
@@ -191,7 +408,10 @@ void UpstreamPool::release(UpstreamConn* c, bool reusable) {
   Server& s = servers_[c->server];
   if (s.active > 0) s.active--;
   c->owner = nullptr;
-  if (!reusable || retired_ || c->state != UpstreamConn::State::kActive || s.idle.size() >= config_.max_idle_per_server) {
+  // Over TLS, records still in the engine must carry no data (e.g. only a
+  // session ticket); bytes after a response make a connection unusable.
+  if (!reusable || retired_ || c->state != UpstreamConn::State::kActive || s.idle.size() >= config_.max_idle_per_server ||
+      (c->isTls() && !c->tlsQuiet())) {
     c->close();
     return;
   }
@@ -231,7 +451,8 @@ bool UpstreamPool::sameServers(const UpstreamConfig& other) const {
   for (size_t i = 0; i < other.servers.size(); ++i) {
     if (other.servers[i].host != config_.servers[i].host || other.servers[i].port != config_.servers[i].port) return false;
   }
-  return true;
+  // Pooled connections were made (and verified) under these TLS settings.
+  return other.tls == config_.tls && other.sni == config_.sni && other.verify == config_.verify && other.ca == config_.ca;
 }
 
 }  // namespace portcullis

@@ -3,6 +3,7 @@
 // Everything here belongs to one worker thread.
 #pragma once
 
+#include <openssl/ssl.h>
 #include <uv.h>
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include "proxy/io.h"
 #include "proxy/metrics.h"
 #include "proxy/snapshot.h"
+#include "proxy/tls.h"
 
 namespace portcullis {
 
@@ -24,6 +26,13 @@ class Worker;
 // One TCP connection to one upstream server. While it serves a request its
 // owner (a client Connection) drives it and receives its events; while idle
 // it sits in its pool, reading only to notice that the server closed it.
+//
+// With TLS (the pool's upstream has tls = true) the connection hides the
+// TLS layer from its owner: onUpstreamConnected() comes after the handshake
+// and the certificate check (UV_EPROTO when either fails), reads deliver
+// plaintext into rbuf exactly as plaintext reads do, and write() takes
+// plaintext. The engine buffers at most one read of ciphertext beyond rbuf
+// (socket reading stops while rbuf is full) and one write() of records.
 class UpstreamConn {
  public:
   enum class State : uint8_t { kConnecting, kActive, kIdle, kClosing };
@@ -54,13 +63,44 @@ class UpstreamConn {
   uint32_t requests = 0;       // requests served on this connection
 
   // Starts/stops reading into rbuf (acquired from the worker's pool).
+  // With TLS, startReading() first delivers plaintext the engine already
+  // holds (owner->onUpstreamRead() may run before it returns).
   void startReading();
   void stopReading();
   void releaseBuffer();
 
+  // Sends `bufs` (the bytes must stay valid until the owner gets
+  // onUpstreamWritten(), the array need not). Returns 0 when all was written
+  // at once (no callback), 1 when pending (write_pending is set until the
+  // owner's onUpstreamWritten()), or a negative libuv error (no callback).
+  int write(uv_buf_t* bufs, unsigned n);
+
+  bool isTls() const { return tls_ != nullptr; }
+  // TLS: processes records the engine holds; true when they carried no
+  // data, alert or close (the connection may idle in the pool).
+  bool tlsQuiet();
+  // Why the TLS handshake failed (set before onUpstreamConnected(UV_EPROTO)).
+  const char* tls_failure = nullptr;
+
  private:
   int handles_open_ = 0;
   bool reading_ = false;
+  // TLS state (null tls_ = plaintext).
+  std::unique_ptr<TlsSession> tls_;
+  IoBuffer tls_out_;
+  bool cipher_write_pending_ = false;  // tls_out_ is on the wire
+  bool owner_waits_write_ = false;     // a write() returned 1
+  bool delivering_ = false;            // deliverTls() is on the stack
+  bool redeliver_ = false;             // ... and was asked to run again
+  UpstreamTlsContext::SessionTarget session_target_{nullptr, nullptr};
+
+  void onConnected(int status);
+  void onTcpRead(ssize_t nread);
+  void tlsHandshakeStep();
+  void tlsFailed(const char* reason);
+  void deliverTls();
+  int flushCiphertext();
+  static void onCiphertextWritten(uv_write_t* req, int status);
   static void onClose(uv_handle_t* h);
 };
 
@@ -86,6 +126,12 @@ class UpstreamPool : public std::enable_shared_from_this<UpstreamPool> {
   void dropIdle(UpstreamConn* c);
 
   bool sameServers(const UpstreamConfig& other) const;
+  // TLS context for new connections (null = plaintext); replaced on reload.
+  void setTls(std::shared_ptr<const UpstreamTlsContext> tls) { tls_ = std::move(tls); }
+  const UpstreamTlsContext* tls() const { return tls_.get(); }
+  // The last session a server issued (for resumption), or null; keeps it.
+  SSL_SESSION* session(size_t server) const { return servers_[server].session.get(); }
+  void storeSession(size_t server, SSL_SESSION* s) { servers_[server].session.reset(s); }
   const UpstreamConfig& config() const { return config_; }
   Worker* worker() const { return worker_; }
   size_t serverCount() const { return servers_.size(); }
@@ -99,6 +145,10 @@ class UpstreamPool : public std::enable_shared_from_this<UpstreamPool> {
     uint32_t active = 0;         // requests in flight on this worker
     uint64_t down_until_us = 0;  // passive failure
     std::vector<UpstreamConn*> idle;
+    struct SessionFree {
+      void operator()(SSL_SESSION* s) const { SSL_SESSION_free(s); }
+    };
+    std::unique_ptr<SSL_SESSION, SessionFree> session;  // TLS resumption
   };
   bool usable(const Server& s, uint64_t now) const;
 
@@ -107,6 +157,7 @@ class UpstreamPool : public std::enable_shared_from_this<UpstreamPool> {
   std::vector<Server> servers_;
   size_t rr_next_ = 0;
   bool retired_ = false;
+  std::shared_ptr<const UpstreamTlsContext> tls_;
   friend class UpstreamConn;
 };
 

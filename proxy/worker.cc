@@ -126,6 +126,9 @@ void Worker::applySnapshot(std::shared_ptr<const Snapshot> snap) {
       }
     }
     if (!keep) keep = std::make_shared<UpstreamPool>(this, cfg.upstreams[i], snap->health[i]);
+    // A reload re-reads the CA file: new connections verify with it, pooled
+    // ones (already verified) stay.
+    keep->setTls(i < snap->upstream_tls.size() ? snap->upstream_tls[i] : nullptr);
     next.push_back(std::move(keep));
   }
   for (auto& p : pools_)

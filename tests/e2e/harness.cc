@@ -354,6 +354,7 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
     t += "]\n";
     if (!u.lb.empty()) t += "lb = \"" + u.lb + "\"\n";
     if (!u.health_check.empty()) t += "health_check = " + u.health_check + "\n";
+    t += u.extra_toml;
     t += "\n";
   }
   for (const RouteSpec& r : o.routes) {
@@ -1161,6 +1162,34 @@ uint64_t DemoBackend::requests() {
   Client c(port_);
   HttpResponse r = c.roundTrip(getRequest("/_requests"));
   return std::strtoull(r.body.c_str(), nullptr, 10);
+}
+
+}  // namespace portcullis::e2e
+
+namespace portcullis::e2e {
+
+std::string readHashedResponse(Client& c, HttpResponse& r) {
+  Sha256 h;
+  ReadOptions ro;
+  ro.sink = [&](const char* p, size_t n) { h.update(p, n); };
+  if (c.readResponse(r, ro) != ReadResult::kOk) return "";
+  return h.hexDigest();
+}
+
+double expectBufferedBounded(Proxy& proxy, double bound, uint64_t total, int polls) {
+  double peak = 0;
+  for (int i = 0; i < polls; ++i) {
+    std::this_thread::sleep_for(Millis(250));
+    const std::string m = proxy.metricsText();
+    std::optional<double> buffered = findMetric(m, "portcullis_buffered_bytes");
+    EXPECT_TRUE(buffered.has_value());
+    if (!buffered) return peak;
+    peak = std::max(peak, *buffered);
+    EXPECT_LE(*buffered, bound) << "poll " << i;
+    // The proxy really is held back: far less than the body has gone out.
+    EXPECT_LT(findMetric(m, "portcullis_sent_bytes_total").value_or(0), static_cast<double>(total / 2));
+  }
+  return peak;
 }
 
 }  // namespace portcullis::e2e

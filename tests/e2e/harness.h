@@ -163,6 +163,7 @@ struct UpstreamSpec {
   std::vector<std::string> servers;  // "127.0.0.1:PORT"
   std::string lb;                    // "" = default
   std::string health_check;          // inline table text, "" = none
+  std::string extra_toml;            // more keys of this [[upstream]]
 };
 
 struct ProxyOptions {
@@ -247,6 +248,11 @@ class Proxy {
 // Finds `series` in Prometheus text; nullopt if absent.
 std::optional<double> findMetric(std::string_view text, std::string_view series);
 
+// While a client reads nothing: polls the proxy's metrics every 250 ms,
+// `polls` times, expecting portcullis_buffered_bytes <= bound and less than
+// half of `total` sent. Returns the peak buffered bytes seen.
+double expectBufferedBounded(Proxy& proxy, double bound, uint64_t total, int polls = 6);
+
 // ---------------------------------------------------------------------------
 // Raw HTTP/1.1 client
 
@@ -326,6 +332,10 @@ class Client {
   std::string buf_;
   size_t pos_ = 0;
 };
+
+// Reads one response whose body is only hashed (not kept): r gets status,
+// headers and body_bytes; returns the body's SHA-256 hex ("" unless kOk).
+std::string readHashedResponse(Client& c, HttpResponse& r);
 
 // A simple GET request text.
 std::string getRequest(std::string_view path, std::string_view extra_headers = "",

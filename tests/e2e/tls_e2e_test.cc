@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "tests/e2e/harness.h"
+#include "tests/e2e/tls_upstream.h"
 #include "tools/pcx1/pcx1.h"
 
 namespace portcullis::e2e {
@@ -299,29 +300,51 @@ TEST_F(TlsE2E, AlpnSelectsHttp11Only) {
   EXPECT_EQ(h2only.alpn(), "") << "never claims a protocol it does not speak";
 }
 
-TEST_F(TlsE2E, LargeBodiesBothWays) {
-  Proxy proxy(options());
+// Over one TLS connection to `port`: GET `down_path` must return `n`
+// pattern bytes; then `n` pattern bytes are POSTed to `up_path`, whose
+// response lands in `up`.
+void transferBothWays(uint16_t port, const std::string& down_path, uint64_t n, const std::string& up_path,
+                      TlsClient::Response& up) {
   TlsClient c;
-  ASSERT_TRUE(c.connect(proxy.httpsPort(), TlsOptions{}));
-  const uint64_t n = 64ull << 20;
-  ASSERT_TRUE(c.send(getRequest("/bytes/" + std::to_string(n))));
+  ASSERT_TRUE(c.connect(port, TlsOptions{}));
+  ASSERT_TRUE(c.send(getRequest(down_path)));
   TlsClient::Response down;
   ASSERT_TRUE(c.readResponse(down));
   EXPECT_EQ(down.status, 200);
   EXPECT_EQ(down.body_bytes, n);
   EXPECT_EQ(down.body_sha256, patternSha256(n));
-
-  const uint64_t up = 64ull << 20;
-  std::string head = "POST /upload HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: " + std::to_string(up) + "\r\n\r\n";
+  std::string head = "POST " + up_path + " HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: " + std::to_string(n) +
+                     "\r\n\r\n";
   ASSERT_TRUE(c.send(head));
-  for (uint64_t off = 0; off < up; off += 1 << 20) ASSERT_TRUE(c.send(patternBytes(off, 1 << 20)));
+  for (uint64_t off = 0; off < n; off += 1 << 20) ASSERT_TRUE(c.send(patternBytes(off, 1 << 20)));
+  ASSERT_TRUE(c.readResponse(up));
+  EXPECT_EQ(up.status, 200);
+}
+
+TEST_F(TlsE2E, LargeBodiesBothWays) {
+  Proxy proxy(options());
+  const uint64_t n = 64ull << 20;
   TlsClient::Response r;
-  ASSERT_TRUE(c.readResponse(r));
-  EXPECT_EQ(r.status, 200);
+  transferBothWays(proxy.httpsPort(), "/bytes/" + std::to_string(n), n, "/upload", r);
   std::optional<Echo> echo = parseEcho(r.body);
   ASSERT_TRUE(echo.has_value()) << r.body;
-  EXPECT_EQ(echo->body_bytes, up);
-  EXPECT_EQ(echo->body_sha256, patternSha256(up));
+  EXPECT_EQ(echo->body_bytes, n);
+  EXPECT_EQ(echo->body_sha256, patternSha256(n));
+}
+
+// TLS on both sides: client -> HTTPS listener -> [[upstream]] tls = true,
+// large bodies each way, hash-checked, over one pooled upstream connection.
+TEST_F(TlsE2E, TlsListenerToTlsUpstreamLargeBodiesBothWays) {
+  TlsUpstream origin(dir_.file("ec.crt"), dir_.file("ec.key"));
+  ProxyOptions o = options();
+  o.upstreams[0].servers = {origin.address()};
+  o.upstreams[0].extra_toml = "tls = true\nca = \"" + dir_.file("ec.crt") + "\"\n";
+  Proxy proxy(o);
+  const uint64_t n = 32ull << 20;
+  TlsClient::Response r;
+  transferBothWays(proxy.httpsPort(), "/big/" + std::to_string(n), n, "/up", r);
+  EXPECT_EQ(r.body, patternSha256(n));  // the origin's hash of what it decrypted
+  EXPECT_EQ(origin.handshakes(), 1);
 }
 
 // Encrypted uploads over TLS: a round in which the encryptor takes bytes

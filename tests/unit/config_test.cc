@@ -317,6 +317,26 @@ ciphers = "ALL"
             "t.toml:15: tls.ciphers: unknown key");
 }
 
+TEST(ConfigTest, UpstreamTlsKeys) {
+  Result r = withBase("[[upstream]]\nname = \"secure\"\nservers = [\"10.0.0.1:443\"]\ntls = true\n"
+                      "ca = \"/etc/app/ca.pem\"\nsni = \"api.internal\"\n");
+  ASSERT_TRUE(r.ok) << r.error;
+  const UpstreamConfig& u = r.cfg.upstreams[1];
+  EXPECT_TRUE(u.tls);
+  EXPECT_EQ(u.ca, "/etc/app/ca.pem");
+  EXPECT_EQ(u.sni, "api.internal");
+  EXPECT_TRUE(u.verify);  // on unless turned off
+  EXPECT_FALSE(r.cfg.upstreams[0].tls);
+  expectError("[[upstream]]\nname = \"b\"\nservers = [\"10.0.0.1:443\"]\nca = \"/x.pem\"\n",
+              "t.toml:14: upstream[1].ca: only valid with tls = true");
+  expectError("[[upstream]]\nname = \"b\"\nservers = [\"10.0.0.1:443\"]\nverify = false\n",
+              "t.toml:14: upstream[1].verify: only valid with tls = true");
+  expectError("[[upstream]]\nname = \"b\"\nservers = [\"10.0.0.1:443\"]\ntls = true\nsni = \"a b\"\n",
+              "t.toml:15: upstream[1].sni: must be a DNS name");
+  expectError("[[upstream]]\nname = \"b\"\nservers = [\"10.0.0.1:443\"]\ntls = true\nca = \"\"\n",
+              "t.toml:15: upstream[1].ca: must not be empty");
+}
+
 TEST(ConfigTest, HttpsSection) {
   Result r = withBase(R"([https]
 plaintext = "reject"
