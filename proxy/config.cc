@@ -378,11 +378,17 @@ void Loader::loadTimeouts(const toml::table& t, TimeoutsConfig& c) {
 
 void Loader::loadLimits(const toml::table& t, LimitsConfig& c) {
   const std::string path = "limits";
-  checkKeys(t, path, {"max_uri_bytes", "max_header_bytes", "max_headers", "max_body_bytes"});
+  checkKeys(t, path, {"max_uri_bytes", "max_header_bytes", "max_headers", "max_body_bytes", "buffer_memory_bytes"});
   getUint(t, "max_uri_bytes", path, c.max_uri_bytes, 1, kU32Max);
   getUint(t, "max_header_bytes", path, c.max_header_bytes, 1, kU32Max);
   getUint(t, "max_headers", path, c.max_headers, 1, kU32Max);
   getUint(t, "max_body_bytes", path, c.max_body_bytes, 0, kI64Max);
+  if (t.get("buffer_memory_bytes")) {
+    getUint(t, "buffer_memory_bytes", path, c.buffer_memory_bytes, 0, kI64Max);
+    if (c.buffer_memory_bytes != 0 && c.buffer_memory_bytes < 65536) {
+      fail(lineOf(*t.get("buffer_memory_bytes")), join(path, "buffer_memory_bytes"), "must be 0 (off) or at least 65536");
+    }
+  }
 }
 
 void Loader::loadHealthCheck(const toml::table& t, const std::string& path, HealthCheckConfig& hc) {

@@ -47,6 +47,11 @@ struct LimitsConfig {
   uint32_t max_header_bytes = 16384;
   uint32_t max_headers = 100;
   uint64_t max_body_bytes = 10485760;
+  // Overload watermark: I/O buffer memory the connections of the process may
+  // hold (split equally between workers). Past it a worker closes new
+  // connections at once and stops reading from connections that hold no
+  // buffer, until it is back under 7/8 of its share. 0 = no watermark.
+  uint64_t buffer_memory_bytes = 1ull << 30;
 };
 
 enum class LbPolicy : uint8_t { kRoundRobin, kLeastRequest };

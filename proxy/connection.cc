@@ -285,6 +285,11 @@ void Connection::onTlsWritten(uv_write_t* req, int status) {
   if (c->client_write_pending_) Connection::onClientWritten(&c->write_req_, 0);
 }
 
+void Connection::onOverloadChanged() {
+  if (closing_) return;
+  updateClientReading();
+}
+
 void Connection::updateClientReading() {
   if (closing_) return;
   bool want = !client_eof_ && !paused_in_body_;
@@ -293,6 +298,16 @@ void Connection::updateClientReading() {
   if (req_state_ == ReqState::kHeadFilters || req_state_ == ReqState::kWaitUpstream) {
     // Body bytes may arrive and wait in rbuf_ until the upstream is ready.
     if (!rbuf_.held() || rbuf_.room() == 0) want = rbuf_.held() ? false : want;
+  }
+  if (want && !rbuf_.held() && worker_->overloaded()) {
+    // Overload (Worker::onWatermark): reading would take a new buffer.
+    want = false;
+    if (!overload_paused_) {
+      overload_paused_ = true;
+      worker_->metrics().overload_paused.inc();
+    }
+  } else if (!worker_->overloaded()) {
+    overload_paused_ = false;
   }
   if (want && !reading_) {
     uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), &Connection::onAlloc, &Connection::onRead);

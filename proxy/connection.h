@@ -48,6 +48,8 @@ class Connection : public BodySink {
   void onUpstreamRead(ssize_t nread);
   void onUpstreamWritten(int status);
   void onUpstreamTimeout();
+  // The worker went over or back under its buffer watermark.
+  void onOverloadChanged();
 
   // Intrusive list of the worker's connections.
   Connection* prev = nullptr;
@@ -132,6 +134,7 @@ class Connection : public BodySink {
   bool secure_ = false;
   bool tls_write_pending_ = false;
   bool tls_peer_closed_ = false;
+  bool overload_paused_ = false;  // reading paused by the overload manager
   HttpCodec codec_;          // client requests
   Arena arena_;
   RequestHead req_;

@@ -26,9 +26,22 @@ struct IoBuffer {
 
 // Per-worker pool of equally sized buffers, so a keep-alive connection holds
 // no buffer while idle and a busy one reuses warm memory. Single-threaded.
+// With a watermark, `on_change(arg, true)` runs when the bytes held by
+// connections pass it and `on_change(arg, false)` when they fall back under
+// 7/8 of it (hysteresis, so a busy worker does not flap).
 class BufferPool {
  public:
+  using WatermarkCallback = void (*)(void* arg, bool over);
   BufferPool(size_t buffer_size, Gauge* held_bytes) : size_(buffer_size), held_(held_bytes) {}
+  // 0 = no watermark. Takes effect at the next acquire/release.
+  void setWatermark(size_t high, WatermarkCallback on_change, void* arg) {
+    high_ = high;
+    low_ = high - high / 8;
+    on_change_ = on_change;
+    arg_ = arg;
+  }
+  bool overWatermark() const { return over_; }
+  size_t heldBytes() const { return held_bytes_; }
   ~BufferPool() {
     for (char* p : free_) std::free(p);
   }
@@ -51,6 +64,11 @@ class BufferPool {
     b.cap = size_;
     b.start = b.end = 0;
     held_->add(static_cast<int64_t>(size_));
+    held_bytes_ += size_;
+    if (high_ != 0 && !over_ && held_bytes_ > high_) {
+      over_ = true;
+      on_change_(arg_, true);
+    }
   }
   void release(IoBuffer& b) {
     if (!b.held()) return;
@@ -59,8 +77,13 @@ class BufferPool {
     } else {
       std::free(b.data);
     }
-    held_->add(-static_cast<int64_t>(size_));
+    held_->add(-static_cast<int64_t>(b.cap));
+    held_bytes_ -= b.cap;
     b = IoBuffer{};
+    if (over_ && (high_ == 0 || held_bytes_ <= low_)) {
+      over_ = false;
+      on_change_(arg_, false);
+    }
   }
 
  private:
@@ -68,6 +91,12 @@ class BufferPool {
   size_t size_;
   Gauge* held_;
   std::vector<char*> free_;
+  size_t held_bytes_ = 0;
+  size_t high_ = 0;  // 0 = no watermark
+  size_t low_ = 0;
+  bool over_ = false;
+  WatermarkCallback on_change_ = nullptr;
+  void* arg_ = nullptr;
 };
 
 // Writes `bufs` to `stream`: first with uv_try_write, and whatever did not fit

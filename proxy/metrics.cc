@@ -199,6 +199,14 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
           sum(workers, [](const WorkerMetrics& w) { return w.connections_refused.get(); }));
   gauge("portcullis_buffered_bytes", "Bytes of I/O buffers currently held by connections.",
         static_cast<int64_t>(sum(workers, [](const WorkerMetrics& w) { return w.buffered_bytes.get(); })));
+  gauge("portcullis_overload_active", "Workers over their share of limits.buffer_memory_bytes.",
+        static_cast<int64_t>(sum(workers, [](const WorkerMetrics& w) { return w.overload_active.get(); })));
+  counter("portcullis_overload_episodes_total", "Times a worker went over its buffer memory watermark.",
+          sum(workers, [](const WorkerMetrics& w) { return w.overload_episodes.get(); }));
+  counter("portcullis_overload_refused_connections_total", "Connections closed at once while over the watermark.",
+          sum(workers, [](const WorkerMetrics& w) { return w.overload_refused.get(); }));
+  counter("portcullis_overload_paused_reads_total", "Connections whose reading paused while over the watermark.",
+          sum(workers, [](const WorkerMetrics& w) { return w.overload_paused.get(); }));
   counter("portcullis_received_bytes_total", "Bytes received from clients.",
           sum(workers, [](const WorkerMetrics& w) { return w.bytes_in.get(); }));
   counter("portcullis_sent_bytes_total", "Bytes sent to clients.",

@@ -126,6 +126,10 @@ struct WorkerMetrics {
   Counter bytes_in;
   Counter bytes_out;
   Gauge buffered_bytes;  // bytes of pooled I/O buffers currently held by connections
+  Gauge overload_active;      // 1 while this worker is over its buffer watermark
+  Counter overload_episodes;  // times it went over
+  Counter overload_refused;   // connections closed at once meanwhile
+  Counter overload_paused;    // connections whose reading was paused meanwhile
   Counter parse_errors;
   Counter tls_handshakes_full;
   Counter tls_handshakes_resumed;

@@ -60,6 +60,8 @@ bool Worker::init(int listen_fd, int tls_listen_fd, std::shared_ptr<const Snapsh
   async_.data = this;
   uv_timer_init(&loop_, &grace_timer_);
   grace_timer_.data = this;
+  uv_idle_init(&loop_, &overload_idle_);
+  overload_idle_.data = this;
   applySnapshot(std::move(snapshot));
   return true;
 }
@@ -145,6 +147,38 @@ void Worker::applySnapshot(std::shared_ptr<const Snapshot> snap) {
     }
   }
   snapshot_ = std::move(snap);
+  // Overload watermark: this worker's share of limits.buffer_memory_bytes.
+  const uint64_t budget = snapshot_->config->limits.buffer_memory_bytes;
+  const unsigned workers = snapshot_->config->server.workers == 0 ? 1 : snapshot_->config->server.workers;
+  buffers_.setWatermark(static_cast<size_t>(budget / workers), &Worker::onWatermark, this);
+}
+
+// The overload manager (limits.buffer_memory_bytes). Every connection's
+// buffers are bounded, so buffer memory only grows when more connections
+// take buffers: a new connection, or a keep-alive connection starting its
+// next request. Over the watermark the worker closes new connections at
+// once and connections holding no buffer stop reading (their next request
+// waits in the kernel); exchanges in flight go on and give their buffers
+// back. Under 7/8 of the watermark everything resumes.
+void Worker::onWatermark(void* arg, bool over) {
+  auto* w = static_cast<Worker*>(arg);
+  w->overloaded_ = over;
+  w->metrics_->overload_active.add(over ? 1 : -1);
+  if (over) w->metrics_->overload_episodes.inc();
+  // Applying the change to every connection happens from the loop (a
+  // callback from inside a buffer acquire/release must not touch other
+  // connections' state): the idle handle runs once, at the next iteration.
+  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&w->overload_idle_))) {
+    uv_idle_start(&w->overload_idle_, [](uv_idle_t* h) {
+      uv_idle_stop(h);
+      auto* self = static_cast<Worker*>(h->data);
+      for (Connection* c = self->connections_; c != nullptr;) {
+        Connection* next = c->next;
+        c->onOverloadChanged();
+        c = next;
+      }
+    });
+  }
 }
 
 void Worker::unpinSnapshot(SnapshotPin* p) {
@@ -212,6 +246,11 @@ void Worker::onConnection(uv_stream_t* server, int status) {
     c->drain(true);
     return;
   }
+  if (w->overloaded_) {
+    w->metrics_->overload_refused.inc();
+    c->drain(true);
+    return;
+  }
   c->start();
 }
 
@@ -267,6 +306,7 @@ void Worker::maybeExit() {
   pools_.clear();
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&grace_timer_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&overload_idle_), nullptr);
   // The loop ends once the closes (and any upstream connections) complete.
 }
 

@@ -84,6 +84,8 @@ class Worker {
   int64_t wallClockUs() const;
   void connectionClosed(Connection* c);
   void releaseClientAddress(const std::string& key) { shared_->per_ip.release(key); }
+  // Over the buffer memory watermark (see onWatermark).
+  bool overloaded() const { return overloaded_; }
   unsigned id() const { return id_; }
 
  private:
@@ -92,6 +94,7 @@ class Worker {
   void closeListeners();
   static void onAsync(uv_async_t* a);
   static void onGraceTimer(uv_timer_t* t);
+  static void onWatermark(void* arg, bool over);
   void applySnapshot(std::shared_ptr<const Snapshot> snap);
   void beginShutdown(uint32_t grace_ms);
   void maybeExit();
@@ -105,6 +108,8 @@ class Worker {
   bool has_tls_listener_ = false;
   uv_async_t async_;
   uv_timer_t grace_timer_;
+  uv_idle_t overload_idle_;
+  bool overloaded_ = false;
   std::thread thread_;
   std::unique_ptr<WorkerMetrics> metrics_;
   BufferPool buffers_;

@@ -78,6 +78,7 @@ TEST(ConfigTest, BaseConfigGetsAllDefaults) {
   EXPECT_EQ(c.limits.max_header_bytes, 16384u);
   EXPECT_EQ(c.limits.max_headers, 100u);
   EXPECT_EQ(c.limits.max_body_bytes, 10485760u);
+  EXPECT_EQ(c.limits.buffer_memory_bytes, 1ull << 30);
 
   ASSERT_EQ(c.upstreams.size(), 1u);
   const UpstreamConfig& u = c.upstreams[0];
@@ -315,6 +316,14 @@ ciphers = "ALL"
             "t.toml:12: tls.key: missing (PEM private key)\n"
             "t.toml:14: tls.min_version: must be \"1.2\" or \"1.3\" (nothing older is ever offered)\n"
             "t.toml:15: tls.ciphers: unknown key");
+}
+
+TEST(ConfigTest, BufferMemoryWatermark) {
+  Result r = withBase("[limits]\nbuffer_memory_bytes = 0\n");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.cfg.limits.buffer_memory_bytes, 0u);  // off
+  expectError("[limits]\nbuffer_memory_bytes = 4096\n",
+              "t.toml:12: limits.buffer_memory_bytes: must be 0 (off) or at least 65536");
 }
 
 TEST(ConfigTest, UpstreamTlsKeys) {
