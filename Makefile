@@ -59,6 +59,8 @@ bench:
 	MODE=encrypt UPLOAD_MB=100 DURATION=5 ./bench/compare.sh $(BUILD)
 	./bench/upload_rss.sh $(BUILD)
 	DURATION=5 ./bench/logging_cost.sh $(BUILD)
+	MODE=limits DURATION=5 ROUNDS=4 ./bench/compare.sh $(BUILD)
+	MODE=validate DURATION=5 ROUNDS=4 ./bench/compare.sh $(BUILD)
 
 # One proxy under SOAK_SECONDS of mixed traffic (tools/soak.sh): fails if it
 # dies, its RSS grows > 10 % after warm-up, or its audit chain does not verify.

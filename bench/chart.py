@@ -7,6 +7,8 @@ For MODE=tls results the third panel is proxy CPU per new TLS connection (full a
 resumed handshakes side by side) and the first two are over keep-alive HTTPS.
 For MODE=encrypt results: two panels, plaintext upload MB/s and proxy CPU per MiB,
 with portcullis-enc (encrypt_body = true) next to the plain forwarders.
+For MODE=limits / MODE=validate results: two panels, GET requests/s and proxy CPU
+per request, Portcullis with the feature off and on.
 """
 import json
 import sys
@@ -18,9 +20,9 @@ try:
 except ImportError:
     sys.exit("chart.py: matplotlib is not installed (Debian: python3-matplotlib); no chart")
 
-ORDER = ["direct", "nginx", "haproxy", "portcullis", "portcullis-enc"]
+ORDER = ["direct", "nginx", "haproxy", "portcullis", "portcullis-enc", "portcullis-on"]
 COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "portcullis": "#e65100",
-          "portcullis-enc": "#6a1b9a"}
+          "portcullis-enc": "#6a1b9a", "portcullis-on": "#ad1457"}
 
 
 def main():
@@ -38,12 +40,17 @@ def main():
 
     tls = res.get("mode") == "tls"
     enc = res.get("mode") == "encrypt"
+    ab = res.get("mode") in ("limits", "validate")
     panels = [
         ("POST {:g} MiB uploads: plaintext MB/s\n(higher is better)".format(res["settings"]["upload_mib"]),
          "upload", "upload_MBps", "{:,.0f}", "MB/s (10⁶ bytes/s)"),
         ("Proxy CPU per MiB uploaded\n(user+sys µs, lower is better)", "upload", "proxy_cpu_us_per_MiB",
          "{:,.0f}", "µs / MiB"),
     ] if enc else [
+        ("GET /tiny, 64-byte body: requests/s\n(higher is better)", "tiny", "rps", "{:,.0f}", "requests/s"),
+        ("Proxy CPU per GET request\n(user+sys µs, lower is better)", "tiny", "proxy_cpu_us_per_req",
+         "{:.2f}", "µs / request"),
+    ] if ab else [
         ("GET /tiny, 64-byte body: requests/s\n(higher is better)", "tiny", "rps", "{:,.0f}", "requests/s"),
         ("Proxy CPU per GET request\n(user+sys µs, lower is better)", "tiny", "proxy_cpu_us_per_req",
          "{:.1f}", "µs / request"),
@@ -55,13 +62,15 @@ def main():
         ("Proxy CPU per keep-alive HTTPS request\n(user+sys µs, lower is better)", "tiny", "proxy_cpu_us_per_req",
          "{:.1f}", "µs / request"),
     ]
-    fig, axes = plt.subplots(1, len(panels) + (1 if tls else 0), figsize=(15 if not enc else 12, 5.6))
+    fig, axes = plt.subplots(1, len(panels) + (1 if tls else 0), figsize=(15 if not (enc or ab) else 12, 5.6))
     if tls:
         handshake_panel(axes[2], res, [c for c in names if c != "direct"], points)
     for ax, (title, test, key, fmt, ylabel) in zip(axes, panels):
         xs, labels = [], []
         for i, c in enumerate(names):
             value, hatch, label, pts = med[c].get(key), None, c, points(c, test, key)
+            if ab:
+                label = "{}\n{} {}".format(c, res["mode"], "on" if c == "portcullis-on" else "off")
             if tls and key == "rps" and c == "direct":
                 hatch, label = "//", "direct\n(plain HTTP)"
             if enc and key == "proxy_cpu_us_per_MiB":
@@ -98,14 +107,21 @@ def main():
             ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
 
     m, s = res["machine"], res["settings"]
-    fig.suptitle("Portcullis vs nginx vs HAProxy — one worker each, wrk on loopback"
-                 + (", TLS (ECDSA P-256 certificate)" if tls else "")
-                 + (", encrypt_body uploads (pcx1 AES-256-GCM)" if enc else ""), fontsize=13)
+    if ab:
+        what = {"limits": "rate limits", "validate": "route validators"}[res["mode"]]
+        q = res.get("ab", {}).get("ratio_on_off", {}).get("rps")
+        fig.suptitle("Portcullis {} off vs on — one worker, wrk on loopback{}".format(
+            what, "" if q is None else " — on/off req/s {:.3f} (target ≥ 0.97)".format(q)), fontsize=13)
+    else:
+        fig.suptitle("Portcullis vs nginx vs HAProxy — one worker each, wrk on loopback"
+                     + (", TLS (ECDSA P-256 certificate)" if tls else "")
+                     + (", encrypt_body uploads (pcx1 AES-256-GCM)" if enc else ""), fontsize=13)
     info = ("{} CPUs {} · {} · {} · {} s × {} rounds, {} connections{} · bars = median, dots = rounds"
             .format(m["nproc"], m["cpu_model"], m["kernel"], m["date_utc"], s["duration_s"],
                     s["rounds"], s["upload_connections"] if enc else s["connections"],
                     ", pinned" if s["pin"] else ""))
-    skipped = [c for c in ORDER if c not in med and (enc or c != "portcullis-enc")]
+    skipped = [c for c in (["portcullis", "portcullis-on"] if ab else ORDER)
+               if c not in med and (enc or c != "portcullis-enc") and (ab or c != "portcullis-on")]
     if skipped:
         info += " · not measured: " + ", ".join(skipped)
     fig.text(0.5, 0.015, info, ha="center", fontsize=8.5, color="#444")

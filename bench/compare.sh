@@ -6,6 +6,8 @@
 #   MODE=tls bench/compare.sh [BUILD_DIR] (HTTPS: keep-alive, full and resumed handshakes)
 #   MODE=encrypt bench/compare.sh [BUILD_DIR] (uploads only: Portcullis with
 #                                  encrypt_body = true vs plain forwarding)
+#   MODE=limits bench/compare.sh [BUILD_DIR]   (Portcullis only, rate limits off vs on)
+#   MODE=validate bench/compare.sh [BUILD_DIR] (Portcullis only, route validators off vs on)
 #
 # Env knobs: DURATION (s per run, 10), CONNS (64), ROUNDS (3), UPLOAD_MB (1),
 # OUT (results dir, bench/results/<UTC timestamp>), PIN (0; 1 = proxy on cpu 0,
@@ -16,6 +18,13 @@
 # adds "portcullis-enc" (encrypt_body = true on /upload, pcx1 AES-256-GCM), runs
 # only the upload test, then build/bin/pcx1_bench for the raw sealing cost;
 # there UPLOAD_CONNS defaults to 256 / UPLOAD_MB, clamped to 4 .. CONNS.
+# MODE=limits and MODE=validate ("A/B modes") measure what one feature costs:
+# two Portcullis instances, "portcullis" (off) and "portcullis-on" (on), from one
+# template (portcullis-limits.toml.tmpl, portcullis-validate.toml.tmpl) whose
+# lines marked #@ON@ only the second keeps; keep-alive GET /tiny only, no other
+# contenders, the order alternating every round; reports both, the on/off ratios
+# (median and per round) against the 0.97 target, and checks that the feature
+# was really on and refused nothing during the runs.
 #
 # Writes OUT/results.json, OUT/chart.png, OUT/raw/ (wrk output per run) and
 # OUT/configs/ (the exact configs used). See bench/README.md.
@@ -47,7 +56,10 @@ HS_CONNS=${HS_CONNS:-$CONNS}
 die() { echo "compare.sh: $*" >&2; exit 1; }
 note() { echo "compare.sh: note: $*" >&2; }
 
-case $MODE in plain|tls|encrypt) ;; *) die "MODE must be plain, tls or encrypt (got '$MODE')" ;; esac
+case $MODE in plain|tls|encrypt|limits|validate) ;;
+  *) die "MODE must be plain, tls, encrypt, limits or validate (got '$MODE')" ;; esac
+AB=0   # MODE=limits / validate: Portcullis off vs on, nothing else
+case $MODE in limits|validate) AB=1 ;; esac
 for v in DURATION CONNS ROUNDS UPLOAD_CONNS WARMUP HS_CONNS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
@@ -147,7 +159,11 @@ for s in socks: print(s.getsockname()[1])' "$1"
 }
 
 render() {  # render TEMPLATE OUTFILE -- fills @NAME@ placeholders from the env below
-  sed -e "s#@TMP@#$TMP#g" -e "s#@PORT@#${R_PORT:-}#g" -e "s#@ADMIN_PORT@#${R_ADMIN_PORT:-}#g" \
+  # R_VARIANT=off drops the lines marked #@ON@ (A/B templates); otherwise the
+  # marker is only removed.
+  local onoff='s/[[:space:]]*#@ON@$//'
+  [ "${R_VARIANT:-}" = off ] && onoff='/#@ON@$/d'
+  sed -e "$onoff" -e "s#@TMP@#$TMP#g" -e "s#@PORT@#${R_PORT:-}#g" -e "s#@ADMIN_PORT@#${R_ADMIN_PORT:-}#g" \
       -e "s#@ORIGIN_PORT@#$ORIGIN_PORT#g" -e "s#@TINY_BODY@#$TINY_BODY#g" \
       -e "s#@BODY_BUFFER@#$BODY_BUFFER#g" -e "s#@ECHO_MODULE@#$ECHO_MODULE#g" \
       -e "s#@CERT@#${TLS_CERT:-}#g" -e "s#@KEY@#${TLS_KEY:-}#g" -e "s#@PEM@#${TLS_PEM:-}#g" \
@@ -195,11 +211,11 @@ TINY_BODY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef   # 6
 BODY_BUFFER=$(( UPLOAD_BYTES / 1024 + 64 ))k   # whole body in origin memory, no temp file
 head -c "$UPLOAD_BYTES" /dev/zero > "$TMP/body.bin"
 
-mapfile -t PORTS < <(free_ports 7)
+mapfile -t PORTS < <(free_ports 9)
 ORIGIN_PORT=${PORTS[0]}
 declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=${PORTS[1]} [haproxy]=${PORTS[2]} [portcullis]=${PORTS[3]}
-                 [portcullis-enc]=${PORTS[5]})
-declare -A ADMIN_PORT=([portcullis]=${PORTS[4]} [portcullis-enc]=${PORTS[6]})
+                 [portcullis-enc]=${PORTS[5]} [portcullis-on]=${PORTS[7]})
+declare -A ADMIN_PORT=([portcullis]=${PORTS[4]} [portcullis-enc]=${PORTS[6]} [portcullis-on]=${PORTS[8]})
 
 # MODE=encrypt: what the origin must receive from portcullis-enc for one upload:
 # the pcx1 ciphertext (SPEC section 7) of the UPLOAD_BYTES-byte body, key id "k1",
@@ -217,6 +233,9 @@ if [ "$MODE" = tls ]; then
 elif [ "$MODE" = encrypt ]; then
   echo "Portcullis bench (encrypt_body uploads): DURATION=${DURATION}s ROUNDS=$ROUNDS UPLOAD_MB=$UPLOAD_MB" \
        "UPLOAD_CONNS=$UPLOAD_CONNS PIN=$PIN  ->  $OUT"
+elif [ "$AB" = 1 ]; then
+  echo "Portcullis bench (MODE=$MODE: Portcullis $MODE off vs on, GET /tiny): DURATION=${DURATION}s CONNS=$CONNS" \
+       "ROUNDS=$ROUNDS PIN=$PIN  ->  $OUT"
 else
   echo "Portcullis bench: DURATION=${DURATION}s CONNS=$CONNS ROUNDS=$ROUNDS UPLOAD_MB=$UPLOAD_MB" \
        "UPLOAD_CONNS=$UPLOAD_CONNS PIN=$PIN  ->  $OUT"
@@ -251,7 +270,7 @@ render origin-nginx.conf.tmpl "$TMP/origin-nginx.conf"
 start origin "$CPU_LOAD" nginx -e "$TMP/origin-error.log" -p "$TMP" -c "$TMP/origin-nginx.conf"
 wait_http origin "http://127.0.0.1:$ORIGIN_PORT/tiny" 10 \
   || die "origin nginx did not start: $(tail -5 "$TMP/origin.out" "$TMP/origin-error.log" 2>/dev/null)"
-printf 'direct\tok\twrk straight at the origin\n' >> "$STATUS"
+[ "$AB" = 1 ] || printf 'direct\tok\twrk straight at the origin\n' >> "$STATUS"
 
 why() {  # why FILE... -- the last error-looking lines of startup output, on one line
   local lines
@@ -270,6 +289,7 @@ drop() {  # drop NAME REASON -- contender will not be measured
 # Templates: nginx.conf.tmpl etc.; MODE=tls uses the *-tls.* variants.
 T=""
 [ "$MODE" = tls ] && T=-tls
+if [ "$AB" = 0 ]; then   # A/B modes measure Portcullis against itself only
 R_PORT=${PORT[nginx]} render "nginx$T.conf.tmpl" "$TMP/nginx.conf"
 start nginx "$CPU_PROXY" nginx -e "$TMP/nginx-error.log" -p "$TMP" -c "$TMP/nginx.conf"
 if wait_http nginx "$SCHEME://127.0.0.1:${PORT[nginx]}/tiny" 10; then
@@ -290,17 +310,18 @@ if command -v haproxy >/dev/null; then
 else
   printf 'haproxy\tskipped\thaproxy not installed\n' >> "$STATUS"; note "haproxy not installed; skipped"
 fi
+fi  # AB = 0
 
 # Portcullis. MODE=encrypt starts a second instance, portcullis-enc, from
 # portcullis-enc.toml.tmpl: the same settings plus [encryption] (a fresh keyring
 # with one key, k1) and encrypt_body = true on /upload.
 PORTCULLIS_BIN=$BUILD_DIR/bin/portcullis
 PORTCULLISCTL_BIN=$BUILD_DIR/bin/portcullisctl
-start_portcullis() {  # start_portcullis NAME TEMPLATE
-  local name=$1 tmpl=$2
+start_portcullis() {  # start_portcullis NAME TEMPLATE [VARIANT] -- VARIANT off drops the #@ON@ lines
+  local name=$1 tmpl=$2 variant=${3:-}
   mkdir -p "$TMP/state" "$TMP/$name-state"   # portcullis.toml.tmpl uses TMP/state
   R_PORT=${PORT[$name]} R_ADMIN_PORT=${ADMIN_PORT[$name]} R_STATE=$TMP/$name-state R_LOG=$TMP/$name \
-    R_KEYRING=$TMP/keyring.toml render "$tmpl" "$TMP/$name.toml"
+    R_KEYRING=$TMP/keyring.toml R_VARIANT=$variant render "$tmpl" "$TMP/$name.toml"
   if ! timeout 10 "$PORTCULLIS_BIN" -t -c "$TMP/$name.toml" > "$TMP/$name-check.out" 2>&1; then
     drop "$name" "config check (portcullis -t) failed: $(why "$TMP/$name-check.out")"
   else
@@ -318,7 +339,19 @@ start_portcullis() {  # start_portcullis NAME TEMPLATE
 }
 if [ -x "$PORTCULLIS_BIN" ]; then
   PORTCULLIS_VERSION=$( (timeout 5 "$PORTCULLIS_BIN" --version 2>/dev/null || true) | head -1)
-  start_portcullis portcullis "portcullis$T.toml.tmpl"
+  if [ "$AB" = 1 ]; then
+    # The same template twice: "portcullis" without the #@ON@ lines, "portcullis-on" with them.
+    if [ "$MODE" = limits ]; then
+      (umask 077 && "$PORTCULLISCTL_BIN" token issue --store "$TMP/tokens.toml" --account bench --role bench \
+         > "$TMP/token" 2> "$TMP/token-issue.out") || die "portcullisctl token issue failed: $(why "$TMP/token-issue.out")"
+      AB_TOKEN=$(cat "$TMP/token")
+      [[ $AB_TOKEN == pct_* ]] || die "portcullisctl token issue printed no token"
+    fi
+    start_portcullis portcullis "portcullis-$MODE.toml.tmpl" off
+    start_portcullis portcullis-on "portcullis-$MODE.toml.tmpl" on
+  else
+    start_portcullis portcullis "portcullis$T.toml.tmpl"
+  fi
   if [ "$MODE" = encrypt ]; then
     if (umask 077 && "$PORTCULLISCTL_BIN" keys gen --keyring "$TMP/keyring.toml" --id "$ENC_KEY_ID" --activate \
           > "$TMP/keygen.out" 2>&1); then
@@ -329,6 +362,7 @@ if [ -x "$PORTCULLIS_BIN" ]; then
     fi
   fi
 else
+  [ "$AB" = 0 ] || die "MODE=$MODE measures Portcullis only, and $PORTCULLIS_BIN is not built"
   printf 'portcullis\tskipped\t%s not built\n' "$PORTCULLIS_BIN" >> "$STATUS"
   note "$PORTCULLIS_BIN not found; measuring the others only"
 fi
@@ -348,12 +382,21 @@ upload_lines() {  # upload_lines CONTENDER -> whole bodies of its kind in the or
 }
 ALL_CONTENDERS=(direct nginx haproxy portcullis)
 [ "$MODE" = encrypt ] && ALL_CONTENDERS+=(portcullis-enc)
+[ "$AB" = 1 ] && ALL_CONTENDERS=(portcullis portcullis-on)
+# MODE=limits: every request (wrk's too) carries the bench token.
+AUTH_HDR=()
+[ "$MODE" = limits ] && AUTH_HDR=(-H "Authorization: Bearer ${AB_TOKEN:-}")
 CONTENDERS=()
 for c in "${ALL_CONTENDERS[@]}"; do
   [ -n "${PID[$c]:-}" ] || [ "$c" = direct ] || continue
   base="$SCHEME://127.0.0.1:${PORT[$c]}"
   [ "$c" = direct ] && base="http://127.0.0.1:${PORT[$c]}"
-  body=$(curl -s "${CURL_TLS[@]}" --max-time 5 "$base/tiny" || true)
+  body=$(curl -s "${CURL_TLS[@]}" "${AUTH_HDR[@]}" --max-time 5 "$base/tiny" || true)
+  if [ "$AB" = 1 ]; then   # GET only in the A/B modes; their own checks follow below
+    [ "$body" = "$TINY_BODY" ] || die "$c: GET /tiny did not return the 64-byte origin body (MODE=$MODE compares two Portcullis instances; both must work)"
+    CONTENDERS+=("$c")
+    continue
+  fi
   before=$(upload_lines "$c")
   code=$(http_code --max-time 60 -H 'Expect:' -H 'Content-Type: application/octet-stream' \
            --data-binary "@$TMP/body.bin" "$base/upload")
@@ -378,6 +421,48 @@ for c in "${ALL_CONTENDERS[@]}"; do
     printf '%s\t%s\t%s\n' "$c" "${neg:-unknown}" "${hsts:-none}" >> "$TMP/tls-info.tsv"
   fi
 done
+
+# A/B modes: the feature must really be on in portcullis-on and off in
+# portcullis, or the ratio would mean nothing. Each check is recorded (in
+# results.json) and a mismatch stops the script.
+AB_CHECKS=$TMP/ab-checks.tsv
+: > "$AB_CHECKS"
+ab_check() {  # ab_check CONTENDER WHAT EXPECTED ACTUAL
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$AB_CHECKS"
+  [ "$3" = "$4" ] || die "MODE=$MODE: $1 is not what the comparison needs: $2: expected $3, got $4"
+}
+policies() {  # policies URL CURL_ARGS... -> the RateLimit-Policy names of a GET, sorted, comma-separated ("none")
+  local url=$1 p; shift
+  p=$(curl -s -o /dev/null -D - --max-time 5 "$@" "$url" | tr -d '\r' \
+        | awk -F': ' 'tolower($1) == "ratelimit-policy" { split($2, a, "\""); print a[2] }' | sort | paste -sd, -)
+  echo "${p:-none}"
+}
+metrics_to() {  # metrics_to CONTENDER FILE -- the admin /metrics text
+  curl -s --max-time 5 "http://127.0.0.1:${ADMIN_PORT[$1]}/metrics" > "$2" || die "$1: admin /metrics unreachable"
+}
+if [ "$AB" = 1 ]; then
+  [ ${#CONTENDERS[@]} = 2 ] || die "MODE=$MODE needs both portcullis and portcullis-on running"
+  for c in portcullis portcullis-on; do
+    base="http://127.0.0.1:${PORT[$c]}"
+    on=0; [ "$c" = portcullis-on ] && on=1
+    if [ "$MODE" = limits ]; then
+      # Authentication is on in both (so the token limit applies); limits only in -on.
+      ab_check "$c" "GET /tiny without a token" 401 "$(http_code "$base/tiny")"
+      ab_check "$c" "RateLimit-Policy names on an allowed GET" "$([ $on = 1 ] && echo ip,route,token || echo none)" \
+        "$(policies "$base/tiny" "${AUTH_HDR[@]}")"
+    else
+      json=(-H 'Content-Type: application/json' --data-binary)
+      ab_check "$c" "DELETE /tiny (methods)" "$([ $on = 1 ] && echo 405 || echo 200)" "$(http_code -X DELETE "$base/tiny")"
+      ab_check "$c" "POST text/plain (content_types)" "$([ $on = 1 ] && echo 415 || echo 200)" \
+        "$(http_code -H 'Content-Type: text/plain' --data-binary 'hello' "$base/tiny")"
+      ab_check "$c" "POST bad JSON (validate_json)" "$([ $on = 1 ] && echo 400 || echo 200)" \
+        "$(http_code "${json[@]}" '{"a":[1,2' "$base/tiny")"
+      ab_check "$c" "POST good JSON" 200 "$(http_code "${json[@]}" '{"a":[1,2]}' "$base/tiny")"
+      ab_check "$c" "GET /tiny" 200 "$(http_code "$base/tiny")"
+    fi
+    metrics_to "$c" "$TMP/ab-$c-metrics-before.txt"
+  done
+fi
 
 # --- measurement -------------------------------------------------------------
 proc_ticks() {  # utime+stime (fields 14, 15 of /proc/PID/stat), clock ticks
@@ -418,6 +503,7 @@ run_wrk() {
       resumed) conns=$HS_CONNS; hdr=(-H "Connection: close") ;;
     esac
   fi
+  hdr+=("${AUTH_HDR[@]}")
   local p0 o0 h0 w0 u0 p1 o1 h1 w1 u1 cmd=(wrk -t1 -c"$conns" -d"${dur}s" --latency --timeout 10s "${hdr[@]}" -s "$script" "$scheme://127.0.0.1:${PORT[$c]}$path")
   [ "$PIN" = 1 ] && cmd=(taskset -c "$CPU_LOAD" "${cmd[@]}")
   cmd=(env "${envs[@]}" "${cmd[@]}")
@@ -529,6 +615,25 @@ elif [ "$MODE" = encrypt ]; then
   else
     note "$PCX1_BENCH not built (configure with -DPORTCULLIS_BENCH=ON); no raw sealing cost"
   fi
+elif [ "$AB" = 1 ]; then
+  # portcullis (off) and portcullis-on back to back, the order reversed every
+  # other round so slow drift in the host's load hits both alike.
+  echo "Contenders: portcullis ($MODE off), portcullis-on ($MODE on)  (~$(( 2 * (DURATION * ROUNDS + WARMUP) )) s)"
+  if [ "$WARMUP" -gt 0 ]; then
+    for c in "${CONTENDERS[@]}"; do run_wrk "$c" 0 tiny; done
+  fi
+  for round in $(seq "$ROUNDS"); do
+    order=(portcullis portcullis-on)
+    [ $(( round % 2 )) = 0 ] && order=(portcullis-on portcullis)
+    for c in "${order[@]}"; do
+      [ -n "${PID[$c]:-}" ] || die "$c exited during the runs: $(why "$TMP/$c.out")"
+      run_wrk "$c" "$round" tiny
+    done
+  done
+  for c in "${CONTENDERS[@]}"; do
+    [ -n "${PID[$c]:-}" ] || die "$c exited during the runs: $(why "$TMP/$c.out")"
+    metrics_to "$c" "$TMP/ab-$c-metrics-after.txt"
+  done
 elif [ "$WARMUP" -gt 0 ]; then
   for c in "${CONTENDERS[@]}"; do run_wrk "$c" 0 tiny; run_wrk "$c" 0 upload; done
 fi
@@ -558,6 +663,7 @@ S_DURATION=$DURATION S_CONNS=$CONNS S_UPLOAD_CONNS=$UPLOAD_CONNS S_ROUNDS=$ROUND
 S_UPLOAD_BYTES=$UPLOAD_BYTES S_PIN=$PIN S_WARMUP=$WARMUP S_CLK_TCK=$CLK_TCK S_BUILD_DIR=$BUILD_DIR \
 S_MODE=$MODE S_HS_CONNS=$HS_CONNS S_TLS_INFO=$TMP/tls-info.tsv \
 S_ENC_BYTES=$ENC_BYTES S_ENC_SEGMENT=$ENC_SEGMENT S_ENC_KEY_ID=$ENC_KEY_ID \
+S_AB_CHECKS=$AB_CHECKS S_AB_METRICS=$TMP/ab- \
 python3 - "$OUT" "$STATUS" <<'PY'
 import json, os, statistics, sys
 
@@ -571,6 +677,9 @@ tls = mode == "tls"
 enc = mode == "encrypt"
 if enc:
     order.append("portcullis-enc")
+ab = mode in ("limits", "validate")  # Portcullis with one feature off vs on
+if ab:
+    order = ["portcullis", "portcullis-on"]
 HS_TESTS = ("full", "resumed")  # MODE=tls: one new TLS connection per request
 
 contenders = {}
@@ -674,7 +783,15 @@ for c in measured if enc else []:
         "upload_origin_cpu_us_per_MiB": med(c, "upload", "origin_cpu_us_per_MiB"),
         "other_cpu_pct_of_core": med(c, "upload", "other_cpu_pct_of_core"),
     }
-for c in [] if tls or enc else measured:
+for c in measured if ab else []:
+    medians[c] = {
+        "rps": med(c, "tiny", "rps"), "rps_range": spread(c, "tiny", "rps"),
+        "p50_us": med(c, "tiny", "p50_us"), "p99_us": med(c, "tiny", "p99_us"),
+        "proxy_cpu_us_per_req": med(c, "tiny", "proxy_cpu_us_per_req"),
+        "origin_cpu_us_per_req": med(c, "tiny", "origin_cpu_us_per_req"),
+        "other_cpu_pct_of_core": med(c, "tiny", "other_cpu_pct_of_core"),
+    }
+for c in [] if tls or enc or ab else measured:
     medians[c] = {
         "rps": med(c, "tiny", "rps"), "rps_range": spread(c, "tiny", "rps"),
         "p50_us": med(c, "tiny", "p50_us"), "p99_us": med(c, "tiny", "p99_us"),
@@ -697,6 +814,9 @@ if tls:
     ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us", "full_proxy_cpu_us_per_conn",
                   "full_handshake_cpu_us", "full_conn_per_s", "resumed_proxy_cpu_us_per_conn"]
 pairs = [("portcullis", "nginx"), ("portcullis", "haproxy"), ("haproxy", "nginx")]
+if ab:
+    ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us"]
+    pairs = [("portcullis-on", "portcullis")]
 if enc:
     ratio_keys = ["upload_MBps", "upload_proxy_cpu_us_per_MiB", "upload_p99_us"]
     pairs = [("portcullis-enc", "haproxy"), ("portcullis-enc", "nginx"), ("portcullis-enc", "portcullis")] + pairs
@@ -736,8 +856,86 @@ if enc:
     if None not in (raw_body, e_cpu, p_cpu):
         sealing["budget_body_us_per_MiB"] = p_cpu + 1.1 * raw_body
         sealing["within_budget_body"] = e_cpu <= p_cpu + 1.1 * raw_body
+# A/B modes: what the feature costs (on/off ratios, median and per round) and
+# whether the comparison is valid: the feature was on (checks made before the
+# runs) and refused nothing during them (admin metrics of both instances,
+# before and after the runs, warm-up included).
+ab_result = None
+if ab:
+    def prom(path):
+        vals = {}
+        if os.path.exists(path):
+            for line in open(path):
+                if line.startswith("#") or " " not in line:
+                    continue
+                k, v = line.rsplit(" ", 1)
+                try:
+                    vals[k] = float(v)
+                except ValueError:
+                    pass
+        return vals
+
+    def delta(c):
+        a, b = prom(E["S_AB_METRICS"] + c + "-metrics-before.txt"), prom(E["S_AB_METRICS"] + c + "-metrics-after.txt")
+        d = {k: b[k] - a.get(k, 0.0) for k in b}
+        def total(pred):
+            return int(sum(v for k, v in d.items() if pred(k)))
+        req = lambda k: k.startswith("portcullis_requests_total{")
+        res = {
+            "answered": total(req),
+            "answered_2xx": total(lambda k: req(k) and 'status="2' in k),
+            "answered_429": total(lambda k: req(k) and 'status="429"' in k),
+            "refused_by_filters": total(lambda k: k.startswith("portcullis_refusals_total{")),
+        }
+        if mode == "limits":
+            res["ratelimit_allowed"] = {k.split('kind="')[1].rstrip('"}'): int(v) for k, v in d.items()
+                                        if k.startswith("portcullis_ratelimit_allowed_total{")}
+            res["ratelimit_fallbacks"] = total(lambda k: k == "portcullis_ratelimit_fallbacks_total")
+        return res
+
+    paired = []
+    for rnd in sorted({r["round"] for r in runs}):
+        on = [r["rps"] for r in runs if r["contender"] == "portcullis-on" and r["round"] == rnd and not r.get("failed")]
+        off = [r["rps"] for r in runs if r["contender"] == "portcullis" and r["round"] == rnd and not r.get("failed")]
+        if on and off and off[0]:
+            paired.append(on[0] / off[0])
+    checks = []
+    for line in open(E["S_AB_CHECKS"]):
+        c, what, want, got = line.rstrip("\n").split("\t", 3)
+        checks.append({"contender": c, "check": what, "expected": want, "got": got, "ok": want == got})
+    during = {c: delta(c) for c in ("portcullis", "portcullis-on") if c in medians}
+    problems = []
+    for c, d in during.items():
+        if d["answered"] != d["answered_2xx"]:
+            problems.append(f"{c}: {d['answered'] - d['answered_2xx']} of {d['answered']} requests during the runs were not answered 2xx"
+                            f" ({d['answered_429']} with 429)")
+        if d["refused_by_filters"]:
+            problems.append(f"{c}: {d['refused_by_filters']} requests refused by a filter during the runs")
+    on_d = during.get("portcullis-on")
+    if mode == "limits" and on_d is not None:
+        for kind in ("ip", "token", "route"):
+            n = on_d["ratelimit_allowed"].get(kind, 0)
+            if n != on_d["answered_2xx"]:
+                problems.append(f"portcullis-on: {n} '{kind}' rate-limit decisions for {on_d['answered_2xx']} requests: the limit did not check every request")
+    r = ratios.get("portcullis-on/portcullis", {})
+    ab_result = {
+        "feature": mode,
+        "off": "portcullis: portcullis-%s.toml.tmpl without the #@ON@ lines" % mode,
+        "on": "portcullis-on: portcullis-%s.toml.tmpl with them" % mode,
+        "ratio_on_off": r,
+        "paired_rps_ratio_per_round": paired,
+        "target_rps_ratio": 0.97,
+        "target_met": (r.get("rps") or 0) >= 0.97,
+        "checks_before_runs": checks,
+        "during_runs": during,
+        "valid": not problems and all(x["ok"] for x in checks),
+        "problems": problems,
+    }
+
 if tls:  # keep-alive HTTPS through the proxy vs plain HTTP straight at the origin
     fraction_of_direct = {c: {"rps": ratio(c, "direct", "rps")} for c in ("nginx", "haproxy", "portcullis")}
+elif ab:
+    fraction_of_direct = {}
 elif enc:
     fraction_of_direct = {c: {"upload_MBps": ratio(c, "direct", "upload_MBps")}
                           for c in ("nginx", "haproxy", "portcullis", "portcullis-enc")}
@@ -787,6 +985,22 @@ if enc:
         "portcullis_enc": "portcullis-enc.toml.tmpl: portcullis.toml.tmpl + [encryption] + encrypt_body = true on /upload",
         "units": "MB/s = 10^6 bytes/s of plaintext request body; CPU us of proxy process time (utime+stime) per MiB of plaintext",
     })
+if ab:
+    results["ab"] = ab_result
+    st = results["settings"]
+    for k in ("upload_connections", "upload_mib", "upload_bytes"):
+        st.pop(k)  # no upload runs in the A/B modes
+    st.update({
+        "mode": mode,
+        "tests": {"tiny": "GET /tiny over keep-alive HTTP" + (" with the bench token (authenticated route)" if mode == "limits" else "")},
+        "feature_on": {
+            "limits": "[rate_limit] ip and token { rps = 10000000, burst = 10000000 }, auth_failures lockout, "
+                      "route rate { rps = 10000000, burst = 10000000 }: three GCRA decisions per request, none refusing",
+            "validate": "route methods = [GET, HEAD, POST], content_types = [application/json], validate_json = true",
+        }[mode],
+        "both": "one worker, plain HTTP, no access or audit log, same origin"
+                + ("; authenticated route (token check + RBAC), one token from portcullisctl" if mode == "limits" else "; public route"),
+    })
 if tls:
     st = results["settings"]
     for k in ("upload_connections", "upload_mib", "upload_bytes"):
@@ -811,7 +1025,45 @@ def fmt(x, spec="{:,.0f}", none="-"):
     return none if x is None else spec.format(x)
 
 s = results["settings"]; m = results["machine"]
-if tls:
+if ab:
+    a = results["ab"]
+    what = {"limits": "rate limits", "validate": "route validators"}[mode]
+    print()
+    print(f"Results, MODE={mode}: Portcullis {what} off vs on ({m['nproc']} CPUs {m['cpu_model']}, {m['kernel']};"
+          f" {s['duration_s']} s x {s['rounds']} alternating rounds, {s['connections']} keep-alive conns"
+          f"{', pinned' if s['pin'] else ''}; medians)")
+    hdr = f"{'':<26}{'req/s':>9}{'range':>17}{'p50 us':>8}{'p99 us':>8}{'CPU us/req':>11}{'origin us':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    for c, label in (("portcullis", f"portcullis ({mode} off)"), ("portcullis-on", f"portcullis-on ({mode} on)")):
+        if c not in medians:
+            print(f"{label:<26}  not measured: {contenders[c].get('reason', 'no successful run')[:90]}")
+            continue
+        d = medians[c]
+        rng = f"{d['rps_range'][0]:,.0f}-{d['rps_range'][1]:,.0f}" if d["rps_range"] else "-"
+        print(f"{label:<26}{fmt(d['rps']):>9}{rng:>17}{fmt(d['p50_us']):>8}{fmt(d['p99_us']):>8}"
+              f"{fmt(d['proxy_cpu_us_per_req'], '{:.2f}'):>11}{fmt(d['origin_cpu_us_per_req'], '{:.1f}'):>10}")
+    q = a["ratio_on_off"]
+    print()
+    verdict = ("met" if a["target_met"] else "NOT met") if a["valid"] else "comparison NOT valid, see below"
+    print(f"on/off: req/s {fmt(q.get('rps'), '{:.3f}')} (target >= 0.97: {verdict}),"
+          f" CPU/req {fmt(q.get('proxy_cpu_us_per_req'), '{:.3f}')}, p99 {fmt(q.get('p99_us'), '{:.3f}')};"
+          f" per round req/s on/off: " + ", ".join(f"{x:.3f}" for x in a["paired_rps_ratio_per_round"]))
+    print(f"  on = {s['feature_on']}; both: {s['both']}")
+    print("Checks before the runs: " + "; ".join(
+        f"{x['contender']} {x['check']} -> {x['got']}{'' if x['ok'] else ' (expected ' + x['expected'] + ')'}"
+        for x in a["checks_before_runs"]))
+    for c, d in a["during_runs"].items():
+        line = (f"During the runs ({c}, admin metrics, warm-up included): {d['answered']:,} answered, {d['answered_2xx']:,} 2xx,"
+                f" {d['answered_429']} with 429, {d['refused_by_filters']} refused by any filter")
+        if d.get("ratelimit_allowed"):
+            line += ("; rate-limit decisions allowed: " + ", ".join(f"{k} {v:,}" for k, v in sorted(d["ratelimit_allowed"].items()))
+                     + f"; table fallbacks {d['ratelimit_fallbacks']}")
+        elif "ratelimit_allowed" in d:
+            line += "; no rate-limit decisions (limits off)"
+        print(line)
+    print("Comparison valid: " + ("yes" if a["valid"] else "NO: " + "; ".join(a["problems"])))
+elif tls:
     print()
     print(f"Results, TLS ({m['nproc']} CPUs {m['cpu_model']}, {m['kernel']}; {s['duration_s']} s x {s['rounds']} rounds,"
           f" {s['connections']} keep-alive conns, {s['handshake_connections']} conns for new-connection runs"
@@ -944,6 +1196,8 @@ for r in runs:
     o = r.get("other_cpu_pct_of_core")
     if o is not None and o > 25:
         warn.append(f"{tag}: other load on the host used {o:.0f}% of a core (noisy)")
+if ab and not results["ab"]["valid"]:
+    warn = [f"MODE={mode}: " + p for p in results["ab"]["problems"]] + warn
 if warn:
     print()
     print("Warnings:")
@@ -961,3 +1215,9 @@ else
 fi
 echo
 echo "Wrote $OUT/results.json${CHART_PY:+ and $OUT/chart.png}"
+# A/B modes: a comparison in which the feature refused requests (or was not on)
+# measured something else; say so with the exit status too.
+if [ "$AB" = 1 ] && ! python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["ab"]["valid"] else 1)' \
+     "$OUT/results.json"; then
+  die "MODE=$MODE: the comparison is not valid (see \"Comparison valid\" above)"
+fi

@@ -3,11 +3,14 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <net/if.h>
 #include <openssl/rand.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -15,6 +18,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -48,6 +52,27 @@ sockaddr_in loopback(uint16_t port) {
   sa.sin_port = htons(port);
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   return sa;
+}
+
+// A numeric IPv4 or IPv6 address and port; false if `host` is neither.
+bool socketAddress(const std::string& host, uint16_t port, sockaddr_storage& ss, socklen_t& len) {
+  ss = {};
+  auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, host.c_str(), &sin->sin_addr) == 1) {
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    len = sizeof(sockaddr_in);
+    return true;
+  }
+  ss = {};
+  if (inet_pton(AF_INET6, host.c_str(), &sin6->sin6_addr) == 1) {
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(port);
+    len = sizeof(sockaddr_in6);
+    return true;
+  }
+  return false;
 }
 
 bool startsWith(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
@@ -146,6 +171,105 @@ uint16_t unusedPort() {
   getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
   ::close(fd);
   return ntohs(sa.sin_port);
+}
+
+bool ipv6LoopbackUsable(std::string* why) {
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    if (why != nullptr) *why = "no IPv6 sockets: " + errnoText(errno);
+    return false;
+  }
+  sockaddr_in6 sa{};
+  sa.sin6_family = AF_INET6;
+  sa.sin6_addr = in6addr_loopback;
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
+  if (!ok && why != nullptr) *why = "cannot bind [::1]:0: " + errnoText(errno);
+  ::close(fd);
+  return ok;
+}
+
+// ---------------------------------------------------------------------------
+// PrivateNetwork
+
+PrivateNetwork::PrivateNetwork() {
+  // Namespaces belong to threads: remember this thread's, then leave it.
+  const int original = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (original < 0) fail("open /proc/thread-self/ns/net: " + errnoText(errno));
+  if (unshare(CLONE_NEWNET) != 0) {
+    const int e = errno;
+    ::close(original);
+    if (e == EPERM) {
+      error_ = "unshare(CLONE_NEWNET): " + errnoText(e) + " (a private network namespace needs root or CAP_SYS_ADMIN)";
+      return;
+    }
+    fail("unshare(CLONE_NEWNET): " + errnoText(e));
+  }
+  original_ns_ = original;
+  // The new namespace's loopback starts down; up, it has 127.0.0.1 and ::1.
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  bool up = fd >= 0 && ioctl(fd, SIOCGIFFLAGS, &ifr) == 0;
+  if (up) {
+    ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+    up = ioctl(fd, SIOCSIFFLAGS, &ifr) == 0;
+  }
+  const int e = errno;
+  if (fd >= 0) ::close(fd);
+  if (!up) {
+    setns(original_ns_, CLONE_NEWNET);
+    ::close(original_ns_);
+    original_ns_ = -1;
+    fail("cannot bring up lo in the private network namespace: " + errnoText(e));
+  }
+}
+
+PrivateNetwork::~PrivateNetwork() {
+  if (original_ns_ < 0) return;
+  if (setns(original_ns_, CLONE_NEWNET) != 0) {
+    // Staying in the private namespace would silently break every later test
+    // in this process.
+    std::fprintf(stderr, "PrivateNetwork: cannot return to the original network namespace: %s\n",
+                 std::strerror(errno));
+    std::abort();
+  }
+  ::close(original_ns_);
+}
+
+void PrivateNetwork::addIpv6(const std::string& address) {
+  if (!available()) fail("PrivateNetwork::addIpv6 without a private namespace: " + error_);
+  struct In6Ifreq {  // <linux/ipv6.h> struct in6_ifreq, which clashes with glibc's headers
+    in6_addr addr;
+    uint32_t prefixlen;
+    int ifindex;
+  } req{};
+  if (inet_pton(AF_INET6, address.c_str(), &req.addr) != 1) fail("not an IPv6 address: " + address);
+  req.prefixlen = 128;
+  req.ifindex = static_cast<int>(if_nametoindex("lo"));
+  int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) fail("socket(AF_INET6): " + errnoText(errno));
+  if (req.ifindex == 0 || ioctl(fd, SIOCSIFADDR, &req) != 0) {
+    const int e = errno;
+    ::close(fd);
+    fail("cannot add " + address + " to lo: " + errnoText(e));
+  }
+  ::close(fd);
+  // Until the kernel has finished with the new address, binding it fails with
+  // EADDRNOTAVAIL; wait for it (loopback skips duplicate address detection,
+  // so this takes moments).
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  socketAddress(address, 0, ss, len);
+  const auto deadline = Clock::now() + Millis(5000);
+  for (;;) {
+    int probe = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const bool ok = probe >= 0 && bind(probe, reinterpret_cast<sockaddr*>(&ss), len) == 0;
+    const int e = errno;
+    if (probe >= 0) ::close(probe);
+    if (ok) return;
+    if (Clock::now() >= deadline) fail("address " + address + " added to lo but not bindable: " + errnoText(e));
+    std::this_thread::sleep_for(Millis(10));
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -332,8 +456,10 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
   std::string t;
   t += "[server]\n";
   t += "workers = " + std::to_string(o.workers) + "\n";
-  t += "listen_http = \"127.0.0.1:0\"\n";
-  if (!o.tls_cert.empty()) t += "listen_https = \"127.0.0.1:0\"\n";
+  const std::string listen =
+      o.listen_host.find(':') != std::string::npos ? "[" + o.listen_host + "]:0" : o.listen_host + ":0";
+  t += "listen_http = \"" + listen + "\"\n";
+  if (!o.tls_cert.empty()) t += "listen_https = \"" + listen + "\"\n";
   t += "admin_listen = \"127.0.0.1:0\"\n";
   t += "shutdown_grace_ms = " + std::to_string(o.shutdown_grace_ms) + "\n";
   t += "state_dir = \"" + (o.state_dir.empty() ? dir + "/state" : o.state_dir) + "\"\n";
@@ -394,7 +520,7 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
   return t;
 }
 
-Proxy::Proxy(const ProxyOptions& options) {
+Proxy::Proxy(const ProxyOptions& options) : listen_host_(options.listen_host) {
   config_path_ = dir_.file("portcullis.toml");
   writeConfig(options);
   std::vector<std::string> argv = options.exec_prefix;
@@ -610,6 +736,40 @@ Client::Client(uint16_t port, Millis timeout, int rcvbuf) : timeout_(timeout) {
     ::close(fd_);
     fd_ = -1;
     fail("connect 127.0.0.1:" + std::to_string(port) + ": " + errnoText(e));
+  }
+  int one = 1;
+  setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+Client::Client(const std::string& host, uint16_t port, const std::string& source, Millis timeout)
+    : timeout_(timeout) {
+  sockaddr_storage to;
+  socklen_t to_len = 0;
+  if (!socketAddress(host, port, to, to_len)) fail("not a numeric address: " + host);
+  const std::string where = (to.ss_family == AF_INET6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  fd_ = socket(to.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) fail("socket: " + errnoText(errno));
+  setTimeouts(fd_, timeout);
+  if (!source.empty()) {
+    sockaddr_storage from;
+    socklen_t from_len = 0;
+    if (!socketAddress(source, 0, from, from_len) || from.ss_family != to.ss_family) {
+      ::close(fd_);
+      fd_ = -1;
+      fail("source address " + source + " does not fit " + where);
+    }
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&from), from_len) != 0) {
+      const int e = errno;
+      ::close(fd_);
+      fd_ = -1;
+      fail("bind " + source + ": " + errnoText(e));
+    }
+  }
+  if (connect(fd_, reinterpret_cast<sockaddr*>(&to), to_len) != 0) {
+    const int e = errno;
+    ::close(fd_);
+    fd_ = -1;
+    fail("connect " + where + (source.empty() ? "" : " from " + source) + ": " + errnoText(e));
   }
   int one = 1;
   setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

@@ -1,6 +1,6 @@
 // Process-level end-to-end harness: starts the real `portcullis` and
-// `demo-backend` binaries on 127.0.0.1 port 0 and talks to them with raw,
-// blocking sockets.
+// `demo-backend` binaries on 127.0.0.1 port 0 (the proxy optionally on [::1])
+// and talks to them with raw, blocking sockets.
 //
 // Everything here is bounded: every socket has SO_RCVTIMEO/SO_SNDTIMEO, every
 // wait for a child process has a deadline, and every child is SIGTERMed (then
@@ -80,6 +80,47 @@ void writeFileAtomic(const std::string& path, std::string_view content);
 
 // A TCP port on 127.0.0.1 that nothing listens on (bound, then released).
 uint16_t unusedPort();
+
+// True if a TCP socket can bind [::1]:0 here; otherwise false and *why says
+// what failed (IPv6 disabled, no ::1 on the loopback interface, ...).
+bool ipv6LoopbackUsable(std::string* why);
+
+// ---------------------------------------------------------------------------
+// A private network namespace
+//
+// Moves the calling thread into a new network namespace of its own whose only
+// interface is a loopback that is up (127.0.0.1 and ::1); addIpv6() gives it
+// more addresses, so a test can open connections from many distinct client
+// addresses (say, several of one IPv6 /64) without touching the host's
+// interfaces. Every process and thread the calling thread starts afterwards
+// (proxy, backend, clients) lives in the private namespace too; nothing in it
+// can reach, or be reached from, the host's network.
+//
+// Needs CAP_SYS_ADMIN (root). Without it the constructor changes nothing and
+// available() is false with the reason in error(): the test must then
+// GTEST_SKIP, never pretend. Any other failure throws.
+//
+// The destructor returns the thread to the namespace it came from; the private
+// namespace and its addresses vanish with the last process inside. Declare it
+// before the proxy, backend and clients of a test so they are all made inside
+// it and are gone before it is left.
+class PrivateNetwork {
+ public:
+  PrivateNetwork();
+  ~PrivateNetwork();
+  PrivateNetwork(const PrivateNetwork&) = delete;
+  PrivateNetwork& operator=(const PrivateNetwork&) = delete;
+
+  bool available() const { return original_ns_ >= 0; }
+  const std::string& error() const { return error_; }
+  // Adds the IPv6 `address` (/128) to the private loopback interface and
+  // waits (bounded) until a socket can bind it. Throws on failure.
+  void addIpv6(const std::string& address);
+
+ private:
+  int original_ns_ = -1;  // the thread's namespace before, to return to
+  std::string error_;
+};
 
 // ---------------------------------------------------------------------------
 // Child processes
@@ -179,8 +220,13 @@ struct ProxyOptions {
   // Command words put before the proxy binary, e.g. {"prlimit", "--nofile=64", "--"}.
   std::vector<std::string> exec_prefix;
   std::string state_dir;                     // "" = <temp dir>/state
-  // HTTPS listener on 127.0.0.1:0 with this certificate and key (PEM paths);
-  // empty = plaintext only.
+  // Address the plaintext (and HTTPS) listeners bind, with port 0: an IPv4 or
+  // an IPv6 literal ("::1", written "[::1]:0" in the config). The admin
+  // listener stays on 127.0.0.1. Clients reach it with
+  // Client(proxy.listenHost(), proxy.httpPort()).
+  std::string listen_host = "127.0.0.1";
+  // HTTPS listener on listen_host port 0 with this certificate and key (PEM
+  // paths); empty = plaintext only.
   std::string tls_cert;
   std::string tls_key;
   std::string tls_min_version;               // "" = default
@@ -206,6 +252,7 @@ class Proxy {
 
   uint16_t httpPort() const { return http_port_; }
   uint16_t httpsPort() const { return https_port_; }
+  const std::string& listenHost() const { return listen_host_; }
   uint16_t adminPort() const { return admin_port_; }
   ChildProcess& process() { return *proc_; }
   const std::string& configPath() const { return config_path_; }
@@ -238,6 +285,7 @@ class Proxy {
 
   TempDir dir_;
   std::string config_path_;
+  std::string listen_host_;
   std::unique_ptr<ChildProcess> proc_;
   uint16_t http_port_ = 0;
   uint16_t https_port_ = 0;
@@ -291,6 +339,11 @@ class Client {
   // Connects to 127.0.0.1:port; throws on failure. `timeout` bounds every
   // blocking send and receive.
   explicit Client(uint16_t port, Millis timeout = Millis(10000), int rcvbuf = 0);
+  // Connects to the literal address `host` (IPv4 or IPv6, e.g. "::1") at
+  // `port`; with a non-empty `source` the socket is first bound to that local
+  // address (port 0), so the peer sees the connection come from it. Throws on
+  // failure.
+  Client(const std::string& host, uint16_t port, const std::string& source = "", Millis timeout = Millis(10000));
   ~Client();
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;

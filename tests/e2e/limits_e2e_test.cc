@@ -1,6 +1,8 @@
 // Connection limits (SPEC §3 [server]): past max_connections_per_ip or
 // max_connections a new connection is closed at once, counted, and nothing of
-// it reaches the backend; a slot frees up when a connection closes.
+// it reaches the backend; a slot frees up when a connection closes. IPv6
+// clients count per /64 (distinct source addresses in a private network
+// namespace; root only).
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -68,6 +70,52 @@ TEST_F(LimitsE2E, PerAddressLimitClosesExtraConnectionsAndFreesSlots) {
   EXPECT_TRUE(admitted);
   // The held connections were never disturbed.
   for (auto& c : held) EXPECT_TRUE(served(*c));
+}
+
+// max_connections_per_ip counts an IPv6 client's whole /64: connections from
+// three different addresses of one /64 share its limit of 2, while an address
+// of the neighbouring /64 (differing only in the prefix's last bit) is
+// admitted. Needs a private network namespace for the source addresses.
+TEST_F(LimitsE2E, PerAddressLimitCountsAnIpv6ClientsWholeSlash64) {
+  PrivateNetwork net;  // before the proxy: it and the clients live inside it
+  if (!net.available()) GTEST_SKIP() << "needs a private network namespace to add client addresses: " << net.error();
+  const char* a1 = "2001:db8:0:10::1";
+  const char* a2 = "2001:db8:0:10:8000::2";
+  const char* a3 = "2001:db8:0:10:ffff:ffff:ffff:fffe";
+  const char* b = "2001:db8:0:11::1";
+  for (const char* a : {a1, a2, a3, b}) net.addIpv6(a);
+  DemoBackend backend;  // in the namespace too (the fixture's one is not reachable from it)
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.listen_host = "::1";
+  o.workers = 2;  // the count holds across workers
+  o.server_toml = "max_connections_per_ip = 2\n";
+  Proxy proxy(o);
+  const uint16_t port = proxy.httpPort();
+  auto refusedFrom = [&](const char* from) {
+    Client c("::1", port, from, Millis(3000));
+    c.send(getRequest("/refused"));
+    size_t extra = 0;
+    return c.waitClosed(Millis(3000), &extra) && extra == 0;
+  };
+
+  Client held1("::1", port, a1);
+  Client held2("::1", port, a2);
+  ASSERT_TRUE(served(held1));
+  ASSERT_TRUE(served(held2));
+  EXPECT_TRUE(refusedFrom(a3)) << "a third address of the same /64 got past its limit";
+  EXPECT_TRUE(refusedFrom(a1));
+  EXPECT_EQ(proxy.waitForMetric("portcullis_connections_refused_total", 2), 2);
+  {
+    Client other1("::1", port, b);
+    Client other2("::1", port, b);
+    EXPECT_TRUE(served(other1)) << "the neighbouring /64 has a limit of its own";
+    EXPECT_TRUE(served(other2));
+    EXPECT_TRUE(refusedFrom(b));
+  }
+  EXPECT_EQ(proxy.waitForMetric("portcullis_connections_refused_total", 3), 3);
+  EXPECT_EQ(backend.requests(), 4u) << "a refused connection's request reached the backend";
+  EXPECT_TRUE(served(held1));
+  EXPECT_TRUE(served(held2));
 }
 
 TEST_F(LimitsE2E, TotalLimitClosesExtraConnections) {

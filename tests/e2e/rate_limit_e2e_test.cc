@@ -1,13 +1,15 @@
 // Rate limiting end to end (SPEC §3 [rate_limit], §5): per-IP limits before
 // authentication, per-token limits (role overrides), the brute-force lockout,
 // 429 with Retry-After and the RateLimit fields, and nothing limited reaches
-// the backend.
+// the backend. IPv6 clients over real IPv6 sockets: one budget per /64, proved
+// with distinct source addresses in a private network namespace (root only).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -186,6 +188,168 @@ TEST_F(TokenRateE2E, RepeatedAuthFailuresBanTheIpEvenForValidTokens) {
     if (bans == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(bans, 1u);
+}
+
+// ---------------------------------------------------------------------------
+// IPv6 clients (issue 5: "IPv6 clients keyed by /64")
+
+// The remaining quota `r` of `policy` in a response's RateLimit field
+// ("ip";r=2;t=0), or -1 when absent.
+int remaining(const HttpResponse& r, const std::string& policy) {
+  const std::string v = r.header("ratelimit").value_or("");
+  const std::string prefix = "\"" + policy + "\";r=";
+  if (v.rfind(prefix, 0) != 0) return -1;
+  return std::atoi(v.c_str() + prefix.size());
+}
+
+// The X-Forwarded-For the backend received: the client address the proxy saw.
+std::string forwardedFor(const HttpResponse& r) {
+  std::optional<Echo> e = parseEcho(r.body);
+  return e ? e->headers["x-forwarded-for"] : "<no echo>";
+}
+
+// Without any privilege: the proxy listens on [::1] and an IPv6 client is
+// limited per address like an IPv4 one; a forged X-Forwarded-For from a peer
+// that is not a trusted proxy neither changes the key nor reaches the backend.
+TEST(RateLimitIpv6E2E, Ipv6ListenerLimitsTheClientAndIgnoresForgedForwardedFor) {
+  std::string why;
+  if (!ipv6LoopbackUsable(&why)) GTEST_SKIP() << "no IPv6 loopback here: " << why;
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.listen_host = "::1";
+  o.extra_toml = "[rate_limit]\nip = { rps = 0.01, burst = 3 }\n";
+  Proxy proxy(o);
+  EXPECT_NE(proxy.process().stderrText().find("listening http [::1]:"), std::string::npos)
+      << proxy.process().stderrText();
+  // The listener is IPv6 only: nothing answers on 127.0.0.1 at that port.
+  EXPECT_LT(Client::tryConnect(proxy.httpPort()), 0);
+
+  Client c("::1", proxy.httpPort());
+  const char* forged[] = {"", "X-Forwarded-For: 2001:db8::1\r\n", "X-Forwarded-For: 198.51.100.7, 2001:db8:1::9\r\n"};
+  for (int i = 0; i < 3; ++i) {
+    HttpResponse r = c.roundTrip(getRequest("/ok", forged[i]));
+    ASSERT_EQ(r.status, 200) << i << " " << r.body;
+    EXPECT_EQ(r.header("ratelimit-policy").value_or(""), "\"ip\";q=3;w=300");
+    EXPECT_EQ(remaining(r, "ip"), 2 - i) << r.header("ratelimit").value_or("");
+    EXPECT_EQ(forwardedFor(r), "::1") << "the backend must see the real peer, overwriting a forged chain";
+  }
+  // A fresh connection from the same address and yet another forged header:
+  // the same budget, now spent.
+  Client c2("::1", proxy.httpPort());
+  HttpResponse limited = c2.roundTrip(getRequest("/too-many", "X-Forwarded-For: 2001:db8:ffff::1\r\n"));
+  expectProxyError(limited, 429, "rate_limited");
+  EXPECT_GE(std::atoi(limited.header("retry-after").value_or("0").c_str()), 90);
+  EXPECT_EQ(remaining(limited, "ip"), 0);
+  EXPECT_EQ(backend.requests(), 3u) << "a limited request reached the backend";
+  EXPECT_EQ(proxy.waitForMetric("portcullis_ratelimit_allowed_total{kind=\"ip\"}", 3), 3);
+  EXPECT_EQ(proxy.waitForMetric("portcullis_refusals_total{filter=\"rate_limit\",reason=\"ip rate\"}", 1), 1);
+}
+
+// Distinct client addresses need a private network namespace (root): the
+// proxy listens on [::1]; clients bind source addresses added to that
+// namespace's loopback. A and B differ only in bit 63, the last bit of the
+// /64 prefix; the three A addresses differ in every one of the 64 host bits
+// (including bit 64, the first of them).
+constexpr const char* kA1 = "2001:db8:0:10::1";
+constexpr const char* kA2 = "2001:db8:0:10:8000::2";
+constexpr const char* kA3 = "2001:db8:0:10:ffff:ffff:ffff:fffe";
+constexpr const char* kB = "2001:db8:0:11::1";
+
+class RateLimitSlash64E2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!net_.available()) GTEST_SKIP() << "needs a private network namespace to add client addresses: " << net_.error();
+    for (const char* a : {kA1, kA2, kA3, kB}) net_.addIpv6(a);
+  }
+  PrivateNetwork net_;  // first: everything below is made inside it, and gone before it is left
+};
+
+TEST_F(RateLimitSlash64E2E, AddressesOfOneSlash64ShareOneBudgetAndTheNextSlash64HasItsOwn) {
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.listen_host = "::1";
+  o.workers = 2;  // one table shared by every worker
+  o.extra_toml = "[rate_limit]\nip = { rps = 0.01, burst = 4 }\n";  // no refill within the test
+  Proxy proxy(o);
+  const uint16_t port = proxy.httpPort();
+
+  // One budget of 4 for the /64, drawn from three different addresses, each
+  // on its own connection: the remaining quota counts down across them.
+  struct Step {
+    const char* from;
+    int remaining;
+  };
+  for (const Step& s : {Step{kA1, 3}, Step{kA1, 2}, Step{kA2, 1}, Step{kA3, 0}}) {
+    Client c("::1", port, s.from);
+    HttpResponse r = c.roundTrip(getRequest("/a"));
+    ASSERT_EQ(r.status, 200) << s.from << " " << r.body;
+    EXPECT_EQ(remaining(r, "ip"), s.remaining) << s.from << ": " << r.header("ratelimit").value_or("");
+    EXPECT_EQ(forwardedFor(r), s.from) << "the proxy must see the client's own address";
+  }
+  // The /64 is spent, whichever of its addresses asks.
+  for (const char* from : {kA2, kA1, kA3}) {
+    Client c("::1", port, from);
+    HttpResponse r = c.roundTrip(getRequest("/a-again"));
+    expectProxyError(r, 429, "rate_limited");
+    EXPECT_GE(std::atoi(r.header("retry-after").value_or("0").c_str()), 90) << from;
+    EXPECT_EQ(remaining(r, "ip"), 0) << from;
+  }
+  EXPECT_EQ(backend.requests(), 4u) << "a limited request reached the backend";
+
+  // The neighbouring /64 has a full budget of its own: exactly 4, then 429.
+  Client b("::1", port, kB);
+  for (int i = 0; i < 4; ++i) {
+    HttpResponse r = b.roundTrip(getRequest("/b"));
+    ASSERT_EQ(r.status, 200) << i << " " << r.body;
+    EXPECT_EQ(remaining(r, "ip"), 3 - i);
+    EXPECT_EQ(forwardedFor(r), kB);
+  }
+  expectProxyError(b.roundTrip(getRequest("/b-again")), 429, "rate_limited");
+  EXPECT_EQ(backend.requests(), 8u);
+  EXPECT_EQ(proxy.waitForMetric("portcullis_ratelimit_allowed_total{kind=\"ip\"}", 8), 8);
+  EXPECT_EQ(proxy.waitForMetric("portcullis_refusals_total{filter=\"rate_limit\",reason=\"ip rate\"}", 4), 4);
+}
+
+TEST_F(RateLimitSlash64E2E, AuthFailuresFromOneSlash64BanAllOfItButNotTheNextSlash64) {
+  TempDir dir;
+  const std::string store = dir.file("tokens.toml");
+  const std::string token = ctlIssue(store, "acme", "reader");
+  ASSERT_FALSE(token.empty());
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.listen_host = "::1";
+  o.routes = {RouteSpec{"/", "app", {}, 0, "", true}};
+  o.extra_toml = "[auth]\ntoken_store = \"" + store + "\"\n" +
+                 "[[role]]\nname = \"reader\"\nallow = [\"GET /*\"]\n"
+                 "[rate_limit]\nauth_failures = { max = 2, window_s = 60, ban_s = 60 }\n";
+  Proxy proxy(o);
+  const uint16_t port = proxy.httpPort();
+  const std::string wrong = bearer("pct_aaaaaaaaaaaa_" + token.substr(17));
+
+  // Failures max+1 = 3, one from each address of the /64: the third bans the /64.
+  for (const char* from : {kA1, kA2, kA3}) {
+    Client c("::1", port, from);
+    expectProxyError(c.roundTrip(getRequest("/x", wrong)), 401, "unauthorized");
+  }
+  EXPECT_EQ(proxy.waitForMetric("portcullis_ratelimit_bans_total", 1), 1);
+  const uint64_t before = backend.requests();
+  for (const char* from : {kA1, kA2, kA3}) {  // a valid token does not help any of them
+    Client c("::1", port, from);
+    HttpResponse r = c.roundTrip(getRequest("/x", bearer(token)));
+    expectProxyError(r, 429, "rate_limited");
+    EXPECT_GE(std::atoi(r.header("retry-after").value_or("0").c_str()), 50) << from;
+  }
+  EXPECT_EQ(backend.requests(), before) << "a banned client's request reached the backend";
+  // The neighbouring /64 is not banned, and its own first failure bans nothing.
+  Client b("::1", port, kB);
+  expectProxyError(b.roundTrip(getRequest("/x", wrong)), 401, "unauthorized");
+  HttpResponse ok = b.roundTrip(getRequest("/x", bearer(token)));
+  EXPECT_EQ(ok.status, 200) << ok.body;
+  EXPECT_EQ(forwardedFor(ok), kB);
+  EXPECT_EQ(proxy.metricOr0("portcullis_ratelimit_bans_total"), 1);
+  EXPECT_EQ(proxy.metricOr0("portcullis_ratelimit_bans_active"), 1);
+  EXPECT_NE(proxy.process().stderrText().find(std::string("ratelimit.ban ip=") + kA3), std::string::npos)
+      << proxy.process().stderrText();
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <random>
 #include <string>
@@ -201,6 +202,29 @@ TEST(RateLimiter, HeaderValues) {
   RateLimiter rl(RateLimiterOptions{64, 1});
   Decision first = rl.decide(LimitKind::kToken, "tok", lim, kT0);
   EXPECT_EQ(rateLimitHeader("token", first).view(), "\"token\";r=199;t=1");
+}
+
+// The hand-built header values equal what printf would make, at every digit
+// count and at the extremes, and a policy name is cut at 48 bytes.
+TEST(RateLimiter, HeaderValuesAtTheExtremes) {
+  const std::string long_name(60, 'p');
+  for (std::string_view policy : {std::string_view("ip"), std::string_view(long_name)}) {
+    const std::string shown(policy.substr(0, 48));
+    for (uint32_t remaining : {0u, 1u, 9u, 10u, 99u, 100u, 12345u, 4294967295u}) {
+      for (uint64_t reset_ns : {0ull, 1ull, 999999999ull, 1000000000ull, 1000000001ull, 18446744073709551615ull}) {
+        Decision d;
+        d.remaining = remaining;
+        d.reset_ns = reset_ns;
+        const unsigned long long t = reset_ns / 1000000000ull + (reset_ns % 1000000000ull != 0);
+        char want[160];
+        std::snprintf(want, sizeof(want), "\"%s\";r=%u;t=%llu", shown.c_str(), remaining, t);
+        EXPECT_EQ(rateLimitHeader(policy, d).view(), want);
+      }
+    }
+    char want[160];
+    std::snprintf(want, sizeof(want), "\"%s\";q=1000000000;w=1", shown.c_str());
+    EXPECT_EQ(rateLimitPolicyHeader(policy, Limit{1e9, 1000000000}).view(), want);
+  }
 }
 
 TEST(RateLimiter, KindsAndKeysAreIndependent) {
