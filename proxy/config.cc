@@ -365,7 +365,7 @@ void Loader::loadTimeouts(const toml::table& t, TimeoutsConfig& c) {
   const std::string path = "timeouts";
   checkKeys(t, path,
             {"request_header_ms", "body_idle_ms", "min_body_rate", "min_body_rate_grace_ms", "keepalive_idle_ms",
-             "upstream_connect_ms", "upstream_response_ms"});
+             "upstream_connect_ms", "upstream_response_ms", "tunnel_idle_ms"});
   getUint(t, "request_header_ms", path, c.request_header_ms, 1, kU32Max);
   getUint(t, "body_idle_ms", path, c.body_idle_ms, 1, kU32Max);
   // A rate, not a timeout: 0 means no minimum.
@@ -374,6 +374,7 @@ void Loader::loadTimeouts(const toml::table& t, TimeoutsConfig& c) {
   getUint(t, "keepalive_idle_ms", path, c.keepalive_idle_ms, 1, kU32Max);
   getUint(t, "upstream_connect_ms", path, c.upstream_connect_ms, 1, kU32Max);
   getUint(t, "upstream_response_ms", path, c.upstream_response_ms, 1, kU32Max);
+  getUint(t, "tunnel_idle_ms", path, c.tunnel_idle_ms, 1, kU32Max);
 }
 
 void Loader::loadLimits(const toml::table& t, LimitsConfig& c) {
@@ -512,7 +513,7 @@ void Loader::loadRoutes(const toml::table& root, const Config& cfg, std::vector<
     const uint32_t line = lineOf(*t);
     checkKeys(*t, path,
               {"prefix", "upstream", "methods", "auth", "content_types", "max_body_bytes", "validate_json", "upload",
-               "encrypt_body", "rate"});
+               "encrypt_body", "rate", "websocket"});
     RouteConfig r;
     r.line = t->get("auth") != nullptr ? lineOf(*t->get("auth")) : line;
 
@@ -580,6 +581,11 @@ void Loader::loadRoutes(const toml::table& root, const Config& cfg, std::vector<
     getBool(*t, "validate_json", path, r.validate_json);
     getBool(*t, "upload", path, r.upload);
     getBool(*t, "encrypt_body", path, r.encrypt_body);
+    getBool(*t, "websocket", path, r.websocket);
+    if (r.websocket && (r.methods & kMethodGet) == 0) {
+      fail(lineOf(*t->get("websocket"), line), join(path, "websocket"),
+           "a WebSocket handshake is a GET: add \"GET\" to methods");
+    }
     loadRate(*t, "rate", path, r.rate);
     out.push_back(std::move(r));
   }

@@ -40,6 +40,9 @@ struct TimeoutsConfig {
   uint32_t keepalive_idle_ms = 60000;
   uint32_t upstream_connect_ms = 2000;
   uint32_t upstream_response_ms = 30000;
+  // A WebSocket tunnel (route `websocket = true`) with no byte moving either
+  // way for this long is closed.
+  uint32_t tunnel_idle_ms = 300000;
 };
 
 struct LimitsConfig {
@@ -114,6 +117,10 @@ struct RouteConfig {
   bool validate_json = false;
   bool upload = false;
   bool encrypt_body = false;
+  // A valid WebSocket handshake (RFC 6455: GET, Upgrade: websocket, ...) is
+  // forwarded with its Upgrade and, after the upstream's 101, the connection
+  // becomes a byte tunnel. Off: Upgrade is stripped like any hop-by-hop header.
+  bool websocket = false;
   RateSpec rate;  // per client on this route: its token, else its IP (IPv4 / IPv6 /64)
   uint32_t line = 0;  // of the route's `auth` key, else of the table (messages)
 };

@@ -18,6 +18,9 @@
 //     pending the upstream is not read: backpressure the other way.
 //  6. finishExchange(): access log, metrics, the upstream connection back to
 //     its pool, and the next (possibly pipelined) request.
+//  7. WebSocket (routes with `websocket = true`, proxy/tunnel.cc): a valid
+//     handshake goes up with its Upgrade; on the upstream's 101 the
+//     connection becomes a raw byte tunnel (hooks below test `ws_`).
 //
 // Memory bound per client connection: at most two pooled buffers (the client
 // read buffer and the upstream read buffer, `worker.buffer_size` each, 64 KiB
@@ -189,6 +192,10 @@ void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
 }
 
 void Connection::clientEof(ssize_t nread) {
+  if (ws_ == WsState::kTunnel) {
+    endTunnel(nread == UV_EOF);
+    return;
+  }
   Connection* c = this;
   // EOF or error from the client.
   if (c->rbuf_.held() && c->rbuf_.unparsed() == 0 && c->req_state_ == ReqState::kReadingHead && !c->codec_.inMessage()) {
@@ -320,6 +327,10 @@ void Connection::updateClientReading() {
 
 void Connection::processClient() {
   if (closing_) return;
+  if (ws_ == WsState::kTunnel) {
+    tunnelFromClient();
+    return;
+  }
   if (req_state_ == ReqState::kReadingHead) {
     if (rbuf_.unparsed() == 0) {
       updateClientReading();
@@ -437,7 +448,7 @@ void Connection::runHeadFilters() {
     sendLocalReply(r.status, r.code, r.close || req_.hasBody() || close_after_);
     return;
   }
-  if (!checkRoute()) return;
+  if (!checkRoute() || !checkUpgrade()) return;
   editRequestHead();
   req_state_ = ReqState::kWaitUpstream;
   connectUpstream(false);
@@ -483,7 +494,9 @@ bool Connection::normalizeRequestTarget() {
     return false;
   }
   if (req_.method == HTTP_TRACE || req_.method == HTTP_CONNECT) {
-    sendError(405, "method_not_allowed", "validate", "method never proxied", !req_.hasBody() ? close_after_ : true);
+    // After a CONNECT the client may already be sending tunnel bytes: close.
+    sendError(405, "method_not_allowed", "validate", "method never proxied",
+              req_.method == HTTP_CONNECT || req_.hasBody() ? true : close_after_);
     return false;
   }
   char* buf = worker_->scratch(req_.target.size() + 1);
@@ -826,6 +839,10 @@ void Connection::flushToUpstream() {
 }
 
 void Connection::onUpstreamWritten(int status) {
+  if (ws_ == WsState::kTunnel) {
+    onTunnelUpstreamWritten(status);
+    return;
+  }
   if (write_wait_since_us_ != 0) {
     upstream_wait_us_ += nowUs() - write_wait_since_us_;
     write_wait_since_us_ = 0;
@@ -913,6 +930,10 @@ void Connection::releaseUpstream(bool reusable) {
 // Response from the upstream back to the client
 
 void Connection::onUpstreamRead(ssize_t nread) {
+  if (ws_ == WsState::kTunnel) {
+    onTunnelUpstreamRead(nread);
+    return;
+  }
   if (nread > 0) {
     up_->rbuf.end += static_cast<size_t>(nread);
     if (resp_state_ == RespState::kBody) {
@@ -972,9 +993,13 @@ void Connection::parseResponse() {
         }
         break;  // need more
       }
+      if (resp_.status == 101) {
+        startTunnel();  // or 502
+        return;
+      }
       if (resp_.status < 200) {
         // Interim 1xx responses are not forwarded: the proxy answers
-        // Expect itself and supports no protocol upgrades.
+        // Expect itself.
         if (st == HttpCodec::Status::kHeadComplete) {
           size_t c2 = 0;
           up_->codec.execute(b.data + b.start, 0, c2);  // a 1xx ends at once
@@ -1112,6 +1137,10 @@ void Connection::onClientWritten(uv_write_t* req, int status) {
   if (c->closing_) return;
   if (status != 0) {
     c->close();
+    return;
+  }
+  if (c->ws_ == WsState::kTunnel) {
+    c->onTunnelClientWritten();
     return;
   }
   if (c->local_reply_) {
@@ -1280,6 +1309,10 @@ void Connection::armClientTimer(uint64_t ms) {
 void Connection::onTimer(uv_timer_t* t) {
   auto* c = static_cast<Connection*>(t->data);
   if (c->closing_) return;
+  if (c->ws_ == WsState::kTunnel) {
+    c->close();  // nothing moved either way for tunnel_idle_ms
+    return;
+  }
   if (c->client_write_pending_) {
     c->close();  // a client that stopped reading
     return;
@@ -1362,6 +1395,7 @@ void Connection::logAccess() {
 void Connection::close() {
   if (closing_) return;
   closing_ = true;
+  if (ws_ == WsState::kTunnel) tunnelClosed();
   if (up_ != nullptr) releaseUpstream(false);
   // A request cut short (the client went away mid-reply) still counts for
   // the audit log and the detector once its chain had started.

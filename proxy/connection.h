@@ -209,6 +209,37 @@ class Connection : public BodySink {
   uint64_t last_body_data_us_ = 0;    // body bytes last parsed
   bool draining_ = false;
   int handles_open_ = 0;
+
+  // --- WebSocket tunnel (proxy/tunnel.cc) ---------------------------------
+  // kHandshake: a valid handshake on a `websocket = true` route went
+  // upstream with its Upgrade; a 101 from the upstream may switch. kTunnel:
+  // the 101 head went to the client and both sockets are one raw byte
+  // stream, each direction through the read buffer of its source side.
+  enum class WsState : uint8_t { kNone, kHandshake, kTunnel };
+  // After the head filters and checkRoute(): classifies the request's
+  // Upgrade (see tunnel.cc). False after answering 400 for a malformed
+  // WebSocket handshake on a websocket route.
+  bool checkUpgrade();
+  // The upstream answered 101: becomes a tunnel, or 502 if the 101 does not
+  // accept the WebSocket handshake this request made.
+  void startTunnel();
+  void tunnelFromClient();
+  void tunnelToClient();
+  void onTunnelUpstreamRead(ssize_t nread);
+  void onTunnelUpstreamWritten(int status);
+  void onTunnelClientWritten();
+  // EOF (orderly: pending writes finish first) or error (at once) on a side.
+  void endTunnel(bool orderly);
+  void tunnelClosed();  // from close(): access log and metrics, once
+  // The one place tunnel bytes are written to the upstream socket. Returns
+  // 0 when all of `bufs` was written at once, 1 when a write is pending
+  // (onUpstreamWritten() follows), or a negative libuv error.
+  int tunnelWriteUpstream(uv_buf_t* bufs, unsigned n);
+  WsState ws_ = WsState::kNone;
+  bool tunnel_ending_ = false;     // EOF seen: close once no write is pending
+  uint64_t tunnel_handshake_us_ = 0;  // request start -> 101 forwarded
+  uint64_t tunnel_bytes_up_ = 0;      // payload bytes client -> upstream
+  uint64_t tunnel_bytes_down_ = 0;    // payload bytes upstream -> client
 };
 
 }  // namespace portcullis

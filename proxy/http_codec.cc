@@ -236,6 +236,18 @@ HttpCodec::Status HttpCodec::execute(const char* data, size_t len, size_t& consu
   const bool head_was_done = head_done_;
   const bool was_in_message = in_message_;
   llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  if (err == HPE_PAUSED_UPGRADE) {
+    // The message before asked to switch protocols (Connection: upgrade +
+    // Upgrade, or CONNECT, or a 101 answering one) and llhttp stopped at
+    // its end, before any byte of this call. An owner that switched never
+    // calls execute() again; one that declined (RFC 9110 §7.8: the
+    // connection stays HTTP/1.1) wants the next message parsed.
+    const size_t skip = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
+    llhttp_resume_after_upgrade(&parser_);
+    const Status st = execute(data + skip, len - skip, consumed);
+    consumed += skip;
+    return st;
+  }
   if (!head_was_done && (err == HPE_OK || err == HPE_PAUSED)) {
     const size_t head_part = err == HPE_OK ? len : static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
     if (foldIn(data, head_part)) {

@@ -67,6 +67,9 @@ class HttpCodec {
 
   // Parses up to `len` bytes. `consumed` is the number of bytes used; the
   // caller passes the rest again later (after acting on the status).
+  // A message asking to switch protocols (Upgrade, CONNECT, a 101) ends like
+  // any other; an owner that switches stops calling execute() there, and
+  // otherwise parsing goes on with the next HTTP message.
   Status execute(const char* data, size_t len, size_t& consumed);
 
   // Tells the parser the peer closed; returns kMessageComplete if that ends a

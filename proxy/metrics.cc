@@ -261,6 +261,16 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
           static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.upstream_tls_resumed.get(); })));
   counter("portcullis_tls_handshake_failures_total", "TLS handshakes that failed (protocol, cipher or certificate).",
           sum(workers, [](const WorkerMetrics& w) { return w.tls_handshake_failures.get(); }));
+  gauge("portcullis_websocket_tunnels_active", "WebSocket tunnels currently open.",
+        static_cast<int64_t>(sum(workers, [](const WorkerMetrics& w) { return w.tunnels_active.get(); })));
+  counter("portcullis_websocket_tunnels_total", "WebSocket tunnels that ended.",
+          sum(workers, [](const WorkerMetrics& w) { return w.tunnels_total.get(); }));
+  out += "# HELP portcullis_websocket_tunnel_bytes_total Bytes carried by ended WebSocket tunnels, by direction.\n";
+  out += "# TYPE portcullis_websocket_tunnel_bytes_total counter\n";
+  appendF(out, "portcullis_websocket_tunnel_bytes_total{direction=\"to_upstream\"} %llu\n",
+          static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.tunnel_bytes[0].get(); })));
+  appendF(out, "portcullis_websocket_tunnel_bytes_total{direction=\"to_client\"} %llu\n",
+          static_cast<unsigned long long>(sum(workers, [](const WorkerMetrics& w) { return w.tunnel_bytes[1].get(); })));
   counter("portcullis_upstream_retries_total", "Requests retried on a new upstream connection.",
           sum(workers, [](const WorkerMetrics& w) { return w.upstream_retries.get(); }));
 

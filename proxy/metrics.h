@@ -140,6 +140,10 @@ struct WorkerMetrics {
   Counter auth_success;          // requests whose token passed the token check
   Counter rate_allowed[4];       // allowed rate-limit decisions by LimitKind (ip, token, route)
   RefusalCounters refusals;      // local refusals by filter and reason
+  // WebSocket tunnels (route `websocket = true`), counted when they end.
+  Gauge tunnels_active;
+  Counter tunnels_total;
+  Counter tunnel_bytes[2];  // payload bytes: [0] client -> upstream, [1] upstream -> client
 };
 
 class RouteLabels {

@@ -148,6 +148,19 @@ void TlsUpstream::serve(int fd, int index) {
         need -= take;
       }
       requests_.fetch_add(1);
+      if (head.find("\r\nupgrade: websocket") != std::string::npos) {
+        // Switch, then echo every byte back until EOF (WebSocket frames
+        // are not interpreted: the proxy's tunnel is what is under test).
+        if (!writeAll("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Accept: unchecked\r\n\r\n") ||
+            (!buf.empty() && !writeAll(buf))) {
+          goto done;
+        }
+        for (;;) {
+          const long n = readSome(tmp, sizeof(tmp));
+          if (n <= 0 || !writeAll(std::string_view(tmp, static_cast<size_t>(n)))) goto done;
+        }
+      }
       const std::string target = head.substr(head.find(' ') + 1, head.find(' ', head.find(' ') + 1) - head.find(' ') - 1);
       std::string host;
       const size_t hp = head.find("\r\nhost:");

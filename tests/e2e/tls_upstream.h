@@ -5,6 +5,7 @@
 //   GET /big/<n>   200 with n pattern bytes (patternBytes(0, n))
 //   GET /close     200, then the server closes the connection
 //   POST <any>     200 with the SHA-256 hex of the body
+//   Upgrade: websocket  101, then every byte is echoed back until EOF
 //   otherwise      200 with "conn=<i> req=<k> resumed=<0|1> sni=<name> host=<host>"
 #pragma once
 

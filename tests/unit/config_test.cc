@@ -275,6 +275,24 @@ TEST(ConfigTest, RouteMaxBodyZeroInheritsLimit) {
   EXPECT_EQ(r.cfg.routes[1].max_body_bytes, 42u);
 }
 
+TEST(ConfigTest, WebsocketRouteAndTunnelIdleTimeout) {
+  Result d = load(kBase);
+  ASSERT_TRUE(d.ok) << d.error;
+  EXPECT_FALSE(d.cfg.routes[0].websocket);
+  EXPECT_EQ(d.cfg.timeouts.tunnel_idle_ms, 300000u);
+
+  Result r = load(std::string(kBase) + "[timeouts]\ntunnel_idle_ms = 1234\n[[route]]\nprefix = \"/ws/\"\n"
+                                       "upstream = \"app\"\nwebsocket = true\n");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.cfg.timeouts.tunnel_idle_ms, 1234u);
+  EXPECT_TRUE(r.cfg.routes[1].websocket);
+
+  // A handshake is a GET: a websocket route that refuses GET is a mistake.
+  expectError("[[route]]\nprefix = \"/ws/\"\nupstream = \"app\"\nmethods = [\"POST\"]\nwebsocket = true\n",
+              "t.toml:15: route[1].websocket: a WebSocket handshake is a GET: add \"GET\" to methods");
+  expectError("[timeouts]\ntunnel_idle_ms = 0\n", "t.toml:12: timeouts.tunnel_idle_ms: 0 is out of range (1..4294967295)");
+}
+
 TEST(ConfigTest, UnknownKeyInTable) {
   expectError("listen_htp = \"1.2.3.4:80\"\n", "t.toml:11: server.listen_htp: unknown key");
 }

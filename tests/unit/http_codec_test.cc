@@ -474,6 +474,52 @@ TEST(HttpCodecTest, HeadCompleteReportsWhereTheHeadEndsAndBodyFollows) {
   EXPECT_EQ(c.finish(), HttpCodec::Status::kNeedMore);
 }
 
+// A request asking to switch protocols (Connection: upgrade + Upgrade, for
+// which llhttp pauses with HPE_PAUSED_UPGRADE after the message) ends like
+// any other. The proxy declines an upgrade it does not tunnel, and the
+// connection then stays HTTP/1.1: the next request must parse, however the
+// bytes are split (with and without a body on the upgrade request).
+TEST(HttpCodecSplitTest, DeclinedUpgradeRequestsAreFollowedByHttp) {
+  const std::string input =
+      "GET /chat HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+      "POST /h2c HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+      "HTTP2-Settings: AAA\r\nContent-Length: 3\r\n\r\nabc"
+      "GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
+  const std::string events = expectSplitInvariant(input);
+  EXPECT_EQ(events.find("error"), std::string::npos) << events;
+  EXPECT_NE(events.find("message body=[abc]\nhead GET (1) target=[/next]"), std::string::npos) << events;
+  size_t messages = 0;
+  for (size_t at = events.find("message body="); at != std::string::npos; at = events.find("message body=", at + 1)) {
+    ++messages;
+  }
+  EXPECT_EQ(messages, 3u) << events;
+}
+
+// A 101 answering an upgrade ends at its head; what follows belongs to the
+// new protocol and is left unconsumed for the owner.
+TEST(HttpCodecResponseTest, SwitchingProtocolsEndsAtItsHead) {
+  const std::string head =
+      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nContent-Length: 9\r\n\r\n";
+  for (const std::string& tail : {std::string(), std::string("\x81\x05hello", 7)}) {
+    const std::string input = head + tail;
+    HttpCodec c(HTTP_RESPONSE, CodecLimits{});
+    Collector sink;
+    c.setBodySink(&sink);
+    Arena arena;
+    ResponseHead resp;
+    c.startResponse(&resp, &arena, false);
+    size_t consumed = 0;
+    ASSERT_EQ(c.execute(input.data(), input.size(), consumed), HttpCodec::Status::kMessageComplete);
+    EXPECT_EQ(consumed, head.size());
+    EXPECT_TRUE(c.headDone());
+    EXPECT_FALSE(c.inMessage());
+    EXPECT_EQ(resp.status, 101);
+    EXPECT_NE(resp.find(HeaderId::kUpgrade), nullptr);
+    EXPECT_EQ(sink.calls, 0) << "a 101 has no body, whatever its Content-Length says";
+  }
+}
+
 TEST(HttpCodecTest, ChunkedBodySlicesExcludeFraming) {
   const std::string input = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n";
   Driver d(HTTP_REQUEST, CodecLimits{});
