@@ -32,7 +32,7 @@ FilterStatus limited(RequestContext& ctx, std::string_view policy, const Limit* 
                      uint64_t retry_after_ns, std::string_view reason) {
   ctx.respond(429, "rate_limited", "rate_limit", reason);
   char secs[24];
-  std::snprintf(secs, sizeof(secs), "%llu", static_cast<unsigned long long>(retryAfterSeconds(retry_after_ns)));
+  (void)std::snprintf(secs, sizeof(secs), "%llu", static_cast<unsigned long long>(retryAfterSeconds(retry_after_ns)));
   ctx.local_reply.headers.push_back({"Retry-After", ctx.arena().copy(secs)});
   if (limit != nullptr && d != nullptr) {
     ctx.local_reply.headers.push_back(
@@ -134,6 +134,7 @@ class RateLimitToken final : public Filter {
 // the token check, else the client's IP key. Runs after the token limit.
 class RateLimitRoute final : public Filter {
  public:
+  // cppcheck-suppress uninitMemberVar ; key_ is scratch space, written before every read in onRequestHead
   explicit RateLimitRoute(RateLimiter* table) : table_(table) {}
 
   FilterStatus onRequestHead(RequestContext& ctx, RequestHead&) override {

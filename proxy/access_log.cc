@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "proxy/background_thread.h"
+#include "proxy/errno_message.h"
 
 namespace portcullis {
 
@@ -243,7 +244,7 @@ bool makeParents(const std::string& path, std::string& error) {
     std::string dir = path.substr(0, pos);
     if (dir.empty() || dir.back() == '/') continue;
     if (mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
-      error = "cannot create directory " + dir + ": " + std::strerror(errno);
+      error = "cannot create directory " + dir + ": " + errnoMessage(errno);
       return false;
     }
   }
@@ -253,7 +254,7 @@ bool makeParents(const std::string& path, std::string& error) {
 int openLog(const std::string& path, std::string& error) {
   if (!makeParents(path, error)) return -1;
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-  if (fd < 0) error = "cannot open " + path + ": " + std::strerror(errno);
+  if (fd < 0) error = "cannot open " + path + ": " + errnoMessage(errno);
   return fd;
 }
 
@@ -412,7 +413,7 @@ void LogWriter::writeBatch() {
       if (errno == EINTR) continue;
       if (!write_failing_) {
         std::fprintf(stderr, "portcullis: writing %s failed: %s; dropping lines\n",
-                     path_.c_str(), std::strerror(errno));
+                     path_.c_str(), errnoMessage(errno).c_str());
         write_failing_ = true;
       }
       break;

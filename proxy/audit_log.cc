@@ -19,6 +19,7 @@
 #include "proxy/access_log.h"
 #include "proxy/background_thread.h"
 #include "proxy/audit_verify.h"
+#include "proxy/errno_message.h"
 
 namespace portcullis {
 
@@ -98,7 +99,7 @@ bool makeParentDirs(const std::string& path, std::string& error) {
   for (size_t pos = path.find('/', 1); pos != std::string::npos; pos = path.find('/', pos + 1)) {
     const std::string dir = path.substr(0, pos);
     if (dir.back() != '/' && mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
-      error = "cannot create directory " + dir + ": " + std::strerror(errno);
+      error = "cannot create directory " + dir + ": " + errnoMessage(errno);
       return false;
     }
   }
@@ -108,7 +109,7 @@ bool makeParentDirs(const std::string& path, std::string& error) {
 int openAudit(const std::string& path, std::string& error) {
   if (!makeParentDirs(path, error)) return -1;
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-  if (fd < 0) error = "cannot open audit log " + path + ": " + std::strerror(errno);
+  if (fd < 0) error = "cannot open audit log " + path + ": " + errnoMessage(errno);
   return fd;
 }
 
@@ -190,7 +191,7 @@ AuditLog::AuditLog(size_t capacity)
 
 AuditLog::~AuditLog() { stop(); }
 
-bool AuditLog::setKeys(std::shared_ptr<const KeyProvider> keys, std::string& error) {
+bool AuditLog::setKeys(const std::shared_ptr<const KeyProvider>& keys, std::string& error) {
   std::unique_ptr<AuditMac> m = activeMac(keys.get(), error);
   if (!m) return false;
   std::lock_guard<std::mutex> lock(handoff_mu_);
@@ -223,7 +224,7 @@ void AuditLog::refreshKey() {
 bool AuditLog::initChain(int fd, std::string& error) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
-    error = "audit log " + path_ + ": " + std::strerror(errno);
+    error = "audit log " + path_ + ": " + errnoMessage(errno);
     return false;
   }
   const off_t size = st.st_size;
@@ -264,7 +265,7 @@ bool AuditLog::initChain(int fd, std::string& error) {
   if (found && end == size && last != '\n') {
     // A complete record that only lacks its '\n'.
     if (!writeAllFd(fd, "\n", 1)) {
-      error = "audit log " + path_ + ": write failed: " + std::strerror(errno);
+      error = "audit log " + path_ + ": write failed: " + errnoMessage(errno);
       return false;
     }
     return true;
@@ -287,7 +288,7 @@ bool AuditLog::initChain(int fd, std::string& error) {
   uint8_t digest[32];
   SHA256_Final(digest, &sha);
   if (last != '\n' && !writeAllFd(fd, "\n", 1)) {
-    error = "audit log " + path_ + ": write failed: " + std::strerror(errno);
+    error = "audit log " + path_ + ": write failed: " + errnoMessage(errno);
     return false;
   }
   static constexpr char kHex[] = "0123456789abcdef";
@@ -302,7 +303,7 @@ bool AuditLog::initChain(int fd, std::string& error) {
   return true;
 }
 
-bool AuditLog::start(const std::string& path, std::shared_ptr<const KeyProvider> keys, std::string& error) {
+bool AuditLog::start(const std::string& path, const std::shared_ptr<const KeyProvider>& keys, std::string& error) {
   std::lock_guard<std::mutex> lock(lifecycle_mu_);
   if (started_ || stopped_) {
     error = "audit log already started";
@@ -549,7 +550,7 @@ void AuditLog::writeOut(bool stopping) {
     if (w < 0 && errno == EINTR) continue;
     if (!write_failing_) {
       std::fprintf(stderr, "portcullis: writing audit log %s failed: %s; retrying\n", path_.c_str(),
-                   std::strerror(errno));
+                   errnoMessage(errno).c_str());
       write_failing_ = true;
     }
     if ((stopping || stopping_.load(std::memory_order_relaxed)) && monoUs() - first_failure > 5000000) {

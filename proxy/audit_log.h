@@ -115,8 +115,7 @@ class AuditLog {
   // before start() are written after these. Returns false with a one-line
   // `error` if the file cannot be opened or read, `keys` is null or has no
   // usable active key, or start() was already called. Call once.
-  bool start(const std::string& path, std::shared_ptr<const KeyProvider> keys,
-             std::string& error);
+  bool start(const std::string& path, const std::shared_ptr<const KeyProvider>& keys, std::string& error);
 
   // Switches the MAC key of later records to the active key of `keys` (config
   // reload / key rotation). The audit key is derived here, on the caller's
@@ -124,7 +123,7 @@ class AuditLog {
   // writer (once per batch, when a new key is pending) take. Records already
   // queued may still be written with the old key. Returns false with `error`
   // (and keeps the current key) when `keys` has no usable active key.
-  bool setKeys(std::shared_ptr<const KeyProvider> keys, std::string& error);
+  bool setKeys(const std::shared_ptr<const KeyProvider>& keys, std::string& error);
 
   // Queues one event. `event` is the event name (e.g. "auth.failure"); it is
   // copied (escaped by the writer). `fields` is a JSON members fragment as

@@ -12,6 +12,8 @@
 #include <map>
 #include <vector>
 
+#include "proxy/errno_message.h"
+
 namespace portcullis {
 
 const std::string_view kAuditZeroMac =
@@ -217,7 +219,7 @@ class Verifier {
         if (r < 0) {
           res_ = VerifyResult{};
           res_.why = "io";
-          res_.detail = std::string("read: ") + std::strerror(errno);
+          res_.detail = std::string("read: ") + errnoMessage(errno);
           return res_;
         }
         if (r == 0) eof = true;
@@ -420,7 +422,7 @@ VerifyResult verifyAuditFile(const std::string& path, const KeyProvider& keys) {
   if (fd < 0) {
     VerifyResult r;
     r.why = "io";
-    r.detail = "cannot open " + path + ": " + std::strerror(errno);
+    r.detail = "cannot open " + path + ": " + errnoMessage(errno);
     return r;
   }
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);

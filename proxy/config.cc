@@ -7,6 +7,7 @@
 
 #include "filters/rbac.h"
 #include "proxy/cidr.h"
+#include "proxy/errno_message.h"
 #include "proxy/toml_guard.h"
 #include "proxy/token_store.h"
 
@@ -962,7 +963,7 @@ bool loadConfigFromString(std::string_view text, const std::string& source_name,
 bool loadConfig(const std::string& path, Config& out, std::string& error) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) {
-    error = path + ": cannot read: " + std::strerror(errno);
+    error = path + ": cannot read: " + errnoMessage(errno);
     return false;
   }
   std::string text;
@@ -971,9 +972,9 @@ bool loadConfig(const std::string& path, Config& out, std::string& error) {
   while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
   bool read_failed = std::ferror(f) != 0;
   int read_errno = errno;
-  std::fclose(f);
+  (void)std::fclose(f);  // opened for reading: closing cannot lose data
   if (read_failed) {
-    error = path + ": cannot read: " + std::strerror(read_errno);
+    error = path + ": cannot read: " + errnoMessage(read_errno);
     return false;
   }
   return loadConfigFromString(text, path, out, error);

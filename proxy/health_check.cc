@@ -48,7 +48,7 @@ struct Probe {
 void logChange(const HealthTable::Entry* e, bool healthy, const std::string& reason) {
   std::string line = "portcullis: upstream " + e->key + (healthy ? " is now healthy (" : " is now unhealthy (") +
                      reason + ")\n";
-  std::fwrite(line.data(), 1, line.size(), stderr);
+  (void)std::fwrite(line.data(), 1, line.size(), stderr);  // a lost line on stderr leaves nothing to do
 }
 
 std::string uvError(const char* what, int rc) { return std::string(what) + ": " + uv_strerror(rc); }

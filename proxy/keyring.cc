@@ -13,13 +13,15 @@
 #include <cstring>
 #include <toml++/toml.h>
 
+#include "proxy/errno_message.h"
+
 namespace portcullis {
 
 namespace {
 
 std::string octal(unsigned mode) {
   char buf[8];
-  std::snprintf(buf, sizeof(buf), "%04o", mode & 07777);
+  (void)std::snprintf(buf, sizeof(buf), "%04o", mode & 07777);  // at most 4 digits: cannot truncate
   return buf;
 }
 
@@ -67,7 +69,7 @@ const MasterKey* KeyringData::find(std::string_view id) const {
 bool readKeyring(const std::string& path, KeyringData& out, std::string& error) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    error = "keyring " + path + ": " + std::strerror(errno);
+    error = "keyring " + path + ": " + errnoMessage(errno);
     return false;
   }
   struct stat st {};
@@ -88,7 +90,7 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
     const ssize_t r = ::read(fd, chunk, sizeof(chunk));
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) {
-      error = "keyring " + path + ": " + std::strerror(errno);
+      error = "keyring " + path + ": " + errnoMessage(errno);
       ::close(fd);
       OPENSSL_cleanse(chunk, sizeof(chunk));
       return false;
@@ -189,11 +191,11 @@ bool writeKeyring(const std::string& path, const KeyringData& data, std::string&
   std::string tmp = path + ".tmp.XXXXXX";
   const int fd = ::mkstemp(tmp.data());
   if (fd < 0) {
-    error = "keyring " + path + ": cannot create a temporary file: " + std::strerror(errno);
+    error = "keyring " + path + ": cannot create a temporary file: " + errnoMessage(errno);
     return false;
   }
   auto bail = [&](const char* what) {
-    error = "keyring " + path + ": " + what + ": " + std::strerror(errno);
+    error = "keyring " + path + ": " + what + ": " + errnoMessage(errno);
     ::close(fd);
     ::unlink(tmp.c_str());
     return false;
@@ -208,12 +210,12 @@ bool writeKeyring(const std::string& path, const KeyringData& data, std::string&
   }
   if (::fsync(fd) != 0) return bail("fsync");
   if (::close(fd) != 0) {
-    error = "keyring " + path + ": close: " + std::strerror(errno);
+    error = "keyring " + path + ": close: " + errnoMessage(errno);
     ::unlink(tmp.c_str());
     return false;
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    error = "keyring " + path + ": rename: " + std::strerror(errno);
+    error = "keyring " + path + ": rename: " + errnoMessage(errno);
     ::unlink(tmp.c_str());
     return false;
   }

@@ -21,6 +21,7 @@ static_assert(kKnown + 6 <= kStatusSlots);
 constexpr std::string_view kMethodNames[kMethodSlots] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"};
 
 void appendF(std::string& out, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+// NOLINTNEXTLINE(cert-dcl50-cpp): printf-style on purpose; the format attribute has the compiler check every call
 void appendF(std::string& out, const char* fmt, ...) {
   char buf[512];
   va_list ap;

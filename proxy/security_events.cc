@@ -2,6 +2,7 @@
 
 #include <time.h>
 
+#include <cmath>
 #include <string>
 
 #include "filters/request_context.h"
@@ -66,7 +67,7 @@ void AlertDispatcher::onAlert(const Alert& a) {
   if (!a.ip.empty()) f.str("ip", a.ip);
   if (!a.token_id.empty()) f.str("token_id", a.token_id);
   f.unum("count", a.count).unum("threshold", a.threshold).unum("window_s", a.window_s);
-  if (a.baseline > 0) f.unum("baseline", static_cast<uint64_t>(a.baseline + 0.5));
+  if (a.baseline > 0) f.unum("baseline", static_cast<uint64_t>(std::round(a.baseline)));
   const std::string& members = f.view();
   std::string line = "alert " + std::string(a.kind) + " {" + members + "}";
   logLine("warn", line);

@@ -26,6 +26,7 @@
 #include "filters/upload_encrypt.h"
 #include "filters/validate.h"
 #include "proxy/auth_state.h"
+#include "proxy/errno_message.h"
 #include "proxy/health_check.h"
 #include "proxy/keyring.h"
 #include "proxy/syslog_sink.h"
@@ -39,9 +40,9 @@ void logLine(const char* level, const std::string& message) {
   std::time_t t = std::time(nullptr);
   std::tm tm;
   gmtime_r(&t, &tm);
-  std::strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  (void)std::strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);  // at most 26 characters: always fits
   std::fprintf(stderr, "%s [%s] %s\n", ts, level, message.c_str());
-  std::fflush(stderr);
+  (void)std::fflush(stderr);  // a lost log line on stderr leaves nothing to do
 }
 
 int openReusePortSocket(const HostPort& addr, uint16_t& bound_port, std::string& error) {
@@ -69,22 +70,23 @@ int openReusePortSocket(const HostPort& addr, uint16_t& bound_port, std::string&
   }
   int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    error = std::string("socket: ") + std::strerror(errno);
-    return -errno;
+    const int e = errno;
+    error = std::string("socket: ") + errnoMessage(e);
+    return -e;
   }
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
     int e = errno;
     ::close(fd);
-    error = std::string("SO_REUSEPORT: ") + std::strerror(e);
+    error = std::string("SO_REUSEPORT: ") + errnoMessage(e);
     return -e;
   }
   if (v6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
   if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     int e = errno;
     ::close(fd);
-    error = "bind " + addr.str() + ": " + std::strerror(e);
+    error = "bind " + addr.str() + ": " + errnoMessage(e);
     return -e;
   }
   sockaddr_storage got{};
@@ -301,7 +303,7 @@ int Server::run() {
   // default action would kill the process. Signals caught now are handled
   // once the loop runs.
   if (options_.handle_signals) {
-    signal(SIGPIPE, SIG_IGN);
+    (void)signal(SIGPIPE, SIG_IGN);  // cannot fail for a valid signal number
     uv_signal_init(&loop_, &sig_hup_);
     uv_signal_init(&loop_, &sig_term_);
     uv_signal_init(&loop_, &sig_int_);

@@ -27,7 +27,7 @@ const RouteConfig* Snapshot::match(std::string_view path) const {
   return nullptr;
 }
 
-std::shared_ptr<const Snapshot> buildSnapshot(std::shared_ptr<const Config> config, FilterFactoryList filters,
+std::shared_ptr<const Snapshot> buildSnapshot(const std::shared_ptr<const Config>& config, FilterFactoryList filters,
                                               HealthTable& health, RouteLabels& labels, uint64_t generation) {
   auto snap = std::make_shared<Snapshot>();
   snap->config = config;

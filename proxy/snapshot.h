@@ -85,7 +85,7 @@ struct SnapshotPin {
 
 // Builds a snapshot from a loaded config (routing table, health entries,
 // metric labels) and the given filter factories.
-std::shared_ptr<const Snapshot> buildSnapshot(std::shared_ptr<const Config> config, FilterFactoryList filters,
+std::shared_ptr<const Snapshot> buildSnapshot(const std::shared_ptr<const Config>& config, FilterFactoryList filters,
                                               HealthTable& health, RouteLabels& labels, uint64_t generation);
 
 }  // namespace portcullis

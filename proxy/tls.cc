@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "proxy/errno_message.h"
+
 namespace portcullis {
 
 namespace {
@@ -55,12 +57,12 @@ int selectAlpn(SSL*, const uint8_t** out, uint8_t* out_len, const uint8_t* in, u
 bool checkPrivateFileMode(const std::string& path, std::string& error) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
-    error = path + ": " + std::strerror(errno);
+    error = path + ": " + errnoMessage(errno);
     return false;
   }
   if ((st.st_mode & 077) != 0) {
     char mode[8];
-    std::snprintf(mode, sizeof(mode), "%04o", st.st_mode & 07777);
+    (void)std::snprintf(mode, sizeof(mode), "%04o", st.st_mode & 07777);  // at most 4 digits: cannot truncate
     error = path + ": private key is accessible by group or others (mode " + mode + "); chmod 600 it";
     return false;
   }
@@ -319,7 +321,7 @@ std::shared_ptr<const UpstreamTlsContext> UpstreamTlsContext::create(const Upstr
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
   SSL_CTX_sess_set_new_cb(ctx, &onNewClientSession);
   if (config.verify) {
-    const std::string& ca = config.ca.empty() ? std::string(kSystemCaBundle) : config.ca;
+    const std::string ca = config.ca.empty() ? std::string(kSystemCaBundle) : config.ca;
     if (SSL_CTX_load_verify_locations(ctx, ca.c_str(), nullptr) != 1) {
       error = where + "cannot load CA file " + ca + ": " + lastSslError();
       return nullptr;

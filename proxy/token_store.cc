@@ -16,6 +16,8 @@
 
 #include <toml++/toml.h>
 
+#include "proxy/errno_message.h"
+
 namespace portcullis {
 
 namespace {
@@ -41,7 +43,7 @@ int64_t daysFromCivil(int64_t y, unsigned m, unsigned d) {
 }
 
 std::string errnoText(const std::string& what, const std::string& path) {
-  return what + " " + path + ": " + std::strerror(errno);
+  return what + " " + path + ": " + errnoMessage(errno);
 }
 
 bool readAll(int fd, std::string& out) {
@@ -133,7 +135,7 @@ bool readPrivateFile(const std::string& path, std::string& text, bool& missing, 
   }
   if (st.st_mode & 077) {
     char mode[8];
-    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    (void)std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));  // cannot truncate
     error = path + ": mode " + mode + " is too open; the token store must be 0600 or stricter (chmod 600)";
     ::close(fd);
     return false;
@@ -152,7 +154,7 @@ void appendTomlString(std::string& out, std::string_view s) {
       out.push_back(static_cast<char>(c));
     } else if (c < 0x20 || c == 0x7f) {
       char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+      (void)std::snprintf(buf, sizeof(buf), "\\u%04x", c);  // c < 0x80: 6 characters, cannot truncate
       out += buf;
     } else {
       out.push_back(static_cast<char>(c));
@@ -358,8 +360,8 @@ std::string formatRfc3339(int64_t unix_seconds) {
   if (!::gmtime_r(&t, &tm)) return "invalid";
   // Four-digit years always (strftime's %Y writes "759" for 0759, which is
   // not a TOML date: found by the token-store fuzzer's round trip).
-  char buf[48];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+  char buf[48];  // 11 characters for any int year + 15: snprintf cannot truncate
+  (void)std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
                 tm.tm_hour, tm.tm_min, tm.tm_sec);
   return buf;
 }

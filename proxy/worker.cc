@@ -69,7 +69,7 @@ bool Worker::init(int listen_fd, int tls_listen_fd, std::shared_ptr<const Snapsh
 void Worker::start() {
   thread_ = std::thread([this] {
     char name[16];
-    std::snprintf(name, sizeof(name), "pc-worker-%u", id_);
+    (void)std::snprintf(name, sizeof(name), "pc-worker-%u", id_);  // truncating is fine: names hold 15 bytes
     pthread_setname_np(pthread_self(), name);
     uv_run(&loop_, UV_RUN_DEFAULT);
   });

@@ -21,8 +21,10 @@ inline std::vector<Command>& commands() {
   return list;
 }
 
+// Constructed during static initialisation, where no handler could catch an
+// exception: noexcept says that running out of memory there ends the process.
 struct CommandRegistration {
-  CommandRegistration(const char* name, int (*run)(const Args&)) { commands().push_back({name, run}); }
+  CommandRegistration(const char* name, int (*run)(const Args&)) noexcept { commands().push_back({name, run}); }
 };
 
 }  // namespace portcullis::ctl

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "proxy/errno_message.h"
 #include "proxy/keyring.h"
 #include "tools/ctl.h"
 #include "tools/pcx1/pcx1.h"
@@ -64,7 +65,8 @@ int keysGen(const Args& args) {
       return 1;
     }
   } else if (errno != ENOENT) {
-    std::fprintf(stderr, "portcullisctl keys gen: keyring %s: %s\n", keyring.c_str(), std::strerror(errno));
+    std::fprintf(stderr, "portcullisctl keys gen: keyring %s: %s\n", keyring.c_str(),
+                 portcullis::errnoMessage(errno).c_str());
     return 1;
   }
 
@@ -158,7 +160,7 @@ int decrypt(const Args& args) {
     const ssize_t r = ::read(STDIN_FILENO, in.data(), in.size());
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) {
-      std::fprintf(stderr, "portcullisctl decrypt: read: %s\n", std::strerror(errno));
+      std::fprintf(stderr, "portcullisctl decrypt: read: %s\n", portcullis::errnoMessage(errno).c_str());
       return 1;
     }
     if (r == 0) break;
@@ -170,14 +172,14 @@ int decrypt(const Args& args) {
       n -= k;
       if (opener.error() != portcullis::pcx1::Error::kOk) return reject();
       if (!opener.ready().empty() && !flush()) {
-        std::fprintf(stderr, "portcullisctl decrypt: write: %s\n", std::strerror(errno));
+        std::fprintf(stderr, "portcullisctl decrypt: write: %s\n", portcullis::errnoMessage(errno).c_str());
         return 1;
       }
     }
   }
   if (opener.finish() != portcullis::pcx1::Error::kOk) return reject();
   if (!flush()) {
-    std::fprintf(stderr, "portcullisctl decrypt: write: %s\n", std::strerror(errno));
+    std::fprintf(stderr, "portcullisctl decrypt: write: %s\n", portcullis::errnoMessage(errno).c_str());
     return 1;
   }
   return 0;

@@ -105,6 +105,19 @@ bool single(const Parsed& p, const char* name, std::string& out, bool required) 
   return true;
 }
 
+// Prints a new token's secret, its only copy, on stdout. Returns the exit
+// status: 1 when stdout did not take it (a full disk behind a redirect), so a
+// script does not mistake a lost secret for success.
+int printSecret(const char* cmd, const GeneratedToken& tok) {
+  std::fprintf(stdout, "%s\n", tok.token.c_str());
+  if (std::fflush(stdout) != 0 || std::ferror(stdout) != 0) {
+    std::fprintf(stderr, "portcullisctl token %s: writing the token to stdout failed; its secret is lost (id %s)\n",
+                 cmd, tok.id.c_str());
+    return 1;
+  }
+  return 0;
+}
+
 int runIssue(const Args& args) {
   Parsed p;
   if (!parseArgs(args, 1, {"store", "account", "role", "ttl", "label"}, p)) return tokenUsage(), 2;
@@ -137,9 +150,7 @@ int runIssue(const Args& args) {
   }
   std::fprintf(stderr, "issued token %s for account %s, expires %s; it is shown once, below\n", tok.id.c_str(),
                req.account.c_str(), formatRfc3339(req.now + req.ttl_s).c_str());
-  std::fprintf(stdout, "%s\n", tok.token.c_str());
-  std::fflush(stdout);
-  return 0;
+  return printSecret("issue", tok);
 }
 
 int runRevoke(const Args& args) {
@@ -194,9 +205,7 @@ int runRotate(const Args& args) {
   }
   std::fprintf(stderr, "rotated token %s; the previous secret stays valid until %s; the new token is shown once, below\n",
                id.c_str(), formatRfc3339(now + grace).c_str());
-  std::fprintf(stdout, "%s\n", tok.token.c_str());
-  std::fflush(stdout);
-  return 0;
+  return printSecret("rotate", tok);
 }
 
 std::string join(const std::vector<std::string>& v) {

@@ -77,6 +77,8 @@
 #include <utility>
 #include <vector>
 
+#include "proxy/errno_message.h"
+
 namespace {
 
 constexpr size_t kReadBufferSize = 64 * 1024;
@@ -817,14 +819,13 @@ int onMessageComplete(llhttp_t* p) {
     if (c->upload_fd >= 0) {
       int rc = ::close(c->upload_fd);
       c->upload_fd = -1;
-      if (rc != 0) c->upload_errno = errno;
-      else if (::rename(c->upload_tmp.c_str(), c->upload_final.c_str()) != 0) c->upload_errno = errno;
+      if (rc != 0 || ::rename(c->upload_tmp.c_str(), c->upload_final.c_str()) != 0) c->upload_errno = errno;
     }
     if (c->upload_errno != 0) {
       if (!c->upload_tmp.empty()) ::unlink(c->upload_tmp.c_str());
       c->upload_tmp.clear();
       std::string body = "{\"error\":";
-      appendJsonString(body, strerror(c->upload_errno));
+      appendJsonString(body, portcullis::errnoMessage(c->upload_errno));
       body += "}\n";
       appendSimple(c, 500, "application/json", body, head_only);
     } else {
@@ -867,9 +868,7 @@ int onMessageComplete(llhttp_t* p) {
         const int code = static_cast<int>(c->param);
         if (c->param < 200 || c->param > 599) {
           appendSimple(c, 400, "text/plain", "status must be 200..599\n", head_only);
-        } else if (code == 204) {
-          appendHead(c, code, nullptr, -1);
-        } else if (code == 304) {
+        } else if (code == 204 || code == 304) {
           appendHead(c, code, nullptr, -1);
         } else {
           std::string body = "{\"status\":" + std::to_string(code) + "}\n";
@@ -982,7 +981,7 @@ int main(int argc, char** argv) {
       if (a == name) {
         if (i + 1 >= argc) {
           fprintf(stderr, "demo-backend: %s needs a value\n", name);
-          exit(2);
+          exit(2);  // NOLINT(concurrency-mt-unsafe): still parsing argv; this program never starts a thread
         }
         *out = argv[++i];
         return true;
@@ -1037,7 +1036,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  signal(SIGPIPE, SIG_IGN);
+  (void)signal(SIGPIPE, SIG_IGN);  // cannot fail for a valid signal number
   buildStaticResponses();
 
   sockaddr_storage addr{};
@@ -1072,13 +1071,14 @@ int main(int argc, char** argv) {
   uv_signal_start(&server.sigint, onSignal, SIGINT);
 
   if (!port_file.empty() && !writePortFile(port_file, bound_port)) {
-    fprintf(stderr, "demo-backend: cannot write port file '%s': %s\n", port_file.c_str(), strerror(errno));
+    fprintf(stderr, "demo-backend: cannot write port file '%s': %s\n", port_file.c_str(),
+            portcullis::errnoMessage(errno).c_str());
     return 1;
   }
   if (!quiet) {
     if (v6) printf("demo-backend listening on [%s]:%d\n", host.c_str(), bound_port);
     else printf("demo-backend listening on %s:%d\n", host.c_str(), bound_port);
-    fflush(stdout);
+    (void)fflush(stdout);  // the line is informational; --port-file is the reliable channel
   }
 
   uv_run(server.loop, UV_RUN_DEFAULT);

@@ -14,10 +14,13 @@ PKGS=(
 BENCH_PKGS=(wrk nginx-light haproxy python3-matplotlib)
 # clang and its libFuzzer/sanitizer runtimes, used by `make fuzz` only; pass --fuzz.
 FUZZ_PKGS=(clang libclang-rt-14-dev)
+# clang-tidy 14 (with run-clang-tidy-14) and cppcheck, used by `make lint` only; pass --lint.
+LINT_PKGS=(clang-tidy-14 cppcheck)
 
 want=("${PKGS[@]}")
 if [ "${1:-}" = "--bench" ]; then want+=("${BENCH_PKGS[@]}"); fi
 if [ "${1:-}" = "--fuzz" ]; then want+=("${FUZZ_PKGS[@]}"); fi
+if [ "${1:-}" = "--lint" ]; then want+=("${LINT_PKGS[@]}"); fi
 
 missing=()
 for p in "${want[@]}"; do
