@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # Measures what idle keep-alive client connections cost the proxy in RSS.
 #
-#   bench/idle_memory.sh [BUILD_DIR] [CONNECTIONS]      (default build, 9000)
+#   bench/idle_memory.sh [BUILD_DIR] [CONNECTIONS]      (default build, 20000)
 #
 # Starts demo-backend and one Portcullis worker on loopback, opens N client
 # connections, sends one GET on each (so every connection has carried a
 # request and holds whatever a served connection keeps), waits for all
 # responses, leaves them idle, and reports the proxy's VmRSS growth per
-# connection and extrapolated to 10,000. N defaults to 9000 because the
-# client and the proxy each need one descriptor per connection and the hard
-# RLIMIT_NOFILE here is 20000.
+# connection and extrapolated to 10,000. The client and the proxy each need
+# one descriptor per connection: the script raises RLIMIT_NOFILE to N + 1024
+# (the hard limit too, given CAP_SYS_RESOURCE; otherwise N is capped to
+# what the hard limit allows, with a note).
 set -euo pipefail
 BUILD=${1:-build}
-N=${2:-9000}
+N=${2:-20000}
+WANT=$((N + 1024))
+if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$WANT" ]; then
+  ulimit -Hn "$WANT" 2>/dev/null || true
+fi
+HARD=$(ulimit -Hn)
+if [ "$HARD" != unlimited ] && [ "$HARD" -lt "$WANT" ]; then
+  echo "idle_memory.sh: RLIMIT_NOFILE hard limit $HARD < $WANT (raising it needs CAP_SYS_RESOURCE): measuring $((HARD - 1024)) connections" >&2
+  N=$((HARD - 1024))
+fi
+ulimit -n "$(ulimit -Hn)"
 BIN=$(cd "$BUILD/bin" && pwd)
 TMP=$(mktemp -d)
 cleanup() { kill "${PX:-}" "${BE:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"; }
@@ -66,5 +77,6 @@ time.sleep(1)
 after = rss_kib()
 per = (after - base) * 1024 / n
 print(f"idle keep-alive connections: {n}; proxy RSS {base/1024:.1f} -> {after/1024:.1f} MiB; "
-      f"{per:.0f} bytes per connection; 10,000 connections = {per*10000/2**20:.1f} MiB")
+      f"{per:.0f} bytes per connection; 10,000 connections = {per*10000/2**20:.1f} MiB; "
+      f"{n:,} held = {(after - base)/1024:.1f} MiB")
 PY
