@@ -54,10 +54,13 @@ class RequestContext {
   const Snapshot* snapshot = nullptr;
   const RouteConfig* route = nullptr;   // null when no route matched
   std::string_view request_id;          // 32 hex chars
-  std::string_view remote_ip;           // textual peer address
+  // The client's address, as text: the TCP peer's, or when the peer is one
+  // of https.trusted_proxies the client its X-Forwarded-For names
+  // (proxy/real_ip.h). Per-IP limits, lockouts, detection and logs key on it.
+  std::string_view remote_ip;
   uint16_t remote_port = 0;
   bool secure = false;                  // arrived over TLS (or trusted proxy said so)
-  bool trusted_peer = false;            // the peer is in https.trusted_proxies
+  bool trusted_peer = false;            // the TCP peer is in https.trusted_proxies
   std::string_view tls_version;         // "" on plaintext
   uint64_t start_us = 0;                // monotonic, at head completion
   // The loop of the worker thread that owns the request. A filter that

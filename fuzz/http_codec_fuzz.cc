@@ -2,7 +2,8 @@
 // in two slices split at a fuzzer-chosen offset, honouring the codec contract:
 // unconsumed bytes are passed again, parsing stops on kError, and a new message
 // is started (startRequest) after every kMessageComplete. Every parsed target is
-// run through normalizeTarget (proxy/target_normalize.h).
+// run through normalizeTarget (proxy/target_normalize.h), and every parsed head's
+// X-Forwarded-For through forwardedClientAddress (proxy/real_ip.h).
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -13,7 +14,9 @@
 
 #include "proxy/arena.h"
 #include "proxy/http_codec.h"
+#include "proxy/cidr.h"
 #include "proxy/http_message.h"
+#include "proxy/real_ip.h"
 #include "proxy/target_normalize.h"
 
 using namespace portcullis;
@@ -38,6 +41,26 @@ void checkTarget(std::string_view target) {
   } else if (n.error_offset > target.size()) {
     abort();
   }
+}
+
+// Whatever the header says, the chosen client is a plain address: it parses
+// again and prints the same.
+void checkRealIp(const RequestHead& head) {
+  static const std::vector<Cidr> trusted = [] {
+    std::vector<Cidr> nets;
+    for (const char* t : {"10.0.0.0/8", "127.0.0.1", "2001:db8::/32"}) {
+      Cidr c;
+      if (!Cidr::parse(t, c)) abort();
+      nets.push_back(c);
+    }
+    return nets;
+  }();
+  IpText out;
+  if (!forwardedClientAddress(head.headers, trusted, out)) return;
+  IpAddress a;
+  char again[INET6_ADDRSTRLEN];
+  if (out.len == 0 || !IpAddress::parse(out.view(), a) || std::string_view(again, a.format(again)) != out.view())
+    abort();
 }
 
 }  // namespace
@@ -78,6 +101,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           break;
         case HttpCodec::Status::kHeadComplete:
           checkTarget(head.target);
+          checkRealIp(head);
           for (const Header& h : head.headers) sink.bytes += h.name.size() + h.value.size();
           continue;
         case HttpCodec::Status::kMessageComplete:

@@ -199,6 +199,7 @@ void formatAccessRecord(const AccessRecord& r, std::string& out) {
   } else {
     appendNumber(r.upstream_status, out);
   }
+  if (r.peer_ip != r.remote_ip) appendOptionalField("peer_ip", r.peer_ip, out);
   appendOptionalField("token_id", r.token_id, out);
   appendOptionalField("account", r.account, out);
   appendOptionalField("tls_version", r.tls_version, out);

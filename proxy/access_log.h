@@ -26,7 +26,8 @@ struct AccessRecord {
   int64_t ts_unix_us = 0;  // written as "ts", RFC 3339 UTC with microseconds:
                            // "2026-12-04T16:40:47.123456Z"
   std::string_view request_id;
-  std::string_view remote_ip;
+  std::string_view remote_ip;  // the client: behind trusted proxies, from X-Forwarded-For
+  std::string_view peer_ip;    // the TCP peer; written only when non-empty and not remote_ip
   std::string_view method;
   std::string_view path;  // without the query string; cut at the first '?' anyway
   int status = 0;
@@ -44,8 +45,9 @@ struct AccessRecord {
 
 // Appends exactly one JSON object followed by '\n' to `out`. The keys are, in this
 // order: ts, request_id, remote_ip, method, path, status, bytes_in, bytes_out,
-// duration_us, upstream, upstream_status, then token_id, account, tls_version,
-// rejected_by, reason when non-empty. Every string is escaped per RFC 8259: '"'
+// duration_us, upstream, upstream_status, then peer_ip (when non-empty and not
+// equal to remote_ip), token_id, account, tls_version, rejected_by, reason when
+// non-empty. Every string is escaped per RFC 8259: '"'
 // and '\\' as \" and \\, every control character (U+0000..U+001F) and DEL as
 // \u00XX, and each byte that is not part of a well-formed UTF-8 sequence (RFC 3629:
 // no overlongs, no surrogates, nothing above U+10FFFF) as \ufffd. Whatever a client

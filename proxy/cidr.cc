@@ -68,14 +68,29 @@ bool Cidr::parse(std::string_view text, Cidr& out) {
   return std::memcmp(masked, out.addr, 16) == 0;
 }
 
-bool Cidr::contains(std::string_view ip) const {
-  int fam = 0;
-  uint8_t a[16];
-  if (!parseAddress(ip, fam, a) || fam != family) return false;
-  return prefixMatches(a, addr, prefix);
+bool IpAddress::parse(std::string_view text, IpAddress& out) { return parseAddress(text, out.family, out.bytes); }
+
+size_t IpAddress::format(char* out) const {
+  if (inet_ntop(family, bytes, out, INET6_ADDRSTRLEN) == nullptr) {
+    out[0] = '\0';  // only for an IpAddress that parse() did not fill
+    return 0;
+  }
+  return std::strlen(out);
 }
 
+bool Cidr::contains(std::string_view ip) const {
+  IpAddress a;
+  return IpAddress::parse(ip, a) && contains(a);
+}
+
+bool Cidr::contains(const IpAddress& ip) const { return ip.family == family && prefixMatches(ip.bytes, addr, prefix); }
+
 bool anyContains(const std::vector<Cidr>& nets, std::string_view ip) {
+  IpAddress a;
+  return IpAddress::parse(ip, a) && anyContains(nets, a);
+}
+
+bool anyContains(const std::vector<Cidr>& nets, const IpAddress& ip) {
   for (const Cidr& n : nets)
     if (n.contains(ip)) return true;
   return false;

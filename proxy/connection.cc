@@ -36,6 +36,7 @@
 #include <cstring>
 
 #include "proxy/access_log.h"
+#include "proxy/real_ip.h"
 #include "proxy/security_events.h"
 #include "proxy/target_normalize.h"
 #include "proxy/worker.h"
@@ -119,6 +120,7 @@ int Connection::accept(uv_stream_t* listener) {
   }
   uv_tcp_nodelay(&tcp_, 1);
   peerAddress(&tcp_, peer_ip_, sizeof(peer_ip_), &peer_port_);
+  ctx_.remote_ip = peer_ip_;  // until a request head says otherwise
   return 0;
 }
 
@@ -417,6 +419,18 @@ void Connection::beginRequest() {
   head_sent_ = false;
   if (!req_.keep_alive || draining_) close_after_ = true;
 
+  // Behind trusted proxies the client is the one their X-Forwarded-For
+  // names (real_ip.h): it is what rate limits, lockouts, detection and the
+  // logs key on from here, refusals included. The TCP peer stays in
+  // peer_ip_ for the X-Forwarded-For hop we append and the access log.
+  ctx_.trusted_peer = !snap_->trusted_proxies.empty() && anyContains(snap_->trusted_proxies, peer_ip_);
+  if (ctx_.trusted_peer) {
+    IpText client;
+    if (forwardedClientAddress(req_.headers, snap_->trusted_proxies, client)) {
+      ctx_.remote_ip = arena_.copy(client.view());
+    }
+  }
+
   // Only the normalised target is routed, authorised and sent upstream.
   if (!normalizeRequestTarget()) return;
 
@@ -424,7 +438,6 @@ void Connection::beginRequest() {
   // or a method waits until the filters had their say (HTTPS enforcement,
   // later authentication), as with Envoy's router as the last filter.
   ctx_.route = snap_->match(req_.path);
-  ctx_.trusted_peer = !snap_->trusted_proxies.empty() && anyContains(snap_->trusted_proxies, peer_ip_);
   chain_.start(snap_->filters, ctx_);
   runHeadFilters();
 }
@@ -547,13 +560,16 @@ bool Connection::checkRoute() {
 
 // Proxy-owned request edits (SPEC §6): hop-by-hop headers are dropped by the
 // serialiser; identity headers are replaced, never trusted, except that a
-// trusted proxy's X-Forwarded-For is extended rather than overwritten.
+// trusted proxy's X-Forwarded-For (all its lines, joined) is extended with
+// the TCP peer rather than overwritten.
 void Connection::editRequestHead() {
   std::string_view forwarded_for;
   for (Header& h : req_.headers) {
     switch (h.id) {
       case HeaderId::kXForwardedFor:
-        if (ctx_.trusted_peer && forwarded_for.empty()) forwarded_for = h.value;
+        if (ctx_.trusted_peer && !h.value.empty()) {
+          forwarded_for = forwarded_for.empty() ? h.value : arena_.concat(forwarded_for, arena_.concat(", ", h.value));
+        }
         h.removed = true;
         break;
       case HeaderId::kXForwardedProto:
@@ -570,8 +586,8 @@ void Connection::editRequestHead() {
     }
   }
   req_.add("X-Request-Id", ctx_.request_id);
-  req_.add("X-Forwarded-For",
-           forwarded_for.empty() ? ctx_.remote_ip : arena_.concat(forwarded_for, arena_.concat(", ", ctx_.remote_ip)));
+  const std::string_view peer(peer_ip_);
+  req_.add("X-Forwarded-For", forwarded_for.empty() ? peer : arena_.concat(forwarded_for, arena_.concat(", ", peer)));
   req_.add("X-Forwarded-Proto", ctx_.secure ? "https" : "http");
 }
 
@@ -1216,6 +1232,7 @@ void Connection::startNextRequest() {
   } else {
     arena_.release();
   }
+  ctx_.remote_ip = peer_ip_;  // it may have pointed into the arena
   codec_.startRequest(&req_, &arena_);
   unpinSnapshot();
   req_state_ = ReqState::kReadingHead;
@@ -1372,7 +1389,8 @@ void Connection::logAccess() {
   AccessRecord r;
   r.ts_unix_us = worker_->wallClockUs();
   r.request_id = ctx_.request_id;
-  r.remote_ip = peer_ip_;
+  r.remote_ip = ctx_.remote_ip;
+  r.peer_ip = peer_ip_;  // written only when it differs: behind trusted proxies
   r.method = req_.method_name;
   r.path = req_.path;
   r.status = status_;

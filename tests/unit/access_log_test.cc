@@ -91,6 +91,26 @@ TEST(AccessLogFormat, NullAndOmittedFields) {
             "\"duration_us\":0,\"upstream\":null,\"upstream_status\":null}\n");
 }
 
+TEST(AccessLogFormat, PeerIpOnlyWhenItDiffersFromRemoteIp) {
+  AccessRecord r;
+  r.remote_ip = "203.0.113.9";
+  r.peer_ip = "127.0.0.1";
+  r.token_id = "tok_1";
+  std::string out;
+  formatAccessRecord(r, out);
+  EXPECT_NE(out.find("\"upstream_status\":null,\"peer_ip\":\"127.0.0.1\",\"token_id\":\"tok_1\"}"),
+            std::string::npos)
+      << "first of the optional fields: " << out;
+  out.clear();
+  r.peer_ip = r.remote_ip;
+  formatAccessRecord(r, out);
+  EXPECT_EQ(out.find("peer_ip"), std::string::npos) << out;
+  out.clear();
+  r.peer_ip = {};
+  formatAccessRecord(r, out);
+  EXPECT_EQ(out.find("peer_ip"), std::string::npos) << out;
+}
+
 TEST(AccessLogFormat, PathLosesQueryString) {
   AccessRecord r;
   r.path = "/search?q=secret&token=abc";

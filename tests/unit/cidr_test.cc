@@ -1,5 +1,6 @@
 #include "proxy/cidr.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 
 namespace portcullis {
@@ -38,6 +39,24 @@ TEST(CidrTest, RefusesMalformedNetworks) {
   }
   EXPECT_TRUE(Cidr::parse("0.0.0.0/0", c));
   EXPECT_TRUE(c.contains("8.8.8.8"));
+}
+
+TEST(CidrTest, ParsedAddressesMatchAndPrintCanonically) {
+  IpAddress a;
+  ASSERT_TRUE(IpAddress::parse("::ffff:10.1.2.3", a));
+  char buf[INET6_ADDRSTRLEN];
+  EXPECT_EQ(a.format(buf), 8u);
+  EXPECT_STREQ(buf, "10.1.2.3");
+  Cidr ten;
+  ASSERT_TRUE(Cidr::parse("10.0.0.0/8", ten));
+  EXPECT_TRUE(ten.contains(a));
+  EXPECT_FALSE(IpAddress::parse(" 10.1.2.3", a));
+  EXPECT_FALSE(IpAddress::parse("", a));
+  EXPECT_FALSE(IpAddress::parse("10.1.2.3:80", a));
+  ASSERT_TRUE(IpAddress::parse("2001:DB8:0:0:0:0:0:1", a));
+  EXPECT_EQ(a.format(buf), 11u);
+  EXPECT_STREQ(buf, "2001:db8::1");
+  EXPECT_FALSE(ten.contains(a));
 }
 
 }  // namespace
