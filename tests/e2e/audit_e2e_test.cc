@@ -27,11 +27,6 @@ namespace {
 
 using Steady = std::chrono::steady_clock;
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
 // Runs portcullisctl; stdout (and stderr when `with_stderr`), trimmed.
 std::string ctlOut(const std::string& args, int* rc = nullptr, bool with_stderr = true) {
   const std::string cmd = std::string(PORTCULLISCTL_BIN) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
@@ -42,18 +37,6 @@ std::string ctlOut(const std::string& args, int* rc = nullptr, bool with_stderr 
   const int st = p != nullptr ? pclose(p) : -1;
   if (rc != nullptr) *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out;
-}
-
-std::vector<std::string> lines(const std::string& text) {
-  std::vector<std::string> out;
-  size_t at = 0;
-  while (at < text.size()) {
-    size_t nl = text.find('\n', at);
-    if (nl == std::string::npos) nl = text.size();
-    out.push_back(text.substr(at, nl - at));
-    at = nl + 1;
-  }
   return out;
 }
 

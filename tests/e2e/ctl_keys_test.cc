@@ -25,17 +25,13 @@ namespace portcullis {
 namespace {
 
 namespace fs = std::filesystem;
+using e2e::slurp;
 using Bytes = std::vector<uint8_t>;
 
 struct CtlRun {
   int rc = -1;
   std::string out, err;
 };
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
 
 class CtlKeysTest : public ::testing::Test {
  protected:

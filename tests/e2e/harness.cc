@@ -1353,3 +1353,36 @@ double expectBufferedBounded(Proxy& proxy, double bound, uint64_t total, int pol
 }
 
 }  // namespace portcullis::e2e
+
+namespace portcullis::e2e {
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+std::vector<std::string> lines(const std::string& text) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t nl = text.find('\n', at);
+    if (nl == std::string::npos) nl = text.size();
+    out.push_back(text.substr(at, nl - at));
+    at = nl + 1;
+  }
+  return out;
+}
+
+std::string ctlIssue(const std::string& store, const std::string& account, const std::string& role) {
+  const std::string cmd = std::string(PORTCULLISCTL_BIN) + " token issue --store " + store + " --account " + account +
+                          " --role " + role + " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[256] = {0};
+  std::string out;
+  while (p != nullptr && fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+  if (p != nullptr) pclose(p);
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return out;
+}
+
+}  // namespace portcullis::e2e

@@ -390,6 +390,13 @@ class Client {
 // headers and body_bytes; returns the body's SHA-256 hex ("" unless kOk).
 std::string readHashedResponse(Client& c, HttpResponse& r);
 
+// The whole content of a file ("" if it cannot be read).
+std::string slurp(const std::string& path);
+// `text` split at '\n' (no empty last element for a trailing newline).
+std::vector<std::string> lines(const std::string& text);
+// `portcullisctl token issue` into `store`; returns the printed token ("" on failure).
+std::string ctlIssue(const std::string& store, const std::string& account, const std::string& role);
+
 // A simple GET request text.
 std::string getRequest(std::string_view path, std::string_view extra_headers = "",
                        std::string_view version = "HTTP/1.1");

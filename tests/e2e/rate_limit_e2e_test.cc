@@ -18,18 +18,6 @@
 namespace portcullis::e2e {
 namespace {
 
-std::string ctlIssue(const std::string& store, const std::string& account, const std::string& role) {
-  const std::string cmd = std::string(PORTCULLISCTL_BIN) + " token issue --store " + store + " --account " + account +
-                          " --role " + role + " 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[256] = {0};
-  std::string out;
-  while (p != nullptr && fgets(buf, sizeof(buf), p) != nullptr) out += buf;
-  if (p != nullptr) pclose(p);
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  return out;
-}
-
 std::string bearer(const std::string& t) { return "Authorization: Bearer " + t + "\r\n"; }
 
 TEST(RateLimitE2E, IpLimitBurstThen429WithHeaders) {

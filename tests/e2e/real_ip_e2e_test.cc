@@ -22,23 +22,6 @@
 namespace portcullis::e2e {
 namespace {
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
-std::vector<std::string> lines(const std::string& text) {
-  std::vector<std::string> out;
-  size_t at = 0;
-  while (at < text.size()) {
-    size_t nl = text.find('\n', at);
-    if (nl == std::string::npos) nl = text.size();
-    out.push_back(text.substr(at, nl - at));
-    at = nl + 1;
-  }
-  return out;
-}
-
 // The access log line (parsed) of the request to `path`, polling (bounded)
 // while the log thread catches up; nullopt if none appears.
 std::optional<JsonValue> accessLine(const Proxy& proxy, const std::string& path) {
@@ -244,18 +227,6 @@ TEST(TrustedProxyE2E, ConnectionLimitCountsThePeerNotTheForwardedClients) {
   size_t extra = 0;
   EXPECT_TRUE(third.waitClosed(Millis(3000), &extra) && extra == 0) << "a third connection from the peer was served";
   EXPECT_EQ(proxy.waitForMetric("portcullis_connections_refused_total", 1), 1);
-}
-
-std::string ctlIssue(const std::string& store, const std::string& account, const std::string& role) {
-  const std::string cmd = std::string(PORTCULLISCTL_BIN) + " token issue --store " + store + " --account " + account +
-                          " --role " + role + " 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[256] = {0};
-  std::string out;
-  while (p != nullptr && fgets(buf, sizeof(buf), p) != nullptr) out += buf;
-  if (p != nullptr) pclose(p);
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  return out;
 }
 
 // The brute-force lockout bans the client that failed, not the balancer and
