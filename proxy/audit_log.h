@@ -92,8 +92,9 @@ class AuditFields {
 // Writer thread: assigns seq, ts (its clock at write time), key_id, prev and
 // mac; writes batches with write(2); fdatasync()s at least once a second while
 // records are being written, within ~120 ms of going idle with unsynced
-// records (at most one idle sync per 100 ms, so a steady trickle of events
-// does not cost a sync each), and on flush() and stop(). On a write error it reports once on stderr and retries
+// records (idle: a wake, at most 20 ms apart, that finds no new event; at most
+// one idle sync per 100 ms, so a steady trickle of events does not cost a sync
+// each), and on flush() and stop(). On a write error it reports once on stderr and retries
 // the unwritten bytes every 100 ms (events keep queueing in memory); only
 // stop() gives up after 5 s of failures, counting the lost records in lost().
 class AuditLog {
@@ -240,6 +241,9 @@ class AuditLog {
   int64_t last_sync_us_ = 0;
   bool write_failing_ = false;
   int64_t now_us_ = 0;  // the ts of records formatted in the current batch
+  std::string ts_text_;    // now_us_ as RFC 3339, formatted once per batch
+  int64_t ts_text_us_ = 0;
+  int64_t last_event_us_ = 0;  // monotonic time the writer last took an event
 
   std::mutex lifecycle_mu_;
   bool started_ = false;

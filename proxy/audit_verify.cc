@@ -148,23 +148,36 @@ std::unique_ptr<AuditMac> AuditMac::create(const KeyProvider& keys, std::string_
   }
   std::unique_ptr<AuditMac> m(new AuditMac());
   m->key_id_ = std::string(key_id);
-  HMAC_CTX_init(&m->ctx_);
-  const bool ok = HMAC_Init_ex(&m->ctx_, key, sizeof key, EVP_sha256(), nullptr) == 1;
+  // RFC 2104 with B = 64: the key (32 bytes) zero-padded to one block.
+  uint8_t pad[SHA256_CBLOCK];
+  for (size_t i = 0; i < sizeof pad; ++i) pad[i] = static_cast<uint8_t>((i < sizeof key ? key[i] : 0) ^ 0x36);
+  const bool inner_ok = SHA256_Init(&m->inner_) == 1 && SHA256_Update(&m->inner_, pad, sizeof pad) == 1;
+  for (size_t i = 0; i < sizeof pad; ++i) pad[i] = static_cast<uint8_t>((i < sizeof key ? key[i] : 0) ^ 0x5c);
+  const bool outer_ok = SHA256_Init(&m->outer_) == 1 && SHA256_Update(&m->outer_, pad, sizeof pad) == 1;
+  OPENSSL_cleanse(pad, sizeof pad);
   OPENSSL_cleanse(key, sizeof key);
-  if (!ok) return nullptr;
+  if (!inner_ok || !outer_ok) return nullptr;
   return m;
 }
 
-AuditMac::~AuditMac() { HMAC_CTX_cleanup(&ctx_); }
+AuditMac::~AuditMac() {
+  OPENSSL_cleanse(&inner_, sizeof inner_);
+  OPENSSL_cleanse(&outer_, sizeof outer_);
+}
 
 void AuditMac::mac(std::string_view prev_hex, std::string_view body, uint8_t out[32]) {
-  // A null key and md restart from the precomputed pads (no key schedule).
-  HMAC_Init_ex(&ctx_, nullptr, 0, nullptr, nullptr);
-  HMAC_Update(&ctx_, reinterpret_cast<const uint8_t*>(prev_hex.data()), prev_hex.size());
-  HMAC_Update(&ctx_, reinterpret_cast<const uint8_t*>(body.data()), body.size());
-  HMAC_Update(&ctx_, reinterpret_cast<const uint8_t*>("}"), 1);
-  unsigned len = 32;
-  HMAC_Final(&ctx_, out, &len);
+  // HMAC = H((K ^ opad) || H((K ^ ipad) || message)), message = prev || body || "}".
+  SHA256_CTX c = inner_;
+  SHA256_Update(&c, prev_hex.data(), prev_hex.size());
+  SHA256_Update(&c, body.data(), body.size());
+  SHA256_Update(&c, "}", 1);
+  uint8_t inner_digest[SHA256_DIGEST_LENGTH];
+  SHA256_Final(inner_digest, &c);
+  c = outer_;
+  SHA256_Update(&c, inner_digest, sizeof inner_digest);
+  SHA256_Final(out, &c);
+  OPENSSL_cleanse(&c, sizeof c);
+  OPENSSL_cleanse(inner_digest, sizeof inner_digest);
 }
 
 void AuditMac::appendMacHex(std::string_view prev_hex, std::string_view body, std::string& out) {

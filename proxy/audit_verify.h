@@ -4,7 +4,7 @@
 // The record format and its MAC are defined in proxy/audit_log.h.
 #pragma once
 
-#include <openssl/hmac.h>
+#include <openssl/sha.h>
 
 #include <cstdint>
 #include <memory>
@@ -43,10 +43,14 @@ bool parseAuditLine(std::string_view line, AuditLine& out);
 // HKDF-SHA256(master, salt = empty, info = "portcullis-audit").
 bool deriveAuditKey(const uint8_t* master, uint8_t out[32]);
 
-// An HMAC-SHA256 context keyed with the audit key of one keyring key id. The
-// key schedule (inner and outer pads) is computed once; mac() reuses it. Not
-// thread-safe: one instance per thread. Holds no copy of the key bytes beyond
-// the HMAC state itself, which is cleansed on destruction.
+// An HMAC-SHA256 (RFC 2104) context keyed with the audit key of one keyring key
+// id. The key schedule is computed once: the SHA-256 states after the
+// (key XOR ipad) and (key XOR opad) blocks; mac() copies them and hashes only
+// the message and the inner digest, which is HMAC-SHA256 exactly (the 32-byte
+// key is shorter than the 64-byte block, so it is only zero-padded) without
+// the per-call overhead of the EVP HMAC layer. Not thread-safe: one instance
+// per thread. Holds no copy of the key bytes beyond those two states, which are
+// cleansed on destruction (and so are mac()'s working copies).
 class AuditMac {
  public:
   // Derives the audit key of `key_id` from `keys`; returns nullptr if the
@@ -65,7 +69,8 @@ class AuditMac {
  private:
   AuditMac() = default;
   std::string key_id_;
-  HMAC_CTX ctx_;
+  SHA256_CTX inner_;  // after (key XOR ipad)
+  SHA256_CTX outer_;  // after (key XOR opad)
 };
 
 // 64 '0' characters: the `prev` of the first record of a chain.
