@@ -61,6 +61,7 @@ bench:
 	DURATION=5 ./bench/logging_cost.sh $(BUILD)
 	MODE=limits DURATION=5 ROUNDS=4 ./bench/compare.sh $(BUILD)
 	MODE=validate DURATION=5 ROUNDS=4 ./bench/compare.sh $(BUILD)
+	MODE=auth DURATION=5 ROUNDS=4 ./bench/compare.sh $(BUILD)
 
 # One proxy under SOAK_SECONDS of mixed traffic (tools/soak.sh): fails if it
 # dies, its RSS grows > 10 % after warm-up, or its audit chain does not verify.

@@ -7,7 +7,7 @@ For MODE=tls results the third panel is proxy CPU per new TLS connection (full a
 resumed handshakes side by side) and the first two are over keep-alive HTTPS.
 For MODE=encrypt results: two panels, plaintext upload MB/s and proxy CPU per MiB,
 with portcullis-enc (encrypt_body = true) next to the plain forwarders.
-For MODE=limits / MODE=validate results: two panels, GET requests/s and proxy CPU
+For MODE=limits / validate / auth results: two panels, GET requests/s and proxy CPU
 per request, Portcullis with the feature off and on.
 """
 import json
@@ -40,7 +40,7 @@ def main():
 
     tls = res.get("mode") == "tls"
     enc = res.get("mode") == "encrypt"
-    ab = res.get("mode") in ("limits", "validate")
+    ab = res.get("mode") in ("limits", "validate", "auth")
     panels = [
         ("POST {:g} MiB uploads: plaintext MB/s\n(higher is better)".format(res["settings"]["upload_mib"]),
          "upload", "upload_MBps", "{:,.0f}", "MB/s (10⁶ bytes/s)"),
@@ -108,10 +108,11 @@ def main():
 
     m, s = res["machine"], res["settings"]
     if ab:
-        what = {"limits": "rate limits", "validate": "route validators"}[res["mode"]]
+        what = {"limits": "rate limits", "validate": "route validators", "auth": "token check + RBAC"}[res["mode"]]
         q = res.get("ab", {}).get("ratio_on_off", {}).get("rps")
         fig.suptitle("Portcullis {} off vs on — one worker, wrk on loopback{}".format(
-            what, "" if q is None else " — on/off req/s {:.3f} (target ≥ 0.97)".format(q)), fontsize=13)
+            what, "" if q is None else " — on/off req/s {:.3f} (target ≥ {:g})".format(
+                q, res.get("ab", {}).get("target_rps_ratio", 0.97))), fontsize=13)
     else:
         fig.suptitle("Portcullis vs nginx vs HAProxy — one worker each, wrk on loopback"
                      + (", TLS (ECDSA P-256 certificate)" if tls else "")
