@@ -127,7 +127,14 @@ class UpstreamPool : public std::enable_shared_from_this<UpstreamPool> {
 
   bool sameServers(const UpstreamConfig& other) const;
   // TLS context for new connections (null = plaintext); replaced on reload.
-  void setTls(std::shared_ptr<const UpstreamTlsContext> tls) { tls_ = std::move(tls); }
+  // A new context (the CA file may have changed) drops the kept sessions,
+  // so no connection resumes a session verified under the old CA.
+  void setTls(std::shared_ptr<const UpstreamTlsContext> tls) {
+    if (tls != tls_) {
+      for (Server& s : servers_) s.session.reset();
+    }
+    tls_ = std::move(tls);
+  }
   const UpstreamTlsContext* tls() const { return tls_.get(); }
   // The last session a server issued (for resumption), or null; keeps it.
   SSL_SESSION* session(size_t server) const { return servers_[server].session.get(); }

@@ -59,6 +59,14 @@ TEST_F(UpstreamTlsE2E, VerifiedConnectionsArePooledAndResumed) {
   EXPECT_EQ(origin.resumed(), 1);
   EXPECT_EQ(proxy.waitForMetric("portcullis_upstream_tls_handshakes_total{kind=\"full\"}", 1), 1);
   EXPECT_EQ(proxy.waitForMetric("portcullis_upstream_tls_handshakes_total{kind=\"resumed\"}", 1), 1);
+  // A reload builds a new TLS context (the CA may have changed): the kept
+  // session is dropped, so the next connection verifies the server afresh.
+  ASSERT_EQ(c.roundTrip(getRequest("/close")).status, 200);
+  ASSERT_TRUE(proxy.reload());
+  r = c.roundTrip(getRequest("/after-reload"));
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "conn=2 req=0 resumed=0 sni= host=e2e.test") << r.body;
+  EXPECT_EQ(proxy.waitForMetric("portcullis_upstream_tls_handshakes_total{kind=\"full\"}", 2), 2);
 }
 
 TEST_F(UpstreamTlsE2E, SniNameIsSentAndVerified) {
