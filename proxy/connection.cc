@@ -233,13 +233,7 @@ bool Connection::tlsPull() {
     if (r == TlsSession::Result::kWantRead) break;
     if (r == TlsSession::Result::kError && !tls_->handshakeDone()) {
       worker_->metrics().tls_handshake_failures.inc();
-      // Lower case, as a metric label: "unsupported_protocol", ...
-      char reason[RefusalCounters::kReasonLen];
-      size_t n = 0;
-      for (const char* p = tls_->failureReason(); *p != '\0' && n < sizeof(reason); ++p) {
-        reason[n++] = static_cast<char>(std::tolower(static_cast<unsigned char>(*p)));
-      }
-      worker_->metrics().tls_failure_reasons.inc("tls", std::string_view(reason, n));
+      worker_->metrics().tls_failure_reasons.incLowerCase("tls", tls_->failureReason());
     }
     if (r == TlsSession::Result::kClosed) {
       tls_peer_closed_ = true;  // handled by the caller after the data before it

@@ -5,6 +5,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <cctype>
 #include <map>
 
 #include "proxy/detect.h"
@@ -93,6 +94,15 @@ std::string statusSlotLabel(size_t slot) {
   size_t cls = slot - kKnown + 1;
   if (cls > 5) return "other";
   return std::to_string(cls) + "xx";
+}
+
+void RefusalCounters::incLowerCase(std::string_view filter, const char* reason) {
+  char lower[kReasonLen];
+  size_t n = 0;
+  for (const char* p = reason; *p != '\0' && n < sizeof(lower); ++p) {
+    lower[n++] = static_cast<char>(std::tolower(static_cast<unsigned char>(*p)));
+  }
+  inc(filter, std::string_view(lower, n));
 }
 
 std::string_view upstreamErrorName(UpstreamError e) {

@@ -89,6 +89,9 @@ class RefusalCounters {
   static constexpr size_t kSlots = 128;
   static constexpr size_t kFilterLen = 31, kReasonLen = 63;  // longer ones are cut
   void inc(std::string_view filter, std::string_view reason);
+  // inc() with `reason` lower-cased, e.g. BoringSSL's "UNSUPPORTED_PROTOCOL"
+  // as the label "unsupported_protocol".
+  void incLowerCase(std::string_view filter, const char* reason);
   // Calls f(filter, reason, count) for every published slot, and for the
   // overflow when non-zero.
   template <class F>

@@ -1,6 +1,5 @@
 #include "proxy/upstream.h"
 
-#include <cctype>
 #include <cstring>
 
 #include "proxy/connection.h"
@@ -85,13 +84,7 @@ void UpstreamConn::tlsHandshakeStep() {
 void UpstreamConn::tlsFailed(const char* reason) {
   stopReading();
   tls_failure = reason;
-  WorkerMetrics& m = pool->worker()->metrics();
-  char lower[RefusalCounters::kReasonLen];
-  size_t n = 0;
-  for (const char* p = reason; *p != '\0' && n < sizeof(lower); ++p) {
-    lower[n++] = static_cast<char>(std::tolower(static_cast<unsigned char>(*p)));
-  }
-  m.tls_failure_reasons.inc("upstream", std::string_view(lower, n));
+  pool->worker()->metrics().tls_failure_reasons.incLowerCase("upstream", reason);
   if (owner != nullptr) {
     owner->onUpstreamConnected(UV_EPROTO);
   } else {
