@@ -435,7 +435,8 @@ ab_check() {  # ab_check CONTENDER WHAT EXPECTED ACTUAL
 policies() {  # policies URL CURL_ARGS... -> the RateLimit-Policy names of a GET, sorted, comma-separated ("none")
   local url=$1 p; shift
   p=$(curl -s -o /dev/null -D - --max-time 5 "$@" "$url" | tr -d '\r' \
-        | awk -F': ' 'tolower($1) == "ratelimit-policy" { split($2, a, "\""); print a[2] }' | sort | paste -sd, -)
+        | awk -F': ' 'tolower($1) == "ratelimit-policy" { n = split($2, m, ", "); for (i = 1; i <= n; i++) { split(m[i], a, "\""); print a[2] } }' \
+        | sort | paste -sd, -)
   echo "${p:-none}"
 }
 metrics_to() {  # metrics_to CONTENDER FILE -- the admin /metrics text

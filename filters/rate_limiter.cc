@@ -398,8 +398,38 @@ uint64_t RateLimiter::activeBans(uint64_t now_ns) const {
   return n;
 }
 
+namespace {
+// Canonical dotted quad ("192.0.2.1": four parts of 1..3 digits, no leading
+// zero, each <= 255) into 4 bytes; false for anything else, which then goes
+// to inet_pton (same result: inet_pton accepts exactly these and no other
+// IPv4 text). The addresses the proxy formats itself are canonical, so the
+// common case skips the libc parser.
+bool parseCanonicalIpv4(std::string_view s, unsigned char out[4]) {
+  size_t i = 0;
+  for (int part = 0; part < 4; ++part) {
+    if (part > 0) {
+      if (i >= s.size() || s[i] != '.') return false;
+      ++i;
+    }
+    const size_t begin = i;
+    unsigned v = 0;
+    while (i < s.size() && i - begin < 3 && s[i] >= '0' && s[i] <= '9') v = v * 10 + static_cast<unsigned>(s[i++] - '0');
+    const size_t digits = i - begin;
+    if (digits == 0 || v > 255 || (digits > 1 && s[begin] == '0')) return false;
+    out[part] = static_cast<unsigned char>(v);
+  }
+  return i == s.size();
+}
+}  // namespace
+
 IpKey ipKey(std::string_view ip) {
   IpKey k;
+  if (unsigned char v4[4]; parseCanonicalIpv4(ip, v4)) {
+    k.bytes[0] = '4';
+    std::memcpy(k.bytes + 1, v4, 4);
+    k.len = 5;
+    return k;
+  }
   char buf[64];
   size_t n = std::min(ip.size(), ip.find('%'));  // drop an IPv6 zone id
   if (n < sizeof(buf)) {

@@ -62,7 +62,11 @@ class RequestContext {
   bool secure = false;                  // arrived over TLS (or trusted proxy said so)
   bool trusted_peer = false;            // the TCP peer is in https.trusted_proxies
   std::string_view tls_version;         // "" on plaintext
-  uint64_t start_us = 0;                // monotonic, at head completion
+  // CLOCK_MONOTONIC at head completion; start_us == start_ns / 1000. Filters
+  // take "now" from here rather than reading the clock again (the request
+  // path reads it once).
+  uint64_t start_ns = 0;
+  uint64_t start_us = 0;
   // The loop of the worker thread that owns the request. A filter that
   // returns kPause may start its own handles (timers, async work) on it and
   // call resume() from their callbacks. The filter must stop them when it is
@@ -75,9 +79,20 @@ class RequestContext {
   std::string_view rejected_by;
   std::string_view reason;
   std::string_view token_id;
+  // Index of the accepted token in snapshot->auth->tokens (-1 until the
+  // token check accepted one): per-token data without another lookup.
+  int32_t token_index = -1;
   std::string_view account;
   // Rate-limit decisions that allowed this request: bit (1 << LimitKind).
   uint8_t rate_allowed = 0;
+  // For each such decision (index = LimitKind, valid while its bit is set):
+  // what the response's RateLimit-Policy / RateLimit fields say about it.
+  struct RateNote {
+    std::string_view policy;  // the RateLimit-Policy list member, e.g. "ip";q=100;w=1
+    uint32_t remaining = 0;
+    uint64_t reset_ns = 0;
+  };
+  RateNote rate_notes[3];
   // Installed by at most one filter in its head phase (see filter.h).
   BodyTransform* body_transform = nullptr;
 
@@ -93,7 +108,8 @@ class RequestContext {
     request_id = remote_ip = tls_version = {};
     secure = false;
     trusted_peer = false;
-    start_us = 0;
+    start_ns = start_us = 0;
+    token_index = -1;
     local_reply.status = 0;
     local_reply.code = {};
     local_reply.headers.clear();

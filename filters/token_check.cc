@@ -40,6 +40,7 @@ class TokenCheck final : public Filter {
       return FilterStatus::kRespond;
     }
     auth_->last_use->record(idx, now);
+    ctx.token_index = idx;
 
     // Identity for the backend comes from the token only.
     if (!auth_->forward_authorization) head.remove(HeaderId::kAuthorization);

@@ -1,5 +1,7 @@
 #include "proxy/auth_state.h"
 
+#include "filters/rate_limiter.h"
+
 namespace portcullis {
 
 std::unordered_map<std::string, int64_t> AuthState::lastUseById() const {
@@ -43,6 +45,8 @@ std::shared_ptr<const AuthState> buildAuthState(const Config& config, const Auth
       }
     }
     a->token_rate.push_back(rate);
+    a->token_rate_policy.emplace_back(
+        rate.set ? rateLimitPolicyHeader("token", Limit{rate.rps, rate.burst}).view() : std::string_view());
     int64_t last = 0;
     if (auto it = seed.find(recs[i].id); it != seed.end()) last = it->second;
     if (previous != nullptr) {

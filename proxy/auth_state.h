@@ -45,6 +45,8 @@ struct AuthState {
   // Per token index: its rate limit (the most generous `rate` of its roles,
   // else rate_limit.token); `set` false = no token limit.
   std::vector<RateSpec> token_rate;
+  // Its RateLimit-Policy value ("token";q=..;w=..), empty when not set.
+  std::vector<std::string> token_rate_policy;
   int64_t inactive_expiry_s = 0;
   std::string account_header;
   bool forward_authorization = false;

@@ -398,7 +398,8 @@ void Connection::beginRequest() {
   ctx_.request_id = std::string_view(request_id_, 32);
   ctx_.remote_ip = peer_ip_;
   ctx_.remote_port = peer_port_;
-  ctx_.start_us = nowUs();
+  ctx_.start_ns = nowNs();
+  ctx_.start_us = ctx_.start_ns / 1000u;
   req_state_ = ReqState::kHeadFilters;
   resp_state_ = RespState::kNone;
   local_reply_ = false;
@@ -1259,9 +1260,13 @@ void Connection::sendLocalReply(int status, std::string_view code, bool close) {
   if (ctx_.request_id.empty()) {
     worker_->nextRequestId(request_id_);
     ctx_.request_id = std::string_view(request_id_, 32);
-    ctx_.start_us = nowUs();
+    ctx_.start_ns = nowNs();
+    ctx_.start_us = ctx_.start_ns / 1000u;
   }
-  if (ctx_.start_us == 0) ctx_.start_us = nowUs();
+  if (ctx_.start_us == 0) {
+    ctx_.start_ns = nowNs();
+    ctx_.start_us = ctx_.start_ns / 1000u;
+  }
   if (snap_ == nullptr) pinSnapshot();
   status_ = status;
   local_reply_ = true;

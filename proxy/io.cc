@@ -30,6 +30,12 @@ uint64_t nowUs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
 }
 
+uint64_t nowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
 void peerAddress(const uv_tcp_t* tcp, char* out, size_t out_len, uint16_t* port) {
   sockaddr_storage ss;
   int len = sizeof(ss);

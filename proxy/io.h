@@ -106,8 +106,9 @@ class BufferPool {
 // valid until cb runs; the bufs array itself may be reused at once.
 int writeOrQueue(uv_stream_t* stream, uv_write_t* req, uv_buf_t* bufs, unsigned nbufs, uv_write_cb cb);
 
-// Monotonic clock in microseconds.
+// Monotonic clock (CLOCK_MONOTONIC) in microseconds / nanoseconds.
 uint64_t nowUs();
+uint64_t nowNs();
 
 // Formats the peer address of `tcp` into `out` (numeric, no port).
 void peerAddress(const uv_tcp_t* tcp, char* out, size_t out_len, uint16_t* port);

@@ -108,12 +108,12 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   FilterFactoryList filters;
   // The chain in SPEC order: HTTPS enforcement, then (as they land)
   // validation, token check + RBAC, rate limiting, upload encryption.
-  filters.push_back(std::make_shared<RateLimitIpFactory>());  // before auth: floods and bans
+  filters.push_back(std::make_shared<RateLimitIpFactory>(*cfg));  // before auth: floods and bans
   filters.push_back(std::make_shared<HttpsEnforceFactory>(*cfg));
   filters.push_back(std::make_shared<ValidateFactory>());
   filters.push_back(std::make_shared<TokenCheckFactory>());
   filters.push_back(std::make_shared<RateLimitTokenFactory>());
-  filters.push_back(std::make_shared<RateLimitRouteFactory>());
+  filters.push_back(std::make_shared<RateLimitRouteFactory>(*cfg));
   std::shared_ptr<const LocalKeyring> keys;
   if (cfg->encryption.configured()) {
     // Last: only authorised, validated bodies are encrypted, and every

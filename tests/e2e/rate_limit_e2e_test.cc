@@ -132,6 +132,54 @@ TEST_F(TokenRateE2E, EachTokenHasItsOwnBucketAndRolesOverride) {
   expectProxyError(c.roundTrip(getRequest("/x", bearer(fast_))), 429, "rate_limited");
 }
 
+// Every policy that applied to an allowed request is in ONE RateLimit-Policy
+// and ONE RateLimit line, as a structured-field list in chain order (ip,
+// token, route); a refusal by a later policy still carries the earlier
+// policies' fields besides its own.
+TEST(RateLimitE2E, AllowedResponseListsEveryPolicyInOneLineEach) {
+  TempDir dir;
+  const std::string store = dir.file("tokens.toml");
+  const std::string tok = ctlIssue(store, "acme", "reader");
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  RouteSpec search{"/search", "app", {}, 0, "rate = { rps = 0.01, burst = 2 }\n", true};
+  o.routes = {search, RouteSpec{"/", "app", {}, 0, "", true}};
+  o.extra_toml = "[auth]\ntoken_store = \"" + store + "\"\n" +
+                 "[[role]]\nname = \"reader\"\nallow = [\"GET /*\"]\n"
+                 "[rate_limit]\nip = { rps = 0.01, burst = 50 }\ntoken = { rps = 0.01, burst = 10 }\n";
+  Proxy proxy(o);
+  Client c(proxy.httpPort());
+  for (int i = 0; i < 2; ++i) {
+    HttpResponse r = c.roundTrip(getRequest("/search?q=" + std::to_string(i), bearer(tok)));
+    ASSERT_EQ(r.status, 200) << i;
+    EXPECT_EQ(r.headerCount("ratelimit-policy"), 1u);
+    EXPECT_EQ(r.headerCount("ratelimit"), 1u);
+    EXPECT_EQ(r.header("ratelimit-policy").value_or(""),
+              "\"ip\";q=50;w=5000, \"token\";q=10;w=1000, \"route\";q=2;w=200");
+    const std::string v = r.header("ratelimit").value_or("");
+    const std::string want = "\"ip\";r=" + std::to_string(49 - i) + ";t=";
+    EXPECT_EQ(v.rfind(want, 0), 0u) << v;
+    EXPECT_NE(v.find(", \"token\";r=" + std::to_string(9 - i) + ";t="), std::string::npos) << v;
+    EXPECT_NE(v.find(", \"route\";r=" + std::to_string(1 - i) + ";t="), std::string::npos) << v;
+  }
+  // A route without `rate`: ip and token only.
+  HttpResponse other = c.roundTrip(getRequest("/other", bearer(tok)));
+  ASSERT_EQ(other.status, 200);
+  EXPECT_EQ(other.header("ratelimit-policy").value_or(""), "\"ip\";q=50;w=5000, \"token\";q=10;w=1000");
+  // The route limit refuses the third: 429 with the route's own fields, and
+  // the fields of the policies that allowed it.
+  const uint64_t before = backend.requests();
+  HttpResponse limited = c.roundTrip(getRequest("/search?q=3", bearer(tok)));
+  expectProxyError(limited, 429, "rate_limited");
+  EXPECT_EQ(backend.requests(), before) << "a limited request reached the backend";
+  std::string policies;
+  for (const auto& [name, value] : limited.headers) {
+    if (name == "ratelimit-policy") policies += (policies.empty() ? "" : " | ") + value;
+  }
+  EXPECT_NE(policies.find("\"route\";q=2;w=200"), std::string::npos) << policies;
+  EXPECT_NE(policies.find("\"ip\";q=50;w=5000, \"token\";q=10;w=1000"), std::string::npos) << policies;
+}
+
 TEST_F(TokenRateE2E, RepeatedAuthFailuresBanTheIpEvenForValidTokens) {
   Client c(proxy_->httpPort());
   const std::string wrong = bearer("pct_aaaaaaaaaaaa_" + a_.substr(17));

@@ -3,12 +3,14 @@
 // full -> reclaim -> fallback, brute-force lockout, IP keys, header values.
 #include "filters/rate_limiter.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <random>
 #include <string>
@@ -527,6 +529,43 @@ TEST(IpKey, Ipv4AsIsIpv6ByPrefix64) {
   EXPECT_TRUE(rl.decide(LimitKind::kIp, ipKey("2001:db8:0:7::a").view(), lim, kT0).allowed);
   EXPECT_FALSE(rl.decide(LimitKind::kIp, ipKey("2001:db8:0:7::b").view(), lim, kT0).allowed);
   EXPECT_TRUE(rl.decide(LimitKind::kIp, ipKey("2001:db8:0:8::a").view(), lim, kT0).allowed);
+}
+
+// ipKey parses canonical dotted quads itself; every IPv4 text must map to
+// exactly what inet_pton makes of it (and non-addresses to the text hash).
+TEST(IpKey, Ipv4FastPathAgreesWithInetPton) {
+  const char* texts[] = {"0.0.0.0", "1.2.3.4", "9.99.199.255", "255.255.255.255", "10.0.0.1",
+                         "127.0.0.1", "256.1.1.1", "1.2.3.256", "01.2.3.4", "1.02.3.4", "1.2.3.04",
+                         "00.0.0.0", "1.2.3", "1.2.3.4.", "1.2.3.4.5", ".1.2.3", "1..2.3", "1.2.3.4 ",
+                         " 1.2.3.4", "1.2.3.-4", "1.2.3.4a", "1234.1.1.1", "1.2.3.1000", "0x1.2.3.4",
+                         "1.2.3.4%eth0", ""};
+  for (const char* t : texts) {
+    unsigned char a[4];
+    const std::string text(t);
+    const std::string without_zone = text.substr(0, text.find('%'));
+    const IpKey k = ipKey(text);
+    if (inet_pton(AF_INET, without_zone.c_str(), a) == 1) {
+      ASSERT_EQ(k.view().size(), 5u) << t;
+      EXPECT_EQ(k.view()[0], '4') << t;
+      EXPECT_EQ(std::memcmp(k.view().data() + 1, a, 4), 0) << t;
+    } else {
+      EXPECT_NE(k.view()[0], '4') << t << " is not IPv4 text for inet_pton";
+    }
+  }
+  // Exhaustive over one octet position: every value and its zero-padded forms.
+  for (int v = 0; v < 1000; ++v) {
+    for (const char* fmt : {"10.0.0.%d", "10.0.0.%02d", "10.0.0.%03d", "%d.0.0.1"}) {
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), fmt, v);
+      unsigned char a[4];
+      const bool ok = inet_pton(AF_INET, buf, a) == 1;
+      const IpKey k = ipKey(buf);
+      EXPECT_EQ(k.view()[0] == '4', ok) << buf;
+      if (ok) {
+        EXPECT_EQ(std::memcmp(k.view().data() + 1, a, 4), 0) << buf;
+      }
+    }
+  }
 }
 
 }  // namespace
