@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <cstdint>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -61,20 +62,30 @@ void appendNumber(T v, std::string& out) {
   out.append(buf, res.ptr);
 }
 
-void appendKey(std::string_view key, std::string& out) {
-  out += ",\"";
-  out += key;
-  out += "\":";
+// `key` is a member name that needs no escaping (callers pass literals);
+// the punctuation around it is spelled out at compile time, so a member
+// costs one append for its name.
+template <size_t N>
+void appendKey(const char (&key)[N], std::string& out) {
+  char buf[N + 3];
+  buf[0] = ',';
+  buf[1] = '"';
+  std::memcpy(buf + 2, key, N - 1);
+  buf[N + 1] = '"';
+  buf[N + 2] = ':';
+  out.append(buf, N + 3);
 }
 
-void appendStringField(std::string_view key, std::string_view value, std::string& out) {
+template <size_t N>
+void appendStringField(const char (&key)[N], std::string_view value, std::string& out) {
   appendKey(key, out);
   out += '"';
   appendJsonEscaped(value, out);
   out += '"';
 }
 
-void appendOptionalField(std::string_view key, std::string_view value, std::string& out) {
+template <size_t N>
+void appendOptionalField(const char (&key)[N], std::string_view value, std::string& out) {
   if (!value.empty()) appendStringField(key, value, out);
 }
 
@@ -103,10 +114,31 @@ void appendDigits(uint64_t v, int width, std::string& out) {
 
 }  // namespace
 
+namespace {
+// Does any of the 8 bytes of `w` need a look in a JSON string: below 0x20,
+// '"', '\\', 0x7F or 0x80 and above? (SWAR, exact: the has-zero-byte and
+// has-byte-below-n tests are exact as booleans for n <= 128.)
+inline bool anyNeedsEscape(uint64_t w) {
+  constexpr uint64_t k01 = 0x0101010101010101ull;
+  constexpr uint64_t k80 = 0x8080808080808080ull;
+  const auto zero = [](uint64_t v) { return (v - k01) & ~v & k80; };
+  const uint64_t below_space = (w - k01 * 0x20) & ~w & k80;
+  return ((w & k80) | below_space | zero(w ^ (k01 * '"')) | zero(w ^ (k01 * '\\')) | zero(w ^ (k01 * 0x7F))) != 0;
+}
+}  // namespace
+
 void appendJsonEscaped(std::string_view s, std::string& out) {
   size_t run = 0;  // start of the pending run of bytes copied verbatim
   size_t i = 0;
   while (i < s.size()) {
+    if (i + 8 <= s.size()) {  // 8 plain bytes at a time
+      uint64_t w;
+      std::memcpy(&w, s.data() + i, 8);
+      if (!anyNeedsEscape(w)) {
+        i += 8;
+        continue;
+      }
+    }
     const unsigned char c = static_cast<unsigned char>(s[i]);
     if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
       ++i;
@@ -134,7 +166,44 @@ void appendJsonEscaped(std::string_view s, std::string& out) {
   out.append(s.data() + run, s.size() - run);
 }
 
+namespace {
+// Any timestamp, formatted from scratch (civil date arithmetic).
+void appendRfc3339MicrosSlow(int64_t ts_unix_us, std::string& out);
+}  // namespace
+
 void appendRfc3339Micros(int64_t ts_unix_us, std::string& out) {
+  // Records come in bursts within one second: the date and time of day are
+  // formatted once per second per thread, only the microseconds each time.
+  struct SecondCache {
+    int64_t second = INT64_MIN;
+    char text[24];  // "YYYY-MM-DDTHH:MM:SS."
+  };
+  thread_local SecondCache cache;
+  const int64_t second = ts_unix_us >= 0 ? ts_unix_us / 1000000 : -1;
+  if (second >= 0 && second < 253402300800LL) {  // years 1970 .. 9999
+    if (cache.second != second) {
+      std::string t;
+      t.reserve(32);
+      appendRfc3339MicrosSlow(second * 1000000, t);  // "....:SS.000000Z"
+      std::memcpy(cache.text, t.data(), 20);
+      cache.second = second;
+    }
+    char buf[27];
+    std::memcpy(buf, cache.text, 20);
+    uint64_t us = static_cast<uint64_t>(ts_unix_us % 1000000);
+    for (int i = 25; i >= 20; --i) {
+      buf[i] = static_cast<char>('0' + us % 10);
+      us /= 10;
+    }
+    buf[26] = 'Z';
+    out.append(buf, sizeof buf);
+    return;
+  }
+  appendRfc3339MicrosSlow(ts_unix_us, out);
+}
+
+namespace {
+void appendRfc3339MicrosSlow(int64_t ts_unix_us, std::string& out) {
   constexpr int64_t kUsPerDay = 86400LL * 1000000;
   int64_t days = ts_unix_us / kUsPerDay;
   int64_t rem = ts_unix_us % kUsPerDay;
@@ -166,6 +235,59 @@ void appendRfc3339Micros(int64_t ts_unix_us, std::string& out) {
   out += '.';
   appendDigits(us_of_day % 1000000, 6, out);
   out += 'Z';
+}
+}  // namespace
+
+namespace {
+// Packing: the fixed-size numbers, then each string as a 4-byte length and
+// its bytes, in kPackedStrings order.
+struct PackedNumbers {
+  int64_t ts_unix_us;
+  uint64_t bytes_in, bytes_out, duration_us;
+  int32_t status, upstream_status;
+};
+constexpr std::string_view AccessRecord::*kPackedStrings[] = {
+    &AccessRecord::request_id, &AccessRecord::remote_ip, &AccessRecord::peer_ip,     &AccessRecord::method,
+    &AccessRecord::path,       &AccessRecord::upstream,  &AccessRecord::token_id,    &AccessRecord::account,
+    &AccessRecord::tls_version, &AccessRecord::rejected_by, &AccessRecord::reason};
+}  // namespace
+
+void packAccessRecord(const AccessRecord& r, std::string& out) {
+  const PackedNumbers nums{r.ts_unix_us, r.bytes_in, r.bytes_out, r.duration_us, r.status, r.upstream_status};
+  size_t total = sizeof nums;
+  for (auto field : kPackedStrings) total += 4 + (r.*field).size();
+  out.reserve(out.size() + total);
+  out.append(reinterpret_cast<const char*>(&nums), sizeof nums);
+  for (auto field : kPackedStrings) {
+    const std::string_view v = r.*field;
+    const auto len = static_cast<uint32_t>(v.size());
+    out.append(reinterpret_cast<const char*>(&len), 4);
+    out.append(v.data(), v.size());
+  }
+}
+
+void formatPackedAccessRecord(std::string_view packed, std::string& out) {
+  PackedNumbers nums;
+  if (packed.size() < sizeof nums) return;  // not a packing: nothing to write
+  std::memcpy(&nums, packed.data(), sizeof nums);
+  AccessRecord r;
+  r.ts_unix_us = nums.ts_unix_us;
+  r.bytes_in = nums.bytes_in;
+  r.bytes_out = nums.bytes_out;
+  r.duration_us = nums.duration_us;
+  r.status = nums.status;
+  r.upstream_status = nums.upstream_status;
+  size_t at = sizeof nums;
+  for (auto field : kPackedStrings) {
+    uint32_t len;
+    if (packed.size() - at < 4) return;
+    std::memcpy(&len, packed.data() + at, 4);
+    at += 4;
+    if (packed.size() - at < len) return;
+    r.*field = packed.substr(at, len);
+    at += len;
+  }
+  formatAccessRecord(r, out);
 }
 
 void formatAccessRecord(const AccessRecord& r, std::string& out) {
@@ -264,7 +386,8 @@ int openLog(const std::string& path, std::string& error) {
 LogWriter::LogWriter(size_t capacity)
     : mask_(roundUpPow2(capacity) - 1),
       cells_(new Cell[mask_ + 1]),
-      batch_(new std::string[kMaxBatch]) {
+      batch_(new std::string[kMaxBatch]),
+      batch_format_(new Formatter[kMaxBatch]()) {
   for (size_t i = 0; i <= mask_; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
 }
 
@@ -297,7 +420,9 @@ bool LogWriter::start(const std::string& path, std::string& error) {
   return true;
 }
 
-bool LogWriter::submit(std::string&& line) {
+bool LogWriter::submit(std::string&& line) { return submit(std::move(line), nullptr); }
+
+bool LogWriter::submit(std::string&& line, Formatter format) {
   if (discard_.load(std::memory_order_relaxed)) return true;
   if (!accepting_.load(std::memory_order_relaxed)) {
     dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -321,6 +446,7 @@ bool LogWriter::submit(std::string&& line) {
     }
   }
   cell->line = std::move(line);
+  cell->format = format;
   // Producers wake a sleeping writer only every kWakeEveryLines lines;
   // otherwise the writer's periodic wake-up picks the line up.
   cell->seq.store(pos + 1, std::memory_order_seq_cst);
@@ -390,6 +516,7 @@ size_t LogWriter::collectBatch() {
   while (batch_len_ < kMaxBatch) {
     Cell& cell = cells_[pos & mask_];
     if (cell.seq.load(std::memory_order_acquire) != pos + 1) break;
+    batch_format_[batch_len_] = cell.format;
     batch_[batch_len_++] = std::move(cell.line);
     cell.seq.store(pos + mask_ + 1, std::memory_order_release);
     ++pos;
@@ -399,9 +526,27 @@ size_t LogWriter::collectBatch() {
 }
 
 void LogWriter::writeBatch() {
+  // Deferred items are formatted first, back to back in formatted_ (which
+  // does not move afterwards), then every line goes out in one writev.
+  size_t ends[kMaxBatch];
+  formatted_.clear();
+  for (size_t i = 0; i < batch_len_; ++i) {
+    if (batch_format_[i] != nullptr) batch_format_[i](batch_[i], formatted_);
+    ends[i] = formatted_.size();
+  }
   struct iovec iov[kMaxBatch];
   size_t n = 0;
+  size_t begin = 0;
   for (size_t i = 0; i < batch_len_; ++i) {
+    if (batch_format_[i] != nullptr) {
+      if (ends[i] > begin) {
+        iov[n].iov_base = formatted_.data() + begin;
+        iov[n].iov_len = ends[i] - begin;
+        ++n;
+      }
+      begin = ends[i];
+      continue;
+    }
     if (batch_[i].empty()) continue;
     iov[n].iov_base = batch_[i].data();
     iov[n].iov_len = batch_[i].size();
@@ -432,6 +577,7 @@ void LogWriter::writeBatch() {
   dropped_.fetch_add(n - first, std::memory_order_relaxed);
   for (size_t i = 0; i < batch_len_; ++i) std::string().swap(batch_[i]);
   batch_len_ = 0;
+  if (formatted_.capacity() > (4u << 20)) std::string().swap(formatted_);  // after a burst of huge lines
 }
 
 void LogWriter::doReopen() {

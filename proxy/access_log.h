@@ -55,6 +55,13 @@ struct AccessRecord {
 // throws (beyond std::bad_alloc from growing `out`), takes no lock.
 void formatAccessRecord(const AccessRecord& r, std::string& out);
 
+// Deferred formatting (the event loop copies, the log thread formats): packs
+// `r` into `out` (its numbers and a copy of every string, length-prefixed),
+// and, on the log thread, appends exactly what formatAccessRecord(r) would to
+// `out` from such a packing. A packing is only for formatPackedAccessRecord.
+void packAccessRecord(const AccessRecord& r, std::string& out);
+void formatPackedAccessRecord(std::string_view packed, std::string& out);
+
 // Appends `s` to `out` as the body of a JSON string (without the quotes), escaped
 // as described above. Shared with the audit log and other JSON line writers.
 void appendJsonEscaped(std::string_view s, std::string& out);
@@ -109,6 +116,13 @@ class LogWriter {
   // unchanged and counts a drop when the queue is full or after stop().
   bool submit(std::string&& line);
 
+  // Turns a queued item into its text on the writer thread (appending to
+  // `out`), so the submitting thread only copies its data (e.g.
+  // packAccessRecord / formatPackedAccessRecord). Must not throw.
+  using Formatter = void (*)(std::string_view item, std::string& out);
+  // As submit(line), but `item` is written as format(item). Same guarantees.
+  bool submit(std::string&& item, Formatter format);
+
   // Asks the writer thread to reopen the path (for logrotate: rename the file,
   // then reopen(), e.g. from the SIGUSR1 handler on the main loop). Thread-safe,
   // non-blocking, not async-signal-safe. Every write after the reopen goes to the
@@ -147,6 +161,7 @@ class LogWriter {
   struct Cell {
     std::atomic<size_t> seq;
     std::string line;
+    Formatter format = nullptr;  // null: `line` is the text
   };
 
   void run();
@@ -186,7 +201,9 @@ class LogWriter {
   int fd_ = -1;
   bool write_failing_ = false;  // to report a failure streak once, not per batch
   std::unique_ptr<std::string[]> batch_;
+  std::unique_ptr<Formatter[]> batch_format_;
   size_t batch_len_ = 0;
+  std::string formatted_;  // the batch's formatted items, back to back
 
   std::mutex lifecycle_mu_;  // start()/stop() against each other, never on the data path
   bool started_ = false;

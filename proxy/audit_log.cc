@@ -35,6 +35,23 @@ void AuditFields::key(std::string_view k) {
   } else {
     out_ += ',';
   }
+  // Member names are literals in practice: plain ones go in one append.
+  char buf[64];
+  if (k.size() <= sizeof(buf) - 3) {
+    bool plain = true;
+    for (const char c : k) {
+      plain = plain && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                        c == '.' || c == '-');
+    }
+    if (plain) {
+      buf[0] = '"';
+      std::memcpy(buf + 1, k.data(), k.size());
+      buf[k.size() + 1] = '"';
+      buf[k.size() + 2] = ':';
+      out_.append(buf, k.size() + 3);
+      return;
+    }
+  }
   out_ += '"';
   appendJsonEscaped(k, out_);
   out_ += "\":";
@@ -46,6 +63,36 @@ AuditFields& AuditFields::str(std::string_view k, std::string_view value) {
   appendJsonEscaped(value, out_);
   out_ += '"';
   return *this;
+}
+
+PackedFields& PackedFields::str(std::string_view k, std::string_view value) {
+  if (out_.empty()) out_.reserve(192);
+  const auto klen = static_cast<uint32_t>(k.size());
+  const auto vlen = static_cast<uint32_t>(value.size());
+  out_.append(reinterpret_cast<const char*>(&klen), 4);
+  out_.append(k.data(), k.size());
+  out_.append(reinterpret_cast<const char*>(&vlen), 4);
+  out_.append(value.data(), value.size());
+  return *this;
+}
+
+void formatPackedFields(std::string_view packed, std::string& out) {
+  AuditFields f;
+  size_t at = 0;
+  const auto next = [&](std::string_view& v) {
+    uint32_t len;
+    if (packed.size() - at < 4) return false;
+    std::memcpy(&len, packed.data() + at, 4);
+    at += 4;
+    if (packed.size() - at < len) return false;
+    v = packed.substr(at, len);
+    at += len;
+    return true;
+  };
+  std::string_view k;
+  std::string_view v;
+  while (at < packed.size() && next(k) && next(v)) f.str(k, v);
+  out += f.view();
 }
 
 AuditFields& AuditFields::num(std::string_view k, int64_t value) {
@@ -356,7 +403,9 @@ void AuditLog::pushOverflow(Node* node) {
                                                  std::memory_order_relaxed));
 }
 
-void AuditLog::record(std::string_view event, std::string&& fields) {
+void AuditLog::record(std::string_view event, std::string&& fields) { record(event, std::move(fields), nullptr); }
+
+void AuditLog::record(std::string_view event, std::string&& fields, FieldsFormatter format) {
   inflight_.fetch_add(1, std::memory_order_seq_cst);
   if (!accepting_.load(std::memory_order_seq_cst)) {
     inflight_.fetch_sub(1, std::memory_order_release);
@@ -373,6 +422,7 @@ void AuditLog::record(std::string_view event, std::string&& fields) {
         if (enqueue_pos_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
           cell->ev.setName(event);
           cell->ev.fields = std::move(fields);
+          cell->ev.format = format;
           cell->seq.store(pos + 1, std::memory_order_seq_cst);
           inflight_.fetch_sub(1, std::memory_order_release);
           if ((pos & (kWakeEvery - 1)) == kWakeEvery - 1 && sleeping_.load(std::memory_order_seq_cst) != 0) {
@@ -390,6 +440,7 @@ void AuditLog::record(std::string_view event, std::string&& fields) {
   Node* node = new Node;
   node->ev.setName(event);
   node->ev.fields = std::move(fields);
+  node->ev.format = format;
   overflowed_.fetch_add(1, std::memory_order_relaxed);
   pushOverflow(node);
   inflight_.fetch_sub(1, std::memory_order_release);
@@ -448,6 +499,16 @@ uint64_t AuditLog::depth() const {
   const size_t enq = enqueue_pos_.load(std::memory_order_relaxed);
   const size_t deq = dequeue_pos_.load(std::memory_order_relaxed);
   return (enq > deq ? enq - deq : 0) + overflow_pending_.load(std::memory_order_relaxed);
+}
+
+void AuditLog::emitEvent(const Event& ev) {
+  if (ev.format == nullptr) {
+    emit(ev.name(), ev.fields);
+    return;
+  }
+  fields_scratch_.clear();
+  ev.format(ev.fields, fields_scratch_);
+  emit(ev.name(), fields_scratch_);
 }
 
 void AuditLog::emit(std::string_view event, std::string_view fields) {
@@ -515,7 +576,7 @@ size_t AuditLog::drainRing(size_t limit, bool wait_claimed) {
       sched_yield();
       continue;
     }
-    emit(cell.ev.name(), cell.ev.fields);
+    emitEvent(cell.ev);
     std::string().swap(cell.ev.fields);
     cell.seq.store(pos + mask_ + 1, std::memory_order_release);
     ++pos;
@@ -552,7 +613,7 @@ bool AuditLog::drainOnce() {
       fifo->barrier->done = true;
       flush_cv_.notify_all();
     } else {
-      emit(fifo->ev.name(), fifo->ev.fields);
+      emitEvent(fifo->ev);
       overflow_pending_.fetch_sub(1, std::memory_order_seq_cst);
     }
     delete fifo;

@@ -71,6 +71,20 @@ class AuditFields {
   std::string out_;
 };
 
+// String members for AuditLog::record(event, packed, &formatPackedFields):
+// each str() copies its key and value, length-prefixed, with no escaping;
+// formatPackedFields (on the writer thread) appends exactly what AuditFields
+// with the same str() calls would produce.
+class PackedFields {
+ public:
+  PackedFields& str(std::string_view key, std::string_view value);
+  std::string take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+void formatPackedFields(std::string_view packed, std::string& out);
+
 // AuditLog owns one audit log file and one writer thread.
 //
 // record() policy: never blocks, never takes a mutex, never drops an accepted
@@ -134,6 +148,12 @@ class AuditLog {
   // After stop() the event cannot be written: it is counted in lost().
   void record(std::string_view event, std::string&& fields);
 
+  // Deferred formatting: the event's members are written as format(packed)
+  // by the writer thread, so the recording thread only copies its data
+  // (PackedFields / formatPackedFields). Same guarantees as record().
+  using FieldsFormatter = void (*)(std::string_view packed, std::string& out);
+  void record(std::string_view event, std::string&& packed, FieldsFormatter format);
+
   // Asks the writer to reopen the path (logrotate: rename, then reopen()). The
   // new file continues seq and prev from the last record of the old one.
   // Thread-safe, non-blocking, not async-signal-safe.
@@ -165,6 +185,7 @@ class AuditLog {
  private:
   struct Event {
     std::string fields;
+    FieldsFormatter format = nullptr;  // non-null: `fields` is its packed input
     std::string long_event;  // only when the name does not fit in `event`
     char event[40];
     uint8_t event_len = 0;
@@ -189,6 +210,7 @@ class AuditLog {
   size_t drainRing(size_t limit, bool wait_claimed);
   bool drainOnce();
   void emit(std::string_view event, std::string_view fields);
+  void emitEvent(const Event& ev);  // formats deferred members first
   void writeOut(bool stopping);
   void syncNow();
   void doReopen();
@@ -234,6 +256,7 @@ class AuditLog {
   std::function<void(std::string_view)> tee_;
   uint64_t next_seq_ = 1;
   std::string prev_;  // 64 hex
+  std::string fields_scratch_;  // writer: a deferred event's members
   std::string out_;   // formatted, not yet written
   size_t out_records_ = 0;
   size_t out_written_bytes_ = 0;  // prefix of out_ already written

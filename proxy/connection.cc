@@ -1384,9 +1384,10 @@ void Connection::reportSecurity() {
 
 void Connection::logAccess() {
   LogWriter* log = worker_->accessLog();
-  if (log == nullptr) return;
+  if (log == nullptr || !log->enabled()) return;  // access = "": nothing to format
   AccessRecord r;
-  r.ts_unix_us = worker_->wallClockUs();
+  const uint64_t now_us = nowUs();
+  r.ts_unix_us = worker_->wallClockUs(now_us);
   r.request_id = ctx_.request_id;
   r.remote_ip = ctx_.remote_ip;
   r.peer_ip = peer_ip_;  // written only when it differs: behind trusted proxies
@@ -1395,7 +1396,7 @@ void Connection::logAccess() {
   r.status = status_;
   r.bytes_in = req_bytes_in_;
   r.bytes_out = resp_bytes_out_;
-  r.duration_us = nowUs() - ctx_.start_us;
+  r.duration_us = now_us - ctx_.start_us;
   if (upstream_status_ != 0 && ctx_.route != nullptr) r.upstream = snap_->config->upstreams[ctx_.route->upstream_index].name;
   r.upstream_status = upstream_status_;
   r.token_id = ctx_.token_id;
@@ -1403,10 +1404,10 @@ void Connection::logAccess() {
   r.tls_version = ctx_.tls_version;
   r.rejected_by = ctx_.rejected_by;
   r.reason = ctx_.reason;
-  std::string line;
-  line.reserve(384);
-  formatAccessRecord(r, line);
-  log->submit(std::move(line));
+  // The log thread formats the JSON line; this loop only copies the fields.
+  std::string packed;
+  packAccessRecord(r, packed);
+  log->submit(std::move(packed), &formatPackedAccessRecord);
 }
 
 void Connection::close() {

@@ -215,9 +215,16 @@ void Worker::nextRequestId(char out[33]) {
   out[32] = '\0';
 }
 
-int64_t Worker::wallClockUs() const {
-  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+int64_t Worker::wallClockUs(uint64_t mono_us) {
+  if (wall_offset_read_us_ == 0 || mono_us - wall_offset_read_us_ >= 1000000) {
+    const int64_t wall = std::chrono::duration_cast<std::chrono::microseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+    const uint64_t mono = nowUs();
+    wall_offset_us_ = wall - static_cast<int64_t>(mono);
+    wall_offset_read_us_ = mono;
+  }
+  return static_cast<int64_t>(mono_us) + wall_offset_us_;
 }
 
 void Worker::onConnection(uv_stream_t* server, int status) {

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -128,6 +129,48 @@ TEST(AccessLogFormat, Timestamps) {
   EXPECT_EQ(ts(253402300799999999), "9999-12-31T23:59:59.999999Z");
   EXPECT_EQ(ts(-1), "1969-12-31T23:59:59.999999Z");
   EXPECT_EQ(ts(1709251199999999), "2024-02-29T23:59:59.999999Z");
+}
+
+// The date part is cached per second per thread: calls that go forward,
+// back and across seconds, days and years all match the full formatting.
+TEST(AccessLogFormat, TimestampsAcrossTheSecondCache) {
+  EXPECT_EQ(ts(1796402447123456), "2026-12-04T16:40:47.123456Z");
+  EXPECT_EQ(ts(1796402447999999), "2026-12-04T16:40:47.999999Z");
+  EXPECT_EQ(ts(1796402448000000), "2026-12-04T16:40:48.000000Z");
+  EXPECT_EQ(ts(1796402447000001), "2026-12-04T16:40:47.000001Z");
+  EXPECT_EQ(ts(1798761599999999), "2026-12-31T23:59:59.999999Z");
+  EXPECT_EQ(ts(1798761600000000), "2027-01-01T00:00:00.000000Z");
+  EXPECT_EQ(ts(-1), "1969-12-31T23:59:59.999999Z");
+  EXPECT_EQ(ts(0), "1970-01-01T00:00:00.000000Z");
+  EXPECT_EQ(ts(253402300800000000), "10000-01-01T00:00:00.000000Z");  // past year 9999: not cached
+  EXPECT_EQ(ts(253402300799000001), "9999-12-31T23:59:59.000001Z");
+  std::string two;
+  appendRfc3339Micros(1796402447000010, two);
+  appendRfc3339Micros(1796402447000020, two);
+  EXPECT_EQ(two, "2026-12-04T16:40:47.000010Z2026-12-04T16:40:47.000020Z");
+}
+
+// Escaping skips plain bytes 8 at a time: every special byte and every
+// multi-byte sequence at every offset of a longer string (so at every
+// position within and across the 8-byte words) gives the same result as on
+// its own.
+TEST(AccessLogFormat, EscapingIsTheSameAtEveryOffset) {
+  const std::string plain = "abcdefghijklmnopqrstuvwx";  // 24 bytes
+  struct Case {
+    std::string in, out;
+  };
+  std::vector<Case> cases = {{"\"", "\\\""}, {"\\", "\\\\"}, {"\n", "\\u000a"}, {std::string(1, '\0'), "\\u0000"},
+                             {"\x1f", "\\u001f"}, {"\x7f", "\\u007f"}, {"\x80", "\\ufffd"}, {"\xff", "\\ufffd"},
+                             {"\xc3\xa9", "\xc3\xa9"}, {"\xe2\x82\xac", "\xe2\x82\xac"},
+                             {"\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80"}, {"\xe2\x82", "\\ufffd\\ufffd"}, {" ", " "},
+                             {"~", "~"}};
+  for (const Case& c : cases) {
+    for (size_t at = 0; at <= plain.size(); ++at) {
+      const std::string in = plain.substr(0, at) + c.in + plain.substr(at);
+      const std::string want = plain.substr(0, at) + c.out + plain.substr(at);
+      EXPECT_EQ(escaped(in), want) << "offset " << at << " of " << escaped(c.in);
+    }
+  }
 }
 
 TEST(AccessLogFormat, EscapesQuotesBackslashesAndControls) {
@@ -275,6 +318,106 @@ TEST(LogWriter, StopDrainsEverything) {
   std::vector<std::string> lines = readLines(path);
   ASSERT_EQ(lines.size(), size_t{kLines});
   for (int i = 0; i < kLines; ++i) ASSERT_EQ(lines[i], std::to_string(i));
+}
+
+// The event loop packs, the writer formats: a packed record formats to
+// exactly what formatAccessRecord writes, for full, empty and hostile
+// records (a long path, every byte value, empty optional fields).
+TEST(AccessLogFormat, PackedRecordFormatsLikeTheRecord) {
+  std::string every_byte;
+  for (int c = 0; c < 256; ++c) every_byte.push_back(static_cast<char>(c));
+  const std::string long_path = "/" + std::string(10000, 'p') + "?q=secret";
+  std::vector<AccessRecord> records(4);
+  records[0].ts_unix_us = 1796402447123456;
+  records[0].request_id = "7f3a";
+  records[0].remote_ip = "203.0.113.9";
+  records[0].peer_ip = "127.0.0.1";
+  records[0].method = "POST";
+  records[0].path = "/v1/upload";
+  records[0].status = 403;
+  records[0].bytes_in = 1234;
+  records[0].bytes_out = 56;
+  records[0].duration_us = 789;
+  records[0].upstream = "10.0.0.2:8080";
+  records[0].upstream_status = 201;
+  records[0].token_id = "tok_1";
+  records[0].account = "acme";
+  records[0].tls_version = "TLSv1.3";
+  records[0].rejected_by = "token_check";
+  records[0].reason = "expired";
+  records[2].path = long_path;
+  records[2].ts_unix_us = -5;
+  records[2].status = -1;
+  records[2].bytes_out = UINT64_MAX;
+  records[3].method = every_byte;
+  records[3].reason = every_byte;
+  records[3].account = "\xe2\x82\xac\"}\n";
+  for (size_t i = 0; i < records.size(); ++i) {
+    std::string direct;
+    formatAccessRecord(records[i], direct);
+    std::string packed;
+    packAccessRecord(records[i], packed);
+    std::string formatted = "before\n";
+    formatPackedAccessRecord(packed, formatted);
+    EXPECT_EQ(formatted, "before\n" + direct) << i;
+  }
+  // Not a packing (cut short): nothing is written, nothing is read past it.
+  std::string packed;
+  packAccessRecord(records[0], packed);
+  for (size_t cut : {size_t{0}, size_t{7}, packed.size() - 1}) {
+    std::string out;
+    formatPackedAccessRecord(std::string_view(packed).substr(0, cut), out);
+    EXPECT_TRUE(out.empty()) << cut;
+  }
+}
+
+// Deferred and plain lines from many threads: each written once, formatted,
+// in submission order per thread.
+TEST(LogWriter, DeferredItemsAreFormattedByTheWriter) {
+  TempDir dir;
+  const std::string path = dir.path + "/access.log";
+  constexpr int kThreads = 4, kEach = 20000;
+  const LogWriter::Formatter upper = [](std::string_view item, std::string& out) {
+    out += "fmt:";
+    out += item;
+    out += '\n';
+  };
+  {
+    LogWriter w(1 << 17);
+    std::string error;
+    ASSERT_TRUE(w.start(path, error)) << error;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&w, t, upper] {
+        for (int i = 0; i < kEach; ++i) {
+          const std::string text = std::to_string(t) + " " + std::to_string(i);
+          if (i % 3 == 0) {
+            EXPECT_TRUE(w.submit(text + "\n"));
+          } else {
+            EXPECT_TRUE(w.submit(std::string(text), upper));
+          }
+        }
+      });
+    }
+    for (auto& th : threads) th.join();
+    w.stop();
+    EXPECT_EQ(w.written(), uint64_t{kThreads} * kEach);
+    EXPECT_EQ(w.dropped(), 0u);
+  }
+  std::vector<std::string> lines = readLines(path);
+  ASSERT_EQ(lines.size(), size_t{kThreads} * kEach);
+  std::vector<int> next(kThreads, 0);
+  for (const std::string& l : lines) {
+    const bool deferred = l.rfind("fmt:", 0) == 0;
+    const std::string body = deferred ? l.substr(4) : l;
+    const int t = std::atoi(body.c_str());
+    const int i = std::atoi(body.c_str() + body.find(' ') + 1);
+    ASSERT_GE(t, 0);
+    ASSERT_LT(t, kThreads);
+    EXPECT_EQ(i, next[t]) << l;
+    EXPECT_EQ(deferred, i % 3 != 0) << l;
+    next[t] = i + 1;
+  }
 }
 
 TEST(LogWriter, DestructorDrains) {

@@ -182,6 +182,41 @@ TEST_F(AuditLogTest, HostileFieldValuesStayInsideTheirString) {
   EXPECT_TRUE(verify(log_path).ok);
 }
 
+// Packed members are written exactly as AuditFields would write them, in
+// record order with plain records, and the chain verifies.
+TEST_F(AuditLogTest, PackedFieldsAreFormattedByTheWriter) {
+  const std::string hostile = "1.2.3.4\",\"key_id\":\"k9\",\"prev\":\"x\n\r\x01\xff\xe2\x82\xac";
+  std::string direct = AuditFields().str("request_id", "abc").str("ip", hostile).str("", "").view();
+  std::string packed = PackedFields().str("request_id", "abc").str("ip", hostile).str("", "").take();
+  std::string formatted;
+  formatPackedFields(packed, formatted);
+  EXPECT_EQ(formatted, direct);
+
+  AuditLog log;
+  std::string error;
+  ASSERT_TRUE(log.start(log_path, ring, error)) << error;
+  for (int i = 0; i < 100; ++i) {
+    if (i % 2 == 0) {
+      log.record("auth.success", PackedFields().str("n", std::to_string(i)).str("ip", hostile).take(),
+                 &formatPackedFields);
+    } else {
+      log.record("auth.success", AuditFields().str("n", std::to_string(i)).str("ip", hostile).take());
+    }
+  }
+  log.stop();
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 101u);
+  const std::string members = AuditFields().str("ip", hostile).view();
+  for (int i = 0; i < 100; ++i) {
+    const std::string& l = v[static_cast<size_t>(i) + 1];
+    EXPECT_NE(l.find("\"event\":\"auth.success\",\"n\":\"" + std::to_string(i) + "\"," + members + ",\"key_id\""),
+              std::string::npos)
+        << l;
+  }
+  const VerifyResult r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+}
+
 TEST_F(AuditLogTest, EditedFieldIsDetectedWithItsSeq) {
   writeEvents(10, log_path);
   auto v = lines(log_path);
