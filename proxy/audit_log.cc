@@ -35,23 +35,6 @@ void AuditFields::key(std::string_view k) {
   } else {
     out_ += ',';
   }
-  // Member names are literals in practice: plain ones go in one append.
-  char buf[64];
-  if (k.size() <= sizeof(buf) - 3) {
-    bool plain = true;
-    for (const char c : k) {
-      plain = plain && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-                        c == '.' || c == '-');
-    }
-    if (plain) {
-      buf[0] = '"';
-      std::memcpy(buf + 1, k.data(), k.size());
-      buf[k.size() + 1] = '"';
-      buf[k.size() + 2] = ':';
-      out_.append(buf, k.size() + 3);
-      return;
-    }
-  }
   out_ += '"';
   appendJsonEscaped(k, out_);
   out_ += "\":";
@@ -77,7 +60,8 @@ PackedFields& PackedFields::str(std::string_view k, std::string_view value) {
 }
 
 void formatPackedFields(std::string_view packed, std::string& out) {
-  AuditFields f;
+  // What AuditFields::str writes for each member, straight into `out`.
+  const size_t start = out.size();
   size_t at = 0;
   const auto next = [&](std::string_view& v) {
     uint32_t len;
@@ -91,8 +75,14 @@ void formatPackedFields(std::string_view packed, std::string& out) {
   };
   std::string_view k;
   std::string_view v;
-  while (at < packed.size() && next(k) && next(v)) f.str(k, v);
-  out += f.view();
+  while (at < packed.size() && next(k) && next(v)) {
+    if (out.size() != start) out += ',';
+    out += '"';
+    appendJsonEscaped(k, out);
+    out += "\":\"";
+    appendJsonEscaped(v, out);
+    out += '"';
+  }
 }
 
 AuditFields& AuditFields::num(std::string_view k, int64_t value) {
