@@ -673,7 +673,7 @@ S_MODE=$MODE S_HS_CONNS=$HS_CONNS S_TLS_INFO=$TMP/tls-info.tsv \
 S_ENC_BYTES=$ENC_BYTES S_ENC_SEGMENT=$ENC_SEGMENT S_ENC_KEY_ID=$ENC_KEY_ID \
 S_AB_CHECKS=$AB_CHECKS S_AB_METRICS=$TMP/ab- \
 python3 - "$OUT" "$STATUS" <<'PY'
-import json, os, statistics, sys
+import json, math, os, statistics, sys
 
 out, status_file = sys.argv[1], sys.argv[2]
 E = os.environ
@@ -1063,6 +1063,13 @@ if ab:
     print(f"on/off: req/s {fmt(q.get('rps'), '{:.3f}')} (target >= {a['target_rps_ratio']}: {verdict}),"
           f" CPU/req {fmt(q.get('proxy_cpu_us_per_req'), '{:.3f}')}, p99 {fmt(q.get('p99_us'), '{:.3f}')};"
           f" per round req/s on/off: " + ", ".join(f"{x:.3f}" for x in a["paired_rps_ratio_per_round"]))
+    pr = a["paired_rps_ratio_per_round"]
+    if pr:
+        # Drift-robust views (the host's speed can drift within a run; each
+        # round's pair ran back to back): median and geometric mean of the
+        # per-round ratios. Reported beside the target ratio, not instead of it.
+        gm = math.exp(sum(math.log(x) for x in pr) / len(pr))
+        print(f"  per-round ratios: median {statistics.median(pr):.3f}, geometric mean {gm:.3f} ({len(pr)} rounds)")
     print(f"  on = {s['feature_on']}; both: {s['both']}")
     print("Checks before the runs: " + "; ".join(
         f"{x['contender']} {x['check']} -> {x['got']}{'' if x['ok'] else ' (expected ' + x['expected'] + ')'}"

@@ -221,7 +221,7 @@ ACCESS_BYTES=$(stat -c %s "$TMP/on-access.log" 2>/dev/null || echo 0)
 
 python3 - "$OUT" "$CLK_TCK" "$ACCESS_LINES" "$AUDIT_SUCCESS" "$VERIFY" "$AUDIT_BYTES" "$ACCESS_BYTES" \
   "$(nproc)" "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" "$DURATION" "$CONNS" "$ROUNDS" "${VARIANTS[*]}" <<'PY'
-import json, statistics, sys, time
+import json, math, statistics, sys, time
 out, hz = sys.argv[1], int(sys.argv[2])
 access_lines, audit_success, verify = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 audit_bytes, access_bytes = int(sys.argv[6]), int(sys.argv[7])
@@ -265,6 +265,9 @@ for v in variants:
     print(f"logs-{v:<7}{med[v]['rps']:>10,.0f}{med[v]['p99_us']:>9,.0f}{med[v]['proxy_cpu_us_per_req']:>12.2f}"
           f"   vs off: req/s {q['rps']:.3f}, CPU/req {q['proxy_cpu_us_per_req']:.3f}  ({names[v]})")
 print(f"  per-round req/s ratio on/off: " + ", ".join(f"{x:.3f}" for x in paired))
+if paired:
+    gm = math.exp(sum(math.log(x) for x in paired) / len(paired))
+    print(f"  per-round ratios (drift-robust): median {statistics.median(paired):.3f}, geometric mean {gm:.3f}")
 if "limits" in variants:
     a = med["limits"]["rps"] / med["off"]["rps"]
     print(f"  rate limits on vs off: req/s {a:.3f} (target >= 0.97: {'met' if a >= 0.97 else 'NOT met'}),"
