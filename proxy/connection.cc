@@ -89,12 +89,13 @@ void appendAllow(std::string& out, uint16_t methods) {
 // upstream (connect, a pending write, the response), never while it waits on
 // the client for more request body: a slow upload is bounded by
 // body_idle_ms / min_body_rate, not mistaken for a slow upstream.
-void startUpstreamTimer(UpstreamConn* u, uint64_t ms) {
-  uv_timer_start(&u->timer, [](uv_timer_t* t) {
-    auto* c = static_cast<UpstreamConn*>(t->data);
-    if (c->owner != nullptr) c->owner->onUpstreamTimeout();
-  }, ms, 0);
+void onUpstreamTimer(uv_timer_t* t) {
+  auto* u = static_cast<UpstreamConn*>(t->data);
+  if (!u->timer_deadline.due(t, &onUpstreamTimer)) return;
+  if (u->owner != nullptr) u->owner->onUpstreamTimeout();
 }
+
+void startUpstreamTimer(UpstreamConn* u, uint64_t ms) { u->timer_deadline.arm(&u->timer, &onUpstreamTimer, ms); }
 
 }  // namespace
 
@@ -387,7 +388,7 @@ void Connection::processClient() {
 }
 
 void Connection::beginRequest() {
-  uv_timer_stop(&timer_);
+  timer_deadline_.clear();
   pinSnapshot();
   ctx_.reset();
   ctx_.loop = worker_->loop();
@@ -602,16 +603,13 @@ void Connection::connectUpstream(bool fresh) {
   if (up_->state == UpstreamConn::State::kActive) {
     sendRequestHead();
   } else {
-    uv_timer_start(&up_->timer, [](uv_timer_t* t) {
-      auto* u = static_cast<UpstreamConn*>(t->data);
-      if (u->owner != nullptr) u->owner->onUpstreamTimeout();
-    }, snap_->config->timeouts.upstream_connect_ms, 0);
+    startUpstreamTimer(up_, snap_->config->timeouts.upstream_connect_ms);
   }
   updateClientReading();
 }
 
 void Connection::onUpstreamConnected(int status) {
-  uv_timer_stop(&up_->timer);
+  up_->timer_deadline.clear();
   if (status != 0) {
     // A refused connect, or TLS to the server failed (handshake or its
     // certificate): the server is skipped for fail_timeout_ms either way.
@@ -653,10 +651,7 @@ void Connection::sendRequestHead() {
   up_->startReading();
   upstream_sent_at_us_ = nowUs();
   if (!retried_) worker_->metrics().proxy_added_latency.observe(upstream_sent_at_us_ - ctx_.start_us);
-  uv_timer_start(&up_->timer, [](uv_timer_t* t) {
-    auto* u = static_cast<UpstreamConn*>(t->data);
-    if (u->owner != nullptr) u->owner->onUpstreamTimeout();
-  }, snap_->config->timeouts.upstream_response_ms, 0);
+  startUpstreamTimer(up_, snap_->config->timeouts.upstream_response_ms);
   if (has_body && req_.expect_continue && rbuf_.unparsed() == 0 && !continue_sent_) {
     // The client waits for our go-ahead before sending the body.
     static const char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -781,7 +776,7 @@ again:
   if (request_done && req_.chunked) up_bufs_.push_back(uv_buf_init(const_cast<char*>("0\r\n\r\n"), 5));
   if (request_done) {
     req_state_ = ReqState::kDone;
-    uv_timer_stop(&timer_);
+    timer_deadline_.clear();
     if (resp_state_ == RespState::kHead) startUpstreamTimer(up_, snap_->config->timeouts.upstream_response_ms);
   } else if (xf != nullptr && up_bufs_.empty()) {
     // The transform took this round's bytes without output yet: no write
@@ -873,7 +868,7 @@ void Connection::onUpstreamWritten(int status) {
   }
   if (req_state_ == ReqState::kStreamingBody) {
     // Waiting on the client again (see startUpstreamTimer).
-    if (resp_state_ == RespState::kHead) uv_timer_stop(&up_->timer);
+    if (resp_state_ == RespState::kHead) up_->timer_deadline.clear();
     armBodyTimer();
     if (tls_ && tls_->hasBufferedInput() && !tlsPull()) return;
     if (rbuf_.unparsed() > 0 || xform_finishing_) {
@@ -927,7 +922,7 @@ void Connection::releaseUpstream(bool reusable) {
   if (up_ == nullptr) return;
   UpstreamConn* u = up_;
   up_ = nullptr;
-  uv_timer_stop(&u->timer);
+  u->timer_deadline.clear();
   u->owner = nullptr;
   if (reusable) {
     u->pool->release(u, true);
@@ -948,10 +943,7 @@ void Connection::onUpstreamRead(ssize_t nread) {
   if (nread > 0) {
     up_->rbuf.end += static_cast<size_t>(nread);
     if (resp_state_ == RespState::kBody) {
-      uv_timer_start(&up_->timer, [](uv_timer_t* t) {
-        auto* u = static_cast<UpstreamConn*>(t->data);
-        if (u->owner != nullptr) u->owner->onUpstreamTimeout();
-      }, snap_->config->timeouts.upstream_response_ms, 0);
+      startUpstreamTimer(up_, snap_->config->timeouts.upstream_response_ms);
     }
     parseResponse();
     return;
@@ -1275,7 +1267,7 @@ void Connection::sendLocalReply(int status, std::string_view code, bool close) {
   if (req_state_ != ReqState::kDone && req_.hasBody()) close_after_ = true;
   req_state_ = ReqState::kDone;
   resp_state_ = RespState::kDone;
-  uv_timer_stop(&timer_);
+  timer_deadline_.clear();
 
   local_body_.clear();
   local_body_.append("{\"error\":\"");
@@ -1319,12 +1311,13 @@ void Connection::armBodyTimer() {
 
 void Connection::armClientTimer(uint64_t ms) {
   if (closing_) return;
-  uv_timer_start(&timer_, &Connection::onTimer, ms, 0);
+  timer_deadline_.arm(&timer_, &Connection::onTimer, ms);
 }
 
 void Connection::onTimer(uv_timer_t* t) {
   auto* c = static_cast<Connection*>(t->data);
   if (c->closing_) return;
+  if (!c->timer_deadline_.due(t, &Connection::onTimer)) return;  // cleared, or moved later
   if (c->ws_ == WsState::kTunnel) {
     c->close();  // nothing moved either way for tunnel_idle_ms
     return;
@@ -1420,7 +1413,7 @@ void Connection::close() {
   if (chain_.active()) reportSecurity();
   chain_.complete(ctx_);
   unpinSnapshot();
-  uv_timer_stop(&timer_);
+  timer_deadline_.stop(&timer_);
   if (reading_) uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
   reading_ = false;
   worker_->buffers().release(rbuf_);

@@ -14,6 +14,7 @@
 #include "proxy/http_codec.h"
 #include "proxy/io.h"
 #include "proxy/ip_limiter.h"
+#include "proxy/lazy_timer.h"
 #include "proxy/snapshot.h"
 #include "proxy/tls.h"
 #include "proxy/upstream.h"
@@ -125,6 +126,7 @@ class Connection : public BodySink {
   Worker* worker_;
   uv_tcp_t tcp_;
   uv_timer_t timer_;
+  LazyDeadline timer_deadline_;  // the timer_'s timeout (proxy/lazy_timer.h)
   uv_write_t write_req_;
   IoBuffer rbuf_;
   // TLS (HTTPS listener only): the session, the ciphertext being written,

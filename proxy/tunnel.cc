@@ -121,7 +121,7 @@ void Connection::startTunnel() {
   m.upstream_latency.observe(nowUs() - upstream_sent_at_us_);
   m.tunnels_active.add(1);
   upstream_status_ = status_ = 101;
-  uv_timer_stop(&up_->timer);  // upstream_response_ms ends; tunnel_idle_ms from now
+  up_->timer_deadline.clear();  // upstream_response_ms ends; tunnel_idle_ms from now
   ws_ = WsState::kTunnel;
   resp_state_ = RespState::kBody;
   tunnel_ending_ = false;

@@ -410,7 +410,7 @@ void UpstreamPool::release(UpstreamConn* c, bool reusable) {
   }
   c->state = UpstreamConn::State::kIdle;
   c->reused = false;
-  uv_timer_stop(&c->timer);
+  c->timer_deadline.clear();
   if (c->rbuf.unparsed() == 0) c->releaseBuffer();
   s.idle.push_back(c);
   c->startReading();  // to notice a close by the server while idle

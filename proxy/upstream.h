@@ -13,6 +13,7 @@
 #include "proxy/config.h"
 #include "proxy/http_codec.h"
 #include "proxy/io.h"
+#include "proxy/lazy_timer.h"
 #include "proxy/metrics.h"
 #include "proxy/snapshot.h"
 #include "proxy/tls.h"
@@ -51,6 +52,7 @@ class UpstreamConn {
   uv_connect_t connect_req;
   uv_write_t write_req;
   uv_timer_t timer;
+  LazyDeadline timer_deadline;  // its timeout (proxy/lazy_timer.h): connect, response
   IoBuffer rbuf;
   HttpCodec codec;
 
