@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "filters/request_context.h"
@@ -62,9 +63,18 @@ struct BodyOutput {
 class BodyTransform {
  public:
   enum class Finish : uint8_t { kDone, kAgain, kFailed };
+  // Calling it again before the round's first transform()/finish() changes
+  // nothing (the connection may start a round early to offer inputWindow()).
   virtual void beginRound() = 0;
   // Most input bytes the calls of this round may take in total; at least 1.
   virtual size_t inputBudget() const = 0;
+  // Optional zero-copy input, valid after beginRound() until the round's
+  // first transform(): memory where the transform would copy the next input
+  // bytes anyway (the segment buffer). The connection may read body bytes
+  // from the socket straight into its first n bytes (n <= size(), and within
+  // inputBudget()) and then pass exactly those bytes, in place, to
+  // transform(), which takes them without a copy. Empty: not offered.
+  virtual std::span<char> inputWindow() { return {}; }
   // Takes all of `in` and appends output; false: the transform failed (the
   // request is aborted and the upstream never sees a complete body).
   virtual bool transform(std::string_view in, BodyOutput& out) = 0;

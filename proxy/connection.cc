@@ -169,13 +169,38 @@ void Connection::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     buf->len = Worker::kTlsScratchSize;
     return;
   }
+  if (c->offerDirectWindow(buf)) return;
   c->worker_->buffers().acquire(c->rbuf_);
   buf->base = c->rbuf_.data + c->rbuf_.end;
   buf->len = c->rbuf_.room();
 }
 
-void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+// A Content-Length request body whose transform offers an input window
+// (BodyTransform::inputWindow) is read straight into it: no more bytes than
+// the body has left, so the read never takes the next request's bytes; only
+// when rbuf_ holds nothing unparsed (order) and the previous round's output
+// is written (the window is free). True: `buf` is that window.
+bool Connection::offerDirectWindow(uv_buf_t* buf) {
+  BodyTransform* xf = ctx_.body_transform;
+  if (xf == nullptr || req_state_ != ReqState::kStreamingBody || req_.chunked || xform_finishing_ ||
+      paused_in_body_ || up_ == nullptr || up_->write_pending || rbuf_.unparsed() > 0 ||
+      req_body_bytes_ >= req_.content_length) {
+    return false;
+  }
+  xf->beginRound();
+  const std::span<char> w = xf->inputWindow();
+  if (w.empty()) return false;
+  const uint64_t left = req_.content_length - req_body_bytes_;
+  buf->base = w.data();
+  buf->len = static_cast<size_t>(std::min<uint64_t>({w.size(), left, xf->inputBudget()}));
+  direct_read_ = true;
+  return true;
+}
+
+void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   auto* c = static_cast<Connection*>(s->data);
+  const bool direct = c->direct_read_;
+  c->direct_read_ = false;
   if (nread > 0) {
     c->req_bytes_in_ += static_cast<uint64_t>(nread);
     c->worker_->metrics().bytes_in.inc(static_cast<uint64_t>(nread));
@@ -183,7 +208,11 @@ void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
       c->tls_->pushCiphertext(c->worker_->tlsScratch(), static_cast<size_t>(nread));
       if (!c->tlsPull()) return;
     } else {
-      c->rbuf_.end += static_cast<size_t>(nread);
+      if (direct) {
+        c->direct_in_ = std::string_view(buf->base, static_cast<size_t>(nread));
+      } else {
+        c->rbuf_.end += static_cast<size_t>(nread);
+      }
     }
     c->processClient();
     // close_notify may come in the same flight as the last request.
@@ -407,6 +436,9 @@ void Connection::beginRequest() {
   continue_sent_ = false;
   retried_ = false;
   xform_finishing_ = false;
+  direct_in_ = {};
+  hold_len_ = 0;
+  hold_next_ = {};
   body_start_us_ = upstream_wait_us_ = write_wait_since_us_ = last_body_data_us_ = 0;
   connect_attempts_ = 0;
   status_ = upstream_status_ = 0;
@@ -715,10 +747,18 @@ again:
       if (st != HttpCodec::Status::kMessageComplete) std::abort();  // llhttp ends body-less messages at once
     }
     request_done = true;
-  } else if (rbuf_.unparsed() > 0) {
+  } else if (!direct_in_.empty() || rbuf_.unparsed() > 0) {
     size_t consumed = 0;
-    HttpCodec::Status st = codec_.execute(rbuf_.data + rbuf_.start, std::min(rbuf_.unparsed(), budget), consumed);
-    rbuf_.start += consumed;
+    HttpCodec::Status st;
+    if (!direct_in_.empty()) {
+      // Body bytes read into the transform's window (offerDirectWindow):
+      // all of them are body, within the budget; parsed in place.
+      st = codec_.execute(direct_in_.data(), direct_in_.size(), consumed);
+      direct_in_ = {};
+    } else {
+      st = codec_.execute(rbuf_.data + rbuf_.start, std::min(rbuf_.unparsed(), budget), consumed);
+      rbuf_.start += consumed;
+    }
     if (st == HttpCodec::Status::kError) {
       worker_->metrics().parse_errors.inc();
       releaseUpstream(false);  // the upstream sees an unterminated request
@@ -761,6 +801,10 @@ again:
     }
   }
   if (xf != nullptr && !transformBody(xf, request_done)) return;
+  if (hold_len_ > 0 && (!body_slices_.empty() || request_done)) {
+    up_bufs_.push_back(uv_buf_init(hold_.get(), static_cast<unsigned>(hold_len_)));
+    hold_len_ = 0;  // the bytes stay in hold_ until this write is done
+  }
   for (std::string_view slice : body_slices_) {
     if (slice.empty()) continue;
     if (req_.chunked) {
@@ -787,7 +831,23 @@ again:
     if (tls_ && rbuf_.unparsed() == 0 && tls_->hasBufferedInput() && !tlsPull()) return;
     if (rbuf_.unparsed() > 0) goto again;
   }
+  if (xf != nullptr && !req_.chunked && !request_done && !body_slices_.empty()) alignTransformWrite();
   flushToUpstream();
+}
+
+// See hold_ (connection.h). Trims the end of up_bufs_ so that the write is
+// a whole number of packets, when the rest fits in hold_ and the last slice
+// (the transform's output, valid until its next round) keeps a byte.
+void Connection::alignTransformWrite() {
+  const uint32_t mss = up_->packetSize();
+  if (mss == 0 || up_bufs_.empty()) return;
+  size_t total = 0;
+  for (const uv_buf_t& b : up_bufs_) total += b.len;
+  const size_t tail = total % mss;
+  uv_buf_t& last = up_bufs_.back();
+  if (tail == 0 || tail > kHoldMax || tail >= last.len) return;
+  last.len -= static_cast<unsigned>(tail);
+  hold_next_ = std::string_view(last.base + last.len, tail);
 }
 
 // Runs this round's decoded body slices through the request's body
@@ -858,6 +918,13 @@ void Connection::onUpstreamWritten(int status) {
     // (the response may already be there); if it does not, it is a reset.
     handleUpstreamFailure(UpstreamError::kReset, 502);
     return;
+  }
+  if (!hold_next_.empty()) {
+    // Before the transform's next round may reuse the memory it points at.
+    if (!hold_) hold_ = std::make_unique<char[]>(kHoldMax);
+    std::memcpy(hold_.get(), hold_next_.data(), hold_next_.size());
+    hold_len_ = hold_next_.size();
+    hold_next_ = {};
   }
   // All slices handed to the kernel: the body region of rbuf_ is free again.
   if (rbuf_.held()) {

@@ -96,6 +96,7 @@ class Connection : public BodySink {
   void sendRequestHead();
   void pumpRequestBody();
   bool transformBody(BodyTransform* xf, bool& request_done);
+  bool offerDirectWindow(uv_buf_t* buf);
   void reportSecurity();
   // min_body_rate (like mod_reqtimeout's MinRate): the body must arrive by
   // start + grace + bytes / rate, where the time the proxy itself spent
@@ -205,6 +206,24 @@ class Connection : public BodySink {
   bool raw_response_ = false;     // forward response body bytes as received
   bool paused_in_body_ = false;
   bool xform_finishing_ = false;  // body ended; the body transform has output left
+  // Zero-copy body input (BodyTransform::inputWindow): the pending read goes
+  // to the transform's window instead of rbuf_, and direct_in_ holds what it
+  // brought until pumpRequestBody() parses it in place.
+  bool direct_read_ = false;
+  std::string_view direct_in_;
+  // Packet-aligned transform output (Content-Length bodies): a round's write
+  // to the upstream leaves out the last (total mod MSS) bytes, which would
+  // otherwise go out as a runt packet of their own (a sealed 64 KiB segment
+  // is 16 bytes over a loopback packet, and the runt costs the receiver a
+  // second wakeup). They are saved into hold_ once the write is done
+  // (hold_next_ points at them in the transform's output until then) and
+  // lead the next round's write. At most kHoldMax bytes wait, and only
+  // while the body goes on: its last write sends everything.
+  static constexpr size_t kHoldMax = 4096;
+  std::unique_ptr<char[]> hold_;  // kHoldMax bytes, allocated on first use
+  size_t hold_len_ = 0;
+  std::string_view hold_next_;
+  void alignTransformWrite();
   uint64_t body_start_us_ = 0;        // request body began (0: none)
   uint64_t upstream_wait_us_ = 0;     // time spent waiting on upstream writes meanwhile
   uint64_t write_wait_since_us_ = 0;  // an upstream write is pending since

@@ -1,5 +1,9 @@
 #include "proxy/upstream.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <cstring>
 
 #include "proxy/connection.h"
@@ -212,6 +216,19 @@ void UpstreamConn::stopReading() {
 }
 
 void UpstreamConn::releaseBuffer() { pool->worker()->buffers().release(rbuf); }
+
+uint32_t UpstreamConn::packetSize() {
+  if (mss != UINT32_MAX) return mss;
+  mss = 0;
+  uv_os_fd_t fd;
+  int v = 0;
+  socklen_t len = sizeof v;
+  if (tls_ == nullptr && uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp), &fd) == 0 &&
+      getsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &v, &len) == 0 && v > 0) {
+    mss = static_cast<uint32_t>(v);
+  }
+  return mss;
+}
 
 int UpstreamConn::write(uv_buf_t* bufs, unsigned n) {
   if (!tls_) {

@@ -271,6 +271,63 @@ TEST(Pcx1, SealerOutputContract) {
   EXPECT_EQ(s.plaintextBytes(), 40u);
 }
 
+// The zero-copy path the proxy uses for Content-Length bodies: plaintext
+// written straight into window(), fed in place, full segments sealed at once
+// with sealFull() (the caller knows more follows), and the segment buffer
+// handed to a pool between segments. Must give the same bytes as feed().
+TEST(Pcx1, SealerWindowInPlaceAndSealFullGiveSameBytes) {
+  for (size_t n : {0u, 1u, 15u, 16u, 17u, 32u, 53u}) {
+    const Bytes pt = plaintextFor(n);
+    const Bytes whole = sealDet(pt, 16);
+    for (size_t step : {1u, 5u, 16u}) {
+      Sealer s;
+      ASSERT_EQ(s.beginDeterministic(kMaster.data(), "k1", 16, kDek.data(), kWrapNonce.data(), kNoncePrefix.data()),
+                Error::kOk);
+      Bytes out;
+      auto drain = [&]() {
+        auto r = s.ready();
+        out.insert(out.end(), r.begin(), r.end());
+        s.consumeReady();
+      };
+      drain();
+      std::vector<uint8_t> pooled;
+      size_t at = 0;
+      while (at < n) {
+        if (!s.hasBuffer()) s.adoptBuffer(std::move(pooled));
+        std::span<uint8_t> w = s.window();
+        ASSERT_FALSE(w.empty());
+        const size_t k = std::min({step, w.size(), n - at});
+        std::memcpy(w.data(), pt.data() + at, k);  // "read from the socket"
+        ASSERT_EQ(s.feed(w.data(), k), k);
+        at += k;
+        if (s.held() == 16 && at < n) {
+          ASSERT_EQ(s.sealFull(), Error::kOk);
+          ASSERT_EQ(s.ready().size(), 32u);
+          EXPECT_TRUE(s.releaseBuffer().empty()) << "a sealed segment not yet consumed keeps its buffer";
+          drain();
+          pooled = s.releaseBuffer();
+          EXPECT_EQ(pooled.size(), 32u);
+          EXPECT_FALSE(s.hasBuffer());
+        }
+      }
+      if (!s.hasBuffer()) s.adoptBuffer(std::move(pooled));
+      ASSERT_EQ(s.finish(), Error::kOk);
+      drain();
+      EXPECT_EQ(out, whole) << n << " step " << step;
+    }
+  }
+  Sealer s;
+  ASSERT_EQ(s.begin(kMaster.data(), "k1", 16), Error::kOk);
+  s.consumeReady();
+  const Bytes pt = plaintextFor(8);
+  EXPECT_EQ(s.feed(pt.data(), 8), 8u);
+  EXPECT_EQ(s.sealFull(), Error::kBadState) << "only a full segment";
+  EXPECT_TRUE(s.releaseBuffer().empty()) << "held plaintext keeps its buffer";
+  EXPECT_EQ(s.window().size(), 8u);
+  s.adoptBuffer(Bytes(31));
+  EXPECT_TRUE(s.hasBuffer());
+}
+
 TEST(Pcx1, SealerRejectsBadArguments) {
   Sealer s;
   EXPECT_EQ(s.begin(kMaster.data(), "", 16), Error::kBadArgument);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 namespace portcullis::pcx1 {
 
@@ -225,18 +226,36 @@ Error Sealer::start(const uint8_t* master, std::string_view key_id, uint32_t seg
   ctx_live_ = true;
   header_len_ = buildHeader(h, header_.data());
   nonce_prefix_ = h.nonce_prefix;
-  segment_size_ = segment_size;
-  if (buf_.size() != size_t(segment_size) + kTagLen) {
-    if (!buf_.empty()) OPENSSL_cleanse(buf_.data(), buf_.size());
-    buf_.assign(size_t(segment_size) + kTagLen, 0);
-  }
+  segment_size_ = segment_size;  // the buffer comes when first needed (ensureBuffer)
   state_ = State::kStreaming;
   ready_ptr_ = header_.data();
   ready_len_ = header_len_;
   return Error::kOk;
 }
 
+void Sealer::ensureBuffer() {
+  if (buf_.size() == size_t(segment_size_) + kTagLen) return;
+  if (!buf_.empty()) OPENSSL_cleanse(buf_.data(), buf_.size());
+  buf_.assign(size_t(segment_size_) + kTagLen, 0);
+}
+
+std::span<uint8_t> Sealer::window() {
+  if (state_ != State::kStreaming || ready_len_ != 0 || held_ == segment_size_) return {};
+  ensureBuffer();
+  return {buf_.data() + held_, size_t(segment_size_) - held_};
+}
+
+std::vector<uint8_t> Sealer::releaseBuffer() {
+  if (held_ != 0 || ready_len_ != 0) return {};
+  return std::exchange(buf_, {});
+}
+
+void Sealer::adoptBuffer(std::vector<uint8_t>&& b) {
+  if (buf_.empty() && segment_size_ != 0 && b.size() == size_t(segment_size_) + kTagLen) buf_ = std::move(b);
+}
+
 Error Sealer::sealHeld(bool last) {
+  ensureBuffer();
   // A non-final segment at 2^32 - 2 would make the next index 2^32 - 1.
   if (index_ == 0xFFFFFFFFu || (!last && index_ >= 0xFFFFFFFEu)) return fail(Error::kTooManySegments);
   uint8_t nonce[kNonceLen];
@@ -255,6 +274,7 @@ Error Sealer::sealHeld(bool last) {
 
 size_t Sealer::feed(const uint8_t* p, size_t n) {
   if (state_ != State::kStreaming || ready_len_ != 0) return 0;
+  ensureBuffer();
   size_t used = 0;
   while (used < n) {
     if (held_ == segment_size_) {
@@ -285,12 +305,18 @@ size_t Sealer::feed(const uint8_t* p, size_t n) {
       return used;
     }
     const size_t take = std::min(size_t(segment_size_) - held_, n - used);
-    std::memcpy(buf_.data() + held_, p + used, take);
+    if (p + used != buf_.data() + held_) std::memcpy(buf_.data() + held_, p + used, take);
     held_ += take;
     used += take;
     plaintext_bytes_ += take;
   }
   return used;
+}
+
+Error Sealer::sealFull() {
+  if (state_ == State::kFailed) return error_;
+  if (state_ != State::kStreaming || ready_len_ != 0 || held_ != segment_size_) return Error::kBadState;
+  return sealHeld(false);
 }
 
 Error Sealer::finish() {

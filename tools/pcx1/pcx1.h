@@ -149,8 +149,28 @@ class Sealer {
                            const uint8_t dek[kKeyLen], const uint8_t wrap_nonce[kWrapNonceLen],
                            const uint8_t nonce_prefix[kNoncePrefixLen]);
 
-  // Takes up to n plaintext bytes and returns how many it took.
+  // Takes up to n plaintext bytes and returns how many it took. Bytes
+  // already in place (p == window().data(), e.g. read there from a socket)
+  // are taken without a copy.
   size_t feed(const uint8_t* p, size_t n);
+  // The free tail of the segment buffer, where the next fed bytes go: a
+  // caller may write plaintext there first and then feed() it from there.
+  // Empty unless streaming with ready() empty and room left. Writing there
+  // changes nothing until feed().
+  std::span<uint8_t> window();
+  // Segment buffer handover, for a caller that pools buffers so that a busy
+  // process reuses a few cache-warm ones: releaseBuffer() gives the buffer
+  // up when it holds nothing the stream still needs (held() == 0, ready()
+  // empty; else it returns an empty vector); adoptBuffer() hands one in
+  // (ignored unless the sealer has none and it is segment_size + 16 bytes).
+  // A sealer without a buffer allocates one when it next needs it.
+  std::vector<uint8_t> releaseBuffer();
+  void adoptBuffer(std::vector<uint8_t>&& b);
+  bool hasBuffer() const { return !buf_.empty(); }
+  // Seals a full segment (held() == segment_size) as a non-final one; the
+  // caller promises more plaintext follows (it knows the body's length), so
+  // the segment need not wait for the next byte. kBadState otherwise.
+  Error sealFull();
   // End of plaintext: seals the held bytes as the final segment.
   Error finish();
 
@@ -179,6 +199,7 @@ class Sealer {
               const uint8_t* wrap_nonce, const uint8_t* nonce_prefix);
   Error sealHeld(bool last);
   Error fail(Error e);
+  void ensureBuffer();
 
   State state_ = State::kIdle;
   Error error_ = Error::kOk;
