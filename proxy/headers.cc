@@ -6,35 +6,6 @@ namespace {
 
 inline char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
 
-struct Entry {
-  std::string_view name;  // lower case
-  HeaderId id;
-};
-
-// Grouped by length; the table is tiny so a linear scan within one length is
-// cheaper than hashing.
-constexpr Entry kTable[] = {
-    {"te", HeaderId::kTe},
-    {"host", HeaderId::kHost},
-    {"expect", HeaderId::kExpect},
-    {"server", HeaderId::kServer},
-    {"trailer", HeaderId::kTrailer},
-    {"upgrade", HeaderId::kUpgrade},
-    {"keep-alive", HeaderId::kKeepAlive},
-    {"connection", HeaderId::kConnection},
-    {"x-request-id", HeaderId::kXRequestId},
-    {"content-type", HeaderId::kContentType},
-    {"authorization", HeaderId::kAuthorization},
-    {"http2-settings", HeaderId::kHttp2Settings},
-    {"content-length", HeaderId::kContentLength},
-    {"x-forwarded-for", HeaderId::kXForwardedFor},
-    {"proxy-connection", HeaderId::kProxyConnection},
-    {"x-forwarded-proto", HeaderId::kXForwardedProto},
-    {"transfer-encoding", HeaderId::kTransferEncoding},
-    {"proxy-authenticate", HeaderId::kProxyAuthenticate},
-    {"proxy-authorization", HeaderId::kProxyAuthorization},
-};
-
 }  // namespace
 
 bool equalsIgnoreCase(std::string_view a, std::string_view b) {
@@ -45,16 +16,35 @@ bool equalsIgnoreCase(std::string_view a, std::string_view b) {
   return true;
 }
 
+// Every header of every message goes through here (both directions), so it
+// dispatches on the length and first letter before comparing: at most one
+// full comparison per name, none for most unknown names.
 HeaderId lookupHeader(std::string_view name) {
   const size_t n = name.size();
-  if (n < 2 || n > 19) {
-    if (n > 13 && equalsIgnoreCase(name.substr(0, 13), "x-portcullis-")) return HeaderId::kXPortcullis;
-    return HeaderId::kOther;
+  if (n < 2) return HeaderId::kOther;
+  const char c0 = lower(name[0]);
+  auto is = [&](std::string_view lc, HeaderId id) {
+    return c0 == lc[0] && equalsIgnoreCase(name, lc) ? id : HeaderId::kOther;
+  };
+  HeaderId id = HeaderId::kOther;
+  switch (n) {
+    case 2: id = is("te", HeaderId::kTe); break;
+    case 4: id = is("host", HeaderId::kHost); break;
+    case 6: id = c0 == 'e' ? is("expect", HeaderId::kExpect) : is("server", HeaderId::kServer); break;
+    case 7: id = c0 == 't' ? is("trailer", HeaderId::kTrailer) : is("upgrade", HeaderId::kUpgrade); break;
+    case 10: id = c0 == 'k' ? is("keep-alive", HeaderId::kKeepAlive) : is("connection", HeaderId::kConnection); break;
+    case 12: id = c0 == 'x' ? is("x-request-id", HeaderId::kXRequestId) : is("content-type", HeaderId::kContentType); break;
+    case 13: id = is("authorization", HeaderId::kAuthorization); break;
+    case 14: id = c0 == 'h' ? is("http2-settings", HeaderId::kHttp2Settings) : is("content-length", HeaderId::kContentLength); break;
+    case 15: id = is("x-forwarded-for", HeaderId::kXForwardedFor); break;
+    case 16: id = is("proxy-connection", HeaderId::kProxyConnection); break;
+    case 17: id = c0 == 'x' ? is("x-forwarded-proto", HeaderId::kXForwardedProto) : is("transfer-encoding", HeaderId::kTransferEncoding); break;
+    case 18: id = is("proxy-authenticate", HeaderId::kProxyAuthenticate); break;
+    case 19: id = is("proxy-authorization", HeaderId::kProxyAuthorization); break;
+    default: break;
   }
-  for (const Entry& e : kTable) {
-    if (e.name.size() == n && equalsIgnoreCase(name, e.name)) return e.id;
-  }
-  if (n > 13 && equalsIgnoreCase(name.substr(0, 13), "x-portcullis-")) return HeaderId::kXPortcullis;
+  if (id != HeaderId::kOther) return id;
+  if (n > 13 && c0 == 'x' && equalsIgnoreCase(name.substr(0, 13), "x-portcullis-")) return HeaderId::kXPortcullis;
   return HeaderId::kOther;
 }
 

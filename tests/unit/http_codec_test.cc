@@ -1135,6 +1135,21 @@ TEST(HeadersTest, LookupHeaderIsCaseInsensitiveAndExact) {
       {"", HeaderId::kOther},
       {"Content-Length ", HeaderId::kOther},
       {"X-Forwarded-Host", HeaderId::kOther},
+      // Same length as a known name, other or same first letter.
+      {"Accept-Ranges", HeaderId::kOther},
+      {"Date", HeaderId::kOther},
+      {"Cookie", HeaderId::kOther},
+      {"Expecu", HeaderId::kOther},
+      {"Referer", HeaderId::kOther},
+      {"Keep-Alivf", HeaderId::kOther},
+      {"Set-Cookie", HeaderId::kOther},
+      {"Content-MD5!", HeaderId::kOther},
+      {"X-Request-Ie", HeaderId::kOther},
+      {"Content-Lengtg", HeaderId::kOther},
+      {"Accept-Encoding", HeaderId::kOther},
+      {"Transfer-Encodinh", HeaderId::kOther},
+      {"tE", HeaderId::kTe},
+      {"UPGRADE", HeaderId::kUpgrade},
   };
   for (const Case& k : cases) EXPECT_EQ(lookupHeader(k.name), k.id) << k.name;
 }
