@@ -1248,7 +1248,7 @@ void Connection::finishExchange() {
   size_t label = ctx_.route != nullptr ? snap_->route_labels[snap_->routeIndex(ctx_.route)] : 0;
   m.requests[label][methodSlot(req_.method_name)][statusSlot(status_)].inc();
   m.request_latency.observe(dur);
-  logAccess();
+  logAccess(ctx_.start_us + dur);
   reportSecurity();
   chain_.complete(ctx_);
   if (close_after_ || draining_) {
@@ -1442,11 +1442,11 @@ void Connection::reportSecurity() {
   reportRequest(*snap_, ctx_, req_.method_name, req_.path, status_, resp_bytes_out_);
 }
 
-void Connection::logAccess() {
+void Connection::logAccess(uint64_t now_us) {
   LogWriter* log = worker_->accessLog();
   if (log == nullptr || !log->enabled()) return;  // access = "": nothing to format
   AccessRecord r;
-  const uint64_t now_us = nowUs();
+  if (now_us == 0) now_us = nowUs();
   r.ts_unix_us = worker_->wallClockUs(now_us);
   r.request_id = ctx_.request_id;
   r.remote_ip = ctx_.remote_ip;

@@ -121,7 +121,7 @@ class Connection : public BodySink {
   void releaseUpstream(bool reusable);
   void updateClientReading();
   void armClientTimer(uint64_t ms);
-  void logAccess();
+  void logAccess(uint64_t now_us = 0);  // now_us: the caller's clock read (0: read it)
   void close();
 
   Worker* worker_;
