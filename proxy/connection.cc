@@ -438,7 +438,7 @@ void Connection::beginRequest() {
   xform_finishing_ = false;
   direct_in_ = {};
   hold_len_ = 0;
-  hold_next_ = {};
+  hold_next_n_ = 0;
   body_start_us_ = upstream_wait_us_ = write_wait_since_us_ = last_body_data_us_ = 0;
   connect_attempts_ = 0;
   status_ = upstream_status_ = 0;
@@ -831,23 +831,62 @@ again:
     if (tls_ && rbuf_.unparsed() == 0 && tls_->hasBufferedInput() && !tlsPull()) return;
     if (rbuf_.unparsed() > 0) goto again;
   }
-  if (xf != nullptr && !req_.chunked && !request_done && !body_slices_.empty()) alignTransformWrite();
+  if (xf != nullptr && !request_done && !body_slices_.empty()) alignTransformWrite();
   flushToUpstream();
 }
 
 // See hold_ (connection.h). Trims the end of up_bufs_ so that the write is
-// a whole number of packets, when the rest fits in hold_ and the last slice
-// (the transform's output, valid until its next round) keeps a byte.
+// a whole number of packets, when the rest fits in hold_, comes from at most
+// kHoldPieces slices after the request head and the held bytes sent now,
+// and the write keeps at least one byte of them.
 void Connection::alignTransformWrite() {
   const uint32_t mss = up_->packetSize();
   if (mss == 0 || up_bufs_.empty()) return;
   size_t total = 0;
-  for (const uv_buf_t& b : up_bufs_) total += b.len;
+  size_t first = 0;  // up_bufs_[first..] may be trimmed
+  for (size_t i = 0; i < up_bufs_.size(); ++i) {
+    total += up_bufs_[i].len;
+    if (up_bufs_[i].base == up_head_.data() || (hold_ && up_bufs_[i].base == hold_.get())) first = i + 1;
+  }
   const size_t tail = total % mss;
-  uv_buf_t& last = up_bufs_.back();
-  if (tail == 0 || tail > kHoldMax || tail >= last.len) return;
-  last.len -= static_cast<unsigned>(tail);
-  hold_next_ = std::string_view(last.base + last.len, tail);
+  if (tail == 0 || tail > kHoldMax) return;
+  size_t pieces = 0;
+  size_t left = tail;
+  for (size_t i = up_bufs_.size(); i > first && left > 0; --i) {
+    const size_t len = up_bufs_[i - 1].len;
+    if (len > left) {
+      left = 0;
+    } else if (i - 1 == first) {
+      return;  // would take every byte that may be held
+    } else {
+      left -= len;
+    }
+    ++pieces;
+  }
+  if (left > 0 || pieces > kHoldPieces) return;
+  hold_next_n_ = pieces;
+  left = tail;
+  for (size_t p = pieces; p > 0; --p) {
+    uv_buf_t& b = up_bufs_.back();
+    const size_t k = std::min<size_t>(left, b.len);
+    b.len -= static_cast<unsigned>(k);
+    hold_next_[p - 1] = std::string_view(b.base + b.len, k);
+    left -= k;
+    if (b.len == 0) up_bufs_.pop_back();
+  }
+}
+
+// The write that left out hold_next_ is done: keep those bytes for the next
+// round, before the transform (or the next chunk framing) reuses them.
+void Connection::saveHold() {
+  if (!hold_) hold_ = std::make_unique<char[]>(kHoldMax);
+  size_t n = 0;
+  for (size_t i = 0; i < hold_next_n_; ++i) {
+    std::memcpy(hold_.get() + n, hold_next_[i].data(), hold_next_[i].size());
+    n += hold_next_[i].size();
+  }
+  hold_len_ = n;
+  hold_next_n_ = 0;
 }
 
 // Runs this round's decoded body slices through the request's body
@@ -919,13 +958,7 @@ void Connection::onUpstreamWritten(int status) {
     handleUpstreamFailure(UpstreamError::kReset, 502);
     return;
   }
-  if (!hold_next_.empty()) {
-    // Before the transform's next round may reuse the memory it points at.
-    if (!hold_) hold_ = std::make_unique<char[]>(kHoldMax);
-    std::memcpy(hold_.get(), hold_next_.data(), hold_next_.size());
-    hold_len_ = hold_next_.size();
-    hold_next_ = {};
-  }
+  if (hold_next_n_ > 0) saveHold();
   // All slices handed to the kernel: the body region of rbuf_ is free again.
   if (rbuf_.held()) {
     size_t left = rbuf_.unparsed();

@@ -211,19 +211,23 @@ class Connection : public BodySink {
   // brought until pumpRequestBody() parses it in place.
   bool direct_read_ = false;
   std::string_view direct_in_;
-  // Packet-aligned transform output (Content-Length bodies): a round's write
-  // to the upstream leaves out the last (total mod MSS) bytes, which would
-  // otherwise go out as a runt packet of their own (a sealed 64 KiB segment
-  // is 16 bytes over a loopback packet, and the runt costs the receiver a
-  // second wakeup). They are saved into hold_ once the write is done
-  // (hold_next_ points at them in the transform's output until then) and
-  // lead the next round's write. At most kHoldMax bytes wait, and only
-  // while the body goes on: its last write sends everything.
+  // Packet-aligned transform output: a round's write to the upstream leaves
+  // out the last (total mod MSS) bytes, which would otherwise go out as a
+  // runt packet of their own (a sealed 64 KiB segment is 16 bytes over a
+  // loopback packet, and the runt costs the receiver a second wakeup). They
+  // are saved into hold_ once the write is done (until then hold_next_
+  // points at them: the transform's output, and for a chunked body its
+  // chunk framing, all valid until the next round) and lead the next
+  // round's write. At most kHoldMax bytes wait, and only while the body
+  // goes on: its last write sends everything.
   static constexpr size_t kHoldMax = 4096;
+  static constexpr size_t kHoldPieces = 3;
   std::unique_ptr<char[]> hold_;  // kHoldMax bytes, allocated on first use
   size_t hold_len_ = 0;
-  std::string_view hold_next_;
+  std::string_view hold_next_[kHoldPieces];  // in write order
+  size_t hold_next_n_ = 0;
   void alignTransformWrite();
+  void saveHold();
   uint64_t body_start_us_ = 0;        // request body began (0: none)
   uint64_t upstream_wait_us_ = 0;     // time spent waiting on upstream writes meanwhile
   uint64_t write_wait_since_us_ = 0;  // an upstream write is pending since

@@ -218,16 +218,18 @@ void UpstreamConn::stopReading() {
 void UpstreamConn::releaseBuffer() { pool->worker()->buffers().release(rbuf); }
 
 uint32_t UpstreamConn::packetSize() {
-  if (mss != UINT32_MAX) return mss;
-  mss = 0;
+  // Read every time: the kernel's MSS follows the connection (options in
+  // use, and at most half the largest window the peer has offered: on
+  // loopback 32768 at first, 32741 once the window has opened).
   uv_os_fd_t fd;
   int v = 0;
   socklen_t len = sizeof v;
+  uint32_t now = 0;
   if (tls_ == nullptr && uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp), &fd) == 0 &&
       getsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &v, &len) == 0 && v > 0) {
-    mss = static_cast<uint32_t>(v);
+    now = static_cast<uint32_t>(v);
   }
-  return mss;
+  return now;
 }
 
 int UpstreamConn::write(uv_buf_t* bufs, unsigned n) {

@@ -63,7 +63,6 @@ class UpstreamConn {
   bool reused = false;         // taken from the idle pool for this request
   bool write_pending = false;
   uint32_t requests = 0;       // requests served on this connection
-  uint32_t mss = UINT32_MAX;   // packetSize() cache; UINT32_MAX: not read yet
 
   // Starts/stops reading into rbuf (acquired from the worker's pool).
   // With TLS, startReading() first delivers plaintext the engine already
@@ -77,8 +76,8 @@ class UpstreamConn {
   // at once (no callback), 1 when pending (write_pending is set until the
   // owner's onUpstreamWritten()), or a negative libuv error (no callback).
   int write(uv_buf_t* bufs, unsigned n);
-  // The socket's current MSS (TCP_MAXSEG, read once), 0 over TLS or when
-  // unknown: a write of a multiple of it leaves no runt packet behind.
+  // The socket's current MSS (TCP_MAXSEG, one getsockopt), 0 over TLS or
+  // when unknown: a write of a multiple of it leaves no runt packet behind.
   uint32_t packetSize();
 
   bool isTls() const { return tls_ != nullptr; }
