@@ -10,9 +10,14 @@
 // chunked one, plus `X-Portcullis-Encryption: pcx1; key="<id>"`. The original
 // Content-Type is kept. Filters before this one (validation) see plaintext.
 //
-// Memory: one segment buffer (segment_bytes + 16) per in-flight upload,
-// recycled through a per-worker-thread pool of sealers; independent of the
-// body size. The data key is wiped when the AEAD key schedule is set up, the
+// Memory: at most one segment buffer (segment_bytes + 16) per in-flight
+// upload, held only while it holds plaintext or a sealed segment not yet
+// written, and recycled through a per-worker-thread LIFO pool (so a busy
+// worker reuses a few cache-warm buffers); independent of the body size. A
+// Content-Length body is read from the socket straight into that buffer
+// (inputWindow()) and each full segment is sealed at once, since the length
+// says whether more follows; a chunked body's full segment waits for its
+// next byte. The data key is wiped when the AEAD key schedule is set up, the
 // schedule when the stream ends or the request is destroyed.
 //
 // A body that never ends (the client went away) is never finished: the last
