@@ -98,6 +98,18 @@ Bytes sealDet(const Bytes& pt, uint32_t seg, std::string_view kid = "k1", const 
   return sealStream(s, pt, step);
 }
 
+// The deterministic stream of the vectors, 16-byte segments, key id "k1".
+Error beginDet16(Sealer& s) {
+  return s.beginDeterministic(kMaster.data(), "k1", 16, kDek.data(), kWrapNonce.data(), kNoncePrefix.data());
+}
+
+// Appends the sealer's ready() output to `out` and consumes it.
+void drainReady(Sealer& s, Bytes& out) {
+  auto r = s.ready();
+  out.insert(out.end(), r.begin(), r.end());
+  s.consumeReady();
+}
+
 struct OpenResult {
   Error error = Error::kOk;
   std::string reason;
@@ -225,14 +237,9 @@ TEST(Pcx1, SealerStreamingSplitAtEveryOffsetGivesSameBytes) {
   for (size_t step = 1; step <= pt.size(); ++step) EXPECT_EQ(sealDet(pt, 16, "k1", kMaster, step), whole) << step;
   for (size_t cut = 0; cut <= pt.size(); ++cut) {
     Sealer s;
-    ASSERT_EQ(s.beginDeterministic(kMaster.data(), "k1", 16, kDek.data(), kWrapNonce.data(), kNoncePrefix.data()),
-              Error::kOk);
+    ASSERT_EQ(beginDet16(s), Error::kOk);
     Bytes out;
-    auto drain = [&]() {
-      auto r = s.ready();
-      out.insert(out.end(), r.begin(), r.end());
-      s.consumeReady();
-    };
+    auto drain = [&]() { drainReady(s, out); };
     for (auto [from, to] : {std::pair<size_t, size_t>{0, cut}, {cut, pt.size()}}) {
       while (from < to) {
         from += s.feed(pt.data() + from, to - from);
@@ -281,14 +288,9 @@ TEST(Pcx1, SealerWindowInPlaceAndSealFullGiveSameBytes) {
     const Bytes whole = sealDet(pt, 16);
     for (size_t step : {1u, 5u, 16u}) {
       Sealer s;
-      ASSERT_EQ(s.beginDeterministic(kMaster.data(), "k1", 16, kDek.data(), kWrapNonce.data(), kNoncePrefix.data()),
-                Error::kOk);
+      ASSERT_EQ(beginDet16(s), Error::kOk);
       Bytes out;
-      auto drain = [&]() {
-        auto r = s.ready();
-        out.insert(out.end(), r.begin(), r.end());
-        s.consumeReady();
-      };
+      auto drain = [&]() { drainReady(s, out); };
       drain();
       std::vector<uint8_t> pooled;
       size_t at = 0;
