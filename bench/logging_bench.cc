@@ -98,10 +98,12 @@ void BM_AuthSuccessFields(benchmark::State& state) {
 }
 BENCHMARK(BM_AuthSuccessFields);
 
-// Event-loop side of one authenticated request with both logs on, through the
-// real entry points: reportRequest() (auth.success into the audit ring) and
-// the access line into a LogWriter. Both writers drain concurrently into
-// /dev/null, so the loop pays for its queues, not for a disk.
+// Event-loop side of one authenticated request with both logs on, as a
+// worker does it: reportRequest() (auth.success, staged by the thread's
+// AuditLog::Stage) and the access record packed into a LogWriter::Stage, both
+// published every `range(0)` requests (a worker publishes once per loop
+// iteration; 1 = a queue entry per record). Both writers drain concurrently
+// into /dev/null, so the loop pays for its queues, not for a disk.
 void BM_RequestLoggingLoopSide(benchmark::State& state) {
   AuditLog audit(1 << 16);
   LogWriter access(1 << 16);
@@ -118,19 +120,30 @@ void BM_RequestLoggingLoopSide(benchmark::State& state) {
   ctx.token_id = "abcdefghijkl";
   ctx.account = "bench";
   const AccessRecord r = benchAccessRecord();
-  for (auto _ : state) {
-    reportRequest(snap, ctx, "GET", "/tiny", 200, 211);
-    std::string line;
-    line.reserve(384);
-    formatAccessRecord(r, line);
-    access.submit(std::move(line));
-  }
+  const int64_t per_publish = state.range(0);
+  {
+    LogWriter::Stage access_stage(&access, &formatPackedAccessRecord);
+    AuditLog::Stage audit_stage;
+    audit_stage.attach(&audit);
+    int64_t n = 0;
+    for (auto _ : state) {
+      reportRequest(snap, ctx, "GET", "/tiny", 200, 211);
+      packAccessRecord(r, access_stage.begin());
+      access_stage.end();
+      if (++n == per_publish) {
+        n = 0;
+        access_stage.publish();
+        audit_stage.publish();
+      }
+    }
+  }  // the stages publish what is left
   audit.stop();
   access.stop();
   state.counters["audit_overflowed"] = static_cast<double>(audit.overflowed());
   state.counters["access_dropped"] = static_cast<double>(access.dropped());
+  state.counters["audit_written"] = static_cast<double>(audit.written());
 }
-BENCHMARK(BM_RequestLoggingLoopSide)->Iterations(1 << 17);
+BENCHMARK(BM_RequestLoggingLoopSide)->Arg(1)->Arg(16)->Iterations(1 << 17);
 
 // Audit writer side: records queued before start() are then sealed (seq, ts,
 // prev, HMAC) and written by the writer thread to /dev/null. The time is the

@@ -80,20 +80,18 @@ void appendRfc3339Micros(int64_t ts_unix_us, std::string& out);
 // submit() returns false and the line is counted in dropped(): an access log loses
 // lines under overload rather than slow down the proxy.
 //
-// Writer thread: drains up to kMaxBatch lines at a time and writes them with one
-// writev(2) (more only after a short write). When the queue is empty it sleeps on
-// a futex and wakes every 20 ms, or when a submit() finds it asleep at every
-// 1024th line, or on reopen(), flush() and stop(). Lines are on disk at most
-// ~20 ms after submit() under any load.
+// Writer thread: drains up to kMaxBatch entries at a time and writes them with
+// one writev(2) (more only after a short write). When the queue is empty it
+// sleeps on a futex for 2 ms if that wake found lines, else for 20 ms, or until
+// a submit() finds it asleep at every 1024th entry, or reopen(), flush() or
+// stop(). Lines are in the file at most ~20 ms after they were queued (for a
+// Stage: published), under any load short of a saturated CPU.
 //
-// Reuse for the audit log: an audit LogWriter is just another instance with its
-// own file. The audit log will need a "never drop" overflow mode (and probably an
-// fsync after each batch); both belong here — the overflow policy at the single
-// full-queue branch of submit(), fsync in writeBatch() — and are not built yet.
+// The audit log (audit_log.h) has its own queue: it never drops.
 class LogWriter {
  public:
-  // `capacity` is the number of queued lines, rounded up to a power of two (at
-  // least 2). The ring is allocated here, once.
+  // `capacity` is the number of queued lines (and ring entries), rounded up to
+  // a power of two (at least 2). The ring is allocated here, once.
   explicit LogWriter(size_t capacity = 65536);
   // Calls stop(): every line submitted before is written.
   ~LogWriter();
@@ -122,6 +120,40 @@ class LogWriter {
   using Formatter = void (*)(std::string_view item, std::string& out);
   // As submit(line), but `item` is written as format(item). Same guarantees.
   bool submit(std::string&& item, Formatter format);
+
+  // Staged submission, for an event loop: the loop appends items to a buffer
+  // it owns (no allocation, atomic or queue slot per item), and the stage
+  // reaches the queue as one entry when the loop calls publish() (once per
+  // loop iteration, before it blocks for I/O) or on its own once it holds
+  // kStageMaxItems items or kStageMaxBytes bytes. The writer writes each item
+  // as format(item), in stage order, and counts lines, not entries, in
+  // written(), dropped() and depth(). A full queue drops the whole stage
+  // (counted per line). A Stage belongs to one thread at a time; the
+  // LogWriter must outlive it; destroying a Stage publishes what it holds.
+  class Stage {
+   public:
+    Stage(LogWriter* log, Formatter format) : log_(log), format_(format) {}
+    ~Stage() { publish(); }
+    Stage(const Stage&) = delete;
+    Stage& operator=(const Stage&) = delete;
+
+    // One item: append its bytes to the string begin() returns, then call
+    // end(). Nothing else may touch the string in between.
+    std::string& begin();
+    void end();
+    // Hands everything staged to the queue as one entry (no-op when empty).
+    void publish();
+    bool empty() const { return count_ == 0; }
+
+   private:
+    LogWriter* log_;
+    Formatter format_;
+    std::string buf_;  // items, each as a 4-byte length and its bytes
+    size_t item_at_ = 0;
+    uint32_t count_ = 0;
+  };
+  static constexpr uint32_t kStageMaxItems = 256;
+  static constexpr size_t kStageMaxBytes = 64 * 1024;
 
   // Asks the writer thread to reopen the path (for logrotate: rename the file,
   // then reopen(), e.g. from the SIGUSR1 handler on the main loop). Thread-safe,
@@ -154,7 +186,8 @@ class LogWriter {
   // Lines queued and not yet written.
   size_t depth() const;
 
-  // Most lines written by one writev(2); IOV_MAX on Linux.
+  // Most entries written by one writev(2) (IOV_MAX on Linux); the writer also
+  // stops taking entries once it holds this many lines.
   static constexpr size_t kMaxBatch = 1024;
 
  private:
@@ -162,7 +195,17 @@ class LogWriter {
     std::atomic<size_t> seq;
     std::string line;
     Formatter format = nullptr;  // null: `line` is the text
+    uint32_t lines = 1;          // lines this entry becomes
+    bool staged = false;         // `line` is a Stage's items, each format()ted
   };
+  struct Item {  // a queue entry taken by the writer
+    std::string text;
+    Formatter format = nullptr;
+    uint32_t lines = 1;
+    bool staged = false;
+  };
+
+  bool enqueue(std::string&& text, Formatter format, uint32_t lines, bool staged);
 
   void run();
   size_t collectBatch();
@@ -188,6 +231,9 @@ class LogWriter {
   std::atomic<bool> discard_{false};
   std::atomic<uint64_t> written_{0};
   std::atomic<uint64_t> dropped_{0};
+  // Lines queued beyond one per entry (staged entries hold several), so that
+  // depth() counts lines; published before the entry, taken off after it.
+  std::atomic<size_t> extra_lines_{0};
 
   // flush() waiters only; producers never touch these. processed_ is the queue
   // position up to which every line has been written or has failed.
@@ -200,9 +246,9 @@ class LogWriter {
   std::string path_;
   int fd_ = -1;
   bool write_failing_ = false;  // to report a failure streak once, not per batch
-  std::unique_ptr<std::string[]> batch_;
-  std::unique_ptr<Formatter[]> batch_format_;
+  std::unique_ptr<Item[]> batch_;
   size_t batch_len_ = 0;
+  size_t batch_lines_ = 0;
   std::string formatted_;  // the batch's formatted items, back to back
 
   std::mutex lifecycle_mu_;  // start()/stop() against each other, never on the data path

@@ -12,7 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 
@@ -105,6 +107,9 @@ AuditFields& AuditFields::unum(std::string_view k, uint64_t value) {
 
 namespace {
 
+// As LogWriter's writer (see kBusyWake in access_log.cc): every 2 ms while
+// events keep coming, small batches; 20 ms after a wake that found none.
+constexpr int64_t kBusyWakeNs = 2 * 1000 * 1000;
 constexpr int64_t kIdleWakeNs = 20 * 1000 * 1000;
 constexpr size_t kWakeEvery = 1024;
 constexpr int64_t kSyncEveryUs = 1000 * 1000;
@@ -221,7 +226,7 @@ size_t roundUpPow2(size_t n) {
 
 void AuditLog::Event::setName(std::string_view n) {
   if (n.size() <= sizeof event) {
-    std::memcpy(event, n.data(), n.size());
+    if (!n.empty()) std::memcpy(event, n.data(), n.size());
     event_len = static_cast<uint8_t>(n.size());
     if (!long_event.empty()) long_event.clear();
   } else {
@@ -395,13 +400,59 @@ void AuditLog::pushOverflow(Node* node) {
 
 void AuditLog::record(std::string_view event, std::string&& fields) { record(event, std::move(fields), nullptr); }
 
+namespace {
+// The calling thread's stage, if it has one (see AuditLog::Stage).
+thread_local AuditLog::Stage* t_audit_stage = nullptr;
+}  // namespace
+
+void AuditLog::Stage::attach(AuditLog* log) {
+  if (log_ != nullptr && log_ != log) detach();
+  log_ = log;
+  t_audit_stage = log != nullptr ? this : nullptr;
+}
+
+void AuditLog::Stage::detach() {
+  publish();
+  if (t_audit_stage == this) t_audit_stage = nullptr;
+  log_ = nullptr;
+}
+
+void AuditLog::Stage::add(std::string_view event, std::string_view fields, FieldsFormatter format) {
+  if (buf_.capacity() == 0) buf_.reserve(4096);  // after a publish: one allocation per stage
+  const auto name_len = static_cast<uint16_t>(std::min<size_t>(event.size(), UINT16_MAX));
+  const auto fields_len = static_cast<uint32_t>(fields.size());
+  buf_.append(reinterpret_cast<const char*>(&name_len), 2);
+  buf_.append(event.data(), name_len);
+  buf_.append(reinterpret_cast<const char*>(&format), sizeof format);
+  buf_.append(reinterpret_cast<const char*>(&fields_len), 4);
+  buf_.append(fields.data(), fields.size());
+  if (++count_ >= kStageMaxEvents || buf_.size() >= kStageMaxBytes) publish();
+}
+
+void AuditLog::Stage::publish() {
+  if (count_ == 0) return;
+  if (log_ != nullptr) log_->enqueue({}, std::move(buf_), nullptr, count_);
+  buf_ = std::string();
+  count_ = 0;
+}
+
 void AuditLog::record(std::string_view event, std::string&& fields, FieldsFormatter format) {
+  if (Stage* st = t_audit_stage; st != nullptr && st->log_ == this) {
+    st->add(event, fields, format);
+    return;
+  }
+  enqueue(event, std::move(fields), format, 0);
+}
+
+void AuditLog::enqueue(std::string_view event, std::string&& fields, FieldsFormatter format, uint32_t staged) {
+  const uint64_t events = staged > 0 ? staged : 1;
   inflight_.fetch_add(1, std::memory_order_seq_cst);
   if (!accepting_.load(std::memory_order_seq_cst)) {
     inflight_.fetch_sub(1, std::memory_order_release);
-    lost_.fetch_add(1, std::memory_order_relaxed);
+    lost_.fetch_add(events, std::memory_order_relaxed);
     return;
   }
+  if (events > 1) extra_events_.fetch_add(events - 1, std::memory_order_relaxed);
   if (overflow_pending_.load(std::memory_order_seq_cst) == 0) {
     size_t pos = enqueue_pos_.load(std::memory_order_relaxed);
     for (;;) {
@@ -413,6 +464,7 @@ void AuditLog::record(std::string_view event, std::string&& fields, FieldsFormat
           cell->ev.setName(event);
           cell->ev.fields = std::move(fields);
           cell->ev.format = format;
+          cell->ev.staged = staged;
           cell->seq.store(pos + 1, std::memory_order_seq_cst);
           inflight_.fetch_sub(1, std::memory_order_release);
           if ((pos & (kWakeEvery - 1)) == kWakeEvery - 1 && sleeping_.load(std::memory_order_seq_cst) != 0) {
@@ -431,7 +483,8 @@ void AuditLog::record(std::string_view event, std::string&& fields, FieldsFormat
   node->ev.setName(event);
   node->ev.fields = std::move(fields);
   node->ev.format = format;
-  overflowed_.fetch_add(1, std::memory_order_relaxed);
+  node->ev.staged = staged;
+  overflowed_.fetch_add(events, std::memory_order_relaxed);
   pushOverflow(node);
   inflight_.fetch_sub(1, std::memory_order_release);
   if (sleeping_.load(std::memory_order_seq_cst) != 0) wakeWriter();
@@ -488,10 +541,42 @@ void AuditLog::stop() {
 uint64_t AuditLog::depth() const {
   const size_t enq = enqueue_pos_.load(std::memory_order_relaxed);
   const size_t deq = dequeue_pos_.load(std::memory_order_relaxed);
-  return (enq > deq ? enq - deq : 0) + overflow_pending_.load(std::memory_order_relaxed);
+  return (enq > deq ? enq - deq : 0) + overflow_pending_.load(std::memory_order_relaxed) +
+         extra_events_.load(std::memory_order_relaxed);
 }
 
 void AuditLog::emitEvent(const Event& ev) {
+  if (ev.staged > 0) {  // a Stage's buffer: see Stage::add for the layout
+    const std::string_view all(ev.fields);
+    size_t at = 0;
+    for (uint32_t k = 0; k < ev.staged; ++k) {
+      uint16_t name_len;
+      FieldsFormatter format;
+      uint32_t fields_len;
+      if (all.size() - at < 2) break;
+      std::memcpy(&name_len, all.data() + at, 2);
+      at += 2;
+      if (all.size() - at < name_len + sizeof format + 4) break;
+      const std::string_view name = all.substr(at, name_len);
+      at += name_len;
+      std::memcpy(&format, all.data() + at, sizeof format);
+      at += sizeof format;
+      std::memcpy(&fields_len, all.data() + at, 4);
+      at += 4;
+      if (all.size() - at < fields_len) break;
+      const std::string_view fields = all.substr(at, fields_len);
+      at += fields_len;
+      if (format == nullptr) {
+        emit(name, fields);
+      } else {
+        fields_scratch_.clear();
+        format(fields, fields_scratch_);
+        emit(name, fields_scratch_);
+      }
+    }
+    extra_events_.fetch_sub(ev.staged - 1, std::memory_order_relaxed);
+    return;
+  }
   if (ev.format == nullptr) {
     emit(ev.name(), ev.fields);
     return;
@@ -679,6 +764,7 @@ void AuditLog::doReopen() {
 
 void AuditLog::run() {
   last_sync_us_ = monoUs();
+  bool got_since_sleep = false;  // this wake found events
   for (;;) {
     refreshKey();
     if (reopen_requested_.exchange(false, std::memory_order_acq_rel)) {
@@ -701,7 +787,10 @@ void AuditLog::run() {
         syncNow();
       }
     }
-    if (got) continue;
+    if (got) {
+      got_since_sleep = true;
+      continue;
+    }
     if (stopping) break;
     sleeping_.store(1, std::memory_order_seq_cst);
     const size_t pos = dequeue_pos_.load(std::memory_order_relaxed);
@@ -709,7 +798,8 @@ void AuditLog::run() {
                        overflow_head_.load(std::memory_order_seq_cst) != nullptr ||
                        stopping_.load(std::memory_order_seq_cst) ||
                        reopen_requested_.load(std::memory_order_seq_cst);
-    if (!ready) futexWait(&sleeping_, 1, kIdleWakeNs);
+    if (!ready) futexWait(&sleeping_, 1, got_since_sleep ? kBusyWakeNs : kIdleWakeNs);
+    got_since_sleep = false;
     sleeping_.store(0, std::memory_order_relaxed);
   }
   // accepting_ is false: wait for record() calls already past their check,

@@ -104,9 +104,10 @@ void formatPackedFields(std::string_view packed, std::string& out);
 // writer first drains every ring slot claimed before it took them.
 //
 // Writer thread: assigns seq, ts (its clock at write time), key_id, prev and
-// mac; writes batches with write(2); fdatasync()s at least once a second while
+// mac; wakes every 2 ms while events keep coming (20 ms after a wake that
+// found none) and writes each batch with write(2); fdatasync()s at least once a second while
 // records are being written, within ~120 ms of going idle with unsynced
-// records (idle: a wake, at most 20 ms apart, that finds no new event; at most
+// records (idle: a wake that finds no new event 10 ms or more after the last; at most
 // one idle sync per 100 ms, so a steady trickle of events does not cost a sync
 // each), and on flush() and stop(). On a write error it reports once on stderr and retries
 // the unwritten bytes every 100 ms (events keep queueing in memory); only
@@ -154,6 +155,40 @@ class AuditLog {
   using FieldsFormatter = void (*)(std::string_view packed, std::string& out);
   void record(std::string_view event, std::string&& packed, FieldsFormatter format);
 
+  // Staging, for event loops. Between stage.attach(log) and stage.detach() on
+  // a thread, every record() made on that thread into `log` is appended to the
+  // stage instead (no queue slot, atomic or allocation per event) and reaches
+  // the queue as one entry when the thread calls stage.publish() (an event
+  // loop does once per iteration, before it blocks for I/O) or on its own once
+  // the stage holds kStageMaxEvents events or kStageMaxBytes bytes. The writer
+  // gives a stage's events consecutive seqs in the order they were recorded.
+  // For the ordering guarantee above and for flush(), a staged event counts as
+  // recorded when its stage is published. Never drops: a stage is published
+  // like one record(). One Stage per thread; the AuditLog must outlive it;
+  // destroying a Stage detaches it (publishing what it holds).
+  class Stage {
+   public:
+    Stage() = default;
+    ~Stage() { detach(); }
+    Stage(const Stage&) = delete;
+    Stage& operator=(const Stage&) = delete;
+    // Binds this stage to `log` on the calling thread (null: detach()).
+    void attach(AuditLog* log);
+    // Publishes, then unbinds (when bound on the calling thread).
+    void detach();
+    // Hands every staged event to the queue as one entry (no-op when empty).
+    void publish();
+
+   private:
+    friend class AuditLog;
+    void add(std::string_view event, std::string_view fields, FieldsFormatter format);
+    AuditLog* log_ = nullptr;
+    std::string buf_;  // per event: u16 name length, name, formatter, u32 length, fields
+    uint32_t count_ = 0;
+  };
+  static constexpr uint32_t kStageMaxEvents = 256;
+  static constexpr size_t kStageMaxBytes = 64 * 1024;
+
   // Asks the writer to reopen the path (logrotate: rename, then reopen()). The
   // new file continues seq and prev from the last record of the old one.
   // Thread-safe, non-blocking, not async-signal-safe.
@@ -189,6 +224,7 @@ class AuditLog {
     std::string long_event;  // only when the name does not fit in `event`
     char event[40];
     uint8_t event_len = 0;
+    uint32_t staged = 0;  // > 0: `fields` is a Stage's buffer holding this many events
     void setName(std::string_view name);
     std::string_view name() const;
   };
@@ -205,6 +241,7 @@ class AuditLog {
     Barrier* barrier = nullptr;
   };
 
+  void enqueue(std::string_view event, std::string&& fields, FieldsFormatter format, uint32_t staged);
   void run();
   void pushOverflow(Node* node);
   size_t drainRing(size_t limit, bool wait_claimed);
@@ -236,6 +273,9 @@ class AuditLog {
   std::atomic<bool> running_{false};
   std::atomic<uint64_t> written_{0};
   std::atomic<uint64_t> overflowed_{0};
+  // Events queued beyond one per entry (a staged entry holds several), so
+  // that depth() and lost() count events.
+  std::atomic<uint64_t> extra_events_{0};
   std::atomic<uint64_t> lost_{0};
   std::atomic<uint64_t> next_seq_pub_{1};
 

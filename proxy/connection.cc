@@ -1497,10 +1497,11 @@ void Connection::logAccess(uint64_t now_us) {
   r.tls_version = ctx_.tls_version;
   r.rejected_by = ctx_.rejected_by;
   r.reason = ctx_.reason;
-  // The log thread formats the JSON line; this loop only copies the fields.
-  std::string packed;
-  packAccessRecord(r, packed);
-  log->submit(std::move(packed), &formatPackedAccessRecord);
+  // The log thread formats the JSON line; this loop only copies the fields,
+  // into the worker's stage (handed over once per loop iteration).
+  LogWriter::Stage& stage = worker_->accessStage();
+  packAccessRecord(r, stage.begin());
+  stage.end();
 }
 
 void Connection::close() {

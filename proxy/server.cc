@@ -208,6 +208,7 @@ bool Server::startup(std::string& error) {
   if (!startAuditAndAlerts(*snap, error)) return false;
   shared_ = std::make_unique<WorkerShared>();
   shared_->access_log = access_log_.get();
+  shared_->audit = audit_.get();
 
   // One SO_REUSEPORT socket per worker; the kernel spreads connections.
   // With port 0 the first bind picks the port and the others reuse it.

@@ -23,7 +23,11 @@ size_t bufferSizeFor(const Config& c) {
 }  // namespace
 
 Worker::Worker(unsigned id, WorkerShared* shared)
-    : id_(id), shared_(shared), metrics_(std::make_unique<WorkerMetrics>()), buffers_(65536, &metrics_->buffered_bytes) {
+    : id_(id),
+      shared_(shared),
+      metrics_(std::make_unique<WorkerMetrics>()),
+      buffers_(65536, &metrics_->buffered_bytes),
+      access_stage_(shared->access_log, &formatPackedAccessRecord) {
   if (getrandom(&request_seed_, sizeof(request_seed_), 0) != sizeof(request_seed_)) {
     request_seed_ = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^ id;
   }
@@ -62,6 +66,9 @@ bool Worker::init(int listen_fd, int tls_listen_fd, std::shared_ptr<const Snapsh
   grace_timer_.data = this;
   uv_idle_init(&loop_, &overload_idle_);
   overload_idle_.data = this;
+  uv_prepare_init(&loop_, &log_prepare_);
+  log_prepare_.data = this;
+  uv_prepare_start(&log_prepare_, &Worker::onPrepare);
   applySnapshot(std::move(snapshot));
   return true;
 }
@@ -71,12 +78,22 @@ void Worker::start() {
     char name[16];
     (void)std::snprintf(name, sizeof(name), "pc-worker-%u", id_);  // truncating is fine: names hold 15 bytes
     pthread_setname_np(pthread_self(), name);
+    audit_stage_.attach(shared_->audit);
     uv_run(&loop_, UV_RUN_DEFAULT);
+    publishLogs();  // anything recorded by the last callbacks
+    audit_stage_.detach();
   });
 }
 
 void Worker::join() {
   if (thread_.joinable()) thread_.join();
+}
+
+void Worker::onPrepare(uv_prepare_t* p) { static_cast<Worker*>(p->data)->publishLogs(); }
+
+void Worker::publishLogs() {
+  access_stage_.publish();
+  audit_stage_.publish();
 }
 
 void Worker::postSnapshot(std::shared_ptr<const Snapshot> snap) {
@@ -314,6 +331,8 @@ void Worker::maybeExit() {
   uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&grace_timer_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&overload_idle_), nullptr);
+  publishLogs();
+  uv_close(reinterpret_cast<uv_handle_t*>(&log_prepare_), nullptr);
   // The loop ends once the closes (and any upstream connections) complete.
 }
 

@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include "proxy/access_log.h"
+#include "proxy/audit_log.h"
 #include "proxy/http_codec.h"
 #include "proxy/io.h"
 #include "proxy/ip_limiter.h"
@@ -23,11 +25,11 @@
 namespace portcullis {
 
 class Connection;
-class LogWriter;
 
 // Shared by all workers, owned by the Server.
 struct WorkerShared {
   LogWriter* access_log = nullptr;
+  AuditLog* audit = nullptr;  // null when there is no audit log
   std::atomic<uint64_t> connections{0};  // open client connections, all workers
   ConnectionsPerIp per_ip;                // for server.max_connections_per_ip
 };
@@ -69,6 +71,10 @@ class Worker {
   WorkerMetrics& metrics() { return *metrics_; }
   const WorkerMetrics& metrics() const { return *metrics_; }
   LogWriter* accessLog() { return shared_->access_log; }
+  // Access records made on this loop go here; the loop hands the stage to
+  // the log writer once per iteration (see publishLogs). Audit events
+  // recorded on this thread are staged the same way (AuditLog::Stage).
+  LogWriter::Stage& accessStage() { return access_stage_; }
   CodecLimits codecLimits() const;
   // Where TLS connections read ciphertext; it is handed to the TLS engine in
   // the same callback, so one buffer serves the whole worker.
@@ -98,6 +104,9 @@ class Worker {
   void closeListeners();
   static void onAsync(uv_async_t* a);
   static void onGraceTimer(uv_timer_t* t);
+  // uv_prepare: runs once per loop iteration, before the loop blocks for I/O.
+  static void onPrepare(uv_prepare_t* p);
+  void publishLogs();
   static void onWatermark(void* arg, bool over);
   void applySnapshot(std::shared_ptr<const Snapshot> snap);
   void beginShutdown(uint32_t grace_ms);
@@ -113,6 +122,7 @@ class Worker {
   uv_async_t async_;
   uv_timer_t grace_timer_;
   uv_idle_t overload_idle_;
+  uv_prepare_t log_prepare_;  // publishes the log stages every iteration
   int64_t wall_offset_us_ = 0;        // wall-clock µs minus monotonic µs
   uint64_t wall_offset_read_us_ = 0;  // monotonic µs when it was read (0: never)
   bool overloaded_ = false;
@@ -121,6 +131,8 @@ class Worker {
   BufferPool buffers_;
   std::unique_ptr<char[]> tls_scratch_{new char[kTlsScratchSize]};
   std::vector<char> scratch_;
+  LogWriter::Stage access_stage_;
+  AuditLog::Stage audit_stage_;  // attached on the worker thread
   std::shared_ptr<const Snapshot> snapshot_;
   std::vector<std::unique_ptr<SnapshotPin>> pins_;  // back() is current
   std::vector<std::shared_ptr<UpstreamPool>> pools_;

@@ -420,6 +420,81 @@ TEST(LogWriter, DeferredItemsAreFormattedByTheWriter) {
   }
 }
 
+// A Stage: items reach the writer only when published, in stage order, each
+// formatted by the stage's formatter; counters count lines, not entries; a
+// stage publishes itself at kStageMaxItems; destroying it publishes the rest.
+TEST(LogWriter, StagedItemsArePublishedAsOneEntryAndCountedPerLine) {
+  TempDir dir;
+  const std::string path = dir.path + "/access.log";
+  LogWriter w;
+  std::string error;
+  ASSERT_TRUE(w.start(path, error)) << error;
+  const LogWriter::Formatter upper = [](std::string_view item, std::string& out) {
+    for (char c : item) out += static_cast<char>(c >= 'a' && c <= 'z' ? c - 32 : c);
+    out += '\n';
+  };
+  {
+    LogWriter::Stage stage(&w, upper);
+    EXPECT_TRUE(stage.empty());
+    for (int i = 0; i < 3; ++i) {
+      stage.begin() += "item" + std::to_string(i);
+      stage.end();
+    }
+    stage.begin();  // an empty item is a line too
+    stage.end();
+    EXPECT_FALSE(stage.empty());
+    w.flush();
+    EXPECT_EQ(w.written(), 0u);  // nothing published yet
+    EXPECT_TRUE(readLines(path).empty());
+    stage.publish();
+    EXPECT_TRUE(stage.empty());
+    w.flush();
+    EXPECT_EQ(w.written(), 4u);
+    EXPECT_EQ(readLines(path), (std::vector<std::string>{"ITEM0", "ITEM1", "ITEM2", ""}));
+
+    // Filling a stage publishes it on its own: kStageMaxItems lines at once.
+    for (uint32_t i = 0; i < LogWriter::kStageMaxItems + 5; ++i) {
+      stage.begin() += "x";
+      stage.end();
+    }
+    w.flush();
+    EXPECT_EQ(w.written(), 4u + LogWriter::kStageMaxItems);
+    stage.publish();  // an empty stage adds nothing
+  }  // the destructor publishes the last 5
+  w.flush();
+  EXPECT_EQ(w.written(), 4u + LogWriter::kStageMaxItems + 5);
+  EXPECT_EQ(w.depth(), 0u);
+  EXPECT_EQ(w.dropped(), 0u);
+  EXPECT_EQ(readLines(path).size(), 4u + LogWriter::kStageMaxItems + 5);
+}
+
+// The queue bound is in lines: a stage that would take the queue past its
+// capacity is dropped whole (counted per line), and depth() counts lines.
+TEST(LogWriter, StagedEntryOverTheLineBoundIsDroppedWhole) {
+  TempDir dir;
+  LogWriter w(8);
+  LogWriter::Stage stage(&w, nullptr);  // no formatter: items are the text
+  for (int i = 0; i < 6; ++i) {
+    stage.begin() += "a" + std::to_string(i) + "\n";
+    stage.end();
+  }
+  stage.publish();
+  EXPECT_EQ(w.depth(), 6u);
+  for (int i = 0; i < 3; ++i) {
+    stage.begin() += "b\n";
+    stage.end();
+  }
+  stage.publish();  // 6 + 3 > 8
+  EXPECT_EQ(w.dropped(), 3u);
+  EXPECT_EQ(w.depth(), 6u);
+  std::string error;
+  ASSERT_TRUE(w.start(dir.path + "/a.log", error)) << error;
+  w.flush();
+  EXPECT_EQ(w.written(), 6u);
+  EXPECT_EQ(w.depth(), 0u);
+  EXPECT_EQ(readLines(dir.path + "/a.log"), (std::vector<std::string>{"a0", "a1", "a2", "a3", "a4", "a5"}));
+}
+
 TEST(LogWriter, DestructorDrains) {
   TempDir dir;
   const std::string path = dir.path + "/access.log";
