@@ -82,7 +82,7 @@ void appendRfc3339Micros(int64_t ts_unix_us, std::string& out);
 //
 // Writer thread: drains up to kMaxBatch entries at a time and writes them with
 // one writev(2) (more only after a short write). When the queue is empty it
-// sleeps on a futex for 2 ms if that wake found lines, else for 20 ms, or until
+// sleeps on a futex for 5 ms if that wake found lines, else for 20 ms, or until
 // a submit() finds it asleep at every 1024th entry, or reopen(), flush() or
 // stop(). Lines are in the file at most ~20 ms after they were queued (for a
 // Stage: published), under any load short of a saturated CPU.

@@ -107,9 +107,9 @@ AuditFields& AuditFields::unum(std::string_view k, uint64_t value) {
 
 namespace {
 
-// As LogWriter's writer (see kBusyWake in access_log.cc): every 2 ms while
+// As LogWriter's writer (see kBusyWake in access_log.cc): every 5 ms while
 // events keep coming, small batches; 20 ms after a wake that found none.
-constexpr int64_t kBusyWakeNs = 2 * 1000 * 1000;
+constexpr int64_t kBusyWakeNs = 5 * 1000 * 1000;
 constexpr int64_t kIdleWakeNs = 20 * 1000 * 1000;
 constexpr size_t kWakeEvery = 1024;
 constexpr int64_t kSyncEveryUs = 1000 * 1000;

@@ -104,7 +104,7 @@ void formatPackedFields(std::string_view packed, std::string& out);
 // writer first drains every ring slot claimed before it took them.
 //
 // Writer thread: assigns seq, ts (its clock at write time), key_id, prev and
-// mac; wakes every 2 ms while events keep coming (20 ms after a wake that
+// mac; wakes every 5 ms while events keep coming (20 ms after a wake that
 // found none) and writes each batch with write(2); fdatasync()s at least once a second while
 // records are being written, within ~120 ms of going idle with unsynced
 // records (idle: a wake that finds no new event 10 ms or more after the last; at most
