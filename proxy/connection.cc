@@ -248,15 +248,35 @@ void Connection::clientEof(ssize_t nread) {
 
 // Decrypts whatever the TLS engine holds into rbuf_ (as much as fits), and
 // sends what the engine wants sent (handshake records, tickets, alerts).
-// Returns false if the connection was closed.
+// While a body transform offers an input window (offerDirectWindow), body
+// bytes are decrypted straight into it instead, one window per call, and
+// left in direct_in_ for the pump; the rest stays in the engine
+// (hasBufferedInput) for the next round. Returns false if the connection
+// was closed.
 bool Connection::tlsPull() {
   const bool was_done = tls_->handshakeDone();
   for (;;) {
-    worker_->buffers().acquire(rbuf_);
-    if (rbuf_.room() == 0) break;  // more stays in the engine until there is room
+    uv_buf_t window;
+    const bool direct = was_done && direct_in_.empty() && offerDirectWindow(&window);
+    char* dst;
+    size_t room;
+    if (direct) {
+      direct_read_ = false;  // offerDirectWindow marks a socket read; this one is the engine's
+      dst = window.base;
+      room = window.len;
+    } else {
+      worker_->buffers().acquire(rbuf_);
+      if (rbuf_.room() == 0) break;  // more stays in the engine until there is room
+      dst = rbuf_.data + rbuf_.end;
+      room = rbuf_.room();
+    }
     size_t n = 0;
-    TlsSession::Result r = tls_->readPlaintext(rbuf_.data + rbuf_.end, rbuf_.room(), n);
+    TlsSession::Result r = tls_->readPlaintext(dst, room, n);
     if (r == TlsSession::Result::kOk) {
+      if (direct) {
+        direct_in_ = std::string_view(dst, n);
+        break;
+      }
       rbuf_.end += n;
       continue;
     }
@@ -829,7 +849,7 @@ again:
     // fit before; the client may have sent everything already, so no
     // socket read would ever bring them).
     if (tls_ && rbuf_.unparsed() == 0 && tls_->hasBufferedInput() && !tlsPull()) return;
-    if (rbuf_.unparsed() > 0) goto again;
+    if (rbuf_.unparsed() > 0 || !direct_in_.empty()) goto again;
   }
   if (xf != nullptr && !request_done && !body_slices_.empty()) alignTransformWrite();
   flushToUpstream();
@@ -971,7 +991,7 @@ void Connection::onUpstreamWritten(int status) {
     if (resp_state_ == RespState::kHead) up_->timer_deadline.clear();
     armBodyTimer();
     if (tls_ && tls_->hasBufferedInput() && !tlsPull()) return;
-    if (rbuf_.unparsed() > 0 || xform_finishing_) {
+    if (rbuf_.unparsed() > 0 || !direct_in_.empty() || xform_finishing_) {
       pumpRequestBody();
       return;
     }

@@ -206,8 +206,9 @@ class Connection : public BodySink {
   bool raw_response_ = false;     // forward response body bytes as received
   bool paused_in_body_ = false;
   bool xform_finishing_ = false;  // body ended; the body transform has output left
-  // Zero-copy body input (BodyTransform::inputWindow): the pending read goes
-  // to the transform's window instead of rbuf_, and direct_in_ holds what it
+  // Zero-copy body input (BodyTransform::inputWindow): the pending socket
+  // read (plaintext) or the TLS engine's next decryption (tlsPull) goes to
+  // the transform's window instead of rbuf_, and direct_in_ holds what it
   // brought until pumpRequestBody() parses it in place.
   bool direct_read_ = false;
   std::string_view direct_in_;

@@ -17,10 +17,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "proxy/keyring.h"
 #include "tests/e2e/harness.h"
 #include "tests/e2e/tls_upstream.h"
 #include "tools/pcx1/pcx1.h"
@@ -371,6 +375,79 @@ TEST_F(TlsE2E, EncryptedUploadsOverTlsNeverStall) {
     std::optional<Echo> echo = parseEcho(r.body);
     ASSERT_TRUE(echo.has_value()) << r.body;
     EXPECT_EQ(echo->body_bytes, pcx1::ciphertextLength(size, 4, 65536)) << "key id \"test\"";
+  }
+}
+
+// Encrypted uploads over TLS reach the backend as pcx1 that decrypts to
+// exactly the bytes sent: sizes around segment boundaries, a segment much
+// smaller than a TLS record (several windows per record) and one larger,
+// client writes cut at odd sizes so records and segments never line up.
+// The engine decrypts body bytes straight into the sealer's window
+// (Connection::tlsPull), so this is also that path's correctness test.
+TEST_F(TlsE2E, EncryptedUploadsOverTlsDecryptToWhatWasSent) {
+  // Top byte of offset x golden ratio: no period (patternBytes repeats every
+  // 256 bytes), so a misplaced or repeated window, record or segment shows.
+  const auto body = [](uint64_t off, size_t n) {
+    std::string b(n, '\0');
+    for (size_t i = 0; i < n; ++i) b[i] = static_cast<char>(((off + i) * 0x9E3779B97F4A7C15ull) >> 56);
+    return b;
+  };
+  const std::string uploads = dir_.file("uploads");
+  ASSERT_EQ(::mkdir(uploads.c_str(), 0700), 0);
+  DemoBackend backend(uploads);
+  MasterKey key;
+  for (size_t i = 0; i < key.size(); ++i) key[i] = static_cast<uint8_t>(i * 29 + 3);
+  const std::string ring = dir_.file("uploads-keyring.toml");
+  {
+    KeyringData d;
+    d.active = "k1";
+    d.keys = {{"k1", key}};
+    std::string e;
+    ASSERT_TRUE(writeKeyring(ring, d, e)) << e;
+  }
+  const pcx1::KeyLookup lookup = [&key](std::string_view id, uint8_t* out) {
+    if (id != "k1") return false;
+    std::memcpy(out, key.data(), key.size());
+    return true;
+  };
+  for (uint32_t segment : {1000u, 65536u}) {
+    ProxyOptions o = ProxyOptions::forBackend(backend.address());
+    o.tls_cert = dir_.file("ec.crt");
+    o.tls_key = dir_.file("ec.key");
+    o.routes[0].max_body_bytes = 16ull << 20;
+    o.routes[0].extra_toml = "encrypt_body = true\n";
+    o.extra_toml = "[encryption]\nkeyring = \"" + ring + "\"\nsegment_bytes = " + std::to_string(segment) + "\n";
+    Proxy proxy(o);
+    const uint64_t sizes[] = {1, segment - 1, segment, segment + 1, 3ull * segment + 5, (1ull << 20) + 13};
+    for (uint64_t size : sizes) {
+      const std::string name = "s" + std::to_string(segment) + "_" + std::to_string(size);
+      TlsClient c;
+      ASSERT_TRUE(c.connect(proxy.httpsPort(), TlsOptions{}));
+      ASSERT_TRUE(c.send("POST /upload?name=" + name + " HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: " +
+                         std::to_string(size) + "\r\n\r\n"));
+      const size_t pieces[] = {1000, 16383, 70001, 5};
+      uint64_t off = 0;
+      for (size_t k = 0; off < size; ++k) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(pieces[k % 4], size - off));
+        ASSERT_TRUE(c.send(body(off, n)));
+        off += n;
+      }
+      TlsClient::Response r;
+      ASSERT_TRUE(c.readResponse(r)) << name;
+      ASSERT_EQ(r.status, 200) << name << ": " << r.body;
+      std::ifstream f(uploads + "/" + name, std::ios::binary);
+      ASSERT_TRUE(f.good()) << name;
+      const std::string ct((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      EXPECT_EQ(ct.size(), pcx1::ciphertextLength(size, 2, segment)) << name;
+      std::vector<uint8_t> plain;
+      std::string reason;
+      ASSERT_EQ(pcx1::openAll(lookup, {reinterpret_cast<const uint8_t*>(ct.data()), ct.size()}, plain, &reason),
+                pcx1::Error::kOk)
+          << name << ": " << reason;
+      ASSERT_EQ(plain.size(), size) << name;
+      const std::string want = body(0, static_cast<size_t>(size));
+      EXPECT_TRUE(std::memcmp(plain.data(), want.data(), want.size()) == 0) << name << ": plaintext differs";
+    }
   }
 }
 
