@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -65,6 +66,26 @@ void formatPackedAccessRecord(std::string_view packed, std::string& out);
 // Appends `s` to `out` as the body of a JSON string (without the quotes), escaped
 // as described above. Shared with the audit log and other JSON line writers.
 void appendJsonEscaped(std::string_view s, std::string& out);
+
+// The length-prefixed encoding of the loop-to-writer packings (access records,
+// audit fields, stages): a 4-byte length in host order, then the bytes. Both
+// ends run in this process. appendLengthPrefixed writes one item;
+// readLengthPrefixed reads the one at `at` into `item` and moves `at` past
+// it, or returns false (leaving `at`) when `all` holds no complete item there.
+inline void appendLengthPrefixed(std::string_view s, std::string& out) {
+  const auto len = static_cast<uint32_t>(s.size());
+  out.append(reinterpret_cast<const char*>(&len), 4);
+  out.append(s.data(), s.size());
+}
+inline bool readLengthPrefixed(std::string_view all, size_t& at, std::string_view& item) {
+  uint32_t len;
+  if (at > all.size() || all.size() - at < 4) return false;
+  std::memcpy(&len, all.data() + at, 4);
+  if (all.size() - at - 4 < len) return false;
+  item = all.substr(at + 4, len);
+  at += 4 + static_cast<size_t>(len);
+  return true;
+}
 
 // Appends `ts_unix_us` as RFC 3339 UTC with exactly six fractional digits, e.g.
 // "2026-12-04T16:40:47.123456Z". Pure arithmetic: no gmtime, no locale, no lock.

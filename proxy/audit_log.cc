@@ -52,12 +52,8 @@ AuditFields& AuditFields::str(std::string_view k, std::string_view value) {
 
 PackedFields& PackedFields::str(std::string_view k, std::string_view value) {
   if (out_.empty()) out_.reserve(192);
-  const auto klen = static_cast<uint32_t>(k.size());
-  const auto vlen = static_cast<uint32_t>(value.size());
-  out_.append(reinterpret_cast<const char*>(&klen), 4);
-  out_.append(k.data(), k.size());
-  out_.append(reinterpret_cast<const char*>(&vlen), 4);
-  out_.append(value.data(), value.size());
+  appendLengthPrefixed(k, out_);
+  appendLengthPrefixed(value, out_);
   return *this;
 }
 
@@ -65,19 +61,9 @@ void formatPackedFields(std::string_view packed, std::string& out) {
   // What AuditFields::str writes for each member, straight into `out`.
   const size_t start = out.size();
   size_t at = 0;
-  const auto next = [&](std::string_view& v) {
-    uint32_t len;
-    if (packed.size() - at < 4) return false;
-    std::memcpy(&len, packed.data() + at, 4);
-    at += 4;
-    if (packed.size() - at < len) return false;
-    v = packed.substr(at, len);
-    at += len;
-    return true;
-  };
   std::string_view k;
   std::string_view v;
-  while (at < packed.size() && next(k) && next(v)) {
+  while (readLengthPrefixed(packed, at, k) && readLengthPrefixed(packed, at, v)) {
     if (out.size() != start) out += ',';
     out += '"';
     appendJsonEscaped(k, out);
@@ -419,13 +405,9 @@ void AuditLog::Stage::detach() {
 
 void AuditLog::Stage::add(std::string_view event, std::string_view fields, FieldsFormatter format) {
   if (buf_.capacity() == 0) buf_.reserve(4096);  // after a publish: one allocation per stage
-  const auto name_len = static_cast<uint16_t>(std::min<size_t>(event.size(), UINT16_MAX));
-  const auto fields_len = static_cast<uint32_t>(fields.size());
-  buf_.append(reinterpret_cast<const char*>(&name_len), 2);
-  buf_.append(event.data(), name_len);
+  appendLengthPrefixed(event, buf_);
   buf_.append(reinterpret_cast<const char*>(&format), sizeof format);
-  buf_.append(reinterpret_cast<const char*>(&fields_len), 4);
-  buf_.append(fields.data(), fields.size());
+  appendLengthPrefixed(fields, buf_);
   if (++count_ >= kStageMaxEvents || buf_.size() >= kStageMaxBytes) publish();
 }
 
@@ -549,23 +531,14 @@ void AuditLog::emitEvent(const Event& ev) {
   if (ev.staged > 0) {  // a Stage's buffer: see Stage::add for the layout
     const std::string_view all(ev.fields);
     size_t at = 0;
+    std::string_view name;
+    std::string_view fields;
+    FieldsFormatter format;
     for (uint32_t k = 0; k < ev.staged; ++k) {
-      uint16_t name_len;
-      FieldsFormatter format;
-      uint32_t fields_len;
-      if (all.size() - at < 2) break;
-      std::memcpy(&name_len, all.data() + at, 2);
-      at += 2;
-      if (all.size() - at < name_len + sizeof format + 4) break;
-      const std::string_view name = all.substr(at, name_len);
-      at += name_len;
+      if (!readLengthPrefixed(all, at, name) || all.size() - at < sizeof format) break;
       std::memcpy(&format, all.data() + at, sizeof format);
       at += sizeof format;
-      std::memcpy(&fields_len, all.data() + at, 4);
-      at += 4;
-      if (all.size() - at < fields_len) break;
-      const std::string_view fields = all.substr(at, fields_len);
-      at += fields_len;
+      if (!readLengthPrefixed(all, at, fields)) break;
       if (format == nullptr) {
         emit(name, fields);
       } else {

@@ -105,11 +105,11 @@ void formatPackedFields(std::string_view packed, std::string& out);
 //
 // Writer thread: assigns seq, ts (its clock at write time), key_id, prev and
 // mac; wakes every 5 ms while events keep coming (20 ms after a wake that
-// found none) and writes each batch with write(2); fdatasync()s at least once a second while
-// records are being written, within ~120 ms of going idle with unsynced
-// records (idle: a wake that finds no new event 10 ms or more after the last; at most
-// one idle sync per 100 ms, so a steady trickle of events does not cost a sync
-// each), and on flush() and stop(). On a write error it reports once on stderr and retries
+// found none) and writes each batch with write(2); fdatasync()s at least
+// once a second while records are being written, within ~120 ms of going
+// idle with unsynced records (idle: a wake that finds no new event 10 ms or
+// more after the last; at most one idle sync per 100 ms, so a steady trickle
+// of events does not cost a sync each), and on flush() and stop(). On a write error it reports once on stderr and retries
 // the unwritten bytes every 100 ms (events keep queueing in memory); only
 // stop() gives up after 5 s of failures, counting the lost records in lost().
 class AuditLog {
@@ -183,7 +183,7 @@ class AuditLog {
     friend class AuditLog;
     void add(std::string_view event, std::string_view fields, FieldsFormatter format);
     AuditLog* log_ = nullptr;
-    std::string buf_;  // per event: u16 name length, name, formatter, u32 length, fields
+    std::string buf_;  // per event: name and fields as appendLengthPrefixed, the formatter between
     uint32_t count_ = 0;
   };
   static constexpr uint32_t kStageMaxEvents = 256;

@@ -533,7 +533,9 @@ TEST_F(AuditLogTest, StagedEventsArePublishedTogetherInOrder) {
     AuditLine rec;
     ASSERT_TRUE(parseAuditLine(v[i], rec)) << v[i];
     EXPECT_EQ(rec.seq, i + 1);
-    if (i < want_events.size()) EXPECT_NE(v[i].find("\"event\":\"" + want_events[i] + "\""), std::string::npos) << v[i];
+    if (i < want_events.size()) {
+      EXPECT_NE(v[i].find("\"event\":\"" + want_events[i] + "\""), std::string::npos) << v[i];
+    }
   }
   EXPECT_NE(v[1].find("\"n\":0,"), std::string::npos);
   EXPECT_NE(v[4].find("\"reason\":\"bad \\\"secret\\\"\\u000a\""), std::string::npos) << v[4];
