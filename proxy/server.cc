@@ -486,42 +486,23 @@ void Server::updateFileWatches() {
   }
   bool same = dirs.size() == file_watches_.size();
   for (size_t i = 0; same && i < dirs.size(); ++i) {
-    same = file_watches_[i]->dir == dirs[i] && file_watches_[i]->names == names[i];
+    same = file_watches_[i]->dir() == dirs[i] && file_watches_[i]->names() == names[i];
   }
   if (same) return;
   closeFileWatches();
   for (size_t i = 0; i < dirs.size(); ++i) {
-    const std::string& dir = dirs[i];
-    auto* w = new FileWatch;
-    w->server = this;
-    w->dir = dir;
-    w->names = names[i];
-    w->handle.data = w;
-    uv_fs_event_init(&loop_, &w->handle);
-    const int rc = uv_fs_event_start(
-        &w->handle,
-        [](uv_fs_event_t* h, const char* name, int, int) {
-          auto* fw = static_cast<FileWatch*>(h->data);
-          // Other files in the directory (logs, temporary files) are not ours.
-          if (name != nullptr) {
-            bool ours = false;
-            for (const std::string& n : fw->names) ours = ours || n == name;
-            if (!ours) return;
-          }
-          fw->server->watch_events_++;
-          fw->server->checkWatchedFiles();
-        },
-        dir.c_str(), 0);
-    if (rc != 0) logLine("warn", "cannot watch " + dir + " (" + uv_strerror(rc) + "); checking it every second");
+    auto* w = new DirWatch(&loop_, dirs[i], names[i], [this] {
+      watch_events_++;
+      checkWatchedFiles();
+    });
+    const int rc = w->start();
+    if (rc != 0) logLine("warn", "cannot watch " + dirs[i] + " (" + uv_strerror(rc) + "); checking it every second");
     file_watches_.push_back(w);
   }
 }
 
 void Server::closeFileWatches() {
-  for (FileWatch* w : file_watches_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&w->handle),
-             [](uv_handle_t* h) { delete static_cast<FileWatch*>(h->data); });
-  }
+  for (DirWatch* w : file_watches_) w->close([w] { delete w; });
   file_watches_.clear();
 }
 

@@ -17,6 +17,7 @@
 #include "filters/upload_encrypt.h"
 #include "proxy/security_events.h"
 #include "proxy/config.h"
+#include "proxy/dir_watch.h"
 #include "proxy/metrics.h"
 #include "proxy/snapshot.h"
 
@@ -79,7 +80,7 @@ class Server {
   // Re-reads the watched files (token store, keyring, TLS) when their stat
   // changed; from the 1 s timer and from directory change events.
   void checkWatchedFiles();
-  // inotify (uv_fs_event) on the directories of the watched files, so a
+  // inotify (DirWatch) on the directories of the watched files, so a
   // change applies at once; the 1 s stat remains the fallback.
   void updateFileWatches();
   void closeFileWatches();
@@ -106,13 +107,7 @@ class Server {
   StoreStat keyring_stat_;
   std::vector<StoreStat> tls_stats_;  // [tls] cert, key, then each [[tls.sni]] cert, key
   uint64_t ticket_ticks_ = 0;
-  struct FileWatch {
-    uv_fs_event_t handle;
-    Server* server = nullptr;
-    std::string dir;
-    std::vector<std::string> names;  // watched file names in `dir`
-  };
-  std::vector<FileWatch*> file_watches_;  // owned; freed in their close callbacks
+  std::vector<DirWatch*> file_watches_;  // owned; freed in their close callbacks
   std::atomic<uint64_t> watch_events_{0};
   // Upload encryption counters per master key id; entries are only added,
   // so the pointers the filter factories hold stay valid. Main thread only.
