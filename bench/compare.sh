@@ -13,6 +13,9 @@
 # Env knobs: DURATION (s per run, 10), CONNS (64), ROUNDS (3), UPLOAD_MB (1),
 # OUT (results dir, bench/results/<UTC timestamp>), PIN (0; 1 = proxy on cpu 0,
 # wrk + origin on cpu 1), WARMUP (s per contender before round 1, 1; 0 = none),
+# SYSCALLS (0; 1 = MODE=plain also counts each proxy's system calls per GET /tiny
+# in one extra 3 s run per contender, with `perf stat` syscall tracepoints:
+# OUT/syscalls.txt; needs perf, Debian package linux-perf),
 # UPLOAD_CONNS (connections for the upload run, default CONNS), MODE (plain; tls =
 # the proxies terminate TLS with one ECDSA P-256 certificate), HS_CONNS (MODE=tls:
 # connections for the new-connection-per-request runs, default CONNS). MODE=encrypt
@@ -53,6 +56,7 @@ PIN=${PIN:-0}
 WARMUP=${WARMUP:-1}
 OUT=${OUT:-$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)}
 HS_CONNS=${HS_CONNS:-$CONNS}
+SYSCALLS=${SYSCALLS:-0}
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
 note() { echo "compare.sh: note: $*" >&2; }
@@ -654,6 +658,42 @@ for round in $(seq "$ROUNDS"); do
     run_wrk "$c" "$round" upload
   done
 done
+fi
+
+# --- system calls per request (SYSCALLS=1) --------------------------------------
+# The proxies' kernel work per keep-alive GET: a 3 s wrk run like the
+# rounds' while `perf stat` counts every sys_enter tracepoint in the proxy's
+# threads (from just before the run to just after it). Not timed: perf's
+# tracing slows the proxy.
+if [ "$SYSCALLS" = 1 ] && [ "$MODE" = plain ]; then
+  if ! command -v perf > /dev/null; then
+    note "SYSCALLS=1 needs perf (Debian package linux-perf); skipped"
+  else
+    : > "$OUT/syscalls.txt"
+    for c in "${CONTENDERS[@]}"; do
+      [ "$c" = direct ] || [ -z "${PID[$c]:-}" ] && continue
+      stat=$TMP/syscalls-$c.csv raw=$OUT/raw/syscalls-$c.txt
+      perf stat -x, -e 'syscalls:sys_enter_*' -o "$stat" -p "${PID[$c]}" -- sleep 3.5 > /dev/null 2>&1 &
+      spid=$!
+      STARTED[$spid]=1
+      sleep 0.2  # perf attached before the load starts
+      wrk -t1 -c"$CONNS" -d3s "${AUTH_HDR[@]}" "http://127.0.0.1:${PORT[$c]}/tiny" > "$raw" 2>&1 || true
+      wait "$spid" || true
+      unset "STARTED[$spid]"
+      n=$(awk '/requests in/ { print $1; exit }' "$raw")
+      if [ -z "$n" ] || [ ! -s "$stat" ]; then note "no system call count for $c (see $raw)"; continue; fi
+      awk -F, -v c="$c" -v n="$n" '$1 ~ /^[0-9]+$/ && $1 > 0 {
+          sub(/^syscalls:sys_enter_/, "", $3); per[$3] = $1 / n }
+        END { line = sprintf("%-12s %9d requests:", c, n)
+          # largest first, those above 0.01 per request
+          while (1) { best = ""; for (k in per) if (best == "" || per[k] > per[best]) best = k
+            if (best == "" || per[best] < 0.01) break
+            line = line sprintf(" %s %.2f", best, per[best]); delete per[best] }
+          print line }' "$stat" >> "$OUT/syscalls.txt"
+    done
+    echo "System calls per GET /tiny (perf stat, one 3 s run each, $CONNS connections):"
+    sed 's/^/  /' "$OUT/syscalls.txt"
+  fi
 fi
 
 # --- results.json, table, chart ------------------------------------------------
