@@ -19,9 +19,7 @@ constexpr uint32_t kMask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE 
 }  // namespace
 
 DirWatch::DirWatch(uv_loop_t* loop, std::string dir, std::vector<std::string> names, std::function<void()> on_change)
-    : loop_(loop), dir_(std::move(dir)), names_(std::move(names)), on_change_(std::move(on_change)) {
-  poll_.data = this;
-}
+    : loop_(loop), dir_(std::move(dir)), names_(std::move(names)), on_change_(std::move(on_change)) {}
 
 DirWatch::~DirWatch() {
   // Only reached after close() has finished (or when never started).

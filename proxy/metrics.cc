@@ -374,7 +374,7 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
   counter("portcullis_config_reload_failures_total", "Refused configuration reloads.",
           extra.config_reload_failures);
   counter("portcullis_file_watch_events_total",
-          "Change events (inotify) in the directories of the token store, keyring and TLS files.",
+          "Change notifications (inotify) for the token store, keyring and TLS files: one per batch of events naming them.",
           extra.file_watch_events);
   return out;
 }

@@ -1,9 +1,9 @@
 // The event loops' system calls for reading and writing, made cheaper.
 //
-// 1. No cancellation points. glibc's read/write/writev/epoll_wait/close are
-//    POSIX cancellation points: in a process with more than one thread every
-//    call brackets the system call with two atomic read-modify-writes of the
-//    thread's cancel state (__pthread_enable_asynccancel /
+// 1. No cancellation points. glibc's read/write/writev/epoll_wait/accept4
+//    are POSIX cancellation points: in a process with more than one thread
+//    every call brackets the system call with two atomic read-modify-writes
+//    of the thread's cancel state (__pthread_enable_asynccancel /
 //    __pthread_disable_asynccancel). Measured here (glibc 2.36, 2-vCPU VM):
 //    ~40 ns per call, read(-1) 125 ns against 85 ns for the same system call
 //    made without it. Portcullis never cancels a thread.
@@ -16,18 +16,23 @@
 //    makes two such pairs.
 //
 // The link maps the references of every static object in the executable
-// (libuv's libuv_a.a included: its stream, async, signal and epoll code) to
-// the __wrap_ functions below with -Wl,--wrap=NAME (proxy/CMakeLists.txt);
-// shared libraries keep glibc's. Contract: same return value and errno as
-// the glibc function for every descriptor, no cancellation point.
+// (libuv's libuv_a.a included: its stream, async, signal, accept and epoll
+// code) to the __wrap_ functions below with -Wl,--wrap=NAME
+// (proxy/CMakeLists.txt); shared libraries keep glibc's. Contract: same
+// return value and errno as the glibc function for every descriptor, no
+// cancellation point.
 //
-// Which descriptors are sockets is learned, not assumed: a descriptor starts
-// unknown and is tried with the socket call; ENOTSOCK (which a non-socket
-// returns before anything is read or written) marks it kOther and the plain
-// call is made. close() resets the mark. The marks are a hint only: a stale
-// "socket" mark costs one failed call, a stale "other" mark a plain read or
-// write, so a race between threads closing and reusing a number never changes
-// a result. Sanitizer builds do not wrap (ASan and TSan intercept these calls).
+// Which descriptors are sockets: socket() and accept4() mark the descriptor
+// they return as a socket; any other descriptor is tried with the socket
+// call once, and ENOTSOCK (which a non-socket returns before anything is read
+// or written) marks it as not a socket, after which it gets the plain call.
+// Marks are not cleared on close (libuv closes with a raw system call, which
+// no wrapper sees); a number is re-marked when it is reused: by socket() or
+// accept4() for a socket, by ENOTSOCK for anything else. The marks are a hint
+// only: a stale "socket" mark costs one failed call, a stale "other" mark (a
+// socket made some other way, e.g. socketpair) a plain read or write, so no
+// race between threads closing and reusing a number changes a result.
+// Sanitizer builds do not wrap (ASan and TSan intercept these calls).
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -113,9 +118,18 @@ ssize_t __wrap_writev(int fd, const struct iovec* iov, int iovcnt) {
       [&] { return syscall(SYS_writev, fd, iov, iovcnt); });
 }
 
-int __wrap_close(int fd) {
-  mark(fd, kUnknown);
-  return static_cast<int>(syscall(SYS_close, fd));
+// Not a cancellation point in glibc; wrapped only to mark what it returns.
+int __real_socket(int domain, int type, int protocol);
+int __wrap_socket(int domain, int type, int protocol) {
+  const int fd = __real_socket(domain, type, protocol);
+  mark(fd, kSocket);
+  return fd;
+}
+
+int __wrap_accept4(int fd, struct sockaddr* addr, socklen_t* addrlen, int flags) {
+  const int c = static_cast<int>(syscall(SYS_accept4, fd, addr, addrlen, flags));
+  mark(c, kSocket);
+  return c;
 }
 
 int __wrap_epoll_wait(int epfd, struct epoll_event* events, int maxevents, int timeout) {

@@ -1,10 +1,13 @@
-// proxy/nocancel_io.cc: read/write/writev/close as the proxy links them (in
+// proxy/nocancel_io.cc: read/write/writev/socket/accept4 as the proxy links them (in
 // builds without sanitizers every call below goes through the __wrap_
 // functions; sanitizer builds run the same expectations against glibc).
 // Contract: same results and errno as glibc's functions for sockets, pipes and
 // files alike, including a descriptor number reused by another kind of file.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -131,7 +134,7 @@ TEST(NoCancelIo, ReusedDescriptorNumbers) {
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     const int a = sv[0], b = sv[1];
     roundTrip(a, b);  // both numbers now marked as sockets
-    // Replaced by a pipe without our close() (dup2): a stale "socket" mark.
+    // Replaced by a pipe (dup2): a stale "socket" mark.
     int q[2];
     ASSERT_EQ(pipe(q), 0);
     ASSERT_EQ(dup2(q[0], a), a);
@@ -141,7 +144,7 @@ TEST(NoCancelIo, ReusedDescriptorNumbers) {
     int p[2];
     ASSERT_EQ(pipe(p), 0);  // the lowest free numbers: a and b again
     roundTrip(p[1], p[0]);
-    // Reused without our close() (dup2 replaces it): a stale mark, still right.
+    // Replaced by sockets no wrapper saw made (dup2): a stale mark, still right.
     int sv2[2];
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv2), 0);
     ASSERT_EQ(dup2(sv2[0], p[0]), p[0]);
@@ -150,6 +153,54 @@ TEST(NoCancelIo, ReusedDescriptorNumbers) {
     roundTrip(p[0], p[1]);
     for (int fd : {p[0], p[1], sv2[0], sv2[1]}) ASSERT_EQ(::close(fd), 0);
   }
+}
+
+// As libuv does it: a number marked "not a socket" is closed with a raw
+// system call and reused by socket() / accept4() for TCP, which read, write
+// and report accept4's flags and peer address like glibc's.
+TEST(NoCancelIo, TcpSocketsFromSocketAndAccept4) {
+  int p[2];
+  ASSERT_EQ(pipe(p), 0);
+  roundTrip(p[1], p[0]);  // both numbers marked "not a socket"
+  ASSERT_EQ(syscall(SYS_close, p[0]), 0);
+  ASSERT_EQ(syscall(SYS_close, p[1]), 0);
+
+  const int l = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(l, 0);
+  EXPECT_TRUE(l == p[0] || l == p[1]) << "the lowest free number is reused";
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof a;
+  ASSERT_EQ(bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(getsockname(l, reinterpret_cast<sockaddr*>(&a), &alen), 0);
+  ASSERT_EQ(listen(l, 1), 0);
+  const int c = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(c, 0);
+  ASSERT_EQ(connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+
+  sockaddr_in peer{};
+  socklen_t plen = sizeof peer;
+  const int s = ::accept4(l, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  ASSERT_GE(s, 0);
+  EXPECT_EQ(plen, sizeof peer);
+  EXPECT_EQ(peer.sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+  EXPECT_NE(fcntl(s, F_GETFL) & O_NONBLOCK, 0);
+  EXPECT_NE(fcntl(s, F_GETFD) & FD_CLOEXEC, 0);
+  char buf[4];
+  errno = 0;
+  EXPECT_EQ(::read(s, buf, sizeof buf), -1);  // non-blocking, nothing sent yet
+  EXPECT_EQ(errno, EAGAIN);
+  roundTrip(c, s);
+  roundTrip(s, c);
+
+  errno = 0;
+  EXPECT_EQ(::accept4(l, nullptr, nullptr, 0x7fffffff), -1);  // glibc's EINVAL for bad flags
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  EXPECT_EQ(::socket(AF_INET, 12345, 0), -1);
+  EXPECT_NE(errno, 0);
+  for (int fd : {s, c, l}) ASSERT_EQ(::close(fd), 0);
 }
 
 }  // namespace
