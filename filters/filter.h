@@ -36,7 +36,8 @@ struct BodyChunk {
 
 // Output of a BodyTransform call: up to kMax slices, in order.
 struct BodyOutput {
-  static constexpr size_t kMax = 2;
+  static constexpr size_t kMax = 6;
+  size_t room() const { return kMax - count; }
   std::string_view slices[kMax];
   size_t count = 0;
   void push(std::string_view s) {
@@ -57,27 +58,26 @@ struct BodyOutput {
 // (so the transform may reuse that memory); then transform() for each decoded
 // body slice (their total at most the inputBudget() read after beginRound());
 // then, once the body has ended, finish(). Output slices are owned by the
-// transform and must stay valid and unchanged until the next beginRound() or
-// the filter's destruction. A request whose body has framing but zero bytes
+// transform (or are the connection's memory given to transformInPlace) and
+// must stay valid and unchanged until the next beginRound() or the filter's
+// destruction. A request whose body has framing but zero bytes
 // (Content-Length: 0) still gets beginRound() + finish().
 class BodyTransform {
  public:
   enum class Finish : uint8_t { kDone, kAgain, kFailed };
-  // Calling it again before the round's first transform()/finish() changes
-  // nothing (the connection may start a round early to offer inputWindow()).
   virtual void beginRound() = 0;
   // Most input bytes the calls of this round may take in total; at least 1.
   virtual size_t inputBudget() const = 0;
-  // Optional zero-copy input, valid after beginRound() until the round's
-  // first transform(): memory where the transform would copy the next input
-  // bytes anyway (the segment buffer). The connection may read body bytes
-  // from the socket straight into its first n bytes (n <= size(), and within
-  // inputBudget()) and then pass exactly those bytes, in place, to
-  // transform(), which takes them without a copy. Empty: not offered.
-  virtual std::span<char> inputWindow() { return {}; }
   // Takes all of `in` and appends output; false: the transform failed (the
   // request is aborted and the upstream never sees a complete body).
   virtual bool transform(std::string_view in, BodyOutput& out) = 0;
+  // The same for a slice in the connection's own read buffer, which the
+  // transform may overwrite and hand back as output (encryption in place):
+  // the connection writes it upstream and reuses that memory only after the
+  // write. Default: transform().
+  virtual bool transformInPlace(std::span<char> in, BodyOutput& out) {
+    return transform(std::string_view(in.data(), in.size()), out);
+  }
   // End of input. kAgain: call beginRound() + finish() again after this
   // round's output has been written (there is more output to come).
   virtual Finish finish(BodyOutput& out) = 0;

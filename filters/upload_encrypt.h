@@ -3,22 +3,25 @@
 // On a route with encrypt_body = true, a request that has a body (chunked, or
 // a Content-Length, including 0) gets a fresh random data key wrapped under
 // the keyring's active master key, and its body reaches the backend only as
-// pcx1 ciphertext: the header, then AES-256-GCM segments sealed in place in
-// one segment buffer (pcx1::Sealer). The filter is the request's
-// BodyTransform (filter.h), so the upstream gets Content-Length =
+// pcx1 ciphertext: the header, then AES-256-GCM segments. The filter is the
+// request's BodyTransform (filter.h), so the upstream gets Content-Length =
 // pcx1::ciphertextLength(n) for a Content-Length body and stays chunked for a
 // chunked one, plus `X-Portcullis-Encryption: pcx1; key="<id>"`. The original
 // Content-Type is kept. Filters before this one (validation) see plaintext.
 //
-// Memory: at most one segment buffer (segment_bytes + 16) per in-flight
+// A Content-Length body, whose length fixes every segment's final flag up
+// front, is encrypted where the connection read it (pcx1::SizedSealer via
+// transformInPlace): each slice leaves as ciphertext, followed by the tag of
+// a segment it completes, with no buffer or copy of its own - the same
+// memory and the same writes as plain forwarding. A chunked body is sealed
+// in one segment buffer (pcx1::Sealer; segment_bytes + 16) per in-flight
 // upload, held only while it holds plaintext or a sealed segment not yet
-// written, and recycled through a per-worker-thread LIFO pool (so a busy
-// worker reuses a few cache-warm buffers); independent of the body size. A
-// Content-Length body is read from the socket straight into that buffer
-// (inputWindow()) and each full segment is sealed at once, since the length
-// says whether more follows; a chunked body's full segment waits for its
-// next byte. The data key is wiped when the AEAD key schedule is set up, the
-// schedule when the stream ends or the request is destroyed.
+// written and recycled through a per-worker-thread LIFO pool; a full segment
+// waits for its next byte, which says whether it was the last. Either way
+// memory is independent of the body size. The data key is wiped when the
+// key schedule is set up, the schedule when the stream ends or the request
+// is destroyed. A Content-Length body that would need more than 2^32 - 1
+// segments is refused with 413 before anything reaches the backend.
 //
 // A body that never ends (the client went away) is never finished: the last
 // segment with the final flag is not sent, so the backend holds an

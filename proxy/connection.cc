@@ -169,38 +169,13 @@ void Connection::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     buf->len = Worker::kTlsScratchSize;
     return;
   }
-  if (c->offerDirectWindow(buf)) return;
   c->worker_->buffers().acquire(c->rbuf_);
   buf->base = c->rbuf_.data + c->rbuf_.end;
   buf->len = c->rbuf_.room();
 }
 
-// A Content-Length request body whose transform offers an input window
-// (BodyTransform::inputWindow) is read straight into it: no more bytes than
-// the body has left, so the read never takes the next request's bytes; only
-// when rbuf_ holds nothing unparsed (order) and the previous round's output
-// is written (the window is free). True: `buf` is that window.
-bool Connection::offerDirectWindow(uv_buf_t* buf) {
-  BodyTransform* xf = ctx_.body_transform;
-  if (xf == nullptr || req_state_ != ReqState::kStreamingBody || req_.chunked || xform_finishing_ ||
-      paused_in_body_ || up_ == nullptr || up_->write_pending || rbuf_.unparsed() > 0 ||
-      req_body_bytes_ >= req_.content_length) {
-    return false;
-  }
-  xf->beginRound();
-  const std::span<char> w = xf->inputWindow();
-  if (w.empty()) return false;
-  const uint64_t left = req_.content_length - req_body_bytes_;
-  buf->base = w.data();
-  buf->len = static_cast<size_t>(std::min<uint64_t>({w.size(), left, xf->inputBudget()}));
-  direct_read_ = true;
-  return true;
-}
-
 void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   auto* c = static_cast<Connection*>(s->data);
-  const bool direct = c->direct_read_;
-  c->direct_read_ = false;
   if (nread > 0) {
     c->req_bytes_in_ += static_cast<uint64_t>(nread);
     c->worker_->metrics().bytes_in.inc(static_cast<uint64_t>(nread));
@@ -208,11 +183,7 @@ void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
       c->tls_->pushCiphertext(c->worker_->tlsScratch(), static_cast<size_t>(nread));
       if (!c->tlsPull()) return;
     } else {
-      if (direct) {
-        c->direct_in_ = std::string_view(buf->base, static_cast<size_t>(nread));
-      } else {
-        c->rbuf_.end += static_cast<size_t>(nread);
-      }
+      c->rbuf_.end += static_cast<size_t>(nread);
     }
     c->processClient();
     // close_notify may come in the same flight as the last request.
@@ -248,35 +219,15 @@ void Connection::clientEof(ssize_t nread) {
 
 // Decrypts whatever the TLS engine holds into rbuf_ (as much as fits), and
 // sends what the engine wants sent (handshake records, tickets, alerts).
-// While a body transform offers an input window (offerDirectWindow), body
-// bytes are decrypted straight into it instead, one window per call, and
-// left in direct_in_ for the pump; the rest stays in the engine
-// (hasBufferedInput) for the next round. Returns false if the connection
-// was closed.
+// Returns false if the connection was closed.
 bool Connection::tlsPull() {
   const bool was_done = tls_->handshakeDone();
   for (;;) {
-    uv_buf_t window;
-    const bool direct = was_done && direct_in_.empty() && offerDirectWindow(&window);
-    char* dst;
-    size_t room;
-    if (direct) {
-      direct_read_ = false;  // offerDirectWindow marks a socket read; this one is the engine's
-      dst = window.base;
-      room = window.len;
-    } else {
-      worker_->buffers().acquire(rbuf_);
-      if (rbuf_.room() == 0) break;  // more stays in the engine until there is room
-      dst = rbuf_.data + rbuf_.end;
-      room = rbuf_.room();
-    }
+    worker_->buffers().acquire(rbuf_);
+    if (rbuf_.room() == 0) break;  // more stays in the engine until there is room
     size_t n = 0;
-    TlsSession::Result r = tls_->readPlaintext(dst, room, n);
+    TlsSession::Result r = tls_->readPlaintext(rbuf_.data + rbuf_.end, rbuf_.room(), n);
     if (r == TlsSession::Result::kOk) {
-      if (direct) {
-        direct_in_ = std::string_view(dst, n);
-        break;
-      }
       rbuf_.end += n;
       continue;
     }
@@ -456,7 +407,6 @@ void Connection::beginRequest() {
   continue_sent_ = false;
   retried_ = false;
   xform_finishing_ = false;
-  direct_in_ = {};
   hold_len_ = 0;
   hold_next_n_ = 0;
   body_start_us_ = upstream_wait_us_ = write_wait_since_us_ = last_body_data_us_ = 0;
@@ -767,18 +717,11 @@ again:
       if (st != HttpCodec::Status::kMessageComplete) std::abort();  // llhttp ends body-less messages at once
     }
     request_done = true;
-  } else if (!direct_in_.empty() || rbuf_.unparsed() > 0) {
+  } else if (rbuf_.unparsed() > 0) {
     size_t consumed = 0;
-    HttpCodec::Status st;
-    if (!direct_in_.empty()) {
-      // Body bytes read into the transform's window (offerDirectWindow):
-      // all of them are body, within the budget; parsed in place.
-      st = codec_.execute(direct_in_.data(), direct_in_.size(), consumed);
-      direct_in_ = {};
-    } else {
-      st = codec_.execute(rbuf_.data + rbuf_.start, std::min(rbuf_.unparsed(), budget), consumed);
-      rbuf_.start += consumed;
-    }
+    const HttpCodec::Status st =
+        codec_.execute(rbuf_.data + rbuf_.start, std::min(rbuf_.unparsed(), budget), consumed);
+    rbuf_.start += consumed;
     if (st == HttpCodec::Status::kError) {
       worker_->metrics().parse_errors.inc();
       releaseUpstream(false);  // the upstream sees an unterminated request
@@ -849,7 +792,7 @@ again:
     // fit before; the client may have sent everything already, so no
     // socket read would ever bring them).
     if (tls_ && rbuf_.unparsed() == 0 && tls_->hasBufferedInput() && !tlsPull()) return;
-    if (rbuf_.unparsed() > 0 || !direct_in_.empty()) goto again;
+    if (rbuf_.unparsed() > 0) goto again;
   }
   if (xf != nullptr && !request_done && !body_slices_.empty()) alignTransformWrite();
   flushToUpstream();
@@ -913,13 +856,21 @@ void Connection::saveHold() {
 // transform and puts its output in their place. When the body has ended and
 // the transform has more output than this round can carry, `request_done`
 // is cleared and xform_finishing_ makes the next round (after the write)
-// call finish() again. The transform copies what it keeps, so rbuf_'s body
-// region is free at once. False: the request was aborted.
+// call finish() again. Slices in rbuf_ go to transformInPlace (the
+// transform may turn them into its output where they lie, as plain
+// forwarding writes them from there); others to transform(), which copies
+// what it keeps. False: the request was aborted.
 bool Connection::transformBody(BodyTransform* xf, bool& request_done) {
   BodyOutput out;
   bool ok = true;
   if (!xform_finishing_) {
-    for (std::string_view slice : body_slices_) ok = ok && xf->transform(slice, out);
+    for (std::string_view slice : body_slices_) {
+      if (inReadBuffer(slice)) {
+        ok = ok && xf->transformInPlace(std::span<char>(const_cast<char*>(slice.data()), slice.size()), out);
+      } else {
+        ok = ok && xf->transform(slice, out);
+      }
+    }
   }
   if (ok && request_done) {
     const BodyTransform::Finish f = xf->finish(out);
@@ -933,7 +884,11 @@ bool Connection::transformBody(BodyTransform* xf, bool& request_done) {
     return false;
   }
   body_slices_.assign(out.slices, out.slices + out.count);
-  if (rbuf_.held() && !xform_finishing_ && codec_.inMessage()) {
+  bool output_in_rbuf = false;
+  for (std::string_view slice : body_slices_) output_in_rbuf = output_in_rbuf || inReadBuffer(slice);
+  // Unless the output lies in rbuf_ (then onUpstreamWritten compacts it),
+  // its body region is free at once.
+  if (rbuf_.held() && !output_in_rbuf && !xform_finishing_ && codec_.inMessage()) {
     const size_t left = rbuf_.unparsed();
     if (left > 0 && rbuf_.start != body_base_) std::memmove(rbuf_.data + body_base_, rbuf_.data + rbuf_.start, left);
     rbuf_.start = body_base_;
@@ -991,13 +946,14 @@ void Connection::onUpstreamWritten(int status) {
     if (resp_state_ == RespState::kHead) up_->timer_deadline.clear();
     armBodyTimer();
     if (tls_ && tls_->hasBufferedInput() && !tlsPull()) return;
-    if (rbuf_.unparsed() > 0 || !direct_in_.empty() || xform_finishing_) {
+    if (rbuf_.unparsed() > 0 || xform_finishing_) {
       pumpRequestBody();
       return;
     }
   }
   updateClientReading();
 }
+
 
 void Connection::onUpstreamTimeout() {
   if (up_ == nullptr) return;

@@ -4,6 +4,7 @@
 
 #include <uv.h>
 
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <string>
@@ -96,7 +97,11 @@ class Connection : public BodySink {
   void sendRequestHead();
   void pumpRequestBody();
   bool transformBody(BodyTransform* xf, bool& request_done);
-  bool offerDirectWindow(uv_buf_t* buf);
+  // True if `s` lies in rbuf_ (the connection's own, writable memory).
+  bool inReadBuffer(std::string_view s) const {
+    const auto p = reinterpret_cast<uintptr_t>(s.data()), b = reinterpret_cast<uintptr_t>(rbuf_.data);
+    return rbuf_.held() && p >= b && p + s.size() <= b + rbuf_.cap;
+  }
   void reportSecurity();
   // min_body_rate (like mod_reqtimeout's MinRate): the body must arrive by
   // start + grace + bytes / rate, where the time the proxy itself spent
@@ -206,12 +211,6 @@ class Connection : public BodySink {
   bool raw_response_ = false;     // forward response body bytes as received
   bool paused_in_body_ = false;
   bool xform_finishing_ = false;  // body ended; the body transform has output left
-  // Zero-copy body input (BodyTransform::inputWindow): the pending socket
-  // read (plaintext) or the TLS engine's next decryption (tlsPull) goes to
-  // the transform's window instead of rbuf_, and direct_in_ holds what it
-  // brought until pumpRequestBody() parses it in place.
-  bool direct_read_ = false;
-  std::string_view direct_in_;
   // Packet-aligned transform output: a round's write to the upstream leaves
   // out the last (total mod MSS) bytes, which would otherwise go out as a
   // runt packet of their own (a sealed 64 KiB segment is 16 bytes over a

@@ -218,18 +218,20 @@ void UpstreamConn::stopReading() {
 void UpstreamConn::releaseBuffer() { pool->worker()->buffers().release(rbuf); }
 
 uint32_t UpstreamConn::packetSize() {
-  // Read every time: the kernel's MSS follows the connection (options in
-  // use, and at most half the largest window the peer has offered): on
-  // loopback it went 32768 -> 47616 -> 65483 within an upload's first MiB.
+  // The kernel's MSS follows the connection (options in use, and at most
+  // half the largest window the peer has offered): on loopback it went
+  // 32768 -> 47616 -> 65483 within an upload's first MiB. A value a few
+  // writes old only makes an alignment less exact, never a write wrong.
+  if (packet_size_calls_++ % kPacketSizeEvery != 0) return packet_size_;
   uv_os_fd_t fd;
   int v = 0;
   socklen_t len = sizeof v;
-  uint32_t now = 0;
+  packet_size_ = 0;
   if (tls_ == nullptr && uv_fileno(reinterpret_cast<uv_handle_t*>(&tcp), &fd) == 0 &&
       getsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &v, &len) == 0 && v > 0) {
-    now = static_cast<uint32_t>(v);
+    packet_size_ = static_cast<uint32_t>(v);
   }
-  return now;
+  return packet_size_;
 }
 
 int UpstreamConn::write(uv_buf_t* bufs, unsigned n) {

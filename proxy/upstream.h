@@ -76,8 +76,9 @@ class UpstreamConn {
   // at once (no callback), 1 when pending (write_pending is set until the
   // owner's onUpstreamWritten()), or a negative libuv error (no callback).
   int write(uv_buf_t* bufs, unsigned n);
-  // The socket's current MSS (TCP_MAXSEG, one getsockopt), 0 over TLS or
-  // when unknown: a write of a multiple of it leaves no runt packet behind.
+  // The socket's MSS (TCP_MAXSEG), 0 over TLS or when unknown: a write of a
+  // multiple of it leaves no runt packet behind. Re-read (a getsockopt) on
+  // every kPacketSizeEvery-th call, since it follows the connection.
   uint32_t packetSize();
 
   bool isTls() const { return tls_ != nullptr; }
@@ -98,6 +99,9 @@ class UpstreamConn {
   bool delivering_ = false;            // deliverTls() is on the stack
   bool redeliver_ = false;             // ... and was asked to run again
   UpstreamTlsContext::SessionTarget session_target_{nullptr, nullptr};
+  static constexpr uint32_t kPacketSizeEvery = 8;
+  uint32_t packet_size_ = 0;
+  uint32_t packet_size_calls_ = 0;
 
   void onConnected(int status);
   void onTcpRead(ssize_t nread);

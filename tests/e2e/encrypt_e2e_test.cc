@@ -284,6 +284,60 @@ TEST_F(EncryptE2E, SmallSegmentsManyPerReadAndOddChunks) {
   expectDecrypts("c200000_4099", 200000, patternSha(200000, seeds["c200000_4099"]));
 }
 
+// Content-Length bodies are encrypted where the connection read them: with
+// requests pipelined behind them in the same reads, the bytes after each body
+// must reach the parser untouched, and each body the backend as ciphertext.
+TEST_F(EncryptE2E, PipelinedUploadsAndRequestsInOneWrite) {
+  DemoBackend backend(uploads_);
+  constexpr uint32_t kSeg = 1000;
+  Proxy proxy(options(kSeg, backend.address()));
+  const uint64_t sizes[] = {0, 999, 1000, 2501, 70000};
+  Client c(proxy.httpPort(), Millis(60000));
+  std::string all;
+  uint32_t seed = 500;
+  for (uint64_t size : sizes) {
+    all += "POST /upload?name=p" + std::to_string(size) +
+           " HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\nContent-Length: " +
+           std::to_string(size) + "\r\n\r\n";
+    ++seed;
+    for (uint64_t i = 0; i < size; ++i) all += patternByte(i, seed);
+    all += "GET /plain?after=" + std::to_string(size) + " HTTP/1.1\r\nHost: t\r\n\r\n";
+  }
+  ASSERT_TRUE(c.send(all));
+  seed = 500;
+  for (uint64_t size : sizes) {
+    HttpResponse r;
+    ASSERT_EQ(c.readResponse(r), ReadResult::kOk) << size;
+    checkEcho(r, size, kSeg, false, "k1");
+    expectDecryptsInProcess("p" + std::to_string(size), size, patternSha(size, ++seed));
+    HttpResponse g;
+    ASSERT_EQ(c.readResponse(g), ReadResult::kOk) << size;
+    ASSERT_EQ(g.status, 200) << g.body;
+    std::optional<Echo> e = parseEcho(g.body);
+    ASSERT_TRUE(e.has_value()) << g.body;
+    EXPECT_EQ(e->path, "/plain?after=" + std::to_string(size)) << "the request behind the body arrived intact";
+    EXPECT_EQ(e->headers.count("x-portcullis-encryption"), 0u);
+  }
+  expectDecrypts("p70000", 70000, patternSha(70000, 505));
+}
+
+// pcx1 allows at most 2^32 - 1 segments: a Content-Length that needs more
+// (with 16-byte segments, anything over 64 GiB) is refused at once with 413,
+// and the backend never sees the request.
+TEST_F(EncryptE2E, LengthNeedingTooManySegmentsIsRefusedUpFront) {
+  DemoBackend backend(uploads_);
+  ProxyOptions o = options(16, backend.address());
+  o.limits["max_body_bytes"] = 1ull << 40;
+  Proxy proxy(o);
+  const uint64_t before = backend.requests();
+  Client c(proxy.httpPort());
+  HttpResponse r = c.roundTrip("POST /upload?name=huge HTTP/1.1\r\nHost: t\r\nContent-Length: " +
+                               std::to_string(16ull * 0xFFFFFFFFull + 1) + "\r\n\r\n0123456789");
+  expectProxyError(r, 413, "payload_too_large");
+  EXPECT_EQ(backend.requests(), before);
+  EXPECT_FALSE(std::filesystem::exists(uploads_ + "/huge"));
+}
+
 TEST_F(EncryptE2E, HundredMebibytesBothFramings) {
   DemoBackend backend(uploads_);
   Proxy proxy(options(65536, backend.address()));

@@ -98,6 +98,37 @@ Bytes sealDet(const Bytes& pt, uint32_t seg, std::string_view kid = "k1", const 
   return sealStream(s, pt, step);
 }
 
+// Drives a sized sealer (deterministic keys) over `pt` in slices of at most
+// `step` bytes, each sealed in a copy the way the proxy seals its read
+// buffer; returns header || (ciphertext || tag)*.
+Bytes sealSized(const Bytes& pt, uint32_t seg, size_t step, std::string_view kid = "k1",
+                const Bytes& master = kMaster) {
+  SizedSealer s;
+  EXPECT_EQ(s.beginDeterministic(master.data(), kid, seg, pt.size(), kDek.data(), kWrapNonce.data(),
+                                 kNoncePrefix.data()),
+            Error::kOk);
+  Bytes out(s.header().begin(), s.header().end());
+  Bytes work = pt;  // sealed in place
+  size_t pos = 0;
+  if (pt.empty()) {
+    EXPECT_EQ(s.seal(nullptr, 0), Error::kOk);
+    out.insert(out.end(), s.tag().begin(), s.tag().end());
+  }
+  while (pos < work.size()) {
+    const size_t k = std::min({step, work.size() - pos, s.segmentLeft()});
+    EXPECT_GT(k, 0u);
+    if (k == 0) break;
+    EXPECT_EQ(s.seal(work.data() + pos, k), Error::kOk);
+    out.insert(out.end(), work.begin() + pos, work.begin() + pos + k);
+    out.insert(out.end(), s.tag().begin(), s.tag().end());
+    pos += k;
+  }
+  EXPECT_TRUE(s.finished());
+  EXPECT_EQ(s.segmentLeft(), 0u);
+  EXPECT_EQ(s.plaintextBytes(), pt.size());
+  return out;
+}
+
 // The deterministic stream of the vectors, 16-byte segments, key id "k1".
 Error beginDet16(Sealer& s) {
   return s.beginDeterministic(kMaster.data(), "k1", 16, kDek.data(), kWrapNonce.data(), kNoncePrefix.data());
@@ -328,6 +359,80 @@ TEST(Pcx1, SealerWindowInPlaceAndSealFullGiveSameBytes) {
   EXPECT_EQ(s.window().size(), 8u);
   s.adoptBuffer(Bytes(31));
   EXPECT_TRUE(s.hasBuffer());
+}
+
+TEST(Pcx1, SizedSealerGivesTheSealersBytesAtEverySplit) {
+  for (size_t n : {0u, 1u, 15u, 16u, 17u, 31u, 32u, 33u, 48u, 53u}) {
+    const Bytes pt = plaintextFor(n);
+    const Bytes whole = sealDet(pt, 16);
+    for (size_t step : {1u, 3u, 5u, 15u, 16u, 17u, 100u}) {
+      EXPECT_EQ(sealSized(pt, 16, step), whole) << n << " step " << step;
+    }
+    OpenResult r = openStream(sealSized(pt, 16, 7), k1());
+    EXPECT_EQ(r.error, Error::kOk) << r.reason;
+    EXPECT_EQ(r.released, pt);
+  }
+  // Large segments through BoringSSL's bulk (stitched AES-NI/GHASH) path, cut
+  // at sizes that are not multiples of the AES block.
+  const Bytes big = plaintextFor(3 * 65536 + 4097);
+  const Bytes ref = sealDet(big, 65536);
+  for (size_t step : {1000u, 4096u, 16381u, 65536u, 70000u}) EXPECT_EQ(sealSized(big, 65536, step), ref) << step;
+}
+
+TEST(Pcx1, SizedSealerContract) {
+  const Bytes pt = plaintextFor(40);
+  SizedSealer s;
+  EXPECT_EQ(s.segmentLeft(), 0u) << "not started";
+  Bytes w = pt;
+  EXPECT_EQ(s.seal(w.data(), 1), Error::kBadState);
+  ASSERT_EQ(s.begin(kMaster.data(), "k1", 16, 40), Error::kOk);
+  EXPECT_EQ(s.header().size(), headerLength(2));
+  EXPECT_EQ(s.segmentLeft(), 16u);
+  ASSERT_EQ(s.seal(w.data(), 10), Error::kOk);
+  EXPECT_TRUE(s.tag().empty()) << "the segment is not complete";
+  EXPECT_EQ(s.segmentLeft(), 6u);
+  ASSERT_EQ(s.seal(w.data() + 10, 6), Error::kOk);
+  EXPECT_EQ(s.tag().size(), kTagLen);
+  EXPECT_EQ(s.segmentLeft(), 16u);
+  ASSERT_EQ(s.seal(w.data() + 16, 16), Error::kOk);
+  EXPECT_EQ(s.segmentLeft(), 8u) << "the last segment holds the rest";
+  EXPECT_FALSE(s.finished());
+  EXPECT_EQ(s.seal(w.data() + 32, 9), Error::kBadState) << "more than the segment takes";
+  EXPECT_EQ(s.error(), Error::kBadState);
+  EXPECT_EQ(s.seal(w.data() + 32, 8), Error::kBadState) << "a failed stream stays failed";
+  EXPECT_TRUE(s.tag().empty());
+  // Zero bytes only for an empty body; nothing after the end.
+  ASSERT_EQ(s.begin(kMaster.data(), "k1", 16, 5), Error::kOk);
+  EXPECT_EQ(s.seal(w.data(), 0), Error::kBadState);
+  ASSERT_EQ(s.begin(kMaster.data(), "k1", 16, 5), Error::kOk);
+  ASSERT_EQ(s.seal(w.data(), 5), Error::kOk);
+  EXPECT_TRUE(s.finished());
+  EXPECT_EQ(s.tag().size(), kTagLen);
+  EXPECT_EQ(s.seal(w.data(), 1), Error::kBadState);
+  // Arguments as for Sealer, and the segment limit known up front.
+  EXPECT_EQ(s.begin(kMaster.data(), "", 16, 1), Error::kBadArgument);
+  EXPECT_EQ(s.begin(kMaster.data(), "k1", 0, 1), Error::kBadArgument);
+  EXPECT_EQ(s.begin(nullptr, "k1", 16, 1), Error::kBadArgument);
+  EXPECT_EQ(s.begin(kMaster.data(), "k1", 16, 16 * kMaxSegments), Error::kOk) << "last index 2^32 - 2";
+  EXPECT_EQ(s.begin(kMaster.data(), "k1", 16, 16 * kMaxSegments + 1), Error::kTooManySegments);
+  EXPECT_EQ(s.begin(kMaster.data(), "k1", 1, UINT64_MAX), Error::kTooManySegments);
+  // Random keys: two streams of the same plaintext differ, both open.
+  Bytes a = pt;
+  SizedSealer s1, s2;
+  ASSERT_EQ(s1.begin(kMaster.data(), "k1", 16, 40), Error::kOk);
+  ASSERT_EQ(s2.begin(kMaster.data(), "k1", 16, 40), Error::kOk);
+  EXPECT_NE(Bytes(s1.header().begin(), s1.header().end()), Bytes(s2.header().begin(), s2.header().end()));
+  Bytes ct(s1.header().begin(), s1.header().end());
+  for (size_t at = 0; at < 40;) {
+    const size_t k = s1.segmentLeft();
+    ASSERT_EQ(s1.seal(a.data() + at, k), Error::kOk);
+    ct.insert(ct.end(), a.begin() + at, a.begin() + at + k);
+    ct.insert(ct.end(), s1.tag().begin(), s1.tag().end());
+    at += k;
+  }
+  OpenResult r = openStream(ct, k1());
+  EXPECT_EQ(r.error, Error::kOk) << r.reason;
+  EXPECT_EQ(r.released, pt);
 }
 
 TEST(Pcx1, SealerRejectsBadArguments) {
@@ -637,6 +742,7 @@ TEST(Pcx1Vectors, MatchDeterministicSealer) {
     Sealer s;
     ASSERT_EQ(s.beginDeterministic(master.data(), kid, seg, dek.data(), wn.data(), np.data()), Error::kOk);
     EXPECT_EQ(sealStream(s, pt, 7), ct);
+    EXPECT_EQ(sealSized(pt, seg, 7, kid, master), ct);
     EXPECT_EQ(ct.size(), ciphertextLength(pt.size(), kid.size(), seg));
     OpenResult r = openStream(ct, lookupFor({{kid, master}}));
     EXPECT_EQ(r.error, Error::kOk) << r.reason;

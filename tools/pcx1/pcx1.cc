@@ -159,6 +159,39 @@ bool unwrapDek(const uint8_t master[kKeyLen], std::string_view key_id, const uin
   return true;
 }
 
+// The start of every stream: validates the arguments, makes the data key,
+// wrap nonce and nonce prefix (random, or the given ones), wraps the data key
+// and writes the header. On success `dek` holds the data key, which the caller
+// wipes. kBadArgument for bad arguments (nothing made), kRandomFailed.
+namespace {
+Error openStream(const uint8_t* master, std::string_view key_id, uint32_t segment_size, const uint8_t* dek_in,
+                 const uint8_t* wrap_nonce_in, const uint8_t* nonce_prefix_in, uint8_t dek[kKeyLen],
+                 uint8_t* header, size_t& header_len, uint8_t nonce_prefix[kNoncePrefixLen]) {
+  if (master == nullptr || !validKeyId(key_id) || segment_size == 0 || segment_size > kMaxSegmentSize) {
+    return Error::kBadArgument;
+  }
+  Header h;
+  h.segment_size = segment_size;
+  h.key_id = key_id;
+  if (dek_in != nullptr) {
+    std::memcpy(dek, dek_in, kKeyLen);
+    std::memcpy(h.wrap_nonce.data(), wrap_nonce_in, kWrapNonceLen);
+    std::memcpy(h.nonce_prefix.data(), nonce_prefix_in, kNoncePrefixLen);
+  } else if (!RAND_bytes(dek, kKeyLen) || !RAND_bytes(h.wrap_nonce.data(), kWrapNonceLen) ||
+             !RAND_bytes(h.nonce_prefix.data(), kNoncePrefixLen)) {
+    OPENSSL_cleanse(dek, kKeyLen);
+    return Error::kRandomFailed;
+  }
+  if (!wrapDek(master, key_id, h.wrap_nonce.data(), dek, h.wrapped_dek.data())) {
+    OPENSSL_cleanse(dek, kKeyLen);
+    return Error::kBadArgument;
+  }
+  header_len = buildHeader(h, header);
+  std::memcpy(nonce_prefix, h.nonce_prefix.data(), kNoncePrefixLen);
+  return Error::kOk;
+}
+}  // namespace
+
 // ---------------------------------------------------------------- Sealer
 
 Sealer::~Sealer() {
@@ -203,29 +236,14 @@ Error Sealer::beginDeterministic(const uint8_t* master, std::string_view key_id,
 Error Sealer::start(const uint8_t* master, std::string_view key_id, uint32_t segment_size, const uint8_t* dek_in,
                     const uint8_t* wrap_nonce_in, const uint8_t* nonce_prefix_in) {
   reset();
-  if (master == nullptr || !validKeyId(key_id) || segment_size == 0 || segment_size > kMaxSegmentSize) {
-    return Error::kBadArgument;
-  }
   uint8_t dek[kKeyLen];
-  Header h;
-  h.segment_size = segment_size;
-  h.key_id = key_id;
-  if (dek_in != nullptr) {
-    std::memcpy(dek, dek_in, kKeyLen);
-    std::memcpy(h.wrap_nonce.data(), wrap_nonce_in, kWrapNonceLen);
-    std::memcpy(h.nonce_prefix.data(), nonce_prefix_in, kNoncePrefixLen);
-  } else if (!RAND_bytes(dek, kKeyLen) || !RAND_bytes(h.wrap_nonce.data(), kWrapNonceLen) ||
-             !RAND_bytes(h.nonce_prefix.data(), kNoncePrefixLen)) {
-    OPENSSL_cleanse(dek, sizeof(dek));
-    return fail(Error::kRandomFailed);
-  }
-  const bool wrapped = wrapDek(master, key_id, h.wrap_nonce.data(), dek, h.wrapped_dek.data());
-  const bool init = wrapped && EVP_AEAD_CTX_init(&ctx_, EVP_aead_aes_256_gcm(), dek, kKeyLen, kTagLen, nullptr);
+  const Error e = openStream(master, key_id, segment_size, dek_in, wrap_nonce_in, nonce_prefix_in, dek, header_.data(),
+                             header_len_, nonce_prefix_.data());
+  if (e != Error::kOk) return e == Error::kBadArgument ? e : fail(e);
+  const bool init = EVP_AEAD_CTX_init(&ctx_, EVP_aead_aes_256_gcm(), dek, kKeyLen, kTagLen, nullptr);
   OPENSSL_cleanse(dek, sizeof(dek));
   if (!init) return fail(Error::kBadArgument);
   ctx_live_ = true;
-  header_len_ = buildHeader(h, header_.data());
-  nonce_prefix_ = h.nonce_prefix;
   segment_size_ = segment_size;  // the buffer comes when first needed (ensureBuffer)
   state_ = State::kStreaming;
   ready_ptr_ = header_.data();
@@ -326,6 +344,114 @@ Error Sealer::finish() {
   if (e != Error::kOk) return e;
   wipeCtx(ctx_, ctx_live_);
   state_ = State::kFinished;
+  return Error::kOk;
+}
+
+// ---------------------------------------------------------------- SizedSealer
+
+SizedSealer::SizedSealer() { EVP_CIPHER_CTX_init(&ctx_); }
+
+SizedSealer::~SizedSealer() { wipe(); }
+
+void SizedSealer::wipe() {
+  // Frees (and BoringSSL's allocator zeroes) the key schedule and GCM state.
+  if (ctx_live_) EVP_CIPHER_CTX_cleanup(&ctx_);
+  ctx_live_ = false;
+  in_segment_ = false;
+}
+
+void SizedSealer::reset() {
+  wipe();
+  state_ = State::kIdle;
+  error_ = Error::kOk;
+  index_ = 0;
+  total_ = done_ = segment_end_ = 0;
+  header_len_ = 0;
+  tag_len_ = 0;
+}
+
+Error SizedSealer::fail(Error e) {
+  wipe();
+  tag_len_ = 0;
+  state_ = State::kFailed;
+  error_ = e;
+  return e;
+}
+
+Error SizedSealer::begin(const uint8_t* master, std::string_view key_id, uint32_t segment_size, uint64_t total) {
+  return start(master, key_id, segment_size, total, nullptr, nullptr, nullptr);
+}
+
+Error SizedSealer::beginDeterministic(const uint8_t* master, std::string_view key_id, uint32_t segment_size,
+                                      uint64_t total, const uint8_t dek[kKeyLen],
+                                      const uint8_t wrap_nonce[kWrapNonceLen],
+                                      const uint8_t nonce_prefix[kNoncePrefixLen]) {
+  if (dek == nullptr || wrap_nonce == nullptr || nonce_prefix == nullptr) return Error::kBadArgument;
+  return start(master, key_id, segment_size, total, dek, wrap_nonce, nonce_prefix);
+}
+
+Error SizedSealer::start(const uint8_t* master, std::string_view key_id, uint32_t segment_size, uint64_t total,
+                         const uint8_t* dek_in, const uint8_t* wrap_nonce_in, const uint8_t* nonce_prefix_in) {
+  reset();
+  if (segment_size != 0 && total / segment_size + (total % segment_size != 0) > kMaxSegments) {
+    return fail(Error::kTooManySegments);  // the last index would reach 2^32 - 1
+  }
+  uint8_t dek[kKeyLen];
+  const Error e = openStream(master, key_id, segment_size, dek_in, wrap_nonce_in, nonce_prefix_in, dek, header_.data(),
+                             header_len_, nonce_prefix_.data());
+  if (e != Error::kOk) return e == Error::kBadArgument ? e : fail(e);
+  const bool init = EVP_EncryptInit_ex(&ctx_, EVP_aes_256_gcm(), nullptr, dek, nullptr);
+  OPENSSL_cleanse(dek, sizeof(dek));
+  ctx_live_ = true;  // even a failed init may have allocated state to free
+  if (!init) return fail(Error::kBadArgument);
+  segment_size_ = segment_size;
+  total_ = total;
+  state_ = State::kStreaming;
+  return Error::kOk;
+}
+
+size_t SizedSealer::segmentLeft() const {
+  if (state_ != State::kStreaming) return 0;
+  if (in_segment_) return static_cast<size_t>(segment_end_ - done_);
+  return static_cast<size_t>(std::min<uint64_t>(segment_size_, total_ - done_));
+}
+
+Error SizedSealer::seal(uint8_t* p, size_t n) {
+  if (state_ == State::kFailed) return error_;
+  tag_len_ = 0;
+  if (state_ != State::kStreaming || n > segmentLeft() || (n == 0 && total_ != 0)) return fail(Error::kBadState);
+  if (!in_segment_) {
+    segment_end_ = done_ + std::min<uint64_t>(segment_size_, total_ - done_);
+    const bool last = segment_end_ == total_;
+    uint8_t nonce[kNonceLen];
+    segmentNonce(nonce_prefix_.data(), index_, last, nonce);
+    int len = 0;
+    if (!EVP_EncryptInit_ex(&ctx_, nullptr, nullptr, nullptr, nonce) ||
+        !EVP_EncryptUpdate(&ctx_, nullptr, &len, header_.data(), static_cast<int>(header_len_))) {
+      return fail(Error::kBadState);
+    }
+    in_segment_ = true;
+  }
+  int len = 0;
+  if (n > 0 && (!EVP_EncryptUpdate(&ctx_, p, &len, p, static_cast<int>(n)) || size_t(len) != n)) {
+    return fail(Error::kBadState);
+  }
+  done_ += n;
+  if (done_ < segment_end_) return Error::kOk;
+  // The segment is complete: its tag.
+  uint8_t none[16];
+  if (!EVP_EncryptFinal_ex(&ctx_, none, &len) ||
+      !EVP_CIPHER_CTX_ctrl(&ctx_, EVP_CTRL_GCM_GET_TAG, static_cast<int>(kTagLen), tag_.data())) {
+    return fail(Error::kBadState);
+  }
+  tag_len_ = kTagLen;
+  in_segment_ = false;
+  if (done_ == total_) {
+    wipe();
+    state_ = State::kFinished;
+  } else {
+    ++index_;
+  }
   return Error::kOk;
 }
 

@@ -1,7 +1,7 @@
 // pcx1: the streaming upload encryption format of SPEC §7, as an embeddable
-// C++ API. It depends only on BoringSSL (<openssl/aead.h>, <openssl/rand.h>,
-// <openssl/mem.h>), so a C++ backend can copy tools/pcx1/ into its tree to
-// decrypt what the proxy sends it.
+// C++ API. It depends only on BoringSSL (<openssl/aead.h>, <openssl/cipher.h>,
+// <openssl/rand.h>, <openssl/mem.h>), so a C++ backend can copy tools/pcx1/
+// into its tree to decrypt what the proxy sends it.
 //
 //   header:   "PCX1" | header_len u16 BE | segment_size u32 BE |
 //             key_id_len u8 | key_id | wrap_nonce[12] | wrapped_dek[48] |
@@ -11,13 +11,16 @@
 //   segment i: AES-256-GCM(dek, nonce_prefix || u32 BE i || last, aad = header)
 //
 // The sealer streams with one segment buffer (segment_size + 16 bytes) that
-// it owns and seals in place. The opener keeps the ciphertext of one segment
+// it owns and seals in place. The sized sealer, for a body whose length is
+// known before it starts, needs no buffer: it encrypts each slice in the
+// caller's memory as it arrives and hands out each segment's tag. The opener keeps the ciphertext of one segment
 // and opens it into a second, plaintext buffer, so that after a failed tag it
 // can still tell a missing final flag or trailing data from tampering
 // (BoringSSL zeroes the output of a failed open). Neither throws.
 #pragma once
 
 #include <openssl/aead.h>
+#include <openssl/cipher.h>
 
 #include <array>
 #include <cstddef>
@@ -215,6 +218,88 @@ class Sealer {
   size_t held_ = 0;           // plaintext bytes in buf_
   const uint8_t* ready_ptr_ = nullptr;
   size_t ready_len_ = 0;
+};
+
+// Streaming encryptor for a body whose length is known before its first byte
+// (an HTTP Content-Length): every segment's final flag is then known when the
+// segment starts, so nothing is held back. Each plaintext slice is encrypted
+// where it lies (AES-256-GCM is CTR mode plus GHASH, both incremental); the
+// caller sends it on, and after the slice that completes a segment, that
+// segment's 16-byte tag. Usage:
+//
+//   SizedSealer s;
+//   s.begin(master, "k2", 65536, n);        // n = total plaintext bytes
+//   send(s.header());
+//   for each plaintext slice (p, len), total n:
+//     while (len > 0) {
+//       size_t k = std::min(len, s.segmentLeft());
+//       s.seal(p, k);  send(p, k);             // p now holds ciphertext
+//       if (!s.tag().empty()) send(s.tag());   // the segment ended here
+//       p += k; len -= k;
+//     }
+//   if (n == 0) { s.seal(nullptr, 0); send(s.tag()); }  // one empty final segment
+//
+// The output is byte for byte what Sealer produces for the same keys and
+// nonces. seal() takes at most segmentLeft() bytes, so a call never spans two
+// segments; tag() is the tag of the segment the last seal() completed (empty
+// if it completed none) and stays valid until the next seal(). The data key is
+// wiped as soon as the key schedule is set up; the schedule (and the GHASH
+// state) by the final segment, reset(), a failure and the destructor.
+class SizedSealer {
+ public:
+  SizedSealer();
+  ~SizedSealer();
+  SizedSealer(const SizedSealer&) = delete;
+  SizedSealer& operator=(const SizedSealer&) = delete;
+
+  // Starts a stream of exactly `total` plaintext bytes with a fresh random
+  // data key, wrap nonce and nonce prefix. `master` is 32 bytes; `key_id`
+  // must satisfy validKeyId(); 1 <= segment_size <= kMaxSegmentSize.
+  // kTooManySegments when `total` needs more than kMaxSegments segments.
+  Error begin(const uint8_t* master, std::string_view key_id, uint32_t segment_size, uint64_t total);
+  // Deterministic variant for test vectors (nonces must never repeat).
+  Error beginDeterministic(const uint8_t* master, std::string_view key_id, uint32_t segment_size, uint64_t total,
+                           const uint8_t dek[kKeyLen], const uint8_t wrap_nonce[kWrapNonceLen],
+                           const uint8_t nonce_prefix[kNoncePrefixLen]);
+
+  // Encrypts n plaintext bytes at p in place (1 <= n <= segmentLeft(); n = 0
+  // only for the single empty segment of an empty body). kBadState when the
+  // stream is not running or n is out of range (the stream then fails).
+  Error seal(uint8_t* p, size_t n);
+  // Plaintext bytes the current segment still takes (0: finished).
+  size_t segmentLeft() const;
+  // The tag of the segment the last seal() completed, else empty.
+  std::span<const uint8_t> tag() const { return {tag_.data(), tag_len_}; }
+  std::span<const uint8_t> header() const { return {header_.data(), header_len_}; }
+
+  bool finished() const { return state_ == State::kFinished; }
+  Error error() const { return error_; }
+  uint64_t plaintextBytes() const { return done_; }
+  // Forgets the stream and wipes key material.
+  void reset();
+
+ private:
+  enum class State : uint8_t { kIdle, kStreaming, kFinished, kFailed };
+  Error start(const uint8_t* master, std::string_view key_id, uint32_t segment_size, uint64_t total,
+              const uint8_t* dek, const uint8_t* wrap_nonce, const uint8_t* nonce_prefix);
+  Error fail(Error e);
+  void wipe();
+
+  State state_ = State::kIdle;
+  Error error_ = Error::kOk;
+  EVP_CIPHER_CTX ctx_;
+  bool ctx_live_ = false;
+  bool in_segment_ = false;   // the current segment's nonce and AAD are set
+  uint32_t segment_size_ = 0;
+  uint32_t index_ = 0;        // current segment
+  uint64_t total_ = 0;
+  uint64_t done_ = 0;         // plaintext bytes sealed
+  uint64_t segment_end_ = 0;  // done_ at which the current segment ends
+  std::array<uint8_t, kMaxHeaderLen> header_{};
+  size_t header_len_ = 0;
+  std::array<uint8_t, kNoncePrefixLen> nonce_prefix_{};
+  std::array<uint8_t, kTagLen> tag_{};
+  size_t tag_len_ = 0;
 };
 
 // Looks up the master key for a key id; writes 32 bytes to `out` and
