@@ -946,7 +946,7 @@ void Connection::onUpstreamWritten(int status) {
     if (resp_state_ == RespState::kHead) up_->timer_deadline.clear();
     armBodyTimer();
     if (tls_ && tls_->hasBufferedInput() && !tlsPull()) return;
-    if (rbuf_.unparsed() > 0 || xform_finishing_) {
+    if (xform_finishing_ || (rbuf_.unparsed() > 0 && !awaitMoreBody())) {
       pumpRequestBody();
       return;
     }
@@ -954,6 +954,17 @@ void Connection::onUpstreamWritten(int status) {
   updateClientReading();
 }
 
+// Over TLS a full rbuf_ leaves the rest of the record it was decrypting in
+// the engine, and once the round's write is done tlsPull() brings just that
+// remnant. Sent on its own, it would be a round (a write and a packet the
+// upstream wakes up for) per rbuf_ of body. So while a Content-Length body
+// goes on beyond what is buffered, the engine holds nothing more and the
+// buffered bytes are less than a record, they wait for the next socket read
+// to join them (reading is on: the write is done and rbuf_ has room).
+bool Connection::awaitMoreBody() const {
+  return tls_ != nullptr && !req_.chunked && rbuf_.unparsed() < kTlsRecordBytes &&
+         req_.content_length - req_body_bytes_ > rbuf_.unparsed() && !tls_->hasBufferedInput();
+}
 
 void Connection::onUpstreamTimeout() {
   if (up_ == nullptr) return;

@@ -97,6 +97,9 @@ class Connection : public BodySink {
   void sendRequestHead();
   void pumpRequestBody();
   bool transformBody(BodyTransform* xf, bool& request_done);
+  // A TLS record carries at most this many plaintext bytes.
+  static constexpr size_t kTlsRecordBytes = 16384;
+  bool awaitMoreBody() const;
   // True if `s` lies in rbuf_ (the connection's own, writable memory).
   bool inReadBuffer(std::string_view s) const {
     const auto p = reinterpret_cast<uintptr_t>(s.data()), b = reinterpret_cast<uintptr_t>(rbuf_.data);
