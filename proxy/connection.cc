@@ -254,14 +254,18 @@ bool Connection::tlsPull() {
   return !closing_;
 }
 
-// Sends the engine's pending ciphertext through tls_out_, one pooled buffer
-// at a time; tls_write_pending_ while the socket has not taken it.
+// Sends the engine's pending ciphertext through tls_out_ (one pooled buffer
+// at a time, plus tls_tail_ for a small rest: takeCiphertextForWrite);
+// tls_write_pending_ while the socket has not taken it.
 void Connection::flushTls() {
   while (!closing_ && !tls_write_pending_ && tls_->pendingCiphertext() > 0) {
     worker_->buffers().acquire(tls_out_);
-    size_t n = tls_->takeCiphertext(tls_out_.data, tls_out_.cap);
-    uv_buf_t b = uv_buf_init(tls_out_.data, static_cast<unsigned>(n));
-    int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&tcp_), &write_req_, &b, 1, &Connection::onTlsWritten);
+    size_t tail = 0;
+    const size_t n = tls_->takeCiphertextForWrite(tls_out_.data, tls_out_.cap, tls_tail_, tail);
+    uv_buf_t b[2] = {uv_buf_init(tls_out_.data, static_cast<unsigned>(n)),
+                     uv_buf_init(tls_tail_.get(), static_cast<unsigned>(tail))};
+    int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&tcp_), &write_req_, b, tail > 0 ? 2 : 1,
+                          &Connection::onTlsWritten);
     if (rc < 0) {
       close();
       return;

@@ -142,6 +142,7 @@ class Connection : public BodySink {
   // and whether that write is pending. Plaintext reaches rbuf_ directly.
   std::unique_ptr<TlsSession> tls_;
   IoBuffer tls_out_;
+  std::unique_ptr<char[]> tls_tail_;  // TlsSession::takeCiphertextForWrite
   bool secure_ = false;
   bool tls_write_pending_ = false;
   bool tls_peer_closed_ = false;

@@ -394,4 +394,15 @@ size_t TlsSession::takeCiphertext(char* out, size_t cap) {
   return rc > 0 ? static_cast<size_t>(rc) : 0;
 }
 
+size_t TlsSession::takeCiphertextForWrite(char* out, size_t cap, std::unique_ptr<char[]>& tail, size_t& tail_len) {
+  const size_t n = takeCiphertext(out, cap);
+  tail_len = 0;
+  const size_t rest = pendingCiphertext();
+  if (rest > 0 && rest <= kCiphertextTail) {
+    if (!tail) tail = std::make_unique<char[]>(kCiphertextTail);
+    tail_len = takeCiphertext(tail.get(), kCiphertextTail);
+  }
+  return n;
+}
+
 }  // namespace portcullis

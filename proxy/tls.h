@@ -161,6 +161,15 @@ class TlsSession {
   // Ciphertext waiting to be sent, and taking it out of the engine.
   size_t pendingCiphertext() const;
   size_t takeCiphertext(char* out, size_t cap);
+  // Ciphertext for one socket write: up to `cap` bytes into `out` and, when
+  // no more than kCiphertextTail bytes are then left, those too, into
+  // `tail` (allocated on first use, kCiphertextTail bytes; the caller keeps
+  // it until the write is done). A buffer's worth of plaintext seals into a
+  // little more than a buffer (record headers and tags): this way it leaves
+  // in one write, not a full one and a runt of ~100 bytes that costs a
+  // system call here and a wakeup at the peer. `tail_len` is 0 when no tail.
+  static constexpr size_t kCiphertextTail = 4096;
+  size_t takeCiphertextForWrite(char* out, size_t cap, std::unique_ptr<char[]>& tail, size_t& tail_len);
 
   bool handshakeDone() const { return SSL_is_init_finished(ssl_) != 0; }
   bool resumed() const { return SSL_session_reused(ssl_) != 0; }

@@ -267,9 +267,12 @@ int UpstreamConn::flushCiphertext() {
   if (cipher_write_pending_) return 1;
   while (tls_->pendingCiphertext() > 0) {
     pool->worker()->buffers().acquire(tls_out_);
-    const size_t n = tls_->takeCiphertext(tls_out_.data, tls_out_.cap);
-    uv_buf_t b = uv_buf_init(tls_out_.data, static_cast<unsigned>(n));
-    const int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&tcp), &write_req, &b, 1, &UpstreamConn::onCiphertextWritten);
+    size_t tail = 0;
+    const size_t n = tls_->takeCiphertextForWrite(tls_out_.data, tls_out_.cap, tls_tail_, tail);
+    uv_buf_t b[2] = {uv_buf_init(tls_out_.data, static_cast<unsigned>(n)),
+                     uv_buf_init(tls_tail_.get(), static_cast<unsigned>(tail))};
+    const int rc = writeOrQueue(reinterpret_cast<uv_stream_t*>(&tcp), &write_req, b, tail > 0 ? 2 : 1,
+                                &UpstreamConn::onCiphertextWritten);
     if (rc < 0) {
       pool->worker()->buffers().release(tls_out_);
       return rc;

@@ -94,6 +94,7 @@ class UpstreamConn {
   // TLS state (null tls_ = plaintext).
   std::unique_ptr<TlsSession> tls_;
   IoBuffer tls_out_;
+  std::unique_ptr<char[]> tls_tail_;  // TlsSession::takeCiphertextForWrite
   bool cipher_write_pending_ = false;  // tls_out_ is on the wire
   bool owner_waits_write_ = false;     // a write() returned 1
   bool delivering_ = false;            // deliverTls() is on the stack
