@@ -17,7 +17,9 @@
 //     (framing already validated by the parser). While a client write is
 //     pending the upstream is not read: backpressure the other way.
 //  6. finishExchange(): access log, metrics, the upstream connection back to
-//     its pool, and the next (possibly pipelined) request.
+//     its pool, and the next (possibly pipelined) request - or, when the
+//     connection ends there, a close that lingers while the client may
+//     still be sending (lingerClose()).
 //  7. WebSocket (routes with `websocket = true`, proxy/tunnel.cc): a valid
 //     handshake goes up with its Upgrade; on the upstream's 101 the
 //     connection becomes a raw byte tunnel (hooks below test `ws_`).
@@ -28,8 +30,10 @@
 
 #include "proxy/connection.h"
 
+#include <sys/ioctl.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cinttypes>
 #include <cstdio>
@@ -1276,7 +1280,11 @@ void Connection::finishExchange() {
   reportSecurity();
   chain_.complete(ctx_);
   if (close_after_ || draining_) {
-    close();
+    if (mayStillSend()) {
+      lingerClose();
+    } else {
+      close();
+    }
     return;
   }
   startNextRequest();
@@ -1495,9 +1503,80 @@ void Connection::logAccess(uint64_t now_us) {
   stage.end();
 }
 
-void Connection::close() {
+// True when the client may have sent, or still be sending, bytes this
+// connection will not read: the request was not read to its end, bytes
+// wait unparsed, or the kernel holds unread input.
+bool Connection::mayStillSend() const {
+  if (client_eof_) return false;
+  if (req_state_ != ReqState::kDone || rbuf_.unparsed() > 0 || (tls_ && tls_->hasBufferedInput())) return true;
+  uv_os_fd_t fd;
+  int pending = 0;
+  return uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) == 0 && ioctl(fd, FIONREAD, &pending) == 0 &&
+         pending > 0;
+}
+
+// Lingering close (RFC 9112 section 9.6). Closing a socket whose input was
+// not all read makes the kernel send RST instead of FIN, and a client still
+// sending (a refused upload, a slow or pipelined request) may then lose the
+// response it has not read yet (many TCP stacks drop received data on RST).
+// So the proxy half-closes (FIN after the response) and reads and discards
+// what comes until the client closes, kLingerIdleMs pass without input or
+// kLingerMaxMs in all; the request's state is released at once as by
+// close(), and close() during the linger (drain, shutdown) ends it.
+void Connection::lingerClose() {
   if (closing_) return;
   closing_ = true;
+  releaseState();
+  lingering_ = true;
+  linger_end_us_ = nowUs() + kLingerMaxMs * 1000;
+  shutdown_req_.data = this;
+  if (uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &Connection::onLingerShutdown) != 0 ||
+      uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), &Connection::onLingerAlloc, &Connection::onLingerRead) !=
+          0) {
+    closeHandles();
+    return;
+  }
+  uv_timer_start(&timer_, &Connection::onLingerTimer, kLingerIdleMs, 0);
+}
+
+void Connection::onLingerShutdown(uv_shutdown_t* req, int status) {
+  auto* c = static_cast<Connection*>(req->data);
+  if (status != 0) c->closeHandles();  // also UV_ECANCELED from closeHandles() itself: a no-op then
+}
+
+void Connection::onLingerAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+  auto* c = static_cast<Connection*>(h->data);
+  buf->base = c->worker_->tlsScratch();  // discarded at once
+  buf->len = Worker::kTlsScratchSize;
+}
+
+void Connection::onLingerRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
+  auto* c = static_cast<Connection*>(s->data);
+  if (nread == 0) return;
+  const uint64_t now = nowUs();
+  if (nread < 0 || now >= c->linger_end_us_) {
+    c->closeHandles();  // EOF (the client closed), an error, or lingered long enough
+    return;
+  }
+  const uint64_t left_ms = (c->linger_end_us_ - now + 999) / 1000;
+  uv_timer_start(&c->timer_, &Connection::onLingerTimer, std::min<uint64_t>(kLingerIdleMs, left_ms), 0);
+}
+
+void Connection::onLingerTimer(uv_timer_t* t) { static_cast<Connection*>(t->data)->closeHandles(); }
+
+void Connection::close() {
+  if (closing_) {
+    closeHandles();  // ends a lingering close (no-op once the handles close)
+    return;
+  }
+  closing_ = true;
+  releaseState();
+  closeHandles();
+}
+
+// What close() and lingerClose() release of the connection besides its
+// handles.
+void Connection::releaseState() {
   if (ws_ == WsState::kTunnel) tunnelClosed();
   if (up_ != nullptr) releaseUpstream(false);
   // A request cut short (the client went away mid-reply) still counts for
@@ -1514,6 +1593,12 @@ void Connection::close() {
     worker_->releaseClientAddress(address_key_);
     address_key_.clear();
   }
+}
+
+void Connection::closeHandles() {
+  if (handles_closing_) return;
+  handles_closing_ = true;
+  lingering_ = false;
   if (handles_open_ >= 1) uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), &Connection::onClosed);
   if (handles_open_ >= 2) uv_close(reinterpret_cast<uv_handle_t*>(&timer_), &Connection::onClosed);
 }

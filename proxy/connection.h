@@ -131,6 +131,14 @@ class Connection : public BodySink {
   void armClientTimer(uint64_t ms);
   void logAccess(uint64_t now_us = 0);  // now_us: the caller's clock read (0: read it)
   void close();
+  bool mayStillSend() const;
+  void lingerClose();
+  void releaseState();
+  void closeHandles();
+  static void onLingerShutdown(uv_shutdown_t* req, int status);
+  static void onLingerAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+  static void onLingerRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  static void onLingerTimer(uv_timer_t* t);
 
   Worker* worker_;
   uv_tcp_t tcp_;
@@ -204,6 +212,13 @@ class Connection : public BodySink {
   bool client_write_pending_ = false;
   bool reading_ = false;
   bool closing_ = false;
+  bool handles_closing_ = false;  // closeHandles() ran
+  // Lingering close (lingerClose()).
+  static constexpr uint64_t kLingerIdleMs = 2000;
+  static constexpr uint64_t kLingerMaxMs = 5000;
+  bool lingering_ = false;
+  uint64_t linger_end_us_ = 0;
+  uv_shutdown_t shutdown_req_;
   bool close_after_ = false;      // close once the current exchange is done
   bool client_eof_ = false;
   bool head_bytes_seen_ = false;  // some bytes of the next head arrived

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <condition_variable>
 #include <mutex>
 #include <set>
@@ -911,6 +912,58 @@ TEST_F(ProxyE2E, IncompleteHeadGets408) {
     expectProxyError(r, 408, "request_timeout", backend_.address());
     EXPECT_TRUE(c.waitClosed(Millis(5000)));
   }
+}
+
+// ---------------------------------------------------------------------------
+// 13b. Lingering close (RFC 9112 section 9.6): a connection the proxy ends
+// while the client may still be sending is half-closed (FIN) and drained, so
+// the client reads its response and then a clean end of stream. Closing
+// with unread input would send RST (ECONNRESET here after the response, and
+// on many stacks the response itself lost).
+
+// After the response: the next recv must see the proxy's FIN (0), not RST.
+void expectCleanEnd(Client& c) {
+  std::string rest;
+  errno = 0;
+  const ssize_t n = c.readSome(rest, 1 << 20);
+  EXPECT_EQ(n, 0) << "errno " << errno << " (" << std::strerror(errno) << "), " << rest.size() << " bytes";
+}
+
+// Sends a POST whose Content-Length is over a 1000-byte route limit,
+// followed by `sent` bytes of its body, and reads the 413.
+void sendRefusedUpload(Client& c, size_t sent, const std::string& backend) {
+  std::string req = "POST /upload HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: 10000000\r\n\r\n";
+  req += uploadBlock().substr(0, sent);
+  ASSERT_TRUE(c.send(req));
+  HttpResponse r;
+  ASSERT_EQ(c.readResponse(r), ReadResult::kOk);
+  expectProxyError(r, 413, "payload_too_large", backend);
+}
+
+TEST_F(ProxyE2E, RefusedUploadStillBeingSentEndsWithFinNotReset) {
+  ProxyOptions o = options();
+  o.limits["max_body_bytes"] = 1000;
+  Proxy proxy(o);
+  for (int i = 0; i < 5; ++i) {
+    Client c(proxy.httpPort());
+    // Far more body than the proxy reads before refusing it at the head.
+    sendRefusedUpload(c, 512 * 1024, backend_.address());
+    // The client goes on sending for a while: the proxy drains it.
+    EXPECT_TRUE(c.send(uploadBlock().substr(0, 256 * 1024)));
+    expectCleanEnd(c);
+  }
+  EXPECT_EQ(proxy.waitForMetric("portcullis_connections_active", 0), 0);
+}
+
+TEST_F(ProxyE2E, LingeringEndsWhenTheClientGoesQuiet) {
+  ProxyOptions o = options();
+  o.limits["max_body_bytes"] = 1000;
+  Proxy proxy(o);
+  Client c(proxy.httpPort());
+  sendRefusedUpload(c, 200 * 1024, backend_.address());
+  // The client neither sends nor closes: the proxy gives up on it after its
+  // idle linger (2 s) and the connection is gone.
+  EXPECT_EQ(proxy.waitForMetric("portcullis_connections_active", 0, Millis(10000)), 0);
 }
 
 // ---------------------------------------------------------------------------
