@@ -1526,6 +1526,7 @@ bool Connection::mayStillSend() const {
 void Connection::lingerClose() {
   if (closing_) return;
   closing_ = true;
+  sendCloseNotify();
   releaseState();
   lingering_ = true;
   linger_end_us_ = nowUs() + kLingerMaxMs * 1000;
@@ -1570,8 +1571,22 @@ void Connection::close() {
     return;
   }
   closing_ = true;
+  sendCloseNotify();
   releaseState();
   closeHandles();
+}
+
+// TLS: the close_notify alert before the write side closes (RFC 8446
+// section 6.1; it tells a client reading to the end of the connection that
+// nothing was cut off). Only when the socket takes it at once: a connection
+// being closed does not wait for it, and none is sent while other
+// ciphertext is still queued or after a fatal alert.
+void Connection::sendCloseNotify() {
+  if (!tls_ || tls_write_pending_ || tls_->pendingCiphertext() > 0 || !tls_->closeNotify()) return;
+  char alert[64];
+  const size_t n = tls_->takeCiphertext(alert, sizeof alert);
+  uv_buf_t b = uv_buf_init(alert, static_cast<unsigned>(n));
+  (void)uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
 }
 
 // What close() and lingerClose() release of the connection besides its

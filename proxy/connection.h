@@ -132,6 +132,7 @@ class Connection : public BodySink {
   void logAccess(uint64_t now_us = 0);  // now_us: the caller's clock read (0: read it)
   void close();
   bool mayStillSend() const;
+  void sendCloseNotify();
   void lingerClose();
   void releaseState();
   void closeHandles();

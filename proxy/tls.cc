@@ -387,6 +387,14 @@ bool TlsSession::writePlaintext(const char* data, size_t len) {
   return true;
 }
 
+bool TlsSession::closeNotify() {
+  const bool failed = failure_ != nullptr && *failure_ != '\0';
+  if (failed || !handshakeDone() || (SSL_get_shutdown(ssl_) & SSL_SENT_SHUTDOWN) != 0) return false;
+  const int rc = SSL_shutdown(ssl_);  // 0: sent, the peer's not seen yet; 1: both
+  ERR_clear_error();
+  return rc >= 0 && (SSL_get_shutdown(ssl_) & SSL_SENT_SHUTDOWN) != 0;
+}
+
 size_t TlsSession::pendingCiphertext() const { return BIO_pending(wbio_); }
 
 size_t TlsSession::takeCiphertext(char* out, size_t cap) {

@@ -158,6 +158,10 @@ class TlsSession {
   // Encrypts `len` bytes; the records are appended to the pending output.
   // Returns false on a fatal error.
   bool writePlaintext(const char* data, size_t len);
+  // Queues the close_notify alert (RFC 8446 section 6.1) with the pending
+  // output, unless the session failed, its handshake is not done or it was
+  // queued already. True if it was queued now.
+  bool closeNotify();
   // Ciphertext waiting to be sent, and taking it out of the engine.
   size_t pendingCiphertext() const;
   size_t takeCiphertext(char* out, size_t cap);

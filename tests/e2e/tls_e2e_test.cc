@@ -172,6 +172,19 @@ class TlsClient {
     return true;
   }
 
+  // After the last response: how the stream ended. SSL_ERROR_ZERO_RETURN
+  // when the peer sent close_notify, SSL_ERROR_SYSCALL (or SSL_ERROR_SSL) for
+  // a bare TCP close; -1 if data came instead.
+  int endOfStream() {
+    if (!buf_.empty()) return -1;
+    char tmp[4096];
+    const int n = SSL_read(ssl_, tmp, sizeof(tmp));
+    if (n > 0) return -1;
+    const int e = SSL_get_error(ssl_, n);
+    ERR_clear_error();
+    return e;
+  }
+
  private:
   bool fill() {
     char tmp[65536];
@@ -239,6 +252,41 @@ TEST_F(TlsE2E, Tls13AndTls12ServeRequestsWithHsts) {
   EXPECT_EQ(pr.status, 200);
   EXPECT_FALSE(pr.hasHeader("strict-transport-security"));
   EXPECT_EQ(proxy.waitForMetric("portcullis_tls_handshakes_total{kind=\"full\"}", 3), 3);
+}
+
+// A connection the proxy ends after a response (Connection: close, or a
+// refusal while the client still sends) ends with close_notify (RFC 8446
+// section 6.1), so a client reading to the end can tell it from a cut.
+TEST_F(TlsE2E, ClosingConnectionsSendCloseNotify) {
+  Proxy proxy(options());
+  for (uint16_t v : {uint16_t(TLS1_3_VERSION), uint16_t(TLS1_2_VERSION)}) {
+    SCOPED_TRACE(v == TLS1_3_VERSION ? "TLS 1.3" : "TLS 1.2");
+    {
+      TlsClient c;
+      TlsOptions o;
+      o.min_version = o.max_version = v;
+      ASSERT_TRUE(c.connect(proxy.httpsPort(), o));
+      ASSERT_TRUE(c.send("GET /bye HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+      TlsClient::Response r;
+      ASSERT_TRUE(c.readResponse(r));
+      EXPECT_EQ(r.status, 200);
+      EXPECT_EQ(c.endOfStream(), SSL_ERROR_ZERO_RETURN);
+    }
+    {
+      // Refused at the head while body bytes are still on their way (the
+      // lingering close).
+      TlsClient c;
+      TlsOptions o;
+      o.min_version = o.max_version = v;
+      ASSERT_TRUE(c.connect(proxy.httpsPort(), o));
+      ASSERT_TRUE(c.send("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000000\r\n\r\n" +
+                         std::string(100000, 'b')));
+      TlsClient::Response r;
+      ASSERT_TRUE(c.readResponse(r));
+      EXPECT_EQ(r.status, 413);
+      EXPECT_EQ(c.endOfStream(), SSL_ERROR_ZERO_RETURN);
+    }
+  }
 }
 
 TEST_F(TlsE2E, ProtocolsOlderThanTls12AreRefused) {
