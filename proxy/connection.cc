@@ -970,7 +970,7 @@ void Connection::onUpstreamWritten(int status) {
 // buffered bytes are less than a record, they wait for the next socket read
 // to join them (reading is on: the write is done and rbuf_ has room).
 bool Connection::awaitMoreBody() const {
-  return tls_ != nullptr && !req_.chunked && rbuf_.unparsed() < kTlsRecordBytes &&
+  return tls_ != nullptr && !req_.chunked && rbuf_.unparsed() < SSL3_RT_MAX_PLAIN_LENGTH &&
          req_.content_length - req_body_bytes_ > rbuf_.unparsed() && !tls_->hasBufferedInput();
 }
 
@@ -1528,7 +1528,6 @@ void Connection::lingerClose() {
   closing_ = true;
   sendCloseNotify();
   releaseState();
-  lingering_ = true;
   linger_end_us_ = nowUs() + kLingerMaxMs * 1000;
   shutdown_req_.data = this;
   if (uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &Connection::onLingerShutdown) != 0 ||
@@ -1613,7 +1612,6 @@ void Connection::releaseState() {
 void Connection::closeHandles() {
   if (handles_closing_) return;
   handles_closing_ = true;
-  lingering_ = false;
   if (handles_open_ >= 1) uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), &Connection::onClosed);
   if (handles_open_ >= 2) uv_close(reinterpret_cast<uv_handle_t*>(&timer_), &Connection::onClosed);
 }

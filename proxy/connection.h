@@ -97,8 +97,6 @@ class Connection : public BodySink {
   void sendRequestHead();
   void pumpRequestBody();
   bool transformBody(BodyTransform* xf, bool& request_done);
-  // A TLS record carries at most this many plaintext bytes.
-  static constexpr size_t kTlsRecordBytes = 16384;
   bool awaitMoreBody() const;
   // True if `s` lies in rbuf_ (the connection's own, writable memory).
   bool inReadBuffer(std::string_view s) const {
@@ -217,7 +215,6 @@ class Connection : public BodySink {
   // Lingering close (lingerClose()).
   static constexpr uint64_t kLingerIdleMs = 2000;
   static constexpr uint64_t kLingerMaxMs = 5000;
-  bool lingering_ = false;
   uint64_t linger_end_us_ = 0;
   uv_shutdown_t shutdown_req_;
   bool close_after_ = false;      // close once the current exchange is done
