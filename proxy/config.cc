@@ -12,6 +12,7 @@
 #include "proxy/token_store.h"
 
 #include <arpa/inet.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cctype>
@@ -117,6 +118,15 @@ std::string indexed(std::string_view name, size_t i) {
 }
 
 std::string quoted(std::string_view s) { return "\"" + std::string(s) + "\""; }
+
+// workers = 0: one loop per CPU this process may run on (taskset, a
+// container's cpuset), not per CPU the machine has.
+unsigned usableCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return static_cast<unsigned>(CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
 
 // RFC 9110 token characters, for the parts of a media type.
 bool isTokenChar(char c) {
@@ -340,8 +350,44 @@ void Loader::loadServer(const toml::table& t, ServerConfig& s) {
   const std::string path = "server";
   checkKeys(t, path,
             {"workers", "listen_https", "listen_http", "admin_listen", "names", "shutdown_grace_ms", "state_dir",
-             "max_connections", "max_connections_per_ip"});
+             "max_connections", "max_connections_per_ip", "cpu_affinity", "worker_priority"});
   getUint(t, "workers", path, s.workers, 0, kMaxWorkers);
+  if (const toml::node* n = t.get("cpu_affinity")) {
+    const std::string key = join(path, "cpu_affinity");
+    if (const auto* str = n->as_string()) {
+      if (str->get() == "auto") {
+        s.cpu_affinity_auto = true;
+      } else if (str->get() != "none") {
+        fail(lineOf(*n), key, "expected \"auto\", \"none\" or an array of CPU numbers, got " + quoted(str->get()));
+      }
+    } else if (const auto* arr = n->as_array()) {
+      if (arr->empty()) fail(lineOf(*n), key, "empty CPU list (use \"none\" for no pinning)");
+      for (size_t i = 0; i < arr->size(); ++i) {
+        const toml::node& e = *arr->get(i);
+        const auto* v = e.as_integer();
+        if (v == nullptr) {
+          typeError(e, indexed(key, i), "integer");
+        } else if (v->get() < 0 || v->get() >= CPU_SETSIZE) {
+          fail(lineOf(e, lineOf(*n)), indexed(key, i),
+               std::to_string(v->get()) + " is out of range (0.." + std::to_string(CPU_SETSIZE - 1) + ")");
+        } else {
+          s.cpu_affinity.push_back(static_cast<uint32_t>(v->get()));
+        }
+      }
+    } else {
+      typeError(*n, key, "\"auto\", \"none\" or an array of CPU numbers");
+    }
+  }
+  if (const toml::node* n = t.get("worker_priority")) {
+    const auto* v = n->as_integer();
+    if (v == nullptr) {
+      typeError(*n, join(path, "worker_priority"), "integer");
+    } else if (v->get() < -20 || v->get() > 19) {
+      fail(lineOf(*n), join(path, "worker_priority"), std::to_string(v->get()) + " is out of range (-20..19)");
+    } else {
+      s.worker_priority = static_cast<int32_t>(v->get());
+    }
+  }
   // Port 0 on a listener asks the kernel for a free port (tests use it).
   getAddress(t, "listen_https", path, s.listen_https, true);
   getAddress(t, "listen_http", path, s.listen_http, true);
@@ -948,7 +994,7 @@ bool Loader::load(std::string_view text, Config& out, std::string& error) {
   }
 
   for (const RouteConfig& r : cfg.routes) cfg.rate_limit.any_route_rate = cfg.rate_limit.any_route_rate || r.rate.set;
-  if (cfg.server.workers == 0) cfg.server.workers = std::max(1u, std::thread::hardware_concurrency());
+  if (cfg.server.workers == 0) cfg.server.workers = usableCpus();
   out = std::move(cfg);
   error.clear();
   return true;

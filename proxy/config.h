@@ -30,6 +30,16 @@ struct ServerConfig {
   std::string state_dir = "var/state";
   uint32_t max_connections = 100000;
   uint32_t max_connections_per_ip = 1000;
+  // Extension: where the worker threads run, like nginx's worker_cpu_affinity
+  // and worker_priority (HAProxy: cpu-map, nice). Applied at start; a reload
+  // keeps the running placement. cpu_affinity "auto": worker i on the i-th CPU
+  // this process may use (modulo their count); a list: worker i on
+  // cpu_affinity[i % size]; empty and not auto ("none"): the scheduler places
+  // them. worker_priority: the workers' nice value (below 0 needs CAP_SYS_NICE;
+  // without it the workers stay at 0 and a warning says so).
+  std::vector<uint32_t> cpu_affinity;
+  bool cpu_affinity_auto = false;
+  int32_t worker_priority = 0;
 };
 
 struct TimeoutsConfig {

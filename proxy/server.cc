@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -43,6 +44,54 @@ void logLine(const char* level, const std::string& message) {
   (void)std::strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);  // at most 26 characters: always fits
   std::fprintf(stderr, "%s [%s] %s\n", ts, level, message.c_str());
   (void)std::fflush(stderr);  // a lost log line on stderr leaves nothing to do
+}
+
+namespace {
+
+// "0-3,6": the CPUs in `set`, for messages.
+std::string cpuList(const cpu_set_t& set) {
+  std::string out;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (!CPU_ISSET(c, &set)) continue;
+    int end = c;
+    while (end + 1 < CPU_SETSIZE && CPU_ISSET(end + 1, &set)) ++end;
+    if (!out.empty()) out += ',';
+    out += std::to_string(c);
+    if (end > c) out += '-' + std::to_string(end);
+    c = end;
+  }
+  return out;
+}
+
+}  // namespace
+
+bool workerCpus(const ServerConfig& s, unsigned workers, std::vector<int>& out, std::string& error) {
+  out.assign(workers, -1);
+  if (!s.cpu_affinity_auto && s.cpu_affinity.empty()) return true;
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) {
+    error = "server.cpu_affinity: cannot read the CPUs this process may use: " + errnoMessage(errno);
+    return false;
+  }
+  std::vector<int> cpus;
+  if (s.cpu_affinity_auto) {
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+    }
+  } else {
+    for (uint32_t c : s.cpu_affinity) {
+      if (c >= CPU_SETSIZE || !CPU_ISSET(c, &allowed)) {
+        error = "server.cpu_affinity: CPU " + std::to_string(c) + " is not one this process may use (" +
+                cpuList(allowed) + ")";
+        return false;
+      }
+      cpus.push_back(static_cast<int>(c));
+    }
+  }
+  if (cpus.empty()) return true;  // (sched_getaffinity never reports none)
+  for (unsigned i = 0; i < workers; ++i) out[i] = cpus[i % cpus.size()];
+  return true;
 }
 
 int openReusePortSocket(const HostPort& addr, uint16_t& bound_port, std::string& error) {
@@ -210,6 +259,9 @@ bool Server::startup(std::string& error) {
   shared_->access_log = access_log_.get();
   shared_->audit = audit_.get();
 
+  std::vector<int> cpus;
+  if (!workerCpus(cfg.server, cfg.server.workers, cpus, error)) return false;
+
   // One SO_REUSEPORT socket per worker; the kernel spreads connections.
   // With port 0 the first bind picks the port and the others reuse it.
   HostPort listen = cfg.server.listen_http;
@@ -233,6 +285,7 @@ bool Server::startup(std::string& error) {
     }
     auto w = std::make_unique<Worker>(i, shared_.get());
     if (!w->init(fd, tls_fd, snap, error)) return false;
+    w->setPlacement(cpus[i], cfg.server.worker_priority);
     workers_.push_back(std::move(w));
   }
 
@@ -609,8 +662,11 @@ void Server::reload() {
   const Config& cfg = *snap->config;
   if (cfg.server.listen_http.str() != old.server.listen_http.str() ||
       cfg.server.listen_https.str() != old.server.listen_https.str() || cfg.server.workers != old.server.workers ||
-      cfg.server.admin_listen.str() != old.server.admin_listen.str() || cfg.log.access != old.log.access) {
-    logLine("warn", "reload: listeners, worker count and log paths change only on restart");
+      cfg.server.admin_listen.str() != old.server.admin_listen.str() || cfg.log.access != old.log.access ||
+      cfg.server.cpu_affinity != old.server.cpu_affinity ||
+      cfg.server.cpu_affinity_auto != old.server.cpu_affinity_auto ||
+      cfg.server.worker_priority != old.server.worker_priority) {
+    logLine("warn", "reload: listeners, worker count and placement, and log paths change only on restart");
   }
   snapshot_ = snap;
   config_ = snap->config;

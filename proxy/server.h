@@ -156,4 +156,9 @@ int openReusePortSocket(const HostPort& addr, uint16_t& bound_port, std::string&
 // Logs one line to stderr with a UTC timestamp and level.
 void logLine(const char* level, const std::string& message);
 
+// Worker i's CPU under server.cpu_affinity (-1: not pinned) into out[i]. The
+// CPUs come from, and a listed one must be among, those this process may use
+// (sched_getaffinity: taskset, a cgroup's cpuset); false + `error` otherwise.
+bool workerCpus(const ServerConfig& s, unsigned workers, std::vector<int>& out, std::string& error);
+
 }  // namespace portcullis

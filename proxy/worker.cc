@@ -1,6 +1,10 @@
 #include "proxy/worker.h"
 
+#include <pthread.h>
+#include <sched.h>
 #include <sys/random.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <chrono>
@@ -8,6 +12,8 @@
 #include <cstring>
 
 #include "proxy/connection.h"
+#include "proxy/errno_message.h"
+#include "proxy/server.h"
 
 namespace portcullis {
 
@@ -77,12 +83,34 @@ void Worker::start() {
   thread_ = std::thread([this] {
     char name[16];
     (void)std::snprintf(name, sizeof(name), "pc-worker-%u", id_);  // truncating is fine: names hold 15 bytes
+    // Placement before the name: a thread named pc-worker-N already runs
+    // where the config puts it (tests read it back by name).
+    applyPlacement(name);
     pthread_setname_np(pthread_self(), name);
     audit_stage_.attach(shared_->audit);
     uv_run(&loop_, UV_RUN_DEFAULT);
     publishLogs();  // anything recorded by the last callbacks
     audit_stage_.detach();
   });
+}
+
+void Worker::applyPlacement(const char* name) {
+  if (cpu_ >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu_, &set);
+    const int rc = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    if (rc != 0) {
+      logLine("warn", std::string("server.cpu_affinity: ") + name + " not pinned to CPU " + std::to_string(cpu_) +
+                          ": " + errnoMessage(rc));
+    }
+  }
+  // Linux's nice value belongs to the thread: this one only, not the process.
+  if (priority_ != 0 && setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), priority_) != 0) {
+    const int err = errno;
+    logLine("warn", "server.worker_priority = " + std::to_string(priority_) + " not applied to " + name + ": " +
+                        errnoMessage(err) + (priority_ < 0 ? " (a negative priority needs CAP_SYS_NICE)" : ""));
+  }
 }
 
 void Worker::join() {

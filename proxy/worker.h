@@ -45,6 +45,13 @@ class Worker {
   // TCP sockets; -1 for a listener that is not configured) and prepares the
   // loop. Called before start(), on any thread.
   bool init(int listen_fd, int tls_listen_fd, std::shared_ptr<const Snapshot> snapshot, std::string& error);
+  // Where the loop's thread runs (server.cpu_affinity, server.worker_priority):
+  // `cpu` < 0 = not pinned. Called before start(); applied by the thread itself
+  // before its loop starts; a failure is a warning, the loop runs anyway.
+  void setPlacement(int cpu, int priority) {
+    cpu_ = cpu;
+    priority_ = priority;
+  }
   // Runs the loop on a new thread until the worker has drained.
   void start();
   void join();
@@ -126,7 +133,11 @@ class Worker {
   int64_t wall_offset_us_ = 0;        // wall-clock µs minus monotonic µs
   uint64_t wall_offset_read_us_ = 0;  // monotonic µs when it was read (0: never)
   bool overloaded_ = false;
+  void applyPlacement(const char* name);
+
   std::thread thread_;
+  int cpu_ = -1;
+  int priority_ = 0;
   std::unique_ptr<WorkerMetrics> metrics_;
   BufferPool buffers_;
   std::unique_ptr<char[]> tls_scratch_{new char[kTlsScratchSize]};

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -56,8 +57,14 @@ TEST(ConfigTest, BaseConfigGetsAllDefaults) {
   const Config& c = r.cfg;
   EXPECT_EQ(c.path, "t.toml");
 
-  unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  EXPECT_EQ(c.server.workers, cores);
+  // workers = 0: one per CPU this process may use (taskset, cpuset).
+  cpu_set_t usable;
+  CPU_ZERO(&usable);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(usable), &usable), 0);
+  EXPECT_EQ(c.server.workers, static_cast<unsigned>(CPU_COUNT(&usable)));
+  EXPECT_TRUE(c.server.cpu_affinity.empty());
+  EXPECT_FALSE(c.server.cpu_affinity_auto);
+  EXPECT_EQ(c.server.worker_priority, 0);
   EXPECT_TRUE(c.server.listen_https.empty());
   EXPECT_EQ(c.server.listen_http.str(), "127.0.0.1:8080");
   EXPECT_EQ(c.server.admin_listen.str(), "127.0.0.1:9901");
@@ -541,6 +548,35 @@ upstream = "app"
 )");
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.error, "t.toml:6: upstream[0].health_check: expected table, got string");
+}
+
+TEST(ConfigTest, WorkerPlacement) {
+  Result r = withBase("cpu_affinity = [1, 0, 3]\nworker_priority = -5\n");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.cfg.server.cpu_affinity, (std::vector<uint32_t>{1, 0, 3}));
+  EXPECT_FALSE(r.cfg.server.cpu_affinity_auto);
+  EXPECT_EQ(r.cfg.server.worker_priority, -5);
+  r = withBase("cpu_affinity = \"auto\"\nworker_priority = 19\n");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_TRUE(r.cfg.server.cpu_affinity.empty());
+  EXPECT_TRUE(r.cfg.server.cpu_affinity_auto);
+  EXPECT_EQ(r.cfg.server.worker_priority, 19);
+  r = withBase("cpu_affinity = \"none\"\n");
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_TRUE(r.cfg.server.cpu_affinity.empty());
+  EXPECT_FALSE(r.cfg.server.cpu_affinity_auto);
+
+  expectError("cpu_affinity = \"all\"\n",
+              "t.toml:11: server.cpu_affinity: expected \"auto\", \"none\" or an array of CPU numbers, got \"all\"");
+  expectError("cpu_affinity = 2\n",
+              "t.toml:11: server.cpu_affinity: expected \"auto\", \"none\" or an array of CPU numbers, got integer");
+  expectError("cpu_affinity = []\n", "t.toml:11: server.cpu_affinity: empty CPU list (use \"none\" for no pinning)");
+  expectError("cpu_affinity = [0, \"1\"]\n", "t.toml:11: server.cpu_affinity[1]: expected integer, got string");
+  expectError("cpu_affinity = [0, -1]\n", "t.toml:11: server.cpu_affinity[1]: -1 is out of range (0..1023)");
+  expectError("cpu_affinity = [1024]\n", "t.toml:11: server.cpu_affinity[0]: 1024 is out of range (0..1023)");
+  expectError("worker_priority = -21\n", "t.toml:11: server.worker_priority: -21 is out of range (-20..19)");
+  expectError("worker_priority = 20\n", "t.toml:11: server.worker_priority: 20 is out of range (-20..19)");
+  expectError("worker_priority = \"high\"\n", "t.toml:11: server.worker_priority: expected integer, got string");
 }
 
 TEST(ConfigTest, OutOfRangeNumbers) {
