@@ -1,12 +1,13 @@
 // server.cpu_affinity and server.worker_priority: the worker threads of a
 // real proxy process run where the config puts them (read back from
 // /proc/<pid>/task), the other threads keep the process's placement, requests
-// are served, and a CPU the process may not use stops the start with a
-// precise message.
+// are served, a negative priority without CAP_SYS_NICE is a warning, and a
+// CPU the process may not use stops the start with a precise message.
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -145,6 +146,42 @@ TEST(WorkerPlacementE2E, AutoPutsWorkerIOnTheIthUsableCpu) {
   }
   Client c(proxy.httpPort());
   EXPECT_EQ(c.roundTrip(getRequest("/auto")).status, 200);
+}
+
+TEST(WorkerPlacementE2E, ANegativePriorityWithoutCapSysNiceIsAWarning) {
+  // Without CAP_SYS_NICE: as root, dropped from the bounding set for the
+  // proxy's exec; another user has none, unless RLIMIT_NICE allows it.
+  std::vector<std::string> exec_prefix;
+  if (geteuid() == 0) {
+    exec_prefix = {"/usr/bin/setpriv", "--bounding-set=-sys_nice", "--"};
+  } else {
+    struct rlimit rl {};
+    ASSERT_EQ(getrlimit(RLIMIT_NICE, &rl), 0);
+    if (rl.rlim_cur >= 23) GTEST_SKIP() << "RLIMIT_NICE lets this user set nice -3";
+  }
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.exec_prefix = exec_prefix;
+  o.workers = 2;
+  o.server_toml = "worker_priority = -3\n";
+  Proxy proxy(o);
+  for (const char* name : {"pc-worker-0", "pc-worker-1"}) {
+    EXPECT_TRUE(proxy.process().waitForStderr(std::string("server.worker_priority = -3 not applied to ") + name +
+                                                  ": Permission denied (a negative priority needs CAP_SYS_NICE)",
+                                              Millis(5000)))
+        << proxy.process().stderrText();
+  }
+  // The workers run on at the process's own priority and serve.
+  const int own_nice = getpriority(PRIO_PROCESS, 0);
+  size_t workers = 0;
+  for (const auto& [tid, t] : threadsOf(proxy.process().pid())) {
+    if (t.name.rfind("pc-worker-", 0) != 0) continue;
+    ++workers;
+    EXPECT_EQ(t.nice, own_nice) << t.name;
+  }
+  EXPECT_EQ(workers, 2u);
+  Client c(proxy.httpPort());
+  EXPECT_EQ(c.roundTrip(getRequest("/unprivileged")).status, 200);
 }
 
 TEST(WorkerPlacementE2E, ACpuTheProcessMayNotUseStopsTheStart) {
