@@ -35,8 +35,9 @@ struct ServerConfig {
   // keeps the running placement. cpu_affinity "auto": worker i on the i-th CPU
   // this process may use (modulo their count); a list: worker i on
   // cpu_affinity[i % size]; empty and not auto ("none"): the scheduler places
-  // them. worker_priority: the workers' nice value (below 0 needs CAP_SYS_NICE;
-  // without it the workers stay at 0 and a warning says so).
+  // them. worker_priority: the workers' nice value (0: left at the process's
+  // own; below 0 needs CAP_SYS_NICE, without it the workers keep the
+  // process's value and a warning says so).
   std::vector<uint32_t> cpu_affinity;
   bool cpu_affinity_auto = false;
   int32_t worker_priority = 0;
