@@ -3,7 +3,10 @@
 // unconsumed bytes are passed again, parsing stops on kError, and a new message
 // is started (startRequest) after every kMessageComplete. Every parsed target is
 // run through normalizeTarget (proxy/target_normalize.h), and every parsed head's
-// X-Forwarded-For through forwardedClientAddress (proxy/real_ip.h).
+// X-Forwarded-For through forwardedClientAddress (proxy/real_ip.h). Each input
+// is parsed by both builds of llhttp's state machine (baseline and SSE4.2, see
+// proxy/llhttp/dispatch.c) where the CPU has both, and every status, offset,
+// head and error must be the same.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -18,6 +21,7 @@
 #include "proxy/http_message.h"
 #include "proxy/real_ip.h"
 #include "proxy/target_normalize.h"
+#include "proxy/llhttp/simd.h"
 
 using namespace portcullis;
 
@@ -63,20 +67,16 @@ void checkRealIp(const RequestHead& head) {
     abort();
 }
 
-}  // namespace
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size < 1) return 0;
-  size_t split = data[0];
-  std::string input(reinterpret_cast<const char*>(data + 1), size - 1);
-  if (split > input.size()) split = input.size();
-
+// Parses `input` delivered in two slices and returns what the codec reported
+// (statuses, offsets, heads, errors, body byte count) for comparing builds.
+std::string parse(const std::string& input, size_t split) {
   HttpCodec codec(HTTP_REQUEST, CodecLimits{});
   CountingSink sink;
   codec.setBodySink(&sink);
   Arena arena;
   RequestHead head;
   codec.startRequest(&head, &arena);
+  std::string trace;
 
   // The connection keeps unconsumed bytes in one buffer: emulate that by
   // appending each slice to a pending buffer and feeding from it. The buffer
@@ -95,6 +95,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       HttpCodec::Status st = codec.execute(pending.data() + off, pending.size() - off, consumed);
       if (consumed > pending.size() - off) abort();
       off += consumed;
+      trace += std::to_string(static_cast<int>(st)) + "@" + std::to_string(off) + " ";
       switch (st) {
         case HttpCodec::Status::kNeedMore:
           if (off != pending.size()) abort();  // kNeedMore means all input consumed
@@ -102,10 +103,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         case HttpCodec::Status::kHeadComplete:
           checkTarget(head.target);
           checkRealIp(head);
-          for (const Header& h : head.headers) sink.bytes += h.name.size() + h.value.size();
+          trace.append(head.method_name).append(" ").append(head.target).append("\n");
+          for (const Header& h : head.headers) {
+            sink.bytes += h.name.size() + h.value.size();
+            trace.append(h.name).append(": ").append(h.value).append("\n");
+          }
           continue;
         case HttpCodec::Status::kMessageComplete:
           if (!codec.headDone()) checkTarget(head.target);
+          trace += "body " + std::to_string(sink.bytes) + "\n";
           if (++messages > 1000) done = true;
           arena.reset();
           codec.startRequest(&head, &arena);
@@ -113,6 +119,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         case HttpCodec::Status::kError:
           if (codec.error() == CodecError::kNone) abort();
           if (codec.errorReason() == nullptr) abort();
+          trace += "error " + std::to_string(static_cast<int>(codec.error())) + " " + codec.errorReason();
           done = true;
           break;
       }
@@ -121,6 +128,26 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Unconsumed bytes stay at pending[off..] and are passed again together
     // with the next slice.
   }
-  if (!done) (void)codec.finish();
+  if (!done) trace += "finish " + std::to_string(static_cast<int>(codec.finish()));
+  return trace;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size < 1) return 0;
+  size_t split = data[0];
+  std::string input(reinterpret_cast<const char*>(data + 1), size - 1);
+  if (split > input.size()) split = input.size();
+
+  static const bool have_simd = portcullis_llhttp_use_simd(1) == 1;
+  if (!have_simd) {
+    (void)parse(input, split);
+    return 0;
+  }
+  portcullis_llhttp_use_simd(0);
+  const std::string baseline = parse(input, split);
+  portcullis_llhttp_use_simd(1);
+  if (parse(input, split) != baseline) abort();  // the two builds disagree
   return 0;
 }
