@@ -2,12 +2,17 @@
 //
 //   portcullis -c FILE        run
 //   portcullis -t -c FILE     check the config and the files it names; exit 0/1
-//   portcullis --version
+//   portcullis --version     the version, and the libraries and parser build in use
+#include <llhttp.h>
+#include <openssl/crypto.h>
+#include <uv.h>
+
 #include <cstdio>
 #include <cstring>
 #include <string>
 
 #include "proxy/config.h"
+#include "proxy/llhttp/simd.h"
 #include "proxy/server.h"
 #include "proxy/supported.h"
 
@@ -28,7 +33,11 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const char* a = argv[i];
     if (std::strcmp(a, "--version") == 0 || std::strcmp(a, "-v") == 0) {
-      std::printf("portcullis %s\n", PORTCULLIS_VERSION);
+      // As `nginx -V`: what this binary runs with, for bug reports.
+      std::printf("portcullis %s\nllhttp %d.%d.%d (%s build of the parser), libuv %s, %s\n", PORTCULLIS_VERSION,
+                  LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR, LLHTTP_VERSION_PATCH,
+                  portcullis_llhttp_simd_active() != 0 ? "SSE4.2" : "baseline", uv_version_string(),
+                  OpenSSL_version(OPENSSL_VERSION));
       return 0;
     } else if (std::strcmp(a, "-t") == 0) {
       test_only = true;

@@ -1,11 +1,13 @@
 // The proxy command line (SPEC §2): -t checks a config and names every
 // problem with file, line and key; --version; a refused config never starts.
 #include <gtest/gtest.h>
+#include <stdio.h>
 #include <sys/wait.h>
 
 #include <fstream>
 #include <string>
 
+#include "proxy/llhttp/simd.h"
 #include "tests/e2e/harness.h"
 
 namespace portcullis::e2e {
@@ -101,6 +103,22 @@ TEST(CliE2E, CheckLoadsTheFilesTheConfigNames) {
 TEST(CliE2E, VersionAndUsage) {
   Result v = runProxy({"--version"});
   EXPECT_EQ(v.status, 0);
+  // stdout names the parser build this CPU runs: the one this process (same
+  // CPU, same library, same load-time choice) runs.
+  std::string out;
+  FILE* f = popen((std::string(PORTCULLIS_BIN) + " --version").c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  char buf[512];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  EXPECT_EQ(pclose(f), 0);
+  EXPECT_EQ(out.rfind("portcullis ", 0), 0u) << out;
+  const bool simd = portcullis_llhttp_simd_active() == 1;
+  EXPECT_NE(out.find(simd ? "(SSE4.2 build of the parser)" : "(baseline build of the parser)"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("llhttp 8."), std::string::npos) << out;
+  EXPECT_NE(out.find("libuv 1."), std::string::npos) << out;
+  EXPECT_NE(out.find("BoringSSL"), std::string::npos) << out;
   Result none = runProxy({});
   EXPECT_EQ(none.status, 1);
   EXPECT_NE(none.stderr_text.find("usage"), std::string::npos);
