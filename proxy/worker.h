@@ -118,6 +118,8 @@ class Worker {
   void applySnapshot(std::shared_ptr<const Snapshot> snap);
   void beginShutdown(uint32_t grace_ms);
   void maybeExit();
+  // Pins and renices the calling (loop) thread as setPlacement() said.
+  void applyPlacement(const char* name);
 
   unsigned id_;
   WorkerShared* shared_;
@@ -133,8 +135,6 @@ class Worker {
   int64_t wall_offset_us_ = 0;        // wall-clock µs minus monotonic µs
   uint64_t wall_offset_read_us_ = 0;  // monotonic µs when it was read (0: never)
   bool overloaded_ = false;
-  void applyPlacement(const char* name);
-
   std::thread thread_;
   int cpu_ = -1;
   int priority_ = 0;
