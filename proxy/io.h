@@ -103,7 +103,9 @@ class BufferPool {
 // with uv_write(req, cb). Returns 0 when everything was written synchronously
 // (cb will NOT be called), 1 when a write is pending (cb will be called once),
 // or a negative libuv error (cb will not be called). The bytes must stay
-// valid until cb runs; the bufs array itself may be reused at once.
+// valid until cb runs; the bufs array itself may be reused at once. Up to
+// 2 KiB in several buffers are copied and tried as one (one send(), not a
+// sendmsg()); what did not fit is queued from the caller's buffers.
 int writeOrQueue(uv_stream_t* stream, uv_write_t* req, uv_buf_t* bufs, unsigned nbufs, uv_write_cb cb);
 
 // Monotonic clock (CLOCK_MONOTONIC) in microseconds / nanoseconds.
