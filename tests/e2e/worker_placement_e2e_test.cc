@@ -171,13 +171,21 @@ TEST(WorkerPlacementE2E, ANegativePriorityWithoutCapSysNiceIsAWarning) {
                                               Millis(5000)))
         << proxy.process().stderrText();
   }
-  // The workers run on at the process's own priority and serve.
+  // The workers run on at the process's own priority and serve. A worker
+  // warns before it takes its name (it is named once placed): wait for both.
   const int own_nice = getpriority(PRIO_PROCESS, 0);
   size_t workers = 0;
+  for (int tries = 0; tries < 500 && workers < 2; ++tries) {
+    if (tries > 0) std::this_thread::sleep_for(Millis(10));
+    workers = 0;
+    for (const auto& [tid, t] : threadsOf(proxy.process().pid())) {
+      if (t.name.rfind("pc-worker-", 0) == 0) ++workers;
+    }
+  }
   for (const auto& [tid, t] : threadsOf(proxy.process().pid())) {
-    if (t.name.rfind("pc-worker-", 0) != 0) continue;
-    ++workers;
-    EXPECT_EQ(t.nice, own_nice) << t.name;
+    if (t.name.rfind("pc-worker-", 0) == 0) {
+      EXPECT_EQ(t.nice, own_nice) << t.name;
+    }
   }
   EXPECT_EQ(workers, 2u);
   Client c(proxy.httpPort());
