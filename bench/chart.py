@@ -20,9 +20,9 @@ try:
 except ImportError:
     sys.exit("chart.py: matplotlib is not installed (Debian: python3-matplotlib); no chart")
 
-ORDER = ["direct", "nginx", "haproxy", "portcullis", "portcullis-enc", "portcullis-on"]
+ORDER = ["direct", "nginx", "haproxy", "portcullis", "portcullis-enc", "portcullis-on", "floor"]
 COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "portcullis": "#e65100",
-          "portcullis-enc": "#6a1b9a", "portcullis-on": "#ad1457"}
+          "portcullis-enc": "#6a1b9a", "portcullis-on": "#ad1457", "floor": "#795548"}
 
 
 def main():
@@ -122,7 +122,7 @@ def main():
                     s["rounds"], s["upload_connections"] if enc else s["connections"],
                     ", pinned" if s["pin"] else ""))
     skipped = [c for c in (["portcullis", "portcullis-on"] if ab else ORDER)
-               if c not in med and (enc or c != "portcullis-enc") and (ab or c != "portcullis-on")]
+               if c not in med and (enc or c != "portcullis-enc") and (ab or c != "portcullis-on") and c != "floor"]
     if skipped:
         info += " · not measured: " + ", ".join(skipped)
     fig.text(0.5, 0.015, info, ha="center", fontsize=8.5, color="#444")

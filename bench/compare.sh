@@ -16,6 +16,11 @@
 # SYSCALLS (0; 1 = MODE=plain also counts each proxy's system calls per GET /tiny
 # in one extra 3 s run per contender, with `perf stat` syscall tracepoints:
 # OUT/syscalls.txt; needs perf, Debian package linux-perf),
+# FLOOR (0; 1 = MODE=plain also runs "floor", build/bin/floor_forwarder: one libuv
+# loop with llhttp finding message ends and nothing else, Portcullis's system
+# calls, no feature; the least any libuv + llhttp proxy can spend per request,
+# so that Portcullis's distance from it is measured in the same run; GET /tiny
+# only),
 # UPLOAD_CONNS (connections for the upload run, default CONNS), MODE (plain; tls =
 # the proxies terminate TLS with one ECDSA P-256 certificate), HS_CONNS (MODE=tls:
 # connections for the new-connection-per-request runs, default CONNS). MODE=encrypt
@@ -57,6 +62,7 @@ WARMUP=${WARMUP:-1}
 OUT=${OUT:-$BENCH_DIR/results/$(date -u +%Y%m%dT%H%M%SZ)}
 HS_CONNS=${HS_CONNS:-$CONNS}
 SYSCALLS=${SYSCALLS:-0}
+FLOOR=${FLOOR:-0}
 
 die() { echo "compare.sh: $*" >&2; exit 1; }
 note() { echo "compare.sh: note: $*" >&2; }
@@ -216,10 +222,10 @@ TINY_BODY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef   # 6
 BODY_BUFFER=$(( UPLOAD_BYTES / 1024 + 64 ))k   # whole body in origin memory, no temp file
 head -c "$UPLOAD_BYTES" /dev/zero > "$TMP/body.bin"
 
-mapfile -t PORTS < <(free_ports 9)
+mapfile -t PORTS < <(free_ports 10)
 ORIGIN_PORT=${PORTS[0]}
 declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=${PORTS[1]} [haproxy]=${PORTS[2]} [portcullis]=${PORTS[3]}
-                 [portcullis-enc]=${PORTS[5]} [portcullis-on]=${PORTS[7]})
+                 [portcullis-enc]=${PORTS[5]} [portcullis-on]=${PORTS[7]} [floor]=${PORTS[9]})
 declare -A ADMIN_PORT=([portcullis]=${PORTS[4]} [portcullis-enc]=${PORTS[6]} [portcullis-on]=${PORTS[8]})
 
 # MODE=encrypt: what the origin must receive from portcullis-enc for one upload:
@@ -372,6 +378,21 @@ else
   note "$PORTCULLIS_BIN not found; measuring the others only"
 fi
 
+# The floor (FLOOR=1, MODE=plain): see the header.
+if [ "$FLOOR" = 1 ] && [ "$MODE" = plain ]; then
+  FLOOR_BIN=$BUILD_DIR/bin/floor_forwarder
+  if [ -x "$FLOOR_BIN" ]; then
+    start floor "$CPU_PROXY" "$FLOOR_BIN" "${PORT[floor]}" "$ORIGIN_PORT"
+    if wait_http floor "http://127.0.0.1:${PORT[floor]}/tiny" 10; then
+      printf 'floor\tok\t%s\n' "libuv + llhttp, no features (bench/floor_forwarder.c)" >> "$STATUS"
+    else
+      drop floor "did not start: $(why "$TMP/floor.out")"
+    fi
+  else
+    printf 'floor\tskipped\t%s not built\n' "$FLOOR_BIN" >> "$STATUS"; note "$FLOOR_BIN not found; floor skipped"
+  fi
+fi
+
 # Sanity: every contender returns the exact 64-byte body and carries a whole
 # upload to the origin. The origin logs "$status $request_length $content_length
 # $http_x_portcullis_encryption" for /upload only (the origin answers 200 only
@@ -387,6 +408,7 @@ upload_lines() {  # upload_lines CONTENDER -> whole bodies of its kind in the or
 }
 ALL_CONTENDERS=(direct nginx haproxy portcullis)
 [ "$MODE" = encrypt ] && ALL_CONTENDERS+=(portcullis-enc)
+[ "$FLOOR" = 1 ] && [ "$MODE" = plain ] && ALL_CONTENDERS+=(floor)
 [ "$AB" = 1 ] && ALL_CONTENDERS=(portcullis portcullis-on)
 # MODE=limits: every request (wrk's too) carries the bench token.
 AUTH_HDR=()
@@ -648,7 +670,7 @@ elif [ "$AB" = 1 ]; then
     metrics_to "$c" "$TMP/ab-$c-metrics-after.txt"
   done
 elif [ "$WARMUP" -gt 0 ]; then
-  for c in "${CONTENDERS[@]}"; do run_wrk "$c" 0 tiny; run_wrk "$c" 0 upload; done
+  for c in "${CONTENDERS[@]}"; do run_wrk "$c" 0 tiny; [ "$c" = floor ] || run_wrk "$c" 0 upload; done
 fi
 if [ "$MODE" = plain ]; then
 for round in $(seq "$ROUNDS"); do
@@ -656,6 +678,7 @@ for round in $(seq "$ROUNDS"); do
     [ "$c" = direct ] || [ -n "${PID[$c]:-}" ] || continue   # dropped mid-way
     run_wrk "$c" "$round" tiny
     [ "$c" = direct ] || [ -n "${PID[$c]:-}" ] || continue
+    [ "$c" = floor ] && continue   # a yardstick for per-request cost only: no upload flow control worth measuring
     run_wrk "$c" "$round" upload
   done
 done
@@ -729,6 +752,11 @@ if enc:
 ab = mode in ("limits", "validate", "auth")  # Portcullis with one feature off vs on
 if ab:
     order = ["portcullis", "portcullis-on"]
+floor = False  # FLOOR=1: the featureless libuv + llhttp forwarder ran too
+for line in open(status_file):
+    floor = floor or line.split("\t", 1)[0] == "floor"
+if floor and not (ab or enc or tls):
+    order.append("floor")
 HS_TESTS = ("full", "resumed")  # MODE=tls: one new TLS connection per request
 
 contenders = {}
@@ -863,6 +891,8 @@ if tls:
     ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us", "full_proxy_cpu_us_per_conn",
                   "full_handshake_cpu_us", "full_conn_per_s", "resumed_proxy_cpu_us_per_conn"]
 pairs = [("portcullis", "nginx"), ("portcullis", "haproxy"), ("haproxy", "nginx")]
+if "floor" in order:
+    pairs += [("portcullis", "floor"), ("floor", "nginx"), ("floor", "haproxy")]
 if ab:
     ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us"]
     pairs = [("portcullis-on", "portcullis")]
@@ -996,7 +1026,7 @@ elif enc:
                           for c in ("nginx", "haproxy", "portcullis", "portcullis-enc")}
 else:
     fraction_of_direct = {c: {"rps": ratio(c, "direct", "rps"), "upload_MBps": ratio(c, "direct", "upload_MBps")}
-                          for c in ("nginx", "haproxy", "portcullis")}
+                          for c in ("nginx", "haproxy", "portcullis") + (("floor",) if "floor" in order else ())}
 
 for c in order:
     contenders.setdefault(c, {"status": "skipped", "reason": "not started"})
@@ -1229,6 +1259,8 @@ else:
               f"{fmt(d['upload_MBps']):>12}{fmt(d['upload_proxy_cpu_us_per_MiB'], '{:.0f}'):>11}")
     print("  CPU us/req = proxy process CPU per GET /tiny; origin us = origin CPU per request;"
           " CPU us/MiB = proxy CPU per MiB uploaded.")
+    if "floor" in order:
+        print("  floor = bench/floor_forwarder.c: libuv + llhttp framing only, no feature (a yardstick, not a proxy).")
 
     print()
     print(f"{'Ratios':<22}{'req/s':>8}{'CPU/req':>9}{'p99':>8}{'upload MB/s':>13}")
