@@ -65,7 +65,7 @@ bench-micro:
 	echo "bench-micro: results in $$out"
 
 bench: bench-micro
-	./bench/compare.sh $(BUILD)
+	FLOOR=1 ./bench/compare.sh $(BUILD)
 	MODE=tls ./bench/compare.sh $(BUILD)
 	./bench/idle_memory.sh $(BUILD)
 	MODE=encrypt UPLOAD_MB=1 DURATION=5 ./bench/compare.sh $(BUILD)
