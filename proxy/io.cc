@@ -16,7 +16,7 @@ int writeOrQueue(uv_stream_t* stream, uv_write_t* req, uv_buf_t* bufs, unsigned 
   if (nbufs > 1 && total <= kCoalesceMaxBytes) {
     // A short head + body goes out as one copied buffer: libuv writes one
     // buffer with write() (send() here, proxy/nocancel_io.cc) and several
-    // with writev() (sendmsg()), whose iovec import costs ~70 ns more per
+    // with writev() (sendmsg()), whose iovec import costs ~80 ns more per
     // call in the kernel on loopback; copying this few bytes costs less.
     char one[kCoalesceMaxBytes];
     size_t at = 0;
