@@ -51,30 +51,6 @@ namespace {
 
 constexpr std::string_view kJsonType = "application/json";
 
-// What llhttp 8.1 lets through even in strict mode, checked on the raw head
-// (`head` is the request line and header section as received, starting at
-// the request line or at the empty lines llhttp skips before it): every LF
-// must end a CRLF and every CR start one; the request line must be exactly
-// "method SP target SP version" (one space each).
-bool strictHeadBytes(std::string_view head) {
-  while (head.size() >= 2 && head[0] == '\r' && head[1] == '\n') head.remove_prefix(2);
-  size_t line_end = head.find("\r\n");
-  if (line_end == std::string_view::npos) return false;
-  std::string_view line = head.substr(0, line_end);
-  size_t sp1 = line.find(' ');
-  size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
-  if (sp1 == 0 || sp2 == std::string_view::npos || sp2 == sp1 + 1 || line.find(' ', sp2 + 1) != std::string_view::npos ||
-      sp2 + 1 == line.size()) {
-    return false;
-  }
-  for (size_t i = 0; i < head.size(); ++i) {
-    const char c = head[i];
-    if (c == '\n' && (i == 0 || head[i - 1] != '\r')) return false;
-    if (c == '\r' && (i + 1 == head.size() || head[i + 1] != '\n')) return false;
-  }
-  return true;
-}
-
 bool methodAllowed(uint16_t methods, std::string_view name) {
   uint16_t bit = methodBitFromName(name);
   return bit != 0 && (methods & bit) != 0;

@@ -1,5 +1,7 @@
 #include "proxy/http_codec.h"
 
+#include <bit>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -323,6 +325,53 @@ HttpCodec::Status HttpCodec::finish() {
   }
   error_ = CodecError::kMalformed;
   return Status::kError;
+}
+
+bool strictHeadBytes(std::string_view head) {
+  while (head.size() >= 2 && head[0] == '\r' && head[1] == '\n') head.remove_prefix(2);
+  size_t line_end = head.find("\r\n");
+  if (line_end == std::string_view::npos) return false;
+  std::string_view line = head.substr(0, line_end);
+  size_t sp1 = line.find(' ');
+  size_t sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+  if (sp1 == 0 || sp2 == std::string_view::npos || sp2 == sp1 + 1 || line.find(' ', sp2 + 1) != std::string_view::npos ||
+      sp2 + 1 == line.size()) {
+    return false;
+  }
+  // Eight bytes at a time past those with neither CR nor LF (every request
+  // comes through here), then each CR or LF checked against its neighbour.
+  constexpr uint64_t kOnes = 0x0101010101010101ull;
+  constexpr uint64_t kHighs = 0x8080808080808080ull;
+  // zeroBytes flags 0x80 in each zero byte of v; bytes above a flagged one
+  // may be flagged falsely, but the lowest flag is always a true match.
+  static_assert(std::endian::native == std::endian::little, "the first match is the lowest flag");
+  auto zeroBytes = [](uint64_t v) { return (v - kOnes) & ~v & kHighs; };
+  const char* p = head.data();
+  const size_t n = head.size();
+  size_t i = 0;
+  while (i < n) {
+    if (n - i >= 8) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      const uint64_t m = zeroBytes(w ^ (kOnes * '\r')) | zeroBytes(w ^ (kOnes * '\n'));
+      if (m == 0) {
+        i += 8;
+        continue;
+      }
+      i += static_cast<size_t>(std::countr_zero(m)) >> 3;  // the first CR or LF (little-endian load)
+    }
+    // A CR must start a CRLF, which is then passed whole; so an LF reached
+    // here follows no CR.
+    const char c = p[i];
+    if (c == '\r') {
+      if (i + 1 == n || p[i + 1] != '\n') return false;
+      i += 2;
+      continue;
+    }
+    if (c == '\n') return false;
+    ++i;
+  }
+  return true;
 }
 
 }  // namespace portcullis

@@ -32,6 +32,13 @@ struct CodecLimits {
   uint32_t max_headers = 100;
 };
 
+// What llhttp 8.1 lets through even in strict mode, checked on the raw head
+// (`head` is the request line and header section as received, starting at
+// the request line or at the empty lines llhttp skips before it): every LF
+// must end a CRLF and every CR start one; the request line must be exactly
+// "method SP target SP version" (one space each). True when the head passes.
+bool strictHeadBytes(std::string_view head);
+
 // Why parsing failed; each maps to one status of SPEC §5.
 enum class CodecError : uint8_t {
   kNone,

@@ -1,22 +1,61 @@
 #include "proxy/http_message.h"
 
 #include <charconv>
+#include <cstring>
 
 namespace portcullis {
 
 namespace {
 
-void appendHeader(std::string& out, std::string_view name, std::string_view value) {
-  out.append(name);
-  out.append(": ", 2);
-  out.append(value);
-  out.append("\r\n", 2);
-}
+// Writes a head into `out` through a cursor: one resize to an upper bound
+// of the head's size up front, plain copies per piece (a head is a few
+// dozen short pieces, and an append per piece costs a capacity check and a
+// call each), the string cut to what was written at the end.
+class HeadWriter {
+ public:
+  HeadWriter(std::string& out, size_t bound) : out_(out), start_(out.size()) {
+    out_.resize(start_ + bound);
+    p_ = out_.data() + start_;
+  }
+  ~HeadWriter() { out_.resize(static_cast<size_t>(p_ - out_.data())); }
+  HeadWriter(const HeadWriter&) = delete;
+  HeadWriter& operator=(const HeadWriter&) = delete;
 
-void appendNumber(std::string& out, uint64_t v) {
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof(buf), v);
-  out.append(buf, static_cast<size_t>(r.ptr - buf));
+  void put(std::string_view s) {
+    if (!s.empty()) std::memcpy(p_, s.data(), s.size());
+    p_ += s.size();
+  }
+  void put(char c) { *p_++ = c; }
+  template <size_t N>
+  void lit(const char (&s)[N]) {
+    std::memcpy(p_, s, N - 1);
+    p_ += N - 1;
+  }
+  void number(uint64_t v) { p_ = std::to_chars(p_, p_ + kMaxDigits, v).ptr; }
+  void header(std::string_view name, std::string_view value) {
+    put(name);
+    lit(": ");
+    put(value);
+    lit("\r\n");
+  }
+
+  static constexpr size_t kMaxDigits = 20;  // 2^64 - 1
+  // "Content-Length: " + digits + CRLF, longer than "Transfer-Encoding: chunked\r\n".
+  static constexpr size_t kFramingMax = 16 + kMaxDigits + 2;
+
+ private:
+  std::string& out_;
+  size_t start_;
+  char* p_ = nullptr;
+};
+
+// Bytes the header lines of `head` (all of them, kept or not) and its added
+// headers can take: the part of a head's size bound that varies.
+size_t headerLinesBound(const MessageHead& head) {
+  size_t n = 0;
+  for (const Header& h : head.headers) n += h.name.size() + h.value.size() + 4;
+  for (const AddedHeader& a : head.added) n += a.name.size() + a.value.size() + 4;
+  return n;
 }
 
 // A header is forwarded unless removed, hop-by-hop, or named in the message's
@@ -39,56 +78,64 @@ const Header* MessageHead::findByName(std::string_view name) const {
 
 void serializeRequest(const RequestHead& head, bool has_body, bool body_chunked, uint64_t body_length,
                       std::string& out) {
-  out.append(head.method_name);
-  out.push_back(' ');
-  out.append(head.target);
-  out.append(" HTTP/1.1\r\n", 11);
+  // Request line + header lines + framing + the empty line.
+  HeadWriter w(out, head.method_name.size() + 1 + head.target.size() + 11 + headerLinesBound(head) +
+                        HeadWriter::kFramingMax + 2);
+  w.put(head.method_name);
+  w.put(' ');
+  w.put(head.target);
+  w.lit(" HTTP/1.1\r\n");
   const Header* connection = head.find(HeaderId::kConnection);
   for (const Header& h : head.headers) {
     if (h.id == HeaderId::kContentLength) continue;  // framing is ours, below
-    if (forwardable(head, h, connection)) appendHeader(out, h.name, h.value);
+    if (forwardable(head, h, connection)) w.header(h.name, h.value);
   }
-  for (const AddedHeader& a : head.added) appendHeader(out, a.name, a.value);
+  for (const AddedHeader& a : head.added) w.header(a.name, a.value);
   if (has_body) {
     if (body_chunked) {
-      out.append("Transfer-Encoding: chunked\r\n");
+      w.lit("Transfer-Encoding: chunked\r\n");
     } else {
-      out.append("Content-Length: ");
-      appendNumber(out, body_length);
-      out.append("\r\n", 2);
+      w.lit("Content-Length: ");
+      w.number(body_length);
+      w.lit("\r\n");
     }
   }
-  out.append("\r\n", 2);
+  w.lit("\r\n");
 }
 
 void serializeResponse(const ResponseHead& head, ResponseFraming framing, uint64_t content_length, bool close,
                        std::string& out) {
-  out.append("HTTP/1.1 ");
-  appendNumber(out, static_cast<uint64_t>(head.status));
-  out.push_back(' ');
-  out.append(head.reason.empty() ? reasonPhrase(head.status) : head.reason);
-  out.append("\r\n", 2);
+  const std::string_view reason = head.reason.empty() ? reasonPhrase(head.status) : head.reason;
+  // Status line + header lines + framing + "Connection: close\r\n" + the
+  // empty line.
+  HeadWriter w(out, 9 + HeadWriter::kMaxDigits + 1 + reason.size() + 2 + headerLinesBound(head) +
+                        HeadWriter::kFramingMax + 19 + 2);
+  w.lit("HTTP/1.1 ");
+  w.number(static_cast<uint64_t>(head.status));
+  w.put(' ');
+  w.put(reason);
+  w.lit("\r\n");
   const Header* connection = head.find(HeaderId::kConnection);
   for (const Header& h : head.headers) {
     if (h.id == HeaderId::kContentLength && framing != ResponseFraming::kNone) continue;
-    if (forwardable(head, h, connection)) appendHeader(out, h.name, h.value);
+    if (forwardable(head, h, connection)) w.header(h.name, h.value);
   }
-  for (const AddedHeader& a : head.added) appendHeader(out, a.name, a.value);
+  for (const AddedHeader& a : head.added) w.header(a.name, a.value);
   switch (framing) {
     case ResponseFraming::kContentLength:
-      out.append("Content-Length: ");
-      appendNumber(out, content_length);
-      out.append("\r\n", 2);
+      w.lit("Content-Length: ");
+      w.number(content_length);
+      w.lit("\r\n");
       break;
     case ResponseFraming::kChunked:
-      out.append("Transfer-Encoding: chunked\r\n");
+      w.lit("Transfer-Encoding: chunked\r\n");
       break;
     case ResponseFraming::kNone:
     case ResponseFraming::kUntilClose:
       break;
   }
-  if (close) out.append("Connection: close\r\n");
-  out.append("\r\n", 2);
+  if (close) w.lit("Connection: close\r\n");
+  w.lit("\r\n");
 }
 
 std::string_view reasonPhrase(int status) {

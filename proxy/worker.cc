@@ -5,8 +5,11 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <unistd.h>
+// Header-only: the request id hash inlines into its one caller per request.
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -245,18 +248,31 @@ CodecLimits Worker::codecLimits() const {
   return c;
 }
 
+namespace {
+// Byte -> its two lowercase hex digits.
+constexpr std::array<char, 512> kHexPairs = [] {
+  std::array<char, 512> t{};
+  constexpr char kDigits[] = "0123456789abcdef";
+  for (size_t i = 0; i < 256; ++i) {
+    t[2 * i] = kDigits[i >> 4];
+    t[2 * i + 1] = kDigits[i & 0xf];
+  }
+  return t;
+}();
+
+// The 16 hex digits of v, most significant first.
+void appendHex64(uint64_t v, char* out) {
+  for (int i = 0; i < 8; ++i) std::memcpy(out + 2 * i, &kHexPairs[2 * ((v >> (56 - 8 * i)) & 0xff)], 2);
+}
+}  // namespace
+
 void Worker::nextRequestId(char out[33]) {
   // 128 bits from a keyed hash of a per-worker counter: unique, not
   // guessable from earlier ids, no syscall per request.
   const uint64_t n = ++request_counter_;
   XXH128_hash_t h = XXH3_128bits_withSeed(&n, sizeof(n), request_seed_ ^ (static_cast<uint64_t>(id_) << 56));
-  static const char kHex[] = "0123456789abcdef";
-  for (int i = 0; i < 8; ++i) {
-    out[i * 2] = kHex[(h.high64 >> (60 - i * 8)) & 0xf];
-    out[i * 2 + 1] = kHex[(h.high64 >> (56 - i * 8)) & 0xf];
-    out[16 + i * 2] = kHex[(h.low64 >> (60 - i * 8)) & 0xf];
-    out[16 + i * 2 + 1] = kHex[(h.low64 >> (56 - i * 8)) & 0xf];
-  }
+  appendHex64(h.high64, out);
+  appendHex64(h.low64, out + 16);
   out[32] = '\0';
 }
 

@@ -17,6 +17,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cstring>
 #include <memory>
 #include <sstream>
@@ -1254,6 +1255,109 @@ TEST(HeadersTest, LookupHeaderIsCaseInsensitiveAndExact) {
       {"UPGRADE", HeaderId::kUpgrade},
   };
   for (const Case& k : cases) EXPECT_EQ(lookupHeader(k.name), k.id) << k.name;
+}
+
+// lookupHeader compares whole words under a case mask; every one-byte change
+// of every known name (each position, each of the 256 byte values, in both
+// cases of the rest) must give what a plain case-insensitive comparison
+// gives: e.g. '\r' (0x0d) must not pass for '-' (0x2d) although they differ
+// only in bit 0x20.
+TEST(HeadersTest, LookupAgreesWithPlainComparisonOnEveryOneByteChange) {
+  struct Known {
+    std::string_view name;
+    HeaderId id;
+  };
+  static constexpr Known kKnown[] = {
+      {"te", HeaderId::kTe},
+      {"host", HeaderId::kHost},
+      {"expect", HeaderId::kExpect},
+      {"server", HeaderId::kServer},
+      {"trailer", HeaderId::kTrailer},
+      {"upgrade", HeaderId::kUpgrade},
+      {"keep-alive", HeaderId::kKeepAlive},
+      {"connection", HeaderId::kConnection},
+      {"x-request-id", HeaderId::kXRequestId},
+      {"content-type", HeaderId::kContentType},
+      {"authorization", HeaderId::kAuthorization},
+      {"http2-settings", HeaderId::kHttp2Settings},
+      {"content-length", HeaderId::kContentLength},
+      {"x-forwarded-for", HeaderId::kXForwardedFor},
+      {"proxy-connection", HeaderId::kProxyConnection},
+      {"x-forwarded-proto", HeaderId::kXForwardedProto},
+      {"transfer-encoding", HeaderId::kTransferEncoding},
+      {"proxy-authenticate", HeaderId::kProxyAuthenticate},
+      {"proxy-authorization", HeaderId::kProxyAuthorization},
+      {"x-portcullis-id", HeaderId::kXPortcullis},
+  };
+  auto reference = [&](std::string_view n) {
+    for (const Known& k : kKnown) {
+      if (k.id != HeaderId::kXPortcullis && equalsIgnoreCase(n, k.name)) return k.id;
+    }
+    if (n.size() > 13 && equalsIgnoreCase(n.substr(0, 13), "x-portcullis-")) return HeaderId::kXPortcullis;
+    return HeaderId::kOther;
+  };
+  size_t checked = 0;
+  for (const Known& k : kKnown) {
+    for (bool upper : {false, true}) {
+      std::string base(k.name);
+      if (upper) {
+        for (char& c : base) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      }
+      ASSERT_EQ(lookupHeader(base), k.id) << base;
+      for (size_t i = 0; i < base.size(); ++i) {
+        for (int b = 0; b < 256; ++b) {
+          std::string m = base;
+          m[i] = static_cast<char>(b);
+          ASSERT_EQ(lookupHeader(m), reference(m)) << "name " << k.name << " byte " << i << " = " << b;
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 50000u);
+}
+
+// strictHeadBytes skips eight bytes at a time past those without CR or LF;
+// a lone CR or LF at any offset (so at every position within a word) of
+// heads of several lengths must still be refused, and the CRLFs of a valid
+// head accepted, exactly as a byte-by-byte check decides.
+TEST(StrictHeadBytesTest, LoneCrOrLfAtEveryOffset) {
+  auto reference = [](std::string_view head) {
+    for (size_t i = 0; i < head.size(); ++i) {
+      if (head[i] == '\n' && (i == 0 || head[i - 1] != '\r')) return false;
+      if (head[i] == '\r' && (i + 1 == head.size() || head[i + 1] != '\n')) return false;
+    }
+    return true;
+  };
+  const std::string heads[] = {
+      "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET /tiny HTTP/1.1\r\nHost: 127.0.0.1:36923\r\n\r\n",
+      "\r\nPOST /upload?x=1 HTTP/1.1\r\nHost: example.test\r\nContent-Length: 12\r\n"
+      "X-Long: 0123456789abcdef0123456789abcdef0123456789\r\n\r\n",
+  };
+  size_t checked = 0;
+  for (const std::string& base : heads) {
+    ASSERT_TRUE(strictHeadBytes(base)) << base;
+    const size_t first = base.rfind("\r\n", 0) == 0 ? 2 : 0;
+    const size_t headers_at = base.find("\r\n", first) + 2;  // past the request line
+    for (size_t i = 0; i < base.size(); ++i) {
+      for (char c : {'\r', '\n', 'x'}) {
+        std::string replaced = base;
+        replaced[i] = c;  // may break a CRLF, or add a lone CR/LF
+        std::string inserted = base;
+        inserted.insert(i, 1, c);
+        for (const std::string& h : {replaced, inserted}) {
+          if (!reference(h)) {
+            EXPECT_FALSE(strictHeadBytes(h)) << "accepted a lone CR or LF, offset " << i;
+          } else if (i >= headers_at) {
+            EXPECT_TRUE(strictHeadBytes(h)) << "refused a well-formed head, offset " << i;
+          }
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 500u);
 }
 
 TEST(HeadersTest, HopByHop) {
