@@ -62,33 +62,6 @@ void appendNumber(T v, std::string& out) {
   out.append(buf, res.ptr);
 }
 
-// `key` is a member name that needs no escaping (callers pass literals);
-// the punctuation around it is spelled out at compile time, so a member
-// costs one append for its name.
-template <size_t N>
-void appendKey(const char (&key)[N], std::string& out) {
-  char buf[N + 3];
-  buf[0] = ',';
-  buf[1] = '"';
-  std::memcpy(buf + 2, key, N - 1);
-  buf[N + 1] = '"';
-  buf[N + 2] = ':';
-  out.append(buf, N + 3);
-}
-
-template <size_t N>
-void appendStringField(const char (&key)[N], std::string_view value, std::string& out) {
-  appendKey(key, out);
-  out += '"';
-  appendJsonEscaped(value, out);
-  out += '"';
-}
-
-template <size_t N>
-void appendOptionalField(const char (&key)[N], std::string_view value, std::string& out) {
-  if (!value.empty()) appendStringField(key, value, out);
-}
-
 // Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
 // civil_from_days), valid for the whole int64 microsecond range.
 void civilFromDays(int64_t z, int64_t& y, unsigned& m, unsigned& d) {
@@ -127,9 +100,36 @@ inline bool anyNeedsEscape(uint64_t w) {
 }
 }  // namespace
 
-void appendJsonEscaped(std::string_view s, std::string& out) {
+namespace {
+// True when no byte of `s` needs a look: one or two word tests for the short
+// strings most fields are (ids, addresses, methods, paths).
+inline bool allPlain(std::string_view s) {
+  const size_t n = s.size();
+  uint64_t w = 0x2020202020202020ull;  // spaces: plain padding
+  if (n < 8) {
+    if (n != 0) std::memcpy(&w, s.data(), n);
+    return !anyNeedsEscape(w);
+  }
+  for (size_t i = 0; i + 8 < n; i += 8) {
+    std::memcpy(&w, s.data() + i, 8);
+    if (anyNeedsEscape(w)) return false;
+  }
+  std::memcpy(&w, s.data() + n - 8, 8);  // the last 8 bytes, overlapping
+  return !anyNeedsEscape(w);
+}
+}  // namespace
+
+char* writeJsonEscaped(std::string_view s, char* p) {
+  if (allPlain(s)) {
+    if (!s.empty()) std::memcpy(p, s.data(), s.size());
+    return p + s.size();
+  }
   size_t run = 0;  // start of the pending run of bytes copied verbatim
   size_t i = 0;
+  auto flush = [&](size_t end) {
+    if (end > run) std::memcpy(p, s.data() + run, end - run);
+    p += end - run;
+  };
   while (i < s.size()) {
     if (i + 8 <= s.size()) {  // 8 plain bytes at a time
       uint64_t w;
@@ -150,20 +150,32 @@ void appendJsonEscaped(std::string_view s, std::string& out) {
         continue;
       }
     }
-    out.append(s.data() + run, i - run);
+    flush(i);
     if (c == '"') {
-      out += "\\\"";
+      std::memcpy(p, "\\\"", 2);
+      p += 2;
     } else if (c == '\\') {
-      out += "\\\\";
+      std::memcpy(p, "\\\\", 2);
+      p += 2;
     } else if (c >= 0x80) {
-      out += "\\ufffd";
+      std::memcpy(p, "\\ufffd", 6);
+      p += 6;
     } else {  // control character or DEL
       const char esc[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xF]};
-      out.append(esc, sizeof esc);
+      std::memcpy(p, esc, sizeof esc);
+      p += sizeof esc;
     }
     run = ++i;
   }
-  out.append(s.data() + run, s.size() - run);
+  flush(s.size());
+  return p;
+}
+
+void appendJsonEscaped(std::string_view s, std::string& out) {
+  const size_t at = out.size();
+  out.resize(at + s.size() * kJsonEscapeMax);
+  char* end = writeJsonEscaped(s, out.data() + at);
+  out.resize(static_cast<size_t>(end - out.data()));
 }
 
 namespace {
@@ -171,7 +183,12 @@ namespace {
 void appendRfc3339MicrosSlow(int64_t ts_unix_us, std::string& out);
 }  // namespace
 
-void appendRfc3339Micros(int64_t ts_unix_us, std::string& out) {
+namespace {
+// Room writeRfc3339Micros needs: 27 bytes for years 1970..9999, a few more
+// for the signed six-digit years of the int64 microsecond range.
+constexpr size_t kRfc3339Max = 40;
+
+char* writeRfc3339Micros(int64_t ts_unix_us, char* p) {
   // Records come in bursts within one second: the date and time of day are
   // formatted once per second per thread, only the microseconds each time.
   struct SecondCache {
@@ -188,18 +205,25 @@ void appendRfc3339Micros(int64_t ts_unix_us, std::string& out) {
       std::memcpy(cache.text, t.data(), 20);
       cache.second = second;
     }
-    char buf[27];
-    std::memcpy(buf, cache.text, 20);
+    std::memcpy(p, cache.text, 20);
     uint64_t us = static_cast<uint64_t>(ts_unix_us % 1000000);
     for (int i = 25; i >= 20; --i) {
-      buf[i] = static_cast<char>('0' + us % 10);
+      p[i] = static_cast<char>('0' + us % 10);
       us /= 10;
     }
-    buf[26] = 'Z';
-    out.append(buf, sizeof buf);
-    return;
+    p[26] = 'Z';
+    return p + 27;
   }
-  appendRfc3339MicrosSlow(ts_unix_us, out);
+  std::string t;
+  appendRfc3339MicrosSlow(ts_unix_us, t);
+  return p + t.copy(p, kRfc3339Max);  // never more than ~30 bytes
+}
+}  // namespace
+
+void appendRfc3339Micros(int64_t ts_unix_us, std::string& out) {
+  char buf[kRfc3339Max];
+  const char* end = writeRfc3339Micros(ts_unix_us, buf);
+  out.append(buf, static_cast<size_t>(end - buf));
 }
 
 namespace {
@@ -253,12 +277,23 @@ constexpr std::string_view AccessRecord::*kPackedStrings[] = {
 }  // namespace
 
 void packAccessRecord(const AccessRecord& r, std::string& out) {
+  // Once per request on the event loop: one resize, then plain copies (an
+  // append per piece costs a capacity check and a call each).
   const PackedNumbers nums{r.ts_unix_us, r.bytes_in, r.bytes_out, r.duration_us, r.status, r.upstream_status};
-  size_t total = sizeof nums;
-  for (auto field : kPackedStrings) total += 4 + (r.*field).size();
-  out.reserve(out.size() + total);
-  out.append(reinterpret_cast<const char*>(&nums), sizeof nums);
-  for (auto field : kPackedStrings) appendLengthPrefixed(r.*field, out);
+  size_t total = sizeof nums + 4 * std::size(kPackedStrings);
+  for (auto field : kPackedStrings) total += (r.*field).size();
+  const size_t at = out.size();
+  out.resize(at + total);
+  char* p = out.data() + at;
+  std::memcpy(p, &nums, sizeof nums);
+  p += sizeof nums;
+  for (auto field : kPackedStrings) {
+    const std::string_view s = r.*field;
+    const auto len = static_cast<uint32_t>(s.size());
+    std::memcpy(p, &len, 4);  // appendLengthPrefixed's layout
+    if (len != 0) std::memcpy(p + 4, s.data(), len);
+    p += 4 + len;
+  }
 }
 
 void formatPackedAccessRecord(std::string_view packed, std::string& out) {
@@ -272,51 +307,130 @@ void formatPackedAccessRecord(std::string_view packed, std::string& out) {
   r.duration_us = nums.duration_us;
   r.status = nums.status;
   r.upstream_status = nums.upstream_status;
-  size_t at = sizeof nums;
-  for (auto field : kPackedStrings) {
-    if (!readLengthPrefixed(packed, at, r.*field)) return;
+  const char* q = packed.data() + sizeof nums;
+  const char* const end = packed.data() + packed.size();
+  for (auto field : kPackedStrings) {  // readLengthPrefixed's layout, unrolled for the writer's loop
+    uint32_t len;
+    if (end - q < 4) return;
+    std::memcpy(&len, q, 4);
+    q += 4;
+    if (static_cast<size_t>(end - q) < len) return;
+    r.*field = std::string_view(q, len);
+    q += len;
   }
   formatAccessRecord(r, out);
 }
 
+namespace {
+// Writes a JSON line through a cursor into a string grown once to an upper
+// bound of the line (a line is ~20 short pieces; an append per piece costs
+// a capacity check and a call each) and cut to what was written at the end.
+class LineCursor {
+ public:
+  LineCursor(std::string& out, size_t bound) : out_(out) {
+    const size_t at = out_.size();
+    out_.resize(at + bound);
+    p_ = out_.data() + at;
+  }
+  ~LineCursor() { out_.resize(static_cast<size_t>(p_ - out_.data())); }
+  LineCursor(const LineCursor&) = delete;
+  LineCursor& operator=(const LineCursor&) = delete;
+
+  template <size_t N>
+  void lit(const char (&s)[N]) {
+    std::memcpy(p_, s, N - 1);
+    p_ += N - 1;
+  }
+  // ,"key":  (`key` needs no escaping: callers pass literals)
+  template <size_t N>
+  void key(const char (&k)[N]) {
+    *p_++ = ',';
+    *p_++ = '"';
+    std::memcpy(p_, k, N - 1);
+    p_ += N - 1;
+    *p_++ = '"';
+    *p_++ = ':';
+  }
+  template <size_t N>
+  void string(const char (&k)[N], std::string_view v) {
+    key(k);
+    *p_++ = '"';
+    p_ = writeJsonEscaped(v, p_);
+    *p_++ = '"';
+  }
+  template <size_t N>
+  void optional(const char (&k)[N], std::string_view v) {
+    if (!v.empty()) string(k, v);
+  }
+  template <typename T>
+  void number(T v) {
+    p_ = std::to_chars(p_, p_ + kNumberMax, v).ptr;
+  }
+  void timestamp(int64_t ts_unix_us) { p_ = writeRfc3339Micros(ts_unix_us, p_); }
+
+  static constexpr size_t kNumberMax = 20;  // any 64-bit integer
+
+ private:
+  std::string& out_;
+  char* p_ = nullptr;
+};
+
+// What an access line holds besides its escaped strings, at most: every
+// member name with its punctuation (,"": and two quotes), the opening
+// {"ts":"", the timestamp, two nulls, five numbers and the closing }\n.
+constexpr std::string_view kAccessKeys[] = {
+    "request_id", "remote_ip", "method",  "path",        "status",      "bytes_in", "bytes_out", "duration_us",
+    "upstream",   "upstream_status", "peer_ip", "token_id", "account", "tls_version", "rejected_by", "reason"};
+constexpr size_t kAccessFixedMax = [] {
+  size_t n = 8 + kRfc3339Max + 8 + 5 * LineCursor::kNumberMax + 2;
+  for (std::string_view k : kAccessKeys) n += k.size() + 6;
+  return n;
+}();
+}  // namespace
+
 void formatAccessRecord(const AccessRecord& r, std::string& out) {
   std::string_view path = r.path;
   if (size_t q = path.find('?'); q != std::string_view::npos) path = path.substr(0, q);
-
-  out += "{\"ts\":\"";
-  appendRfc3339Micros(r.ts_unix_us, out);
-  out += '"';
-  appendStringField("request_id", r.request_id, out);
-  appendStringField("remote_ip", r.remote_ip, out);
-  appendStringField("method", r.method, out);
-  appendStringField("path", path, out);
-  appendKey("status", out);
-  appendNumber(r.status, out);
-  appendKey("bytes_in", out);
-  appendNumber(r.bytes_in, out);
-  appendKey("bytes_out", out);
-  appendNumber(r.bytes_out, out);
-  appendKey("duration_us", out);
-  appendNumber(r.duration_us, out);
+  size_t bound = kAccessFixedMax;
+  for (std::string_view v : {r.request_id, r.remote_ip, r.method, path, r.upstream, r.peer_ip, r.token_id, r.account,
+                             r.tls_version, r.rejected_by, r.reason}) {
+    bound += v.size() * kJsonEscapeMax;
+  }
+  LineCursor c(out, bound);
+  c.lit("{\"ts\":\"");
+  c.timestamp(r.ts_unix_us);
+  c.lit("\"");
+  c.string("request_id", r.request_id);
+  c.string("remote_ip", r.remote_ip);
+  c.string("method", r.method);
+  c.string("path", path);
+  c.key("status");
+  c.number(r.status);
+  c.key("bytes_in");
+  c.number(r.bytes_in);
+  c.key("bytes_out");
+  c.number(r.bytes_out);
+  c.key("duration_us");
+  c.number(r.duration_us);
   if (r.upstream.empty()) {
-    appendKey("upstream", out);
-    out += "null";
+    c.key("upstream");
+    c.lit("null");
   } else {
-    appendStringField("upstream", r.upstream, out);
+    c.string("upstream", r.upstream);
   }
-  appendKey("upstream_status", out);
+  c.key("upstream_status");
   if (r.upstream_status == 0) {
-    out += "null";
+    c.lit("null");
   } else {
-    appendNumber(r.upstream_status, out);
+    c.number(r.upstream_status);
   }
-  if (r.peer_ip != r.remote_ip) appendOptionalField("peer_ip", r.peer_ip, out);
-  appendOptionalField("token_id", r.token_id, out);
-  appendOptionalField("account", r.account, out);
-  appendOptionalField("tls_version", r.tls_version, out);
-  appendOptionalField("rejected_by", r.rejected_by, out);
-  appendOptionalField("reason", r.reason, out);
-  out += "}\n";
+  if (r.peer_ip != r.remote_ip) c.optional("peer_ip", r.peer_ip);
+  c.optional("token_id", r.token_id);
+  c.optional("account", r.account);
+  c.optional("tls_version", r.tls_version);
+  c.optional("rejected_by", r.rejected_by);
+  c.optional("reason", r.reason);
+  c.lit("}\n");
 }
 
 // ---------------------------------------------------------------------------

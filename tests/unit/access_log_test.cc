@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cstdint>
 #include <fstream>
 #include <set>
@@ -164,13 +165,18 @@ TEST(AccessLogFormat, EscapingIsTheSameAtEveryOffset) {
                              {"\xc3\xa9", "\xc3\xa9"}, {"\xe2\x82\xac", "\xe2\x82\xac"},
                              {"\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80"}, {"\xe2\x82", "\\ufffd\\ufffd"}, {" ", " "},
                              {"~", "~"}};
+  // Every length of plain text around it (short strings take a one-word
+  // test, longer ones whole words and an overlapping last word).
   for (const Case& c : cases) {
-    for (size_t at = 0; at <= plain.size(); ++at) {
-      const std::string in = plain.substr(0, at) + c.in + plain.substr(at);
-      const std::string want = plain.substr(0, at) + c.out + plain.substr(at);
-      EXPECT_EQ(escaped(in), want) << "offset " << at << " of " << escaped(c.in);
+    for (size_t len = 0; len <= plain.size(); ++len) {
+      for (size_t at = 0; at <= len; ++at) {
+        const std::string in = plain.substr(0, at) + c.in + plain.substr(at, len - at);
+        const std::string want = plain.substr(0, at) + c.out + plain.substr(at, len - at);
+        EXPECT_EQ(escaped(in), want) << "offset " << at << " of " << len << " plain bytes, " << escaped(c.in);
+      }
     }
   }
+  for (size_t len = 0; len <= plain.size(); ++len) EXPECT_EQ(escaped(plain.substr(0, len)), plain.substr(0, len));
 }
 
 TEST(AccessLogFormat, EscapesQuotesBackslashesAndControls) {
@@ -216,6 +222,52 @@ TEST(AccessLogFormat, HostileFieldsStayOneLine) {
     const unsigned char c = static_cast<unsigned char>(out[i]);
     ASSERT_TRUE(c >= 0x20 && c < 0x7F) << "raw byte " << int(c) << " at " << i;
   }
+}
+
+// The line is written through a cursor into room reserved up front: the
+// largest line there is (every field present, every byte of every string
+// escaped to six, the widest numbers, a timestamp outside the cached years)
+// must come out whole, after text already in the buffer and byte for byte
+// what the pieces make.
+TEST(AccessLogFormat, WorstCaseLineComesOutWhole) {
+  const std::string controls(300, '\x01');  // each byte -> \u0001
+  const std::string six = escaped(controls);
+  ASSERT_EQ(six.size(), controls.size() * 6);
+  AccessRecord r;
+  r.ts_unix_us = INT64_MIN;
+  r.request_id = controls;
+  r.remote_ip = controls;
+  r.peer_ip = std::string(299, '\x01');
+  r.method = controls;
+  r.path = controls;
+  r.status = INT32_MIN;
+  r.bytes_in = UINT64_MAX;
+  r.bytes_out = UINT64_MAX;
+  r.duration_us = UINT64_MAX;
+  r.upstream = controls;
+  r.upstream_status = INT32_MIN;
+  r.token_id = controls;
+  r.account = controls;
+  r.tls_version = controls;
+  r.rejected_by = controls;
+  r.reason = controls;
+  std::string out = "already here\n";
+  formatAccessRecord(r, out);
+  const std::string max = std::to_string(UINT64_MAX);
+  const std::string min = std::to_string(INT32_MIN);
+  const std::string expected =
+      "already here\n{\"ts\":\"" + ts(INT64_MIN) + "\",\"request_id\":\"" + six + "\",\"remote_ip\":\"" + six +
+      "\",\"method\":\"" + six + "\",\"path\":\"" + six + "\",\"status\":" + min + ",\"bytes_in\":" + max +
+      ",\"bytes_out\":" + max + ",\"duration_us\":" + max + ",\"upstream\":\"" + six +
+      "\",\"upstream_status\":" + min + ",\"peer_ip\":\"" + escaped(r.peer_ip) + "\",\"token_id\":\"" + six +
+      "\",\"account\":\"" + six + "\",\"tls_version\":\"" + six + "\",\"rejected_by\":\"" + six +
+      "\",\"reason\":\"" + six + "\"}\n";
+  EXPECT_EQ(out, expected);
+  std::string packed;
+  packAccessRecord(r, packed);
+  std::string from_packed = "already here\n";
+  formatPackedAccessRecord(packed, from_packed);
+  EXPECT_EQ(from_packed, expected);
 }
 
 // --- LogWriter ----------------------------------------------------------------
