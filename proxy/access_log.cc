@@ -172,6 +172,10 @@ char* writeJsonEscaped(std::string_view s, char* p) {
 }
 
 void appendJsonEscaped(std::string_view s, std::string& out) {
+  if (allPlain(s)) {  // the usual case: no room to reserve for escapes
+    out.append(s);
+    return;
+  }
   const size_t at = out.size();
   out.resize(at + s.size() * kJsonEscapeMax);
   char* end = writeJsonEscaped(s, out.data() + at);

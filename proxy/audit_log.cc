@@ -51,26 +51,42 @@ AuditFields& AuditFields::str(std::string_view k, std::string_view value) {
 }
 
 PackedFields& PackedFields::str(std::string_view k, std::string_view value) {
+  // appendLengthPrefixed's layout for both, after one resize (on the event
+  // loop, once per member of every event).
   if (out_.empty()) out_.reserve(192);
-  appendLengthPrefixed(k, out_);
-  appendLengthPrefixed(value, out_);
+  const size_t at = out_.size();
+  out_.resize(at + 8 + k.size() + value.size());
+  char* p = out_.data() + at;
+  for (std::string_view s : {k, value}) {
+    const auto len = static_cast<uint32_t>(s.size());
+    std::memcpy(p, &len, 4);
+    if (len != 0) std::memcpy(p + 4, s.data(), len);
+    p += 4 + len;
+  }
   return *this;
 }
 
 void formatPackedFields(std::string_view packed, std::string& out) {
-  // What AuditFields::str writes for each member, straight into `out`.
+  // What AuditFields::str writes for each member, straight into `out`:
+  // room for the worst case (every byte escaped to six, plus "":"" and a
+  // comma per member) reserved once, written through a cursor, then cut.
   const size_t start = out.size();
+  out.resize(start + packed.size() * kJsonEscapeMax);  // >= 6 per member: its two 4-byte lengths
+  char* p = out.data() + start;
   size_t at = 0;
   std::string_view k;
   std::string_view v;
   while (readLengthPrefixed(packed, at, k) && readLengthPrefixed(packed, at, v)) {
-    if (out.size() != start) out += ',';
-    out += '"';
-    appendJsonEscaped(k, out);
-    out += "\":\"";
-    appendJsonEscaped(v, out);
-    out += '"';
+    if (p != out.data() + start) *p++ = ',';
+    *p++ = '"';
+    p = writeJsonEscaped(k, p);
+    *p++ = '"';
+    *p++ = ':';
+    *p++ = '"';
+    p = writeJsonEscaped(v, p);
+    *p++ = '"';
   }
+  out.resize(static_cast<size_t>(p - out.data()));
 }
 
 AuditFields& AuditFields::num(std::string_view k, int64_t value) {
@@ -563,50 +579,63 @@ void AuditLog::emit(std::string_view event, std::string_view fields) {
   // Per event, so that an event recorded after setKeys() returned is always
   // signed with the new key (setKeys publishes before that record() does).
   refreshKey();
-  const size_t start = out_.size();
-  char num[24];
-  out_ += "{\"seq\":";
-  out_.append(num, std::to_chars(num, num + sizeof num, next_seq_).ptr);
-  out_ += ",\"ts\":\"";
   // Every record of a batch has the same ts: format it once per batch.
   if (ts_text_us_ != now_us_ || ts_text_.empty()) {
     ts_text_.clear();
     appendRfc3339Micros(now_us_, ts_text_);
     ts_text_us_ = now_us_;
   }
-  out_ += ts_text_;
-  out_ += "\",\"event\":\"";
-  appendJsonEscaped(event, out_);
-  out_ += '"';
+  static constexpr std::string_view kSeq = "{\"seq\":", kTs = ",\"ts\":\"", kEvent = "\",\"event\":\"",
+                                    kKeyId = ",\"key_id\":\"", kPrev = "\",\"prev\":\"", kMac = ",\"mac\":\"",
+                                    kEnd = "\"}\n";
+  const std::string_view key_id = mac_->keyId();
+  // The record is written through a cursor into room for its longest form
+  // (a 20-digit seq, every byte of the event name escaped to six), then cut.
+  const size_t start = out_.size();
+  out_.resize(start + kSeq.size() + 20 + kTs.size() + ts_text_.size() + kEvent.size() + event.size() * kJsonEscapeMax +
+              1 + 1 + fields.size() + kKeyId.size() + key_id.size() + kPrev.size() + prev_.size() + 1 + kMac.size() +
+              64 + kEnd.size());
+  char* p = out_.data() + start;
+  auto put = [&p](std::string_view s) {
+    std::memcpy(p, s.data(), s.size());
+    p += s.size();
+  };
+  put(kSeq);
+  p = std::to_chars(p, p + 20, next_seq_).ptr;
+  put(kTs);
+  put(ts_text_);
+  put(kEvent);
+  p = writeJsonEscaped(event, p);
+  *p++ = '"';
   if (!fields.empty()) {
-    out_ += ',';
-    const size_t f = out_.size();
-    out_ += fields;
+    *p++ = ',';
+    char* const f = p;
+    put(fields);
     // AuditFields never produces a raw CR or LF; memchr finds a stray one fast.
     if (std::memchr(fields.data(), '\n', fields.size()) != nullptr ||
         std::memchr(fields.data(), '\r', fields.size()) != nullptr) {
-      for (size_t i = f; i < out_.size(); ++i) {
-        if (out_[i] == '\n' || out_[i] == '\r') out_[i] = ' ';
+      for (char* c = f; c < p; ++c) {
+        if (*c == '\n' || *c == '\r') *c = ' ';
       }
     }
   }
-  out_ += ",\"key_id\":\"";
-  out_ += mac_->keyId();
-  out_ += "\",\"prev\":\"";
-  out_ += prev_;
-  out_ += '"';
+  put(kKeyId);
+  put(key_id);
+  put(kPrev);
+  put(prev_);
+  *p++ = '"';
   uint8_t mac[32];
-  mac_->mac(prev_, std::string_view(out_).substr(start), mac);
-  out_ += ",\"mac\":\"";
+  mac_->mac(prev_, std::string_view(out_.data() + start, static_cast<size_t>(p - (out_.data() + start))), mac);
+  put(kMac);
   static constexpr char kHexDigits[] = "0123456789abcdef";
-  char hex[64];
+  char* const hex = p;
   for (size_t i = 0; i < sizeof mac; ++i) {
-    hex[2 * i] = kHexDigits[mac[i] >> 4];
-    hex[2 * i + 1] = kHexDigits[mac[i] & 0xF];
+    *p++ = kHexDigits[mac[i] >> 4];
+    *p++ = kHexDigits[mac[i] & 0xF];
   }
-  out_.append(hex, sizeof hex);
-  out_ += "\"}\n";
-  prev_.assign(hex, sizeof hex);  // capacity 64 already: no allocation
+  prev_.assign(hex, 64);  // capacity 64 already: no allocation
+  put(kEnd);
+  out_.resize(static_cast<size_t>(p - out_.data()));
   ++next_seq_;
   ++out_records_;
 }

@@ -191,6 +191,14 @@ TEST_F(AuditLogTest, PackedFieldsAreFormattedByTheWriter) {
   std::string formatted;
   formatPackedFields(packed, formatted);
   EXPECT_EQ(formatted, direct);
+  // The worst case for the room formatPackedFields reserves: every byte of
+  // every name and value escaped to six, after text already in the buffer.
+  const std::string controls(200, '\x01');
+  const std::string worst = AuditFields().str(controls, controls).str("", controls).str(controls, "").view();
+  std::string worst_formatted = "already here";
+  formatPackedFields(PackedFields().str(controls, controls).str("", controls).str(controls, "").take(),
+                     worst_formatted);
+  EXPECT_EQ(worst_formatted, "already here" + worst);
 
   AuditLog log;
   std::string error;
