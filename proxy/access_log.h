@@ -18,6 +18,8 @@
 #include <string_view>
 #include <thread>
 
+#include "proxy/drop_behind.h"
+
 namespace portcullis {
 
 // One finished (or refused) request. The string_views are borrowed: they need to
@@ -271,6 +273,7 @@ class LogWriter {
   // Writer thread state.
   std::string path_;
   int fd_ = -1;
+  DropBehind drop_behind_;      // writer thread only
   bool write_failing_ = false;  // to report a failure streak once, not per batch
   std::unique_ptr<Item[]> batch_;
   size_t batch_len_ = 0;

@@ -379,6 +379,7 @@ bool AuditLog::start(const std::string& path, const std::shared_ptr<const KeyPro
     return false;
   }
   fd_ = fd;
+  drop_behind_.reset(fd_);
   emit("audit.start", "\"pid\":" + std::to_string(::getpid()));
   next_seq_pub_.store(next_seq_, std::memory_order_relaxed);
   started_ = true;
@@ -710,6 +711,7 @@ void AuditLog::writeOut(bool stopping) {
     const ssize_t w = ::write(fd_, out_.data() + out_written_bytes_, out_.size() - out_written_bytes_);
     if (w > 0) {
       out_written_bytes_ += static_cast<size_t>(w);
+      drop_behind_.appended(static_cast<size_t>(w));
       continue;
     }
     if (w < 0 && errno == EINTR) continue;
@@ -747,7 +749,7 @@ void AuditLog::writeOut(bool stopping) {
 }
 
 void AuditLog::syncNow() {
-  if (dirty_ && fd_ >= 0) ::fdatasync(fd_);
+  if (dirty_ && fd_ >= 0 && ::fdatasync(fd_) == 0) drop_behind_.synced();
   dirty_ = false;
   last_sync_us_ = monoUs();
 }
@@ -761,6 +763,7 @@ void AuditLog::doReopen() {
   }
   ::close(fd_);
   fd_ = fd;
+  drop_behind_.reset(fd_);
   write_failing_ = false;
 }
 

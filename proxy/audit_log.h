@@ -47,6 +47,7 @@
 #include <string_view>
 #include <thread>
 
+#include "proxy/drop_behind.h"
 #include "proxy/keyring.h"
 
 namespace portcullis {
@@ -292,6 +293,7 @@ class AuditLog {
   // Writer thread state.
   std::string path_;
   int fd_ = -1;
+  DropBehind drop_behind_;  // writer thread only: each sync drops what it made durable
   std::unique_ptr<AuditMac> mac_;
   std::function<void(std::string_view)> tee_;
   uint64_t next_seq_ = 1;

@@ -20,6 +20,7 @@
 
 #include "proxy/audit_verify.h"
 #include "proxy/keyring.h"
+#include "tests/unit/page_cache.h"
 
 namespace portcullis {
 namespace {
@@ -104,6 +105,27 @@ class AuditLogTest : public ::testing::Test {
   std::string log_path;
   std::shared_ptr<const LocalKeyring> ring;
 };
+
+// Each sync drops what it made durable from the page cache, except the
+// newest DropBehind::kKeep bytes (drop_behind.h); the chain still verifies.
+TEST_F(AuditLogTest, SyncedRecordsLeaveThePageCache) {
+  if (testing_support::onTmpfs(dir.path)) GTEST_SKIP() << dir.path << " is on tmpfs, whose pages cannot be dropped";
+  const std::string big(4000, 'v');
+  {
+    AuditLog log;
+    std::string error;
+    ASSERT_TRUE(log.start(log_path, ring, error)) << error;
+    for (int i = 0; i < 6000; ++i) log.record("auth.failure", AuditFields().str("detail", big).num("i", i).take());
+    log.stop();  // the last sync
+    EXPECT_EQ(log.lost(), 0u);
+  }
+  struct stat st;
+  ASSERT_EQ(::stat(log_path.c_str(), &st), 0);
+  ASSERT_GT(st.st_size, 3 * DropBehind::kKeep);
+  const off_t dropped = st.st_size - DropBehind::kKeep;
+  EXPECT_EQ(testing_support::residentFraction(log_path, 0, dropped - dropped % DropBehind::kAlign), 0.0);
+  EXPECT_TRUE(verify(log_path).ok);
+}
 
 TEST_F(AuditLogTest, IntactChainVerifies) {
   writeEvents(20, log_path);
