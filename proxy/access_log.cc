@@ -20,6 +20,7 @@
 
 #include "proxy/background_thread.h"
 #include "proxy/errno_message.h"
+#include "proxy/short_copy.h"
 
 namespace portcullis {
 
@@ -121,7 +122,7 @@ inline bool allPlain(std::string_view s) {
 
 char* writeJsonEscaped(std::string_view s, char* p) {
   if (allPlain(s)) {
-    if (!s.empty()) std::memcpy(p, s.data(), s.size());
+    copyShort(p, s.data(), s.size());
     return p + s.size();
   }
   size_t run = 0;  // start of the pending run of bytes copied verbatim
@@ -295,7 +296,7 @@ void packAccessRecord(const AccessRecord& r, std::string& out) {
     const std::string_view s = r.*field;
     const auto len = static_cast<uint32_t>(s.size());
     std::memcpy(p, &len, 4);  // appendLengthPrefixed's layout
-    if (len != 0) std::memcpy(p + 4, s.data(), len);
+    copyShort(p + 4, s.data(), len);
     p += 4 + len;
   }
 }

@@ -22,6 +22,7 @@
 #include "proxy/background_thread.h"
 #include "proxy/audit_verify.h"
 #include "proxy/errno_message.h"
+#include "proxy/short_copy.h"
 
 namespace portcullis {
 
@@ -60,7 +61,7 @@ PackedFields& PackedFields::str(std::string_view k, std::string_view value) {
   for (std::string_view s : {k, value}) {
     const auto len = static_cast<uint32_t>(s.size());
     std::memcpy(p, &len, 4);
-    if (len != 0) std::memcpy(p + 4, s.data(), len);
+    copyShort(p + 4, s.data(), len);
     p += 4 + len;
   }
   return *this;
@@ -598,7 +599,7 @@ void AuditLog::emit(std::string_view event, std::string_view fields) {
               64 + kEnd.size());
   char* p = out_.data() + start;
   auto put = [&p](std::string_view s) {
-    std::memcpy(p, s.data(), s.size());
+    copyShort(p, s.data(), s.size());
     p += s.size();
   };
   put(kSeq);

@@ -3,6 +3,8 @@
 #include <charconv>
 #include <cstring>
 
+#include "proxy/short_copy.h"
+
 namespace portcullis {
 
 namespace {
@@ -22,7 +24,7 @@ class HeadWriter {
   HeadWriter& operator=(const HeadWriter&) = delete;
 
   void put(std::string_view s) {
-    if (!s.empty()) std::memcpy(p_, s.data(), s.size());
+    copyShort(p_, s.data(), s.size());
     p_ += s.size();
   }
   void put(char c) { *p_++ = c; }
