@@ -232,12 +232,13 @@ TEST(AccessLogFormat, HostileFieldsStayOneLine) {
 TEST(AccessLogFormat, WorstCaseLineComesOutWhole) {
   const std::string controls(300, '\x01');  // each byte -> \u0001
   const std::string six = escaped(controls);
+  const std::string peer(299, '\x01');  // differs from remote_ip, so written
   ASSERT_EQ(six.size(), controls.size() * 6);
   AccessRecord r;
   r.ts_unix_us = INT64_MIN;
   r.request_id = controls;
   r.remote_ip = controls;
-  r.peer_ip = std::string(299, '\x01');
+  r.peer_ip = peer;
   r.method = controls;
   r.path = controls;
   r.status = INT32_MIN;
