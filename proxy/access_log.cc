@@ -21,6 +21,7 @@
 #include "proxy/background_thread.h"
 #include "proxy/errno_message.h"
 #include "proxy/short_copy.h"
+#include "proxy/write_cursor.h"
 
 namespace portcullis {
 
@@ -282,23 +283,13 @@ constexpr std::string_view AccessRecord::*kPackedStrings[] = {
 }  // namespace
 
 void packAccessRecord(const AccessRecord& r, std::string& out) {
-  // Once per request on the event loop: one resize, then plain copies (an
-  // append per piece costs a capacity check and a call each).
+  // Once per request on the event loop: one reservation, plain copies.
   const PackedNumbers nums{r.ts_unix_us, r.bytes_in, r.bytes_out, r.duration_us, r.status, r.upstream_status};
   size_t total = sizeof nums + 4 * std::size(kPackedStrings);
   for (auto field : kPackedStrings) total += (r.*field).size();
-  const size_t at = out.size();
-  out.resize(at + total);
-  char* p = out.data() + at;
-  std::memcpy(p, &nums, sizeof nums);
-  p += sizeof nums;
-  for (auto field : kPackedStrings) {
-    const std::string_view s = r.*field;
-    const auto len = static_cast<uint32_t>(s.size());
-    std::memcpy(p, &len, 4);  // appendLengthPrefixed's layout
-    copyShort(p + 4, s.data(), len);
-    p += 4 + len;
-  }
+  WriteCursor w(out, total);
+  w.put(std::string_view(reinterpret_cast<const char*>(&nums), sizeof nums));
+  for (auto field : kPackedStrings) w.moveTo(writeLengthPrefixed(r.*field, w.at()));
 }
 
 void formatPackedAccessRecord(std::string_view packed, std::string& out) {
@@ -327,58 +318,25 @@ void formatPackedAccessRecord(std::string_view packed, std::string& out) {
 }
 
 namespace {
-// Writes a JSON line through a cursor into a string grown once to an upper
-// bound of the line (a line is ~20 short pieces; an append per piece costs
-// a capacity check and a call each) and cut to what was written at the end.
-class LineCursor {
- public:
-  LineCursor(std::string& out, size_t bound) : out_(out) {
-    const size_t at = out_.size();
-    out_.resize(at + bound);
-    p_ = out_.data() + at;
-  }
-  ~LineCursor() { out_.resize(static_cast<size_t>(p_ - out_.data())); }
-  LineCursor(const LineCursor&) = delete;
-  LineCursor& operator=(const LineCursor&) = delete;
-
-  template <size_t N>
-  void lit(const char (&s)[N]) {
-    std::memcpy(p_, s, N - 1);
-    p_ += N - 1;
-  }
-  // ,"key":  (`key` needs no escaping: callers pass literals)
-  template <size_t N>
-  void key(const char (&k)[N]) {
-    *p_++ = ',';
-    *p_++ = '"';
-    std::memcpy(p_, k, N - 1);
-    p_ += N - 1;
-    *p_++ = '"';
-    *p_++ = ':';
-  }
-  template <size_t N>
-  void string(const char (&k)[N], std::string_view v) {
-    key(k);
-    *p_++ = '"';
-    p_ = writeJsonEscaped(v, p_);
-    *p_++ = '"';
-  }
-  template <size_t N>
-  void optional(const char (&k)[N], std::string_view v) {
-    if (!v.empty()) string(k, v);
-  }
-  template <typename T>
-  void number(T v) {
-    p_ = std::to_chars(p_, p_ + kNumberMax, v).ptr;
-  }
-  void timestamp(int64_t ts_unix_us) { p_ = writeRfc3339Micros(ts_unix_us, p_); }
-
-  static constexpr size_t kNumberMax = 20;  // any 64-bit integer
-
- private:
-  std::string& out_;
-  char* p_ = nullptr;
-};
+// The pieces of a JSON line, written through a WriteCursor.
+// ,"key":  (`key` needs no escaping: callers pass literals)
+template <size_t N>
+void putKey(WriteCursor& w, const char (&k)[N]) {
+  w.lit(",\"");
+  w.lit(k);
+  w.lit("\":");
+}
+template <size_t N>
+void putString(WriteCursor& w, const char (&k)[N], std::string_view v) {
+  putKey(w, k);
+  w.put('"');
+  w.moveTo(writeJsonEscaped(v, w.at()));
+  w.put('"');
+}
+template <size_t N>
+void putOptional(WriteCursor& w, const char (&k)[N], std::string_view v) {
+  if (!v.empty()) putString(w, k, v);
+}
 
 // What an access line holds besides its escaped strings, at most: every
 // member name with its punctuation (,"": and two quotes), the opening
@@ -387,7 +345,7 @@ constexpr std::string_view kAccessKeys[] = {
     "request_id", "remote_ip", "method",  "path",        "status",      "bytes_in", "bytes_out", "duration_us",
     "upstream",   "upstream_status", "peer_ip", "token_id", "account", "tls_version", "rejected_by", "reason"};
 constexpr size_t kAccessFixedMax = [] {
-  size_t n = 8 + kRfc3339Max + 8 + 5 * LineCursor::kNumberMax + 2;
+  size_t n = 8 + kRfc3339Max + 8 + 5 * WriteCursor::kMaxDigits + 2;
   for (std::string_view k : kAccessKeys) n += k.size() + 6;
   return n;
 }();
@@ -401,40 +359,40 @@ void formatAccessRecord(const AccessRecord& r, std::string& out) {
                              r.tls_version, r.rejected_by, r.reason}) {
     bound += v.size() * kJsonEscapeMax;
   }
-  LineCursor c(out, bound);
+  WriteCursor c(out, bound);
   c.lit("{\"ts\":\"");
-  c.timestamp(r.ts_unix_us);
-  c.lit("\"");
-  c.string("request_id", r.request_id);
-  c.string("remote_ip", r.remote_ip);
-  c.string("method", r.method);
-  c.string("path", path);
-  c.key("status");
+  c.moveTo(writeRfc3339Micros(r.ts_unix_us, c.at()));
+  c.put('"');
+  putString(c, "request_id", r.request_id);
+  putString(c, "remote_ip", r.remote_ip);
+  putString(c, "method", r.method);
+  putString(c, "path", path);
+  putKey(c, "status");
   c.number(r.status);
-  c.key("bytes_in");
+  putKey(c, "bytes_in");
   c.number(r.bytes_in);
-  c.key("bytes_out");
+  putKey(c, "bytes_out");
   c.number(r.bytes_out);
-  c.key("duration_us");
+  putKey(c, "duration_us");
   c.number(r.duration_us);
   if (r.upstream.empty()) {
-    c.key("upstream");
+    putKey(c, "upstream");
     c.lit("null");
   } else {
-    c.string("upstream", r.upstream);
+    putString(c, "upstream", r.upstream);
   }
-  c.key("upstream_status");
+  putKey(c, "upstream_status");
   if (r.upstream_status == 0) {
     c.lit("null");
   } else {
     c.number(r.upstream_status);
   }
-  if (r.peer_ip != r.remote_ip) c.optional("peer_ip", r.peer_ip);
-  c.optional("token_id", r.token_id);
-  c.optional("account", r.account);
-  c.optional("tls_version", r.tls_version);
-  c.optional("rejected_by", r.rejected_by);
-  c.optional("reason", r.reason);
+  if (r.peer_ip != r.remote_ip) putOptional(c, "peer_ip", r.peer_ip);
+  putOptional(c, "token_id", r.token_id);
+  putOptional(c, "account", r.account);
+  putOptional(c, "tls_version", r.tls_version);
+  putOptional(c, "rejected_by", r.rejected_by);
+  putOptional(c, "reason", r.reason);
   c.lit("}\n");
 }
 

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "proxy/drop_behind.h"
+#include "proxy/short_copy.h"
 
 namespace portcullis {
 
@@ -83,6 +84,14 @@ inline void appendLengthPrefixed(std::string_view s, std::string& out) {
   const auto len = static_cast<uint32_t>(s.size());
   out.append(reinterpret_cast<const char*>(&len), 4);
   out.append(s.data(), s.size());
+}
+// The same layout written at `p` (room for 4 + s.size() bytes); returns the
+// end. For packings written through a cursor (write_cursor.h).
+inline char* writeLengthPrefixed(std::string_view s, char* p) {
+  const auto len = static_cast<uint32_t>(s.size());
+  std::memcpy(p, &len, 4);
+  copyShort(p + 4, s.data(), s.size());
+  return p + 4 + s.size();
 }
 inline bool readLengthPrefixed(std::string_view all, size_t& at, std::string_view& item) {
   uint32_t len;

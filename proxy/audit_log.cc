@@ -22,7 +22,7 @@
 #include "proxy/background_thread.h"
 #include "proxy/audit_verify.h"
 #include "proxy/errno_message.h"
-#include "proxy/short_copy.h"
+#include "proxy/write_cursor.h"
 
 namespace portcullis {
 
@@ -52,42 +52,32 @@ AuditFields& AuditFields::str(std::string_view k, std::string_view value) {
 }
 
 PackedFields& PackedFields::str(std::string_view k, std::string_view value) {
-  // appendLengthPrefixed's layout for both, after one resize (on the event
-  // loop, once per member of every event).
+  // On the event loop, once per member of every event: one reservation for
+  // both length-prefixed items.
   if (out_.empty()) out_.reserve(192);
-  const size_t at = out_.size();
-  out_.resize(at + 8 + k.size() + value.size());
-  char* p = out_.data() + at;
-  for (std::string_view s : {k, value}) {
-    const auto len = static_cast<uint32_t>(s.size());
-    std::memcpy(p, &len, 4);
-    copyShort(p + 4, s.data(), len);
-    p += 4 + len;
-  }
+  WriteCursor w(out_, 8 + k.size() + value.size());
+  w.moveTo(writeLengthPrefixed(k, w.at()));
+  w.moveTo(writeLengthPrefixed(value, w.at()));
   return *this;
 }
 
 void formatPackedFields(std::string_view packed, std::string& out) {
-  // What AuditFields::str writes for each member, straight into `out`:
-  // room for the worst case (every byte escaped to six, plus "":"" and a
-  // comma per member) reserved once, written through a cursor, then cut.
-  const size_t start = out.size();
-  out.resize(start + packed.size() * kJsonEscapeMax);  // >= 6 per member: its two 4-byte lengths
-  char* p = out.data() + start;
+  // What AuditFields::str writes for each member, straight into `out`, in
+  // room for the worst case: every byte escaped to six, plus "":"" and a
+  // comma per member, which its two 4-byte lengths (x6) more than cover.
+  WriteCursor w(out, packed.size() * kJsonEscapeMax);
+  const char* const start = w.at();
   size_t at = 0;
   std::string_view k;
   std::string_view v;
   while (readLengthPrefixed(packed, at, k) && readLengthPrefixed(packed, at, v)) {
-    if (p != out.data() + start) *p++ = ',';
-    *p++ = '"';
-    p = writeJsonEscaped(k, p);
-    *p++ = '"';
-    *p++ = ':';
-    *p++ = '"';
-    p = writeJsonEscaped(v, p);
-    *p++ = '"';
+    if (w.at() != start) w.put(',');
+    w.put('"');
+    w.moveTo(writeJsonEscaped(k, w.at()));
+    w.lit("\":\"");
+    w.moveTo(writeJsonEscaped(v, w.at()));
+    w.put('"');
   }
-  out.resize(static_cast<size_t>(p - out.data()));
 }
 
 AuditFields& AuditFields::num(std::string_view k, int64_t value) {
@@ -587,57 +577,49 @@ void AuditLog::emit(std::string_view event, std::string_view fields) {
     appendRfc3339Micros(now_us_, ts_text_);
     ts_text_us_ = now_us_;
   }
-  static constexpr std::string_view kSeq = "{\"seq\":", kTs = ",\"ts\":\"", kEvent = "\",\"event\":\"",
-                                    kKeyId = ",\"key_id\":\"", kPrev = "\",\"prev\":\"", kMac = ",\"mac\":\"",
-                                    kEnd = "\"}\n";
   const std::string_view key_id = mac_->keyId();
-  // The record is written through a cursor into room for its longest form
-  // (a 20-digit seq, every byte of the event name escaped to six), then cut.
-  const size_t start = out_.size();
-  out_.resize(start + kSeq.size() + 20 + kTs.size() + ts_text_.size() + kEvent.size() + event.size() * kJsonEscapeMax +
-              1 + 1 + fields.size() + kKeyId.size() + key_id.size() + kPrev.size() + prev_.size() + 1 + kMac.size() +
-              64 + kEnd.size());
-  char* p = out_.data() + start;
-  auto put = [&p](std::string_view s) {
-    copyShort(p, s.data(), s.size());
-    p += s.size();
-  };
-  put(kSeq);
-  p = std::to_chars(p, p + 20, next_seq_).ptr;
-  put(kTs);
-  put(ts_text_);
-  put(kEvent);
-  p = writeJsonEscaped(event, p);
-  *p++ = '"';
+  // Written through a cursor into room for the record's longest form: 128
+  // for the member names and punctuation (60 bytes), a 20-digit seq, every
+  // byte of the event name escaped to six, the 64-digit MAC.
+  WriteCursor w(out_, 128 + WriteCursor::kMaxDigits + ts_text_.size() + event.size() * kJsonEscapeMax +
+                          fields.size() + key_id.size() + prev_.size() + 64);
+  const char* const start = w.at();
+  w.lit("{\"seq\":");
+  w.number(next_seq_);
+  w.lit(",\"ts\":\"");
+  w.put(ts_text_);
+  w.lit("\",\"event\":\"");
+  w.moveTo(writeJsonEscaped(event, w.at()));
+  w.put('"');
   if (!fields.empty()) {
-    *p++ = ',';
-    char* const f = p;
-    put(fields);
+    w.put(',');
+    char* const f = w.at();
+    w.put(fields);
     // AuditFields never produces a raw CR or LF; memchr finds a stray one fast.
     if (std::memchr(fields.data(), '\n', fields.size()) != nullptr ||
         std::memchr(fields.data(), '\r', fields.size()) != nullptr) {
-      for (char* c = f; c < p; ++c) {
+      for (char* c = f; c < w.at(); ++c) {
         if (*c == '\n' || *c == '\r') *c = ' ';
       }
     }
   }
-  put(kKeyId);
-  put(key_id);
-  put(kPrev);
-  put(prev_);
-  *p++ = '"';
+  w.lit(",\"key_id\":\"");
+  w.put(key_id);
+  w.lit("\",\"prev\":\"");
+  w.put(prev_);
+  w.put('"');
   uint8_t mac[32];
-  mac_->mac(prev_, std::string_view(out_.data() + start, static_cast<size_t>(p - (out_.data() + start))), mac);
-  put(kMac);
+  mac_->mac(prev_, w.since(start), mac);
+  w.lit(",\"mac\":\"");
   static constexpr char kHexDigits[] = "0123456789abcdef";
-  char* const hex = p;
+  char hex[64];
   for (size_t i = 0; i < sizeof mac; ++i) {
-    *p++ = kHexDigits[mac[i] >> 4];
-    *p++ = kHexDigits[mac[i] & 0xF];
+    hex[2 * i] = kHexDigits[mac[i] >> 4];
+    hex[2 * i + 1] = kHexDigits[mac[i] & 0xF];
   }
-  prev_.assign(hex, 64);  // capacity 64 already: no allocation
-  put(kEnd);
-  out_.resize(static_cast<size_t>(p - out_.data()));
+  w.put(std::string_view(hex, sizeof hex));
+  w.lit("\"}\n");
+  prev_.assign(hex, sizeof hex);  // capacity 64 already: no allocation
   ++next_seq_;
   ++out_records_;
 }

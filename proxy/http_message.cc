@@ -1,55 +1,20 @@
 #include "proxy/http_message.h"
 
-#include <charconv>
-#include <cstring>
-
-#include "proxy/short_copy.h"
+#include "proxy/write_cursor.h"
 
 namespace portcullis {
 
 namespace {
 
-// Writes a head into `out` through a cursor: one resize to an upper bound
-// of the head's size up front, plain copies per piece (a head is a few
-// dozen short pieces, and an append per piece costs a capacity check and a
-// call each), the string cut to what was written at the end.
-class HeadWriter {
- public:
-  HeadWriter(std::string& out, size_t bound) : out_(out), start_(out.size()) {
-    out_.resize(start_ + bound);
-    p_ = out_.data() + start_;
-  }
-  ~HeadWriter() { out_.resize(static_cast<size_t>(p_ - out_.data())); }
-  HeadWriter(const HeadWriter&) = delete;
-  HeadWriter& operator=(const HeadWriter&) = delete;
+// "Content-Length: " + digits + CRLF, longer than "Transfer-Encoding: chunked\r\n".
+constexpr size_t kFramingMax = 16 + WriteCursor::kMaxDigits + 2;
 
-  void put(std::string_view s) {
-    copyShort(p_, s.data(), s.size());
-    p_ += s.size();
-  }
-  void put(char c) { *p_++ = c; }
-  template <size_t N>
-  void lit(const char (&s)[N]) {
-    std::memcpy(p_, s, N - 1);
-    p_ += N - 1;
-  }
-  void number(uint64_t v) { p_ = std::to_chars(p_, p_ + kMaxDigits, v).ptr; }
-  void header(std::string_view name, std::string_view value) {
-    put(name);
-    lit(": ");
-    put(value);
-    lit("\r\n");
-  }
-
-  static constexpr size_t kMaxDigits = 20;  // 2^64 - 1
-  // "Content-Length: " + digits + CRLF, longer than "Transfer-Encoding: chunked\r\n".
-  static constexpr size_t kFramingMax = 16 + kMaxDigits + 2;
-
- private:
-  std::string& out_;
-  size_t start_;
-  char* p_ = nullptr;
-};
+void putHeader(WriteCursor& w, std::string_view name, std::string_view value) {
+  w.put(name);
+  w.lit(": ");
+  w.put(value);
+  w.lit("\r\n");
+}
 
 // Bytes the header lines of `head` (all of them, kept or not) and its added
 // headers can take: the part of a head's size bound that varies.
@@ -81,8 +46,8 @@ const Header* MessageHead::findByName(std::string_view name) const {
 void serializeRequest(const RequestHead& head, bool has_body, bool body_chunked, uint64_t body_length,
                       std::string& out) {
   // Request line + header lines + framing + the empty line.
-  HeadWriter w(out, head.method_name.size() + 1 + head.target.size() + 11 + headerLinesBound(head) +
-                        HeadWriter::kFramingMax + 2);
+  WriteCursor w(out, head.method_name.size() + 1 + head.target.size() + 11 + headerLinesBound(head) +
+                        kFramingMax + 2);
   w.put(head.method_name);
   w.put(' ');
   w.put(head.target);
@@ -90,9 +55,9 @@ void serializeRequest(const RequestHead& head, bool has_body, bool body_chunked,
   const Header* connection = head.find(HeaderId::kConnection);
   for (const Header& h : head.headers) {
     if (h.id == HeaderId::kContentLength) continue;  // framing is ours, below
-    if (forwardable(head, h, connection)) w.header(h.name, h.value);
+    if (forwardable(head, h, connection)) putHeader(w, h.name, h.value);
   }
-  for (const AddedHeader& a : head.added) w.header(a.name, a.value);
+  for (const AddedHeader& a : head.added) putHeader(w, a.name, a.value);
   if (has_body) {
     if (body_chunked) {
       w.lit("Transfer-Encoding: chunked\r\n");
@@ -110,8 +75,8 @@ void serializeResponse(const ResponseHead& head, ResponseFraming framing, uint64
   const std::string_view reason = head.reason.empty() ? reasonPhrase(head.status) : head.reason;
   // Status line + header lines + framing + "Connection: close\r\n" + the
   // empty line.
-  HeadWriter w(out, 9 + HeadWriter::kMaxDigits + 1 + reason.size() + 2 + headerLinesBound(head) +
-                        HeadWriter::kFramingMax + 19 + 2);
+  WriteCursor w(out, 9 + WriteCursor::kMaxDigits + 1 + reason.size() + 2 + headerLinesBound(head) +
+                        kFramingMax + 19 + 2);
   w.lit("HTTP/1.1 ");
   w.number(static_cast<uint64_t>(head.status));
   w.put(' ');
@@ -120,9 +85,9 @@ void serializeResponse(const ResponseHead& head, ResponseFraming framing, uint64
   const Header* connection = head.find(HeaderId::kConnection);
   for (const Header& h : head.headers) {
     if (h.id == HeaderId::kContentLength && framing != ResponseFraming::kNone) continue;
-    if (forwardable(head, h, connection)) w.header(h.name, h.value);
+    if (forwardable(head, h, connection)) putHeader(w, h.name, h.value);
   }
-  for (const AddedHeader& a : head.added) w.header(a.name, a.value);
+  for (const AddedHeader& a : head.added) putHeader(w, a.name, a.value);
   switch (framing) {
     case ResponseFraming::kContentLength:
       w.lit("Content-Length: ");
