@@ -89,43 +89,8 @@ void appendDigits(uint64_t v, int width, std::string& out) {
 
 }  // namespace
 
-namespace {
-// Does any of the 8 bytes of `w` need a look in a JSON string: below 0x20,
-// '"', '\\', 0x7F or 0x80 and above? (SWAR, exact: the has-zero-byte and
-// has-byte-below-n tests are exact as booleans for n <= 128.)
-inline bool anyNeedsEscape(uint64_t w) {
-  constexpr uint64_t k01 = 0x0101010101010101ull;
-  constexpr uint64_t k80 = 0x8080808080808080ull;
-  const auto zero = [](uint64_t v) { return (v - k01) & ~v & k80; };
-  const uint64_t below_space = (w - k01 * 0x20) & ~w & k80;
-  return ((w & k80) | below_space | zero(w ^ (k01 * '"')) | zero(w ^ (k01 * '\\')) | zero(w ^ (k01 * 0x7F))) != 0;
-}
-}  // namespace
-
-namespace {
-// True when no byte of `s` needs a look: one or two word tests for the short
-// strings most fields are (ids, addresses, methods, paths).
-inline bool allPlain(std::string_view s) {
-  const size_t n = s.size();
-  uint64_t w = 0x2020202020202020ull;  // spaces: plain padding
-  if (n < 8) {
-    if (n != 0) std::memcpy(&w, s.data(), n);
-    return !anyNeedsEscape(w);
-  }
-  for (size_t i = 0; i + 8 < n; i += 8) {
-    std::memcpy(&w, s.data() + i, 8);
-    if (anyNeedsEscape(w)) return false;
-  }
-  std::memcpy(&w, s.data() + n - 8, 8);  // the last 8 bytes, overlapping
-  return !anyNeedsEscape(w);
-}
-}  // namespace
-
-char* writeJsonEscaped(std::string_view s, char* p) {
-  if (allPlain(s)) {
-    copyShort(p, s.data(), s.size());
-    return p + s.size();
-  }
+char* writeJsonEscapedSlow(std::string_view s, char* p) {
+  using json_detail::anyNeedsEscape;
   size_t run = 0;  // start of the pending run of bytes copied verbatim
   size_t i = 0;
   auto flush = [&](size_t end) {
@@ -174,7 +139,7 @@ char* writeJsonEscaped(std::string_view s, char* p) {
 }
 
 void appendJsonEscaped(std::string_view s, std::string& out) {
-  if (allPlain(s)) {  // the usual case: no room to reserve for escapes
+  if (jsonPlain(s)) {  // the usual case: no room to reserve for escapes
     out.append(s);
     return;
   }

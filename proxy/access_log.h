@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "proxy/drop_behind.h"
+#include "proxy/json_escape.h"
 #include "proxy/short_copy.h"
 
 namespace portcullis {
@@ -70,10 +71,7 @@ void formatPackedAccessRecord(std::string_view packed, std::string& out);
 // as described above. Shared with the audit log and other JSON line writers.
 void appendJsonEscaped(std::string_view s, std::string& out);
 
-// The same escaping written at `p`, which must have room for
-// s.size() * kJsonEscapeMax bytes; returns the end of what was written.
-inline constexpr size_t kJsonEscapeMax = 6;  // "\u00XX" or "\ufffd" for one byte
-char* writeJsonEscaped(std::string_view s, char* p);
+// The same escaping written at a pointer: writeJsonEscaped (json_escape.h).
 
 // The length-prefixed encoding of the loop-to-writer packings (access records,
 // audit fields, stages): a 4-byte length in host order, then the bytes. Both

@@ -52,32 +52,48 @@ AuditFields& AuditFields::str(std::string_view k, std::string_view value) {
 }
 
 PackedFields& PackedFields::str(std::string_view k, std::string_view value) {
-  // On the event loop, once per member of every event: one reservation for
-  // both length-prefixed items.
-  if (out_.empty()) out_.reserve(192);
-  WriteCursor w(out_, 8 + k.size() + value.size());
+  // On the event loop, once per member of every event.
+  const size_t need = 8 + k.size() + value.size();
+  if (spill_.empty() && need <= kInline - len_) {
+    char* p = writeLengthPrefixed(k, inline_ + len_);
+    p = writeLengthPrefixed(value, p);
+    len_ = static_cast<size_t>(p - inline_);
+    return *this;
+  }
+  if (spill_.empty()) {
+    spill_.reserve(2 * kInline + need);
+    spill_.assign(inline_, len_);
+  }
+  WriteCursor w(spill_, need);
   w.moveTo(writeLengthPrefixed(k, w.at()));
   w.moveTo(writeLengthPrefixed(value, w.at()));
   return *this;
 }
 
-void formatPackedFields(std::string_view packed, std::string& out) {
-  // What AuditFields::str writes for each member, straight into `out`, in
-  // room for the worst case: every byte escaped to six, plus "":"" and a
-  // comma per member, which its two 4-byte lengths (x6) more than cover.
-  WriteCursor w(out, packed.size() * kJsonEscapeMax);
-  const char* const start = w.at();
+char* writePackedFields(std::string_view packed, char* p) {
+  // What AuditFields::str writes for each member: the worst case is every
+  // byte escaped to six, plus "":"" and a comma per member, which its two
+  // 4-byte lengths (x6) more than cover.
+  char* const start = p;
   size_t at = 0;
   std::string_view k;
   std::string_view v;
   while (readLengthPrefixed(packed, at, k) && readLengthPrefixed(packed, at, v)) {
-    if (w.at() != start) w.put(',');
-    w.put('"');
-    w.moveTo(writeJsonEscaped(k, w.at()));
-    w.lit("\":\"");
-    w.moveTo(writeJsonEscaped(v, w.at()));
-    w.put('"');
+    if (p != start) *p++ = ',';
+    *p++ = '"';
+    p = writeJsonEscaped(k, p);
+    *p++ = '"';
+    *p++ = ':';
+    *p++ = '"';
+    p = writeJsonEscaped(v, p);
+    *p++ = '"';
   }
+  return p;
+}
+
+void formatPackedFields(std::string_view packed, std::string& out) {
+  WriteCursor w(out, packed.size() * kJsonEscapeMax);
+  w.moveTo(writePackedFields(packed, w.at()));
 }
 
 AuditFields& AuditFields::num(std::string_view k, int64_t value) {
@@ -346,7 +362,7 @@ bool AuditLog::initChain(int fd, std::string& error) {
   }
   // Not AuditFields: parseAuditLine expects exactly this layout.
   std::string fields = "\"torn_bytes\":" + std::to_string(hashed_end - end) + ",\"torn_sha256\":\"" + hex + "\"";
-  emit("audit.torn", fields);
+  emit("audit.torn", fields, false);
   return true;
 }
 
@@ -371,7 +387,7 @@ bool AuditLog::start(const std::string& path, const std::shared_ptr<const KeyPro
   }
   fd_ = fd;
   drop_behind_.reset(fd_);
-  emit("audit.start", "\"pid\":" + std::to_string(::getpid()));
+  emit("audit.start", "\"pid\":" + std::to_string(::getpid()), false);
   next_seq_pub_.store(next_seq_, std::memory_order_relaxed);
   started_ = true;
   running_.store(true, std::memory_order_release);
@@ -392,12 +408,26 @@ void AuditLog::pushOverflow(Node* node) {
                                                  std::memory_order_relaxed));
 }
 
-void AuditLog::record(std::string_view event, std::string&& fields) { record(event, std::move(fields), nullptr); }
-
 namespace {
 // The calling thread's stage, if it has one (see AuditLog::Stage).
 thread_local AuditLog::Stage* t_audit_stage = nullptr;
 }  // namespace
+
+void AuditLog::record(std::string_view event, std::string&& fields) {
+  if (Stage* st = t_audit_stage; st != nullptr && st->log_ == this) {
+    st->add(event, fields, false);
+    return;
+  }
+  enqueue(event, std::move(fields), false, 0);
+}
+
+void AuditLog::record(std::string_view event, const PackedFields& fields) {
+  if (Stage* st = t_audit_stage; st != nullptr && st->log_ == this) {
+    st->add(event, fields.view(), true);
+    return;
+  }
+  enqueue(event, fields.take(), true, 0);
+}
 
 void AuditLog::Stage::attach(AuditLog* log) {
   if (log_ != nullptr && log_ != log) detach();
@@ -411,30 +441,27 @@ void AuditLog::Stage::detach() {
   log_ = nullptr;
 }
 
-void AuditLog::Stage::add(std::string_view event, std::string_view fields, FieldsFormatter format) {
+// Per event: the name length-prefixed, one byte (1: `fields` is packed), the
+// fields length-prefixed.
+void AuditLog::Stage::add(std::string_view event, std::string_view fields, bool packed) {
   if (buf_.capacity() == 0) buf_.reserve(4096);  // after a publish: one allocation per stage
-  appendLengthPrefixed(event, buf_);
-  buf_.append(reinterpret_cast<const char*>(&format), sizeof format);
-  appendLengthPrefixed(fields, buf_);
+  {
+    WriteCursor w(buf_, 9 + event.size() + fields.size());
+    w.moveTo(writeLengthPrefixed(event, w.at()));
+    w.put(packed ? '\1' : '\0');
+    w.moveTo(writeLengthPrefixed(fields, w.at()));
+  }
   if (++count_ >= kStageMaxEvents || buf_.size() >= kStageMaxBytes) publish();
 }
 
 void AuditLog::Stage::publish() {
   if (count_ == 0) return;
-  if (log_ != nullptr) log_->enqueue({}, std::move(buf_), nullptr, count_);
+  if (log_ != nullptr) log_->enqueue({}, std::move(buf_), false, count_);
   buf_ = std::string();
   count_ = 0;
 }
 
-void AuditLog::record(std::string_view event, std::string&& fields, FieldsFormatter format) {
-  if (Stage* st = t_audit_stage; st != nullptr && st->log_ == this) {
-    st->add(event, fields, format);
-    return;
-  }
-  enqueue(event, std::move(fields), format, 0);
-}
-
-void AuditLog::enqueue(std::string_view event, std::string&& fields, FieldsFormatter format, uint32_t staged) {
+void AuditLog::enqueue(std::string_view event, std::string&& fields, bool packed, uint32_t staged) {
   const uint64_t events = staged > 0 ? staged : 1;
   inflight_.fetch_add(1, std::memory_order_seq_cst);
   if (!accepting_.load(std::memory_order_seq_cst)) {
@@ -453,7 +480,7 @@ void AuditLog::enqueue(std::string_view event, std::string&& fields, FieldsForma
         if (enqueue_pos_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
           cell->ev.setName(event);
           cell->ev.fields = std::move(fields);
-          cell->ev.format = format;
+          cell->ev.packed = packed;
           cell->ev.staged = staged;
           cell->seq.store(pos + 1, std::memory_order_seq_cst);
           inflight_.fetch_sub(1, std::memory_order_release);
@@ -472,7 +499,7 @@ void AuditLog::enqueue(std::string_view event, std::string&& fields, FieldsForma
   Node* node = new Node;
   node->ev.setName(event);
   node->ev.fields = std::move(fields);
-  node->ev.format = format;
+  node->ev.packed = packed;
   node->ev.staged = staged;
   overflowed_.fetch_add(events, std::memory_order_relaxed);
   pushOverflow(node);
@@ -541,33 +568,19 @@ void AuditLog::emitEvent(const Event& ev) {
     size_t at = 0;
     std::string_view name;
     std::string_view fields;
-    FieldsFormatter format;
     for (uint32_t k = 0; k < ev.staged; ++k) {
-      if (!readLengthPrefixed(all, at, name) || all.size() - at < sizeof format) break;
-      std::memcpy(&format, all.data() + at, sizeof format);
-      at += sizeof format;
+      if (!readLengthPrefixed(all, at, name) || at >= all.size()) break;
+      const bool packed = all[at++] != 0;
       if (!readLengthPrefixed(all, at, fields)) break;
-      if (format == nullptr) {
-        emit(name, fields);
-      } else {
-        fields_scratch_.clear();
-        format(fields, fields_scratch_);
-        emit(name, fields_scratch_);
-      }
+      emit(name, fields, packed);
     }
     extra_events_.fetch_sub(ev.staged - 1, std::memory_order_relaxed);
     return;
   }
-  if (ev.format == nullptr) {
-    emit(ev.name(), ev.fields);
-    return;
-  }
-  fields_scratch_.clear();
-  ev.format(ev.fields, fields_scratch_);
-  emit(ev.name(), fields_scratch_);
+  emit(ev.name(), ev.fields, ev.packed);
 }
 
-void AuditLog::emit(std::string_view event, std::string_view fields) {
+void AuditLog::emit(std::string_view event, std::string_view fields, bool packed) {
   // Per event, so that an event recorded after setKeys() returned is always
   // signed with the new key (setKeys publishes before that record() does).
   refreshKey();
@@ -580,9 +593,10 @@ void AuditLog::emit(std::string_view event, std::string_view fields) {
   const std::string_view key_id = mac_->keyId();
   // Written through a cursor into room for the record's longest form: 128
   // for the member names and punctuation (60 bytes), a 20-digit seq, every
-  // byte of the event name escaped to six, the 64-digit MAC.
+  // byte of the event name escaped to six, the members (a packing formatted:
+  // every byte escaped to six, see writePackedFields), the 64-digit MAC.
   WriteCursor w(out_, 128 + WriteCursor::kMaxDigits + ts_text_.size() + event.size() * kJsonEscapeMax +
-                          fields.size() + key_id.size() + prev_.size() + 64);
+                          fields.size() * (packed ? kJsonEscapeMax : 1) + key_id.size() + prev_.size() + 64);
   const char* const start = w.at();
   w.lit("{\"seq\":");
   w.number(next_seq_);
@@ -591,7 +605,12 @@ void AuditLog::emit(std::string_view event, std::string_view fields) {
   w.lit("\",\"event\":\"");
   w.moveTo(writeJsonEscaped(event, w.at()));
   w.put('"');
-  if (!fields.empty()) {
+  if (packed) {  // formatted straight into the record; escaped: no raw CR or LF
+    if (!fields.empty()) {
+      w.put(',');
+      w.moveTo(writePackedFields(fields, w.at()));
+    }
+  } else if (!fields.empty()) {
     w.put(',');
     char* const f = w.at();
     w.put(fields);

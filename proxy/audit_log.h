@@ -72,18 +72,35 @@ class AuditFields {
   std::string out_;
 };
 
-// String members for AuditLog::record(event, packed, &formatPackedFields):
-// each str() copies its key and value, length-prefixed, with no escaping;
-// formatPackedFields (on the writer thread) appends exactly what AuditFields
-// with the same str() calls would produce.
+// String members for AuditLog::record(event, const PackedFields&), built on
+// an event loop: each str() copies its key and value, length-prefixed, with
+// no escaping, into a buffer inside the object (a request's members fit, so
+// no allocation) or, past that, onto the heap; writePackedFields (on the
+// writer thread) writes exactly what AuditFields with the same str() calls
+// would produce.
 class PackedFields {
  public:
+  // cppcheck-suppress uninitMemberVar ; inline_ is written before it is read (len_ bytes of it are valid)
+  PackedFields() = default;
+  PackedFields(const PackedFields&) = delete;
+  PackedFields& operator=(const PackedFields&) = delete;
   PackedFields& str(std::string_view key, std::string_view value);
-  std::string take() { return std::move(out_); }
+  // The packing so far; valid until the next str() or the object's end.
+  std::string_view view() const { return spill_.empty() ? std::string_view(inline_, len_) : spill_; }
+  std::string take() const { return std::string(view()); }
 
  private:
-  std::string out_;
+  static constexpr size_t kInline = 384;
+  char inline_[kInline];
+  size_t len_ = 0;     // bytes used in inline_ while spill_ is empty
+  std::string spill_;  // the whole packing, once it outgrew inline_
 };
+
+// Writes the JSON members of `packed` (a PackedFields packing) at `p`, which
+// must have room for packed.size() * kJsonEscapeMax bytes; returns the end.
+// The output never holds a raw CR or LF (every control byte is escaped).
+char* writePackedFields(std::string_view packed, char* p);
+// The same, appended to `out`.
 void formatPackedFields(std::string_view packed, std::string& out);
 
 // AuditLog owns one audit log file and one writer thread.
@@ -150,11 +167,11 @@ class AuditLog {
   // After stop() the event cannot be written: it is counted in lost().
   void record(std::string_view event, std::string&& fields);
 
-  // Deferred formatting: the event's members are written as format(packed)
-  // by the writer thread, so the recording thread only copies its data
-  // (PackedFields / formatPackedFields). Same guarantees as record().
-  using FieldsFormatter = void (*)(std::string_view packed, std::string& out);
-  void record(std::string_view event, std::string&& packed, FieldsFormatter format);
+  // Deferred formatting: the event's members are written by the writer
+  // thread (writePackedFields), so the recording thread only copies its data
+  // (on an event loop with a Stage: once, from `fields` into the stage). Same
+  // guarantees as record().
+  void record(std::string_view event, const PackedFields& fields);
 
   // Staging, for event loops. Between stage.attach(log) and stage.detach() on
   // a thread, every record() made on that thread into `log` is appended to the
@@ -182,9 +199,9 @@ class AuditLog {
 
    private:
     friend class AuditLog;
-    void add(std::string_view event, std::string_view fields, FieldsFormatter format);
+    void add(std::string_view event, std::string_view fields, bool packed);
     AuditLog* log_ = nullptr;
-    std::string buf_;  // per event: name and fields as appendLengthPrefixed, the formatter between
+    std::string buf_;  // per event: name, a packed flag byte, fields (see add())
     uint32_t count_ = 0;
   };
   static constexpr uint32_t kStageMaxEvents = 256;
@@ -221,7 +238,7 @@ class AuditLog {
  private:
   struct Event {
     std::string fields;
-    FieldsFormatter format = nullptr;  // non-null: `fields` is its packed input
+    bool packed = false;  // `fields` is a PackedFields packing
     std::string long_event;  // only when the name does not fit in `event`
     char event[40];
     uint8_t event_len = 0;
@@ -242,13 +259,15 @@ class AuditLog {
     Barrier* barrier = nullptr;
   };
 
-  void enqueue(std::string_view event, std::string&& fields, FieldsFormatter format, uint32_t staged);
+  void enqueue(std::string_view event, std::string&& fields, bool packed, uint32_t staged);
   void run();
   void pushOverflow(Node* node);
   size_t drainRing(size_t limit, bool wait_claimed);
   bool drainOnce();
-  void emit(std::string_view event, std::string_view fields);
-  void emitEvent(const Event& ev);  // formats deferred members first
+  // Formats one record into out_; `packed`: `fields` is a PackedFields
+  // packing, else a members fragment (AuditFields).
+  void emit(std::string_view event, std::string_view fields, bool packed);
+  void emitEvent(const Event& ev);
   void writeOut(bool stopping);
   void syncNow();
   void doReopen();
@@ -298,7 +317,6 @@ class AuditLog {
   std::function<void(std::string_view)> tee_;
   uint64_t next_seq_ = 1;
   std::string prev_;  // 64 hex
-  std::string fields_scratch_;  // writer: a deferred event's members
   std::string out_;   // formatted, not yet written
   size_t out_records_ = 0;
   size_t out_written_bytes_ = 0;  // prefix of out_ already written

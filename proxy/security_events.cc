@@ -31,7 +31,7 @@ void auditRequest(AuditLog* audit, std::string_view event, const RequestContext&
   if (!ctx.token_id.empty()) f.str("token_id", ctx.token_id);
   if (!ctx.account.empty()) f.str("account", ctx.account);
   if (!reason.empty()) f.str("reason", reason);
-  audit->record(event, f.take(), &formatPackedFields);
+  audit->record(event, f);
 }
 
 }  // namespace

@@ -156,7 +156,7 @@ TEST(AccessLogFormat, TimestampsAcrossTheSecondCache) {
 // position within and across the 8-byte words) gives the same result as on
 // its own.
 TEST(AccessLogFormat, EscapingIsTheSameAtEveryOffset) {
-  const std::string plain = "abcdefghijklmnopqrstuvwx";  // 24 bytes
+  const std::string plain = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN";  // 40 bytes
   struct Case {
     std::string in, out;
   };
@@ -177,6 +177,23 @@ TEST(AccessLogFormat, EscapingIsTheSameAtEveryOffset) {
     }
   }
   for (size_t len = 0; len <= plain.size(); ++len) EXPECT_EQ(escaped(plain.substr(0, len)), plain.substr(0, len));
+}
+
+// The inline "nothing to escape" test (16 bytes at a time) against the
+// definition, for every byte value at every position of every length 1-48.
+TEST(AccessLogFormat, PlainTestMatchesTheDefinitionForEveryByte) {
+  for (int b = 0; b < 256; ++b) {
+    const char c = static_cast<char>(b);
+    const bool plain = b >= 0x20 && b < 0x7F && c != '"' && c != '\\';
+    for (size_t len = 1; len <= 48; ++len) {
+      for (size_t at = 0; at < len; ++at) {
+        std::string s(len, 'x');
+        s[at] = c;
+        ASSERT_EQ(jsonPlain(s), plain) << "byte " << b << " at " << at << " of " << len;
+      }
+    }
+  }
+  EXPECT_TRUE(jsonPlain(""));
 }
 
 TEST(AccessLogFormat, EscapesQuotesBackslashesAndControls) {

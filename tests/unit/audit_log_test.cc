@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "proxy/access_log.h"
 #include "proxy/audit_verify.h"
 #include "proxy/keyring.h"
 #include "tests/unit/page_cache.h"
@@ -204,6 +205,33 @@ TEST_F(AuditLogTest, HostileFieldValuesStayInsideTheirString) {
   EXPECT_TRUE(verify(log_path).ok);
 }
 
+// A packing is the same whether it stays in the object's own buffer or
+// outgrows it (at every size around the switch), and writePackedFields
+// writes what formatPackedFields appends.
+TEST(PackedFields, SameLayoutInlineAndSpilled) {
+  for (size_t first = 0; first < 420; first += 7) {
+    for (size_t second = 0; second < 40; ++second) {
+      const std::string a(first, 'a'), b(second, 'b');
+      PackedFields f;
+      f.str("k1", a).str(b, "v2").str("", "");
+      std::string want;
+      for (std::string_view item : {std::string_view("k1"), std::string_view(a), std::string_view(b),
+                                    std::string_view("v2"), std::string_view(), std::string_view()}) {
+        appendLengthPrefixed(item, want);
+      }
+      ASSERT_EQ(f.view(), want) << first << " " << second;
+      ASSERT_EQ(f.take(), want);
+      std::string appended = "x";
+      formatPackedFields(f.view(), appended);
+      std::string written(1 + f.view().size() * kJsonEscapeMax, '\0');
+      written[0] = 'x';
+      written.resize(static_cast<size_t>(writePackedFields(f.view(), written.data() + 1) - written.data()));
+      ASSERT_EQ(written, appended);
+      ASSERT_EQ(appended, "x" + AuditFields().str("k1", a).str(b, "v2").str("", "").view());
+    }
+  }
+}
+
 // Packed members are written exactly as AuditFields would write them, in
 // record order with plain records, and the chain verifies.
 TEST_F(AuditLogTest, PackedFieldsAreFormattedByTheWriter) {
@@ -227,15 +255,18 @@ TEST_F(AuditLogTest, PackedFieldsAreFormattedByTheWriter) {
   ASSERT_TRUE(log.start(log_path, ring, error)) << error;
   for (int i = 0; i < 100; ++i) {
     if (i % 2 == 0) {
-      log.record("auth.success", PackedFields().str("n", std::to_string(i)).str("ip", hostile).take(),
-                 &formatPackedFields);
+      log.record("auth.success", PackedFields().str("n", std::to_string(i)).str("ip", hostile));
     } else {
       log.record("auth.success", AuditFields().str("n", std::to_string(i)).str("ip", hostile).take());
     }
   }
+  // The record's room for packed members is their worst case: a packing of
+  // control bytes only, formatted straight into the record.
+  log.record("worst", PackedFields().str(controls, controls).str("", controls).str(controls, ""));
   log.stop();
   auto v = lines(log_path);
-  ASSERT_EQ(v.size(), 101u);
+  ASSERT_EQ(v.size(), 102u);
+  EXPECT_NE(v[101].find("\"event\":\"worst\"," + worst + ",\"key_id\""), std::string::npos);
   const std::string members = AuditFields().str("ip", hostile).view();
   for (int i = 0; i < 100; ++i) {
     const std::string& l = v[static_cast<size_t>(i) + 1];
@@ -536,7 +567,7 @@ TEST_F(AuditLogTest, StagedEventsArePublishedTogetherInOrder) {
     for (int n = 0; n < 3; ++n) log.record("auth.success", AuditFields().num("n", n).take());
     PackedFields f;
     f.str("reason", "bad \"secret\"\n");
-    log.record("auth.failure", f.take(), &formatPackedFields);
+    log.record("auth.failure", f);
     log.flush();  // covers published events only
     EXPECT_EQ(log.written(), 1u);  // audit.start
     EXPECT_EQ(log.depth(), 0u);
