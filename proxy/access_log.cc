@@ -367,18 +367,17 @@ void formatAccessRecord(const AccessRecord& r, std::string& out) {
 
 namespace {
 
-// The writer wakes on its own, and producers wake it only every
-// kWakeEveryLines entries: a futex wake per request cost more CPU on the event
-// loop than formatting the line (measured with perf under wrk). While lines
-// keep coming it wakes every kBusyWake and writes small batches: with 20 ms
+// Producers wake the writer only every kWakeEveryLines entries: a futex wake
+// per request cost more CPU on the event loop than formatting the line
+// (measured with perf under wrk). While lines keep coming the event loops
+// kick it every 5 ms (writer_kick.h), so it writes small batches: with 20 ms
 // batches (~1,600 lines at 80k req/s, ~0.6 ms of writer CPU, the audit
 // writer's twice that) a writer that landed on an event loop's CPU held the
 // loop up: same-run A/B, logs on, 64 conns, p99 1.95 ms at 20 ms, 1.57 at
 // 2 ms, ~1.6 at 5 or 10 ms; 2 ms cost the writers ~0.25 us more CPU per
-// request than 5 ms (smaller writes, colder caches). After a wake that finds
-// nothing it sleeps kIdleWake, so an idle proxy costs 50 wakes a second.
-// Lines reach the file within kIdleWake; flush() and stop() wake it at once.
-constexpr auto kBusyWake = std::chrono::milliseconds(5);
+// request than 5 ms (smaller writes, colder caches). Otherwise it wakes on
+// its own every kIdleWake, so an idle proxy costs 50 wakes a second. Lines
+// reach the file within kIdleWake; flush() and stop() wake it at once.
 constexpr auto kIdleWake = std::chrono::milliseconds(20);
 constexpr size_t kWakeEveryLines = 1024;
 
@@ -524,6 +523,12 @@ void LogWriter::Stage::publish() {
   if (log_ != nullptr) log_->enqueue(std::move(buf_), format_, count_, true);
   buf_ = std::string();
   count_ = 0;
+  unkicked_ = true;
+}
+
+void LogWriter::Stage::publishAndKick(uint64_t now_ms) {
+  publish();
+  if (log_ != nullptr && log_->kick_.dueFor(unkicked_, now_ms)) log_->wakeWriter();
 }
 
 void LogWriter::wakeWriter() {
@@ -709,14 +714,12 @@ void LogWriter::publishProgress() {
 }
 
 void LogWriter::run() {
-  bool busy = false;  // this wake found lines
   for (;;) {
     const bool stopping = stopping_.load(std::memory_order_acquire);
     if (reopen_requested_.exchange(false, std::memory_order_acq_rel)) doReopen();
     if (collectBatch() > 0) {
       writeBatch();
       publishProgress();
-      busy = true;
       continue;
     }
     if (stopping) break;
@@ -729,10 +732,9 @@ void LogWriter::run() {
         stopping_.load(std::memory_order_seq_cst) ||
         reopen_requested_.load(std::memory_order_seq_cst);
     if (!ready) {
-      futexWait(&sleeping_, 1, std::chrono::duration_cast<std::chrono::nanoseconds>(busy ? kBusyWake : kIdleWake).count());
+      futexWait(&sleeping_, 1, std::chrono::duration_cast<std::chrono::nanoseconds>(kIdleWake).count());
     }
     sleeping_.store(0, std::memory_order_relaxed);
-    busy = false;
   }
   publishProgress();
 }

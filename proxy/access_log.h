@@ -21,6 +21,7 @@
 #include "proxy/drop_behind.h"
 #include "proxy/json_escape.h"
 #include "proxy/short_copy.h"
+#include "proxy/writer_kick.h"
 
 namespace portcullis {
 
@@ -117,10 +118,11 @@ void appendRfc3339Micros(int64_t ts_unix_us, std::string& out);
 //
 // Writer thread: drains up to kMaxBatch entries at a time and writes them with
 // one writev(2) (more only after a short write). When the queue is empty it
-// sleeps on a futex for 5 ms if that wake found lines, else for 20 ms, or until
-// a submit() finds it asleep at every 1024th entry, or reopen(), flush() or
-// stop(). Lines are in the file at most ~20 ms after they were queued (for a
-// Stage: published), under any load short of a saturated CPU.
+// sleeps on a futex for up to 20 ms, until an event loop kicks it
+// (Stage::publishAndKick: at most every 5 ms, see writer_kick.h), a submit()
+// finds it asleep at every 1024th entry, or reopen(), flush() or stop(). Lines
+// are in the file at most ~20 ms after they were queued (for a Stage:
+// published), under any load short of a saturated CPU.
 //
 // The audit log (audit_log.h) has its own queue: it never drops.
 class LogWriter {
@@ -178,6 +180,10 @@ class LogWriter {
     void end();
     // Hands everything staged to the queue as one entry (no-op when empty).
     void publish();
+    // publish(), then wakes the writer if anything was published since this
+    // stage last woke it and the writer's KickThrottle says it is due. For an
+    // event loop, once per iteration, with its loop time (uv_now).
+    void publishAndKick(uint64_t now_ms);
     bool empty() const { return count_ == 0; }
 
    private:
@@ -186,6 +192,7 @@ class LogWriter {
     std::string buf_;  // items, each as a 4-byte length and its bytes
     size_t item_at_ = 0;
     uint32_t count_ = 0;
+    bool unkicked_ = false;  // published since the last kick
   };
   static constexpr uint32_t kStageMaxItems = 256;
   static constexpr size_t kStageMaxBytes = 64 * 1024;
@@ -259,6 +266,7 @@ class LogWriter {
   // Writer: 1 while it sleeps (or is about to) on the futex; producers that see 1
   // swap it to 0 and wake it. 32-bit because it is the futex word.
   alignas(64) std::atomic<uint32_t> sleeping_{0};
+  alignas(64) KickThrottle kick_;
   std::atomic<bool> reopen_requested_{false};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> accepting_{true};

@@ -116,9 +116,8 @@ AuditFields& AuditFields::unum(std::string_view k, uint64_t value) {
 
 namespace {
 
-// As LogWriter's writer (see kBusyWake in access_log.cc): every 5 ms while
-// events keep coming, small batches; 20 ms after a wake that found none.
-constexpr int64_t kBusyWakeNs = 5 * 1000 * 1000;
+// As LogWriter's writer (see kIdleWake in access_log.cc): kicked by the event
+// loops every 5 ms while events keep coming (small batches), else every 20 ms.
 constexpr int64_t kIdleWakeNs = 20 * 1000 * 1000;
 constexpr size_t kWakeEvery = 1024;
 constexpr int64_t kSyncEveryUs = 1000 * 1000;
@@ -459,6 +458,12 @@ void AuditLog::Stage::publish() {
   if (log_ != nullptr) log_->enqueue({}, std::move(buf_), false, count_);
   buf_ = std::string();
   count_ = 0;
+  unkicked_ = true;
+}
+
+void AuditLog::Stage::publishAndKick(uint64_t now_ms) {
+  publish();
+  if (log_ != nullptr && log_->kick_.dueFor(unkicked_, now_ms)) log_->wakeWriter();
 }
 
 void AuditLog::enqueue(std::string_view event, std::string&& fields, bool packed, uint32_t staged) {
@@ -771,7 +776,6 @@ void AuditLog::doReopen() {
 
 void AuditLog::run() {
   last_sync_us_ = monoUs();
-  bool got_since_sleep = false;  // this wake found events
   for (;;) {
     refreshKey();
     if (reopen_requested_.exchange(false, std::memory_order_acq_rel)) {
@@ -794,10 +798,7 @@ void AuditLog::run() {
         syncNow();
       }
     }
-    if (got) {
-      got_since_sleep = true;
-      continue;
-    }
+    if (got) continue;
     if (stopping) break;
     sleeping_.store(1, std::memory_order_seq_cst);
     const size_t pos = dequeue_pos_.load(std::memory_order_relaxed);
@@ -805,8 +806,7 @@ void AuditLog::run() {
                        overflow_head_.load(std::memory_order_seq_cst) != nullptr ||
                        stopping_.load(std::memory_order_seq_cst) ||
                        reopen_requested_.load(std::memory_order_seq_cst);
-    if (!ready) futexWait(&sleeping_, 1, got_since_sleep ? kBusyWakeNs : kIdleWakeNs);
-    got_since_sleep = false;
+    if (!ready) futexWait(&sleeping_, 1, kIdleWakeNs);
     sleeping_.store(0, std::memory_order_relaxed);
   }
   // accepting_ is false: wait for record() calls already past their check,

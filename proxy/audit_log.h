@@ -49,6 +49,7 @@
 
 #include "proxy/drop_behind.h"
 #include "proxy/keyring.h"
+#include "proxy/writer_kick.h"
 
 namespace portcullis {
 
@@ -122,8 +123,9 @@ void formatPackedFields(std::string_view packed, std::string& out);
 // writer first drains every ring slot claimed before it took them.
 //
 // Writer thread: assigns seq, ts (its clock at write time), key_id, prev and
-// mac; wakes every 5 ms while events keep coming (20 ms after a wake that
-// found none) and writes each batch with write(2); fdatasync()s at least
+// mac; wakes when an event loop kicks it (Stage::publishAndKick, at most every
+// 5 ms, see writer_kick.h) or every 20 ms on its own, and writes each batch
+// with write(2); fdatasync()s at least
 // once a second while records are being written, within ~120 ms of going
 // idle with unsynced records (idle: a wake that finds no new event 10 ms or
 // more after the last; at most one idle sync per 100 ms, so a steady trickle
@@ -196,6 +198,10 @@ class AuditLog {
     void detach();
     // Hands every staged event to the queue as one entry (no-op when empty).
     void publish();
+    // publish(), then wakes the writer if anything was published since this
+    // stage last woke it and the writer's KickThrottle says it is due. For an
+    // event loop, once per iteration, with its loop time (uv_now).
+    void publishAndKick(uint64_t now_ms);
 
    private:
     friend class AuditLog;
@@ -203,6 +209,7 @@ class AuditLog {
     AuditLog* log_ = nullptr;
     std::string buf_;  // per event: name, a packed flag byte, fields (see add())
     uint32_t count_ = 0;
+    bool unkicked_ = false;  // published since the last kick
   };
   static constexpr uint32_t kStageMaxEvents = 256;
   static constexpr size_t kStageMaxBytes = 64 * 1024;
@@ -287,6 +294,7 @@ class AuditLog {
   // writer's final drain waits for 0 after accepting_ turned false.
   alignas(64) std::atomic<uint64_t> inflight_{0};
   alignas(64) std::atomic<uint32_t> sleeping_{0};
+  alignas(64) KickThrottle kick_;
   std::atomic<bool> accepting_{true};
   std::atomic<bool> reopen_requested_{false};
   std::atomic<bool> stopping_{false};

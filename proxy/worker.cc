@@ -123,8 +123,9 @@ void Worker::join() {
 void Worker::onPrepare(uv_prepare_t* p) { static_cast<Worker*>(p->data)->publishLogs(); }
 
 void Worker::publishLogs() {
-  access_stage_.publish();
-  audit_stage_.publish();
+  const uint64_t now_ms = uv_now(&loop_);
+  access_stage_.publishAndKick(now_ms);
+  audit_stage_.publishAndKick(now_ms);
 }
 
 void Worker::postSnapshot(std::shared_ptr<const Snapshot> snap) {

@@ -516,7 +516,7 @@ TEST(LogWriter, StagedItemsArePublishedAsOneEntryAndCountedPerLine) {
     w.flush();
     EXPECT_EQ(w.written(), 0u);  // nothing published yet
     EXPECT_TRUE(readLines(path).empty());
-    stage.publish();
+    stage.publishAndKick(1);  // as an event loop does: publishes, wakes the writer
     EXPECT_TRUE(stage.empty());
     w.flush();
     EXPECT_EQ(w.written(), 4u);
