@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/unit/temp_dir.h"
+
 namespace portcullis {
 namespace {
 
@@ -37,15 +39,7 @@ std::vector<std::string> readLines(const std::string& path) {
   return lines;
 }
 
-// A fresh directory under TMPDIR, removed (with its files) by the destructor.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string tmpl = (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp") + std::string("/pclogXXXXXX");
-    path = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { (void)system(("rm -rf '" + path + "'").c_str()); }
-};
+using testing_support::TempDir;
 
 // --- formatting -------------------------------------------------------------
 

@@ -22,18 +22,12 @@
 #include "proxy/audit_verify.h"
 #include "proxy/keyring.h"
 #include "tests/unit/page_cache.h"
+#include "tests/unit/temp_dir.h"
 
 namespace portcullis {
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string tmpl = "/tmp/pcauditXXXXXX";
-    path = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { (void)system(("rm -rf '" + path + "'").c_str()); }
-};
+using testing_support::TempDir;
 
 std::string readFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -12,6 +12,7 @@
 
 #include "proxy/access_log.h"
 #include "tests/unit/page_cache.h"
+#include "tests/unit/temp_dir.h"
 
 namespace portcullis {
 namespace {
@@ -19,14 +20,7 @@ namespace {
 using testing_support::onTmpfs;
 using testing_support::residentFraction;
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string tmpl = (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp") + std::string("/pcdropXXXXXX");
-    path = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { (void)system(("rm -rf '" + path + "'").c_str()); }
-};
+using testing_support::TempDir;
 
 constexpr off_t kMiB = 1 << 20;
 

@@ -1,0 +1,22 @@
+// Test helper: a fresh directory under $TMPDIR (default /tmp), removed with
+// its files by the destructor.
+#pragma once
+
+#include <stdlib.h>
+
+#include <string>
+
+namespace portcullis::testing_support {
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    std::string tmpl = (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp") + std::string("/pctestXXXXXX");
+    path = mkdtemp(tmpl.data());
+  }
+  ~TempDir() { (void)system(("rm -rf '" + path + "'").c_str()); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+}  // namespace portcullis::testing_support
