@@ -20,9 +20,9 @@ try:
 except ImportError:
     sys.exit("chart.py: matplotlib is not installed (Debian: python3-matplotlib); no chart")
 
-ORDER = ["direct", "nginx", "haproxy", "portcullis", "portcullis-enc", "portcullis-on", "floor"]
+ORDER = ["direct", "nginx", "haproxy", "portcullis", "portcullis-log", "portcullis-enc", "portcullis-on", "floor"]
 COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "portcullis": "#e65100",
-          "portcullis-enc": "#6a1b9a", "portcullis-on": "#ad1457", "floor": "#795548"}
+          "portcullis-log": "#ff9800", "portcullis-enc": "#6a1b9a", "portcullis-on": "#ad1457", "floor": "#795548"}
 
 
 def main():

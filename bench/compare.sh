@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side load comparison: Portcullis, nginx and HAProxy (one worker each) in
 # front of the same nginx origin, plus wrk straight at the origin ("direct").
+# MODE=plain runs Portcullis twice from portcullis.toml.tmpl: "portcullis" with
+# no access log, like for like with the nginx and HAProxy contenders (access_log
+# off, no log), and "portcullis-log", the same with its JSON access log on.
 #
 #   bench/compare.sh [BUILD_DIR]          (default: build)
 #   MODE=tls bench/compare.sh [BUILD_DIR] (HTTPS: keep-alive, full and resumed handshakes)
@@ -222,11 +225,12 @@ TINY_BODY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef   # 6
 BODY_BUFFER=$(( UPLOAD_BYTES / 1024 + 64 ))k   # whole body in origin memory, no temp file
 head -c "$UPLOAD_BYTES" /dev/zero > "$TMP/body.bin"
 
-mapfile -t PORTS < <(free_ports 10)
+mapfile -t PORTS < <(free_ports 12)
 ORIGIN_PORT=${PORTS[0]}
 declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=${PORTS[1]} [haproxy]=${PORTS[2]} [portcullis]=${PORTS[3]}
-                 [portcullis-enc]=${PORTS[5]} [portcullis-on]=${PORTS[7]} [floor]=${PORTS[9]})
-declare -A ADMIN_PORT=([portcullis]=${PORTS[4]} [portcullis-enc]=${PORTS[6]} [portcullis-on]=${PORTS[8]})
+                 [portcullis-enc]=${PORTS[5]} [portcullis-on]=${PORTS[7]} [floor]=${PORTS[9]} [portcullis-log]=${PORTS[10]})
+declare -A ADMIN_PORT=([portcullis]=${PORTS[4]} [portcullis-enc]=${PORTS[6]} [portcullis-on]=${PORTS[8]}
+                       [portcullis-log]=${PORTS[11]})
 
 # MODE=encrypt: what the origin must receive from portcullis-enc for one upload:
 # the pcx1 ciphertext (SPEC section 7) of the UPLOAD_BYTES-byte body, key id "k1",
@@ -360,6 +364,11 @@ if [ -x "$PORTCULLIS_BIN" ]; then
     fi
     start_portcullis portcullis "portcullis-$MODE.toml.tmpl" off
     start_portcullis portcullis-on "portcullis-$MODE.toml.tmpl" on
+  elif [ "$MODE" = plain ]; then
+    # Like for like with nginx and HAProxy (no access log); portcullis-log is
+    # the same with the JSON access log on (portcullis.toml.tmpl).
+    start_portcullis portcullis portcullis.toml.tmpl off
+    start_portcullis portcullis-log portcullis.toml.tmpl on
   else
     start_portcullis portcullis "portcullis$T.toml.tmpl"
   fi
@@ -407,6 +416,7 @@ upload_lines() {  # upload_lines CONTENDER -> whole bodies of its kind in the or
     END { print c + 0 }' "$TMP/origin-upload.log" 2>/dev/null || echo 0
 }
 ALL_CONTENDERS=(direct nginx haproxy portcullis)
+[ "$MODE" = plain ] && ALL_CONTENDERS+=(portcullis-log)
 [ "$MODE" = encrypt ] && ALL_CONTENDERS+=(portcullis-enc)
 [ "$FLOOR" = 1 ] && [ "$MODE" = plain ] && ALL_CONTENDERS+=(floor)
 [ "$AB" = 1 ] && ALL_CONTENDERS=(portcullis portcullis-on)
@@ -755,6 +765,8 @@ if ab:
 floor = False  # FLOOR=1: the featureless libuv + llhttp forwarder ran too
 for line in open(status_file):
     floor = floor or line.split("\t", 1)[0] == "floor"
+if not (ab or enc or tls):
+    order.append("portcullis-log")  # the same Portcullis with its access log on
 if floor and not (ab or enc or tls):
     order.append("floor")
 HS_TESTS = ("full", "resumed")  # MODE=tls: one new TLS connection per request
@@ -891,6 +903,8 @@ if tls:
     ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us", "full_proxy_cpu_us_per_conn",
                   "full_handshake_cpu_us", "full_conn_per_s", "resumed_proxy_cpu_us_per_conn"]
 pairs = [("portcullis", "nginx"), ("portcullis", "haproxy"), ("haproxy", "nginx")]
+if "portcullis-log" in order:
+    pairs += [("portcullis-log", "nginx"), ("portcullis-log", "haproxy"), ("portcullis-log", "portcullis")]
 if "floor" in order:
     pairs += [("portcullis", "floor"), ("floor", "nginx"), ("floor", "haproxy")]
 if ab:
@@ -1026,7 +1040,8 @@ elif enc:
                           for c in ("nginx", "haproxy", "portcullis", "portcullis-enc")}
 else:
     fraction_of_direct = {c: {"rps": ratio(c, "direct", "rps"), "upload_MBps": ratio(c, "direct", "upload_MBps")}
-                          for c in ("nginx", "haproxy", "portcullis") + (("floor",) if "floor" in order else ())}
+                          for c in ("nginx", "haproxy", "portcullis") + (("portcullis-log",) if "portcullis-log" in order else ())
+                          + (("floor",) if "floor" in order else ())}
 
 for c in order:
     contenders.setdefault(c, {"status": "skipped", "reason": "not started"})
@@ -1171,7 +1186,7 @@ elif tls:
     for c in order:
         if c not in medians:
             why = contenders[c].get("reason", "no successful run")
-            print(f"{c:<11}  not measured: {why[:90]}")
+            print(f"{c:<14}  not measured: {why[:90]}")
             continue
         d = medians[c]
         print(f"{c if c != 'direct' else 'direct/http':<11}{fmt(d['rps']):>8}{fmt(d['p50_us']):>8}{fmt(d['p99_us']):>8}"
@@ -1244,17 +1259,17 @@ else:
     print()
     print(f"Results ({m['nproc']} CPUs {m['cpu_model']}, {m['kernel']}; {s['duration_s']} s x {s['rounds']} rounds,"
           f" {s['connections']} conns, {s['upload_mib']:g} MiB uploads{', pinned' if s['pin'] else ''}; medians)")
-    hdr = f"{'':<11}{'req/s':>9}{'range':>17}{'p50 us':>8}{'p99 us':>8}{'CPU us/req':>11}{'origin us':>10}{'upload MB/s':>12}{'CPU us/MiB':>11}"
+    hdr = f"{'':<14}{'req/s':>9}{'range':>17}{'p50 us':>8}{'p99 us':>8}{'CPU us/req':>11}{'origin us':>10}{'upload MB/s':>12}{'CPU us/MiB':>11}"
     print(hdr)
     print("-" * len(hdr))
     for c in order:
         if c not in medians:
             why = contenders[c].get("reason", "no successful run")
-            print(f"{c:<11}  not measured: {why[:90]}")
+            print(f"{c:<14}  not measured: {why[:90]}")
             continue
         d = medians[c]
         rng = f"{d['rps_range'][0]:,.0f}-{d['rps_range'][1]:,.0f}" if d["rps_range"] else "-"
-        print(f"{c:<11}{fmt(d['rps']):>9}{rng:>17}{fmt(d['p50_us']):>8}{fmt(d['p99_us']):>8}"
+        print(f"{c:<14}{fmt(d['rps']):>9}{rng:>17}{fmt(d['p50_us']):>8}{fmt(d['p99_us']):>8}"
               f"{fmt(d['proxy_cpu_us_per_req'], '{:.1f}'):>11}{fmt(d['origin_cpu_us_per_req'], '{:.1f}'):>10}"
               f"{fmt(d['upload_MBps']):>12}{fmt(d['upload_proxy_cpu_us_per_MiB'], '{:.0f}'):>11}")
     print("  CPU us/req = proxy process CPU per GET /tiny; origin us = origin CPU per request;"
@@ -1263,9 +1278,9 @@ else:
         print("  floor = bench/floor_forwarder.c: libuv + llhttp framing only, no feature (a yardstick, not a proxy).")
 
     print()
-    print(f"{'Ratios':<22}{'req/s':>8}{'CPU/req':>9}{'p99':>8}{'upload MB/s':>13}")
+    print(f"{'Ratios':<26}{'req/s':>8}{'CPU/req':>9}{'p99':>8}{'upload MB/s':>13}")
     for k, v in ratios.items():
-        print(f"{k:<22}" + f"{fmt(v['rps'], '{:.2f}'):>8}{fmt(v['proxy_cpu_us_per_req'], '{:.2f}'):>9}"
+        print(f"{k:<26}" + f"{fmt(v['rps'], '{:.2f}'):>8}{fmt(v['proxy_cpu_us_per_req'], '{:.2f}'):>9}"
               f"{fmt(v['p99_us'], '{:.2f}'):>8}{fmt(v['upload_MBps'], '{:.2f}'):>13}")
     print("  (req/s and MB/s: higher is better for the first; CPU/req and p99: lower is better)")
     print("Fraction of direct:  " + "   ".join(
