@@ -153,7 +153,10 @@ cleanup() {
   for pid in "${!STARTED[@]}"; do stop_pid "$pid"; done
   if [ -d "$OUT" ]; then  # keep configs and error output with the results, not bulk logs
     mkdir -p "$OUT/configs"
-    cp "$TMP"/*.conf "$TMP"/*.cfg "$TMP"/*.toml "$TMP"/*-error.log "$OUT/configs/" 2>/dev/null || true
+    cp "$TMP"/*.conf "$TMP"/*.cfg "$TMP"/*-error.log "$OUT/configs/" 2>/dev/null || true
+    for f in "$TMP"/*.toml; do  # configs only: the run's keyring and token store are secrets
+      case ${f##*/} in keyring.toml|tokens.toml) ;; *) cp "$f" "$OUT/configs/" 2>/dev/null || true ;; esac
+    done
     for f in "$TMP"/*.out; do [ -s "$f" ] && tail -c 65536 "$f" > "$OUT/configs/${f##*/}"; done
   fi
   rm -rf "$TMP"
