@@ -16,14 +16,17 @@ void FilterChain::start(const FilterFactoryList& factories, RequestContext& ctx)
   next_ = 0;
   phase_ = -1;
   stopped_at_ = {};
-  for (const auto& f : factories) {
-    if (count_ == kMaxFilters) std::abort();  // config validation bounds the list
-    Filter* filter = f->create(ctx);
+  // Config validation bounds the list (Server::buildSnapshotFromFile).
+  if (factories.size() > kMaxFilters) std::abort();
+  factories_ = &factories;
+  for (size_t k = 0; k < factories.size(); ++k) {
+    const FilterFactory& f = *factories[k];
+    Filter* filter = f.create(ctx);
     if (filter == nullptr) continue;
     filters_[count_] = filter;
-    factories_[count_] = f.get();
+    factory_at_[count_] = static_cast<uint8_t>(k);
     ++count_;
-    if (f->wantsBody()) wants_body_ = true;
+    if (f.wantsBody()) wants_body_ = true;
   }
 }
 
@@ -34,7 +37,7 @@ FilterStatus FilterChain::run(RequestContext& ctx, int phase, RequestHead* head,
     FilterStatus s = phase == kPhaseHead ? filters_[i]->onRequestHead(ctx, *head)
                                          : filters_[i]->onRequestBody(ctx, *chunk, end);
     if (s == FilterStatus::kContinue) continue;
-    stopped_at_ = factories_[i]->name();
+    stopped_at_ = (*factories_)[factory_at_[i]]->name();
     if (s == FilterStatus::kPause) {
       phase_ = phase;
       next_ = i + 1;

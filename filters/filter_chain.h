@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string_view>
 #include <vector>
@@ -23,7 +24,7 @@ using FilterFactoryList = std::vector<std::shared_ptr<const FilterFactory>>;
 // ctx.local_reply and no later filter sees this phase.
 class FilterChain {
  public:
-  static constexpr size_t kMaxFilters = 16;
+  static constexpr size_t kMaxFilters = 16;  // at most 256: factory_at_ holds bytes
 
   FilterChain() = default;
   FilterChain(const FilterChain&) = delete;
@@ -50,7 +51,12 @@ class FilterChain {
   void destroy();
 
   Filter* filters_[kMaxFilters] = {};
-  const FilterFactory* factories_[kMaxFilters] = {};
+  // The factory of filters_[i] is (*factories_)[factory_at_[i]] (factories
+  // that created nothing are skipped): a pointer and a byte per filter
+  // instead of a pointer each, since every connection carries a chain. The
+  // list is the pinned snapshot's, alive for the whole request.
+  const FilterFactoryList* factories_ = nullptr;
+  uint8_t factory_at_[kMaxFilters] = {};
   size_t count_ = 0;
   size_t next_ = 0;   // index to continue from after a pause
   int phase_ = -1;    // phase the pause happened in

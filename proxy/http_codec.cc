@@ -19,21 +19,31 @@ std::string_view trimOws(std::string_view v) {
 
 }  // namespace
 
+const llhttp_settings_t* HttpCodec::settingsFor(llhttp_type_t type) {
+  auto make = [](llhttp_type_t t) {
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_message_begin = &HttpCodec::onMessageBegin;
+    s.on_header_field = &HttpCodec::onHeaderField;
+    s.on_header_value = &HttpCodec::onHeaderValue;
+    s.on_header_value_complete = &HttpCodec::onHeaderValueComplete;
+    s.on_headers_complete = &HttpCodec::onHeadersComplete;
+    s.on_body = &HttpCodec::onBody;
+    s.on_message_complete = &HttpCodec::onMessageComplete;
+    if (t == HTTP_REQUEST) {
+      s.on_url = &HttpCodec::onUrl;
+    } else {
+      s.on_status = &HttpCodec::onStatus;
+    }
+    return s;
+  };
+  static const llhttp_settings_t request = make(HTTP_REQUEST);
+  static const llhttp_settings_t response = make(HTTP_RESPONSE);
+  return type == HTTP_REQUEST ? &request : &response;
+}
+
 HttpCodec::HttpCodec(llhttp_type_t type, CodecLimits limits) : limits_(limits) {
-  llhttp_settings_init(&settings_);
-  settings_.on_message_begin = &HttpCodec::onMessageBegin;
-  settings_.on_header_field = &HttpCodec::onHeaderField;
-  settings_.on_header_value = &HttpCodec::onHeaderValue;
-  settings_.on_header_value_complete = &HttpCodec::onHeaderValueComplete;
-  settings_.on_headers_complete = &HttpCodec::onHeadersComplete;
-  settings_.on_body = &HttpCodec::onBody;
-  settings_.on_message_complete = &HttpCodec::onMessageComplete;
-  if (type == HTTP_REQUEST) {
-    settings_.on_url = &HttpCodec::onUrl;
-  } else {
-    settings_.on_status = &HttpCodec::onStatus;
-  }
-  llhttp_init(&parser_, type, &settings_);
+  llhttp_init(&parser_, type, settingsFor(type));
   parser_.data = this;
 }
 

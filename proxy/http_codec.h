@@ -103,13 +103,17 @@ class HttpCodec {
   static int onBody(llhttp_t* p, const char* at, size_t len);
   static int onMessageComplete(llhttp_t* p);
 
+  // The callbacks of one message type, shared by every codec of that type
+  // (static storage: llhttp keeps a pointer to them), so that a connection
+  // does not carry a copy of its own.
+  static const llhttp_settings_t* settingsFor(llhttp_type_t type);
+
   std::string_view append(std::string_view cur, const char* at, size_t len);
   int onTrailerBytes(size_t len);
   bool foldIn(const char* p, size_t n);
   int fail(CodecError e, const char* reason);
 
   llhttp_t parser_;
-  llhttp_settings_t settings_;
   CodecLimits limits_;
   MessageHead* head_ = nullptr;
   RequestHead* req_ = nullptr;
