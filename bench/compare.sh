@@ -1189,7 +1189,7 @@ elif tls:
     for c in order:
         if c not in medians:
             why = contenders[c].get("reason", "no successful run")
-            print(f"{c:<14}  not measured: {why[:90]}")
+            print(f"{c:<11}  not measured: {why[:90]}")
             continue
         d = medians[c]
         print(f"{c if c != 'direct' else 'direct/http':<11}{fmt(d['rps']):>8}{fmt(d['p50_us']):>8}{fmt(d['p99_us']):>8}"
