@@ -20,9 +20,10 @@ try:
 except ImportError:
     sys.exit("chart.py: matplotlib is not installed (Debian: python3-matplotlib); no chart")
 
-ORDER = ["direct", "nginx", "haproxy", "portcullis", "portcullis-log", "portcullis-enc", "portcullis-on", "floor"]
+ORDER = ["direct", "nginx", "haproxy", "portcullis", "portcullis-log", "portcullis-enc", "portcullis-on", "floor", "floor-uring"]
 COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "portcullis": "#e65100",
-          "portcullis-log": "#ff9800", "portcullis-enc": "#6a1b9a", "portcullis-on": "#ad1457", "floor": "#795548"}
+          "portcullis-log": "#ff9800", "portcullis-enc": "#6a1b9a", "portcullis-on": "#ad1457", "floor": "#795548",
+          "floor-uring": "#a1887f"}
 
 
 def main():
@@ -96,7 +97,8 @@ def main():
                         textcoords="offset points", ha="center", va="bottom", fontsize=9,
                         fontweight="bold")
         ax.set_xticks(xs)
-        ax.set_xticklabels(labels)
+        # Six or more bars: slanted names, so that long ones do not run together.
+        ax.set_xticklabels(labels, rotation=30 if len(labels) > 5 else 0, ha="right" if len(labels) > 5 else "center")
         ax.set_title(title, fontsize=11)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
@@ -122,7 +124,7 @@ def main():
                     s["rounds"], s["upload_connections"] if enc else s["connections"],
                     ", pinned" if s["pin"] else ""))
     skipped = [c for c in (["portcullis", "portcullis-on"] if ab else ORDER)
-               if c not in med and (enc or c != "portcullis-enc") and (ab or c != "portcullis-on") and c != "floor"]
+               if c not in med and (enc or c != "portcullis-enc") and (ab or c != "portcullis-on") and not c.startswith("floor")]
     if skipped:
         info += " · not measured: " + ", ".join(skipped)
     fig.text(0.5, 0.015, info, ha="center", fontsize=8.5, color="#444")
@@ -149,7 +151,7 @@ def handshake_panel(ax, res, names, points):
                         textcoords="offset points", ha="center", va="bottom", fontsize=8.5,
                         fontweight="bold")
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names)
+    ax.set_xticklabels(names, rotation=30 if len(names) > 5 else 0, ha="right" if len(names) > 5 else "center")
     ax.set_title("Proxy CPU per new TLS connection (+1 GET)\n"
                  "(µs, lower is better; solid = full, dotted = resumed)", fontsize=11)
     ax.set_ylabel("µs / connection")

@@ -23,7 +23,10 @@
 # loop with llhttp finding message ends and nothing else, Portcullis's system
 # calls, no feature; the least any libuv + llhttp proxy can spend per request,
 # so that Portcullis's distance from it is measured in the same run; GET /tiny
-# only),
+# only; with liburing installed also "floor-uring", build/bin/floor_uring: the
+# same forwarding with every receive and send an io_uring request, a batch per
+# io_uring_enter, so that what the libuv/epoll system-call pattern itself costs
+# shows beside it),
 # UPLOAD_CONNS (connections for the upload run, default CONNS), MODE (plain; tls =
 # the proxies terminate TLS with one ECDSA P-256 certificate), HS_CONNS (MODE=tls:
 # connections for the new-connection-per-request runs, default CONNS). MODE=encrypt
@@ -228,10 +231,11 @@ TINY_BODY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef   # 6
 BODY_BUFFER=$(( UPLOAD_BYTES / 1024 + 64 ))k   # whole body in origin memory, no temp file
 head -c "$UPLOAD_BYTES" /dev/zero > "$TMP/body.bin"
 
-mapfile -t PORTS < <(free_ports 12)
+mapfile -t PORTS < <(free_ports 13)
 ORIGIN_PORT=${PORTS[0]}
 declare -A PORT=([direct]=$ORIGIN_PORT [nginx]=${PORTS[1]} [haproxy]=${PORTS[2]} [portcullis]=${PORTS[3]}
-                 [portcullis-enc]=${PORTS[5]} [portcullis-on]=${PORTS[7]} [floor]=${PORTS[9]} [portcullis-log]=${PORTS[10]})
+                 [portcullis-enc]=${PORTS[5]} [portcullis-on]=${PORTS[7]} [floor]=${PORTS[9]} [portcullis-log]=${PORTS[10]}
+                 [floor-uring]=${PORTS[12]})
 declare -A ADMIN_PORT=([portcullis]=${PORTS[4]} [portcullis-enc]=${PORTS[6]} [portcullis-on]=${PORTS[8]}
                        [portcullis-log]=${PORTS[11]})
 
@@ -403,6 +407,18 @@ if [ "$FLOOR" = 1 ] && [ "$MODE" = plain ]; then
   else
     printf 'floor\tskipped\t%s not built\n' "$FLOOR_BIN" >> "$STATUS"; note "$FLOOR_BIN not found; floor skipped"
   fi
+  FLOOR_URING_BIN=$BUILD_DIR/bin/floor_uring
+  if [ -x "$FLOOR_URING_BIN" ]; then
+    start floor-uring "$CPU_PROXY" "$FLOOR_URING_BIN" "${PORT[floor-uring]}" "$ORIGIN_PORT"
+    if wait_http floor-uring "http://127.0.0.1:${PORT[floor-uring]}/tiny" 10; then
+      printf 'floor-uring\tok\t%s\n' "io_uring + llhttp, no features (bench/floor_uring.c)" >> "$STATUS"
+    else
+      drop floor-uring "did not start: $(why "$TMP/floor-uring.out")"
+    fi
+  else
+    printf 'floor-uring\tskipped\t%s not built (needs liburing-dev)\n' "$FLOOR_URING_BIN" >> "$STATUS"
+    note "$FLOOR_URING_BIN not found (install liburing-dev and rebuild); floor-uring skipped"
+  fi
 fi
 
 # Sanity: every contender returns the exact 64-byte body and carries a whole
@@ -421,7 +437,7 @@ upload_lines() {  # upload_lines CONTENDER -> whole bodies of its kind in the or
 ALL_CONTENDERS=(direct nginx haproxy portcullis)
 [ "$MODE" = plain ] && ALL_CONTENDERS+=(portcullis-log)
 [ "$MODE" = encrypt ] && ALL_CONTENDERS+=(portcullis-enc)
-[ "$FLOOR" = 1 ] && [ "$MODE" = plain ] && ALL_CONTENDERS+=(floor)
+[ "$FLOOR" = 1 ] && [ "$MODE" = plain ] && ALL_CONTENDERS+=(floor floor-uring)
 [ "$AB" = 1 ] && ALL_CONTENDERS=(portcullis portcullis-on)
 # MODE=limits: every request (wrk's too) carries the bench token.
 AUTH_HDR=()
@@ -683,7 +699,7 @@ elif [ "$AB" = 1 ]; then
     metrics_to "$c" "$TMP/ab-$c-metrics-after.txt"
   done
 elif [ "$WARMUP" -gt 0 ]; then
-  for c in "${CONTENDERS[@]}"; do run_wrk "$c" 0 tiny; [ "$c" = floor ] || run_wrk "$c" 0 upload; done
+  for c in "${CONTENDERS[@]}"; do run_wrk "$c" 0 tiny; [[ $c = floor* ]] || run_wrk "$c" 0 upload; done
 fi
 if [ "$MODE" = plain ]; then
 for round in $(seq "$ROUNDS"); do
@@ -691,7 +707,7 @@ for round in $(seq "$ROUNDS"); do
     [ "$c" = direct ] || [ -n "${PID[$c]:-}" ] || continue   # dropped mid-way
     run_wrk "$c" "$round" tiny
     [ "$c" = direct ] || [ -n "${PID[$c]:-}" ] || continue
-    [ "$c" = floor ] && continue   # a yardstick for per-request cost only: no upload flow control worth measuring
+    [[ $c = floor* ]] && continue   # a yardstick for per-request cost only: no upload flow control worth measuring
     run_wrk "$c" "$round" upload
   done
 done
@@ -765,13 +781,13 @@ if enc:
 ab = mode in ("limits", "validate", "auth")  # Portcullis with one feature off vs on
 if ab:
     order = ["portcullis", "portcullis-on"]
-floor = False  # FLOOR=1: the featureless libuv + llhttp forwarder ran too
-for line in open(status_file):
-    floor = floor or line.split("\t", 1)[0] == "floor"
+# FLOOR=1: the featureless forwarders that ran too (libuv + llhttp; io_uring + llhttp)
+ran = {line.split("\t", 1)[0] for line in open(status_file)}
+floors = [f for f in ("floor", "floor-uring") if f in ran]
 if not (ab or enc or tls):
     order.append("portcullis-log")  # the same Portcullis with its access log on
-if floor and not (ab or enc or tls):
-    order.append("floor")
+if not (ab or enc or tls):
+    order += floors
 HS_TESTS = ("full", "resumed")  # MODE=tls: one new TLS connection per request
 
 contenders = {}
@@ -908,8 +924,11 @@ if tls:
 pairs = [("portcullis", "nginx"), ("portcullis", "haproxy"), ("haproxy", "nginx")]
 if "portcullis-log" in order:
     pairs += [("portcullis-log", "nginx"), ("portcullis-log", "haproxy"), ("portcullis-log", "portcullis")]
-if "floor" in order:
-    pairs += [("portcullis", "floor"), ("floor", "nginx"), ("floor", "haproxy")]
+for f in ("floor", "floor-uring"):
+    if f in order:
+        pairs += [("portcullis", f), (f, "nginx"), (f, "haproxy")]
+if "floor" in order and "floor-uring" in order:
+    pairs += [("floor-uring", "floor")]
 if ab:
     ratio_keys = ["rps", "proxy_cpu_us_per_req", "p99_us"]
     pairs = [("portcullis-on", "portcullis")]
@@ -1044,7 +1063,7 @@ elif enc:
 else:
     fraction_of_direct = {c: {"rps": ratio(c, "direct", "rps"), "upload_MBps": ratio(c, "direct", "upload_MBps")}
                           for c in ("nginx", "haproxy", "portcullis") + (("portcullis-log",) if "portcullis-log" in order else ())
-                          + (("floor",) if "floor" in order else ())}
+                          + tuple(f for f in ("floor", "floor-uring") if f in order)}
 
 for c in order:
     contenders.setdefault(c, {"status": "skipped", "reason": "not started"})
@@ -1279,6 +1298,8 @@ else:
           " CPU us/MiB = proxy CPU per MiB uploaded.")
     if "floor" in order:
         print("  floor = bench/floor_forwarder.c: libuv + llhttp framing only, no feature (a yardstick, not a proxy).")
+    if "floor-uring" in order:
+        print("  floor-uring = bench/floor_uring.c: the same forwarding on io_uring (batched submissions), not libuv/epoll.")
 
     print()
     print(f"{'Ratios':<26}{'req/s':>8}{'CPU/req':>9}{'p99':>8}{'upload MB/s':>13}")

@@ -11,7 +11,7 @@ PKGS=(
   curl openssl python3 python3-cryptography libtsan2 util-linux
 )
 # Extra tools used by `make bench` only; pass --bench to install them too.
-BENCH_PKGS=(wrk nginx-light haproxy python3-matplotlib linux-perf)
+BENCH_PKGS=(wrk nginx-light haproxy python3-matplotlib linux-perf liburing-dev)
 # clang and its libFuzzer/sanitizer runtimes, used by `make fuzz` only; pass --fuzz.
 FUZZ_PKGS=(clang libclang-rt-14-dev)
 # clang-tidy 14 (with run-clang-tidy-14) and cppcheck, used by `make lint` only; pass --lint.
