@@ -21,7 +21,8 @@
 # loopback), no [rate_limit], detection on (default), one token from
 # `portcullisctl token issue` with a role allowing GET /tiny, and the same nginx
 # origin returning 64 bytes. Reports req/s and proxy CPU per request for both and
-# the ratios (target: logs on costs <= 5 % throughput); checks that logs-on wrote
+# the ratios (target: logs on costs <= 5 % throughput) and each thread's CPU per
+# request (OUT/threads.tsv); checks that logs-on wrote
 # one access line and one auth.success record per request, and verifies the
 # audit chain (portcullisctl audit verify). Every process it starts and its temp
 # dir (logs included) are removed on exit.
@@ -180,8 +181,18 @@ for v in "${VARIANTS[@]}"; do
 done
 
 ticks() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; set -- $s; echo $(( ${12} + ${13} )); }
+# Per thread: "name ticks" for every thread of process $1 (utime + stime), so
+# that the table can say which thread a logged request's extra CPU lands on.
+thread_ticks() {
+  local t s c
+  for t in /proc/"$1"/task/*; do
+    s=$(cat "$t/stat" 2>/dev/null) && c=$(cat "$t/comm" 2>/dev/null) || continue
+    s=${s##*) }; set -- $s; echo "$c $(( ${12} + ${13} ))"
+  done
+}
 mkdir -p "$OUT/raw"
 : > "$OUT/runs.tsv"
+: > "$OUT/threads.tsv"
 echo "logging_cost: DURATION=${DURATION}s CONNS=$CONNS ROUNDS=$ROUNDS PIN=$PIN  ->  $OUT"
 run() {  # run VARIANT ROUND (ROUND 0 = warm-up)
   local v=$1 r=$2 d=$DURATION raw="$OUT/raw/r$2-logs-$1.txt" t0 t1 line
@@ -189,10 +200,18 @@ run() {  # run VARIANT ROUND (ROUND 0 = warm-up)
   local cmd=(wrk -t1 -c"$CONNS" -d"${d}s" --latency --timeout 10s -H "Authorization: Bearer $TOKEN"
              -s "$BENCH_DIR/report.lua" "http://127.0.0.1:${PORT[$v]}/tiny")
   [ "$PIN" = 1 ] && cmd=(taskset -c 1 "${cmd[@]}")
+  local tt0 tt1
+  tt0=$(thread_ticks "${PID[$v]}")
   t0=$(ticks "${PID[$v]}")
   "${cmd[@]}" > "$raw" 2>&1 & local w=$!; PIDS+=($w); wait "$w" || true
   t1=$(ticks "${PID[$v]}")
+  tt1=$(thread_ticks "${PID[$v]}")
   [ "$r" = 0 ] && return 0
+  # variant, round, thread name, ticks spent during the run (threads of one
+  # name summed; a thread that started or ended mid-run counts what it has).
+  awk -v v="$v" -v r="$r" 'NR == FNR { a[$1] += $2; next } { b[$1] += $2 }
+    END { for (k in b) { d = b[k] - a[k]; if (d > 0) printf "%s\t%s\t%s\t%d\n", v, r, k, d } }' \
+    <(echo "$tt0") <(echo "$tt1") >> "$OUT/threads.tsv"
   line=$(grep -m1 '^PCBENCH ' "$raw" | cut -d' ' -f2-) || die "wrk gave no result for logs-$v round $r; see $raw"
   printf '%s\t%s\t%s\t%s\n' "$v" "$r" "$(( t1 - t0 ))" "$line" >> "$OUT/runs.tsv"
   python3 -c '
@@ -234,6 +253,15 @@ for line in open(f"{out}/runs.tsv"):
                  "p50_us": w["p50_us"], "p99_us": w["p99_us"], "proxy_cpu_us_per_req": int(t) * 1e6 / hz / n,
                  "errors": sum(w[k] for k in w if k.startswith("err_"))})
 variants = sys.argv[13].split()
+# CPU per request by thread name, median over rounds (a round where a thread
+# spent nothing counts as 0).
+requests_of = {(x["variant"], x["round"]): x["requests"] for x in runs}
+per_thread = {}
+for line in open(f"{out}/threads.tsv"):
+    v, r, name, t = line.rstrip("\n").split("\t")
+    per_thread.setdefault(v, {}).setdefault(name, {})[int(r)] = int(t) * 1e6 / hz / requests_of[(v, int(r))]
+threads = {v: {name: statistics.median([by_round.get(x["round"], 0.0) for x in runs if x["variant"] == v])
+               for name, by_round in per_thread.get(v, {}).items()} for v in variants}
 med = {v: {k: statistics.median(x[k] for x in runs if x["variant"] == v) for k in ("rps", "p99_us", "proxy_cpu_us_per_req")}
        for v in variants}
 rounds = sorted({x["round"] for x in runs})
@@ -243,7 +271,7 @@ on_requests = sum(x["requests"] for x in runs if x["variant"] == "on")
 res = {
     "machine": {"nproc": int(sys.argv[8]), "cpu_model": sys.argv[9], "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     "settings": {"duration_s": int(sys.argv[10]), "connections": int(sys.argv[11]), "rounds": int(sys.argv[12])},
-    "runs": runs, "medians": med,
+    "runs": runs, "medians": med, "thread_cpu_us_per_req": threads,
     "ratio_on_off": {k: med["on"][k] / med["off"][k] for k in med["on"]},
     "ratio_to_off": {v: {k: med[v][k] / med["off"][k] for k in med[v]} for v in variants},
     "paired_rps_ratio_per_round": paired,
@@ -264,6 +292,9 @@ for v in variants:
     q = res["ratio_to_off"][v]
     print(f"logs-{v:<7}{med[v]['rps']:>10,.0f}{med[v]['p99_us']:>9,.0f}{med[v]['proxy_cpu_us_per_req']:>12.2f}"
           f"   vs off: req/s {q['rps']:.3f}, CPU/req {q['proxy_cpu_us_per_req']:.3f}  ({names[v]})")
+print("  CPU us/req by thread (medians): " + "; ".join(
+    f"logs-{v} " + ", ".join(f"{n} {u:.2f}" for n, u in sorted(threads[v].items(), key=lambda kv: -kv[1]) if u >= 0.005)
+    for v in variants))
 print(f"  per-round req/s ratio on/off: " + ", ".join(f"{x:.3f}" for x in paired))
 if paired:
     gm = math.exp(sum(math.log(x) for x in paired) / len(paired))
