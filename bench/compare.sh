@@ -786,7 +786,6 @@ ran = {line.split("\t", 1)[0] for line in open(status_file)}
 floors = [f for f in ("floor", "floor-uring") if f in ran]
 if not (ab or enc or tls):
     order.append("portcullis-log")  # the same Portcullis with its access log on
-if not (ab or enc or tls):
     order += floors
 HS_TESTS = ("full", "resumed")  # MODE=tls: one new TLS connection per request
 

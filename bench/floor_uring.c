@@ -77,9 +77,16 @@ static void armAccept(void) {
   io_uring_sqe_set_data64(sqe, kOpAccept);
 }
 
+static void closePair(pair_t* p);
+
+/* Queues a recv into s->buf. A full submission queue even after handing it
+ * over cannot be waited out here: the pair is closed instead of stalling. */
 static void armRecv(side_t* s) {
   struct io_uring_sqe* sqe = nextSqe();
-  if (sqe == NULL) return;
+  if (sqe == NULL) {
+    closePair(s->pair);
+    return;
+  }
   io_uring_prep_recv(sqe, s->fd, s->buf, kBufBytes, 0);
   io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)s | kOpRecv);
   s->pair->inflight++;
@@ -88,7 +95,10 @@ static void armRecv(side_t* s) {
 /* Writes s->buf[sent, held) to the peer. */
 static void armSend(side_t* s) {
   struct io_uring_sqe* sqe = nextSqe();
-  if (sqe == NULL) return;
+  if (sqe == NULL) {
+    closePair(s->pair);
+    return;
+  }
   io_uring_prep_send(sqe, s->peer->fd, s->buf + s->sent, s->held - s->sent, MSG_NOSIGNAL);
   io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)s | kOpSend);
   s->pair->inflight++;
@@ -135,6 +145,7 @@ static void onAccepted(int fd) {
   llhttp_init(&p->upstream.parser, HTTP_RESPONSE, &g_settings);
   armRecv(&p->client);
   armRecv(&p->upstream);
+  maybeFree(p); /* only if arming failed and nothing is in the ring */
 }
 
 static void onCompletion(uint64_t data, int res, unsigned flags) {
