@@ -377,7 +377,9 @@ namespace {
 // 2 ms, ~1.6 at 5 or 10 ms; 2 ms cost the writers ~0.25 us more CPU per
 // request than 5 ms (smaller writes, colder caches). Otherwise it wakes on
 // its own every kIdleWake, so an idle proxy costs 50 wakes a second. Lines
-// reach the file within kIdleWake; flush() and stop() wake it at once.
+// reach the file within kIdleWake at a light load, within ~LogFile's
+// max_hold_us + kIdleWake under load (log_file.h: large batches are held
+// back for a direct write); flush() and stop() wake it at once.
 constexpr auto kIdleWake = std::chrono::milliseconds(20);
 constexpr size_t kWakeEveryLines = 1024;
 
@@ -450,8 +452,7 @@ bool LogWriter::start(const std::string& path, std::string& error) {
   int fd = openLog(path, error);
   if (fd < 0) return false;
   path_ = path;
-  fd_ = fd;
-  drop_behind_.reset(fd_);
+  file_.adopt(fd, path);
   started_ = true;
   running_.store(true, std::memory_order_release);
 
@@ -545,6 +546,7 @@ void LogWriter::flush() {
   const size_t target = enqueue_pos_.load(std::memory_order_seq_cst);
   std::unique_lock<std::mutex> lock(flush_mu_);
   flush_waiters_.fetch_add(1, std::memory_order_seq_cst);
+  wakeWriter();  // it drains what the file holds back for a waiter
   while (processed_.load(std::memory_order_seq_cst) < target &&
          running_.load(std::memory_order_acquire)) {
     // The timeout only guards against a missed notify; progress is notified.
@@ -565,6 +567,7 @@ void LogWriter::stop() {
     // A producer that passed the accepting_ check just before stop() may have
     // published after the thread's last look; the thread is gone, so write here.
     while (collectBatch() > 0) writeBatch();
+    drainOrDrop();
     processed_.store(dequeue_pos_.load(std::memory_order_relaxed), std::memory_order_seq_cst);
   }
   running_.store(false, std::memory_order_release);
@@ -572,10 +575,7 @@ void LogWriter::stop() {
     std::lock_guard<std::mutex> flush_lock(flush_mu_);
     flush_cv_.notify_all();
   }
-  if (fd_ >= 0) {
-    ::close(fd_);
-    fd_ = -1;
-  }
+  file_.close();
 }
 
 size_t LogWriter::depth() const {
@@ -610,8 +610,9 @@ size_t LogWriter::collectBatch() {
 
 void LogWriter::writeBatch() {
   // Deferred items are formatted first, back to back in formatted_ (which
-  // does not move afterwards), then every entry goes out in one writev: one
+  // does not move afterwards), then every entry goes out in one appendv: one
   // iovec per entry, carrying that entry's line count.
+  const int64_t now_us = monotonicUs();
   size_t ends[kMaxBatch];
   formatted_.clear();
   for (size_t i = 0; i < batch_len_; ++i) {
@@ -658,7 +659,7 @@ void LogWriter::writeBatch() {
   }
   size_t first = 0;
   while (first < n) {
-    ssize_t w = ::writev(fd_, iov + first, static_cast<int>(n - first));
+    ssize_t w = file_.appendv(iov + first, static_cast<int>(n - first), now_us);
     if (w < 0) {
       if (errno == EINTR) continue;
       if (!write_failing_) {
@@ -668,7 +669,6 @@ void LogWriter::writeBatch() {
       }
       break;
     }
-    drop_behind_.appended(static_cast<size_t>(w));
     size_t left = static_cast<size_t>(w);
     while (first < n && left >= iov[first].iov_len) left -= iov[first++].iov_len;
     if (first < n) {
@@ -679,7 +679,7 @@ void LogWriter::writeBatch() {
   if (first == n) write_failing_ = false;
   // Every few MiB: on disk, then out of the page cache (drop_behind.h). The
   // sync waits for the disk here, on the writer thread, never on a loop.
-  if (drop_behind_.due() && ::fdatasync(fd_) == 0) drop_behind_.synced();
+  if (file_.syncDue()) (void)file_.sync();
   // A line counts as written only when all of its entry's bytes are.
   size_t written = empty_lines, dropped = 0;
   for (size_t k = 0; k < n; ++k) (k < first ? written : dropped) += iov_lines[k];
@@ -699,14 +699,24 @@ void LogWriter::doReopen() {
                  error.c_str());
     return;
   }
-  ::close(fd_);
-  fd_ = fd;
-  drop_behind_.reset(fd_);
+  drainOrDrop();  // what the old file was still owed goes to it
+  file_.adopt(fd, path_);
   write_failing_ = false;
 }
 
+void LogWriter::drainOrDrop() {
+  if (file_.held() == 0 || file_.drain()) return;
+  std::fprintf(stderr, "portcullis: writing %s failed: %s; dropping lines\n", path_.c_str(),
+               errnoMessage(errno).c_str());
+  dropped_.fetch_add(file_.discardHeld(), std::memory_order_relaxed);
+}
+
 void LogWriter::publishProgress() {
-  processed_.store(dequeue_pos_.load(std::memory_order_relaxed), std::memory_order_seq_cst);
+  // Lines the file still holds back (log_file.h) are not written yet: a
+  // flush() waits for them (the writer drains for it).
+  if (file_.held() == 0) {
+    processed_.store(dequeue_pos_.load(std::memory_order_relaxed), std::memory_order_seq_cst);
+  }
   if (flush_waiters_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lock(flush_mu_);
     flush_cv_.notify_all();
@@ -721,6 +731,14 @@ void LogWriter::run() {
       writeBatch();
       publishProgress();
       continue;
+    }
+    if (file_.held() > 0) {
+      if (stopping || flush_waiters_.load(std::memory_order_seq_cst) > 0) {
+        drainOrDrop();
+      } else {
+        (void)file_.drainIfStale(monotonicUs());
+      }
+      publishProgress();
     }
     if (stopping) break;
     // Announce the sleep, then look once more: a producer that published after

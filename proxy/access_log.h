@@ -18,7 +18,7 @@
 #include <string_view>
 #include <thread>
 
-#include "proxy/drop_behind.h"
+#include "proxy/log_file.h"
 #include "proxy/json_escape.h"
 #include "proxy/short_copy.h"
 #include "proxy/writer_kick.h"
@@ -253,6 +253,8 @@ class LogWriter {
   size_t collectBatch();
   void writeBatch();
   void doReopen();
+  // Writes what file_ holds back; on failure counts its lines dropped.
+  void drainOrDrop();
   void wakeWriter();
   void publishProgress();
 
@@ -287,8 +289,7 @@ class LogWriter {
 
   // Writer thread state.
   std::string path_;
-  int fd_ = -1;
-  DropBehind drop_behind_;      // writer thread only
+  LogFile file_;                // writer thread only (stop() after the join)
   bool write_failing_ = false;  // to report a failure streak once, not per batch
   std::unique_ptr<Item[]> batch_;
   size_t batch_len_ = 0;

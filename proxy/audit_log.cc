@@ -142,11 +142,7 @@ int64_t nowUs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
 
-int64_t monoUs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
-}
+int64_t monoUs() { return monotonicUs(); }
 
 void futexWait(std::atomic<uint32_t>* word, uint32_t expected, long timeout_ns) {
   struct timespec ts = {timeout_ns / 1000000000L, timeout_ns % 1000000000L};
@@ -384,8 +380,7 @@ bool AuditLog::start(const std::string& path, const std::shared_ptr<const KeyPro
     out_records_ = 0;
     return false;
   }
-  fd_ = fd;
-  drop_behind_.reset(fd_);
+  file_.adopt(fd, path);
   emit("audit.start", "\"pid\":" + std::to_string(::getpid()), false);
   next_seq_pub_.store(next_seq_, std::memory_order_relaxed);
   started_ = true;
@@ -554,10 +549,7 @@ void AuditLog::stop() {
     }
   }
   running_.store(false, std::memory_order_release);
-  if (fd_ >= 0) {
-    ::close(fd_);
-    fd_ = -1;
-  }
+  file_.close();
 }
 
 uint64_t AuditLog::depth() const {
@@ -715,10 +707,9 @@ void AuditLog::writeOut(bool stopping) {
   }
   const int64_t first_failure = monoUs();
   while (out_written_bytes_ < out_.size()) {
-    const ssize_t w = ::write(fd_, out_.data() + out_written_bytes_, out_.size() - out_written_bytes_);
+    const ssize_t w = file_.append(out_.data() + out_written_bytes_, out_.size() - out_written_bytes_, monoUs());
     if (w > 0) {
       out_written_bytes_ += static_cast<size_t>(w);
-      drop_behind_.appended(static_cast<size_t>(w));
       continue;
     }
     if (w < 0 && errno == EINTR) continue;
@@ -756,9 +747,25 @@ void AuditLog::writeOut(bool stopping) {
 }
 
 void AuditLog::syncNow() {
-  if (dirty_ && fd_ >= 0 && ::fdatasync(fd_) == 0) drop_behind_.synced();
-  dirty_ = false;
+  // A failed sync (held bytes not written, or fdatasync failed) is retried
+  // at the next one; the data path does not wait for it.
+  if (dirty_ && file_.isOpen()) dirty_ = !file_.sync();
   last_sync_us_ = monoUs();
+}
+
+void AuditLog::giveUpHeld() {
+  const int64_t first_failure = monoUs();
+  while (file_.held() > 0 && !file_.drain()) {
+    if (monoUs() - first_failure > 5000000) {
+      const size_t lost = file_.discardHeld();
+      std::fprintf(stderr, "portcullis: audit log %s: giving up on %zu records: %s\n", path_.c_str(), lost,
+                   errnoMessage(errno).c_str());
+      lost_.fetch_add(lost, std::memory_order_relaxed);
+      return;
+    }
+    struct timespec ts = {0, 100 * 1000 * 1000};
+    nanosleep(&ts, nullptr);
+  }
 }
 
 void AuditLog::doReopen() {
@@ -768,9 +775,8 @@ void AuditLog::doReopen() {
     std::fprintf(stderr, "portcullis: reopening audit log failed, keeping the old file: %s\n", error.c_str());
     return;
   }
-  ::close(fd_);
-  fd_ = fd;
-  drop_behind_.reset(fd_);
+  giveUpHeld();  // syncNow() ran before: only a write failure leaves bytes held
+  file_.adopt(fd, path_);
   write_failing_ = false;
 }
 
@@ -786,6 +792,7 @@ void AuditLog::run() {
     const bool stopping = stopping_.load(std::memory_order_acquire);
     const bool got = drainOnce();
     writeOut(stopping);
+    (void)file_.drainIfStale(monoUs());
     next_seq_pub_.store(next_seq_, std::memory_order_relaxed);
     if (dirty_) {
       // Under steady load every wake finds events: one sync a second. Once a
@@ -815,6 +822,7 @@ void AuditLog::run() {
   while (drainOnce()) writeOut(true);
   writeOut(true);
   syncNow();
+  giveUpHeld();
   next_seq_pub_.store(next_seq_, std::memory_order_relaxed);
 }
 

@@ -47,7 +47,7 @@
 #include <string_view>
 #include <thread>
 
-#include "proxy/drop_behind.h"
+#include "proxy/log_file.h"
 #include "proxy/keyring.h"
 #include "proxy/writer_kick.h"
 
@@ -124,8 +124,10 @@ void formatPackedFields(std::string_view packed, std::string& out);
 //
 // Writer thread: assigns seq, ts (its clock at write time), key_id, prev and
 // mac; wakes when an event loop kicks it (Stage::publishAndKick, at most every
-// 5 ms, see writer_kick.h) or every 20 ms on its own, and writes each batch
-// with write(2); fdatasync()s at least
+// 5 ms, see writer_kick.h) or every 20 ms on its own, and appends each batch
+// to a LogFile (log_file.h: write(2) at a light load; under load large
+// batches are held back, up to ~50 ms, for one O_DIRECT write per 512 KiB,
+// and anything held is written before every sync); fdatasync()s at least
 // once a second while records are being written, within ~120 ms of going
 // idle with unsynced records (idle: a wake that finds no new event 10 ms or
 // more after the last; at most one idle sync per 100 ms, so a steady trickle
@@ -277,6 +279,9 @@ class AuditLog {
   void emitEvent(const Event& ev);
   void writeOut(bool stopping);
   void syncNow();
+  // Writes what file_ still holds back after a failed write, retrying for
+  // 5 s, then counts its records lost().
+  void giveUpHeld();
   void doReopen();
   void wakeWriter();
   void refreshKey();
@@ -319,8 +324,7 @@ class AuditLog {
 
   // Writer thread state.
   std::string path_;
-  int fd_ = -1;
-  DropBehind drop_behind_;  // writer thread only: each sync drops what it made durable
+  LogFile file_;  // writer thread only: each sync drains, syncs and drops what it made durable
   std::unique_ptr<AuditMac> mac_;
   std::function<void(std::string_view)> tee_;
   uint64_t next_seq_ = 1;

@@ -365,6 +365,22 @@ TEST(LogWriter, ReopenAfterRenameWritesToANewFile) {
   EXPECT_EQ(readLines(path), (std::vector<std::string>{"after"}));
 }
 
+// Under load the file holds large batches back for a direct write
+// (log_file.h); flush() still returns only once they are in the file.
+TEST(LogWriter, FlushWritesWhatTheFileHoldsBack) {
+  TempDir dir;
+  const std::string path = dir.path + "/access.log";
+  LogWriter w;
+  std::string error;
+  ASSERT_TRUE(w.start(path, error)) << error;
+  constexpr int kLines = 3000;  // ~300 KB: under one direct write, so held
+  for (int i = 0; i < kLines; ++i) ASSERT_TRUE(w.submit(std::to_string(i) + std::string(96, '.') + "\n"));
+  w.flush();
+  std::vector<std::string> lines = readLines(path);
+  ASSERT_EQ(lines.size(), size_t{kLines});
+  for (int i = 0; i < kLines; ++i) ASSERT_EQ(lines[i], std::to_string(i) + std::string(96, '.'));
+}
+
 TEST(LogWriter, StopDrainsEverything) {
   TempDir dir;
   const std::string path = dir.path + "/access.log";

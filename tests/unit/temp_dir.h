@@ -4,6 +4,8 @@
 
 #include <stdlib.h>
 
+#include <fstream>
+#include <sstream>
 #include <string>
 
 namespace portcullis::testing_support {
@@ -18,5 +20,13 @@ struct TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
 };
+
+// The whole content of `path` ("" if it cannot be read).
+inline std::string readWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 }  // namespace portcullis::testing_support
