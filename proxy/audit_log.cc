@@ -405,7 +405,29 @@ void AuditLog::pushOverflow(Node* node) {
 namespace {
 // The calling thread's stage, if it has one (see AuditLog::Stage).
 thread_local AuditLog::Stage* t_audit_stage = nullptr;
+
+// Calls f(key, value) for each member of a request event, in record order.
+template <typename F>
+void forEachRequestMember(const AuditLog::RequestMembers& m, F&& f) {
+  f(std::string_view("request_id"), m.request_id);
+  f(std::string_view("ip"), m.ip);
+  f(std::string_view("method"), m.method);
+  f(std::string_view("path"), m.path);
+  if (!m.token_id.empty()) f(std::string_view("token_id"), m.token_id);
+  if (!m.account.empty()) f(std::string_view("account"), m.account);
+  if (!m.reason.empty()) f(std::string_view("reason"), m.reason);
+}
 }  // namespace
+
+void AuditLog::recordRequest(std::string_view event, const RequestMembers& m) {
+  if (Stage* st = t_audit_stage; st != nullptr && st->log_ == this) {
+    st->addRequest(event, m);
+    return;
+  }
+  PackedFields f;
+  forEachRequestMember(m, [&f](std::string_view k, std::string_view v) { f.str(k, v); });
+  record(event, f);
+}
 
 void AuditLog::record(std::string_view event, std::string&& fields) {
   if (Stage* st = t_audit_stage; st != nullptr && st->log_ == this) {
@@ -444,6 +466,28 @@ void AuditLog::Stage::add(std::string_view event, std::string_view fields, bool 
     w.moveTo(writeLengthPrefixed(event, w.at()));
     w.put(packed ? '\1' : '\0');
     w.moveTo(writeLengthPrefixed(fields, w.at()));
+  }
+  if (++count_ >= kStageMaxEvents || buf_.size() >= kStageMaxBytes) publish();
+}
+
+// The layout add() writes for a packed event, with PackedFields::str()'s
+// packing (key and value, each length-prefixed) built in place.
+void AuditLog::Stage::addRequest(std::string_view event, const RequestMembers& m) {
+  if (buf_.capacity() == 0) buf_.reserve(4096);
+  size_t packed = 0;
+  forEachRequestMember(m, [&packed](std::string_view k, std::string_view v) { packed += 8 + k.size() + v.size(); });
+  {
+    WriteCursor w(buf_, 9 + event.size() + packed);
+    char* p = writeLengthPrefixed(event, w.at());
+    *p++ = '\1';
+    const auto len = static_cast<uint32_t>(packed);
+    std::memcpy(p, &len, 4);
+    p += 4;
+    forEachRequestMember(m, [&p](std::string_view k, std::string_view v) {
+      p = writeLengthPrefixed(k, p);
+      p = writeLengthPrefixed(v, p);
+    });
+    w.moveTo(p);
   }
   if (++count_ >= kStageMaxEvents || buf_.size() >= kStageMaxBytes) publish();
 }

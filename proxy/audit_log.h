@@ -177,6 +177,16 @@ class AuditLog {
   // guarantees as record().
   void record(std::string_view event, const PackedFields& fields);
 
+  // The members of a request's audit event, written in this order;
+  // token_id, account and reason are left out when empty.
+  struct RequestMembers {
+    std::string_view request_id, ip, method, path, token_id, account, reason;
+  };
+  // The same as record(event, PackedFields) with a str() per member, but on
+  // a thread with a Stage the members are packed straight into the stage
+  // (one copy, no intermediate PackedFields).
+  void recordRequest(std::string_view event, const RequestMembers& m);
+
   // Staging, for event loops. Between stage.attach(log) and stage.detach() on
   // a thread, every record() made on that thread into `log` is appended to the
   // stage instead (no queue slot, atomic or allocation per event) and reaches
@@ -208,6 +218,7 @@ class AuditLog {
    private:
     friend class AuditLog;
     void add(std::string_view event, std::string_view fields, bool packed);
+    void addRequest(std::string_view event, const RequestMembers& m);
     AuditLog* log_ = nullptr;
     std::string buf_;  // per event: name, a packed flag byte, fields (see add())
     uint32_t count_ = 0;

@@ -22,16 +22,12 @@ uint64_t monotonicNowNs() {
 
 namespace {
 
-// The members are copied here and formatted as JSON by the audit writer.
+// The members are copied into the loop's audit stage and formatted as JSON
+// by the audit writer.
 void auditRequest(AuditLog* audit, std::string_view event, const RequestContext& ctx, std::string_view method,
                   std::string_view path, std::string_view reason) {
   if (audit == nullptr) return;
-  PackedFields f;
-  f.str("request_id", ctx.request_id).str("ip", ctx.remote_ip).str("method", method).str("path", path);
-  if (!ctx.token_id.empty()) f.str("token_id", ctx.token_id);
-  if (!ctx.account.empty()) f.str("account", ctx.account);
-  if (!reason.empty()) f.str("reason", reason);
-  audit->record(event, f);
+  audit->recordRequest(event, {ctx.request_id, ctx.remote_ip, method, path, ctx.token_id, ctx.account, reason});
 }
 
 }  // namespace

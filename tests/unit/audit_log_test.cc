@@ -597,6 +597,65 @@ TEST_F(AuditLogTest, StagedEventsArePublishedTogetherInOrder) {
   EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
 }
 
+// recordRequest() writes what record(event, PackedFields) with a str() per
+// member writes: staged (packed straight into the stage) and not, with
+// every optional member present or absent and hostile values.
+TEST_F(AuditLogTest, RequestMembersAreTheSameRecordAsPackedFields) {
+  std::string hostile = "a\"b\\c\n\r\x01";
+  hostile += std::string(1, '\0');
+  hostile += "\xff\xc3\xa9 </script>";
+  const std::vector<AuditLog::RequestMembers> cases = {
+      {"rid1", "127.0.0.1", "GET", "/tiny", "tok1", "acct", ""},
+      {"rid2", "::1", "POST", "/up", "", "", "bad_secret"},
+      {"", "", "", "", "", "", ""},
+      {hostile, hostile, hostile, hostile, hostile, hostile, hostile},
+      {"rid5", "10.0.0.1", "DELETE", std::string_view(hostile.data(), 3), "t", "", "r"},
+  };
+  AuditLog log;
+  std::string error;
+  ASSERT_TRUE(log.start(log_path, ring, error)) << error;
+  auto viaPacked = [&log](const AuditLog::RequestMembers& m) {
+    PackedFields f;
+    f.str("request_id", m.request_id).str("ip", m.ip).str("method", m.method).str("path", m.path);
+    if (!m.token_id.empty()) f.str("token_id", m.token_id);
+    if (!m.account.empty()) f.str("account", m.account);
+    if (!m.reason.empty()) f.str("reason", m.reason);
+    log.record("ev", f);
+  };
+  for (const auto& m : cases) {
+    viaPacked(m);
+    log.recordRequest("ev", m);  // no stage on this thread
+  }
+  std::thread loop([&] {
+    AuditLog::Stage stage;
+    stage.attach(&log);
+    for (const auto& m : cases) {
+      viaPacked(m);
+      log.recordRequest("ev", m);
+    }
+    stage.detach();
+  });
+  loop.join();
+  log.stop();
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 1 + 4 * cases.size());
+  // Equal but for seq, ts, prev and mac.
+  auto members = [](const std::string& line) {
+    const size_t from = line.find("\"event\":");
+    const size_t to = line.find(",\"key_id\":");
+    return line.substr(from, to - from);
+  };
+  for (size_t i = 1; i < v.size(); i += 2) {
+    EXPECT_EQ(members(v[i]), members(v[i + 1])) << i;
+  }
+  EXPECT_NE(v[1].find("\"request_id\":\"rid1\",\"ip\":\"127.0.0.1\",\"method\":\"GET\",\"path\":\"/tiny\","
+                      "\"token_id\":\"tok1\",\"account\":\"acct\",\"key_id\""),
+            std::string::npos)
+      << v[1];
+  const VerifyResult r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+}
+
 // Stages on several threads at once, published at arbitrary points, mixed
 // with unstaged producers: every event exactly once, each thread's in order,
 // and after stop() a published stage counts as lost, never silently gone.
