@@ -99,7 +99,9 @@ class LogFile {
   bool drain();
   // drain() if held bytes are older than max_hold_us at now_us.
   bool drainIfStale(int64_t now_us);
-  // drain(), then fdatasync(2) and drop-behind. False if either failed.
+  // drain() (a held run of direct_bytes / 4 or more first goes out direct,
+  // as far as it fills whole blocks), then fdatasync(2) and drop-behind.
+  // False if either failed.
   bool sync();
   // Whether DropBehind::kSyncEvery bytes were appended since the last sync.
   bool syncDue() const { return drop_behind_.due(); }

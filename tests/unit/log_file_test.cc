@@ -135,6 +135,26 @@ TEST_F(LogFileTest, HeldBytesReachTheFileWhenStaleOrDrained) {
   EXPECT_EQ(slurp(path), a + b + c);
 }
 
+// sync() writes a large held run direct (whole blocks), a small one, and
+// the rest under a block, through the page cache; the file is complete.
+TEST_F(LogFileTest, SyncWritesALargeHeldRunDirect) {
+  LogFile f(smallTuning());  // direct_bytes 64 KiB: sync goes direct from 16 KiB held
+  f.adopt(openAppend(path), path);
+  const std::string small = makeLines(10 * 1024, 11);
+  ASSERT_EQ(f.append(small.data(), small.size(), 0), static_cast<ssize_t>(small.size()));
+  if (!f.directEnabled()) GTEST_SKIP() << dir.path << ": no O_DIRECT on this file system";
+  ASSERT_EQ(f.held(), small.size());
+  ASSERT_TRUE(f.sync());
+  EXPECT_EQ(f.directWrites(), 0u);
+  const std::string large = makeLines(40 * 1024, 12);
+  ASSERT_EQ(f.append(large.data(), large.size(), 0), static_cast<ssize_t>(large.size()));
+  ASSERT_EQ(f.held(), large.size());
+  ASSERT_TRUE(f.sync());
+  EXPECT_EQ(f.directWrites(), 1u);
+  EXPECT_EQ(f.held(), 0u);
+  EXPECT_EQ(slurp(path), small + large);
+}
+
 // logrotate's copytruncate while direct writes run: what is appended after
 // the truncation starts the file again, and direct writes continue.
 TEST_F(LogFileTest, TruncatedFileContinuesFromItsNewEnd) {
