@@ -167,7 +167,7 @@ void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     }
     c->processClient();
     // close_notify may come in the same flight as the last request.
-    if (c->tls_peer_closed_ && !c->closing_) c->clientEof(UV_EOF);
+    if (c->tls_peer_closed_ && !c->closing_ && (c->ws_ == WsState::kTunnel || !c->client_eof_)) c->clientEof(UV_EOF);
     return;
   }
   if (nread == 0) return;
@@ -179,22 +179,37 @@ void Connection::clientEof(ssize_t nread) {
     endTunnel(nread == UV_EOF);
     return;
   }
-  Connection* c = this;
   // EOF or error from the client.
-  if (c->rbuf_.held() && c->rbuf_.unparsed() == 0 && c->req_state_ == ReqState::kReadingHead && !c->codec_.inMessage()) {
-    c->worker_->buffers().release(c->rbuf_);
+  if (rbuf_.held() && rbuf_.unparsed() == 0 && req_state_ == ReqState::kReadingHead && !codec_.inMessage()) {
+    worker_->buffers().release(rbuf_);
   }
-  if (nread == UV_EOF && (c->req_state_ == ReqState::kDone) && c->resp_state_ != RespState::kDone) {
-    // Half-close after a complete request: answer, then close.
-    c->client_eof_ = true;
-    c->close_after_ = true;
-    c->updateClientReading();
+  if (nread == UV_EOF && req_state_ != ReqState::kReadingHead && resp_state_ != RespState::kDone) {
+    // Half-close after a complete head (whatever the request is waiting
+    // for: its filters, an upstream connection, a write): answer, then
+    // close. Everything it sent is read already (or waits in the TLS
+    // engine); no more will come.
+    client_eof_ = true;
+    close_after_ = true;
+    updateClientReading();
+    if (req_state_ == ReqState::kStreamingBody) {
+      if (bodyCutShort()) {
+        close();  // the upstream sees an unterminated request
+        return;
+      }
+      // Bytes that waited for the next read (awaitMoreBody) go on now.
+      if (up_ != nullptr && !up_->write_pending && !paused_in_body_) pumpRequestBody();
+    }
     return;
   }
-  if (c->req_state_ == ReqState::kReadingHead && c->codec_.inMessage()) {
-    c->worker_->metrics().parse_errors.inc();
+  if (req_state_ == ReqState::kReadingHead && codec_.inMessage()) {
+    worker_->metrics().parse_errors.inc();
   }
-  c->close();
+  close();
+}
+
+bool Connection::bodyCutShort() const {
+  return client_eof_ && req_state_ == ReqState::kStreamingBody && !xform_finishing_ && !paused_in_body_ &&
+         (up_ == nullptr || !up_->write_pending) && rbuf_.unparsed() == 0 && !(tls_ && tls_->hasBufferedInput());
 }
 
 // Decrypts whatever the TLS engine holds into rbuf_ (as much as fits), and
@@ -780,6 +795,7 @@ again:
   }
   if (xf != nullptr && !request_done && !body_slices_.empty()) alignTransformWrite();
   flushToUpstream();
+  noticeTlsClose();  // a tlsPull() above may have found it
 }
 
 // See hold_ (connection.h). Trims the end of up_bufs_ so that the write is
@@ -883,6 +899,10 @@ bool Connection::transformBody(BodyTransform* xf, bool& request_done) {
 
 void Connection::flushToUpstream() {
   if (up_bufs_.empty()) {
+    if (bodyCutShort()) {
+      close();  // the client ended its input inside the body
+      return;
+    }
     updateClientReading();
     return;
   }
@@ -930,8 +950,14 @@ void Connection::onUpstreamWritten(int status) {
     if (resp_state_ == RespState::kHead) up_->timer_deadline.clear();
     armBodyTimer();
     if (tls_ && tls_->hasBufferedInput() && !tlsPull()) return;
+    noticeTlsClose();
+    if (closing_) return;
     if (xform_finishing_ || (rbuf_.unparsed() > 0 && !awaitMoreBody())) {
       pumpRequestBody();
+      return;
+    }
+    if (bodyCutShort()) {
+      close();  // the client ended its input inside the body
       return;
     }
   }
@@ -944,9 +970,10 @@ void Connection::onUpstreamWritten(int status) {
 // upstream wakes up for) per rbuf_ of body. So while a Content-Length body
 // goes on beyond what is buffered, the engine holds nothing more and the
 // buffered bytes are less than a record, they wait for the next socket read
-// to join them (reading is on: the write is done and rbuf_ has room).
+// to join them (reading is on: the write is done and rbuf_ has room) -
+// unless the client ended its input, when no read will bring more.
 bool Connection::awaitMoreBody() const {
-  return tls_ != nullptr && !req_.chunked && rbuf_.unparsed() < SSL3_RT_MAX_PLAIN_LENGTH &&
+  return tls_ != nullptr && !client_eof_ && !req_.chunked && rbuf_.unparsed() < SSL3_RT_MAX_PLAIN_LENGTH &&
          req_.content_length - req_body_bytes_ > rbuf_.unparsed() && !tls_->hasBufferedInput();
 }
 
@@ -1311,6 +1338,7 @@ void Connection::startNextRequest() {
   } else {
     updateClientReading();
   }
+  noticeTlsClose();  // after the requests that came before it
 }
 
 // ---------------------------------------------------------------------------

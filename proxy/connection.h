@@ -82,7 +82,19 @@ class Connection : public BodySink {
   static void onTlsWritten(uv_write_t* req, int status);
   bool tlsPull();
   void flushTls();
+  // The client's end of input (UV_EOF: FIN or TLS close_notify) or a read
+  // error. An orderly end after a complete request head is a half-close
+  // (RFC 9112 section 9.6): the request is still forwarded and answered,
+  // then the connection closes; should its body turn out to be incomplete,
+  // bodyCutShort() ends the exchange as an abort. Anything else closes.
   void clientEof(ssize_t nread);
+  // A close_notify found by a tlsPull() outside onRead() is the same end.
+  void noticeTlsClose() {
+    if (tls_peer_closed_ && !client_eof_ && !closing_) clientEof(UV_EOF);
+  }
+  // The client ended its input, the request body is not complete and
+  // nothing buffered, pending or paused can complete it.
+  bool bodyCutShort() const;
   static void onTimer(uv_timer_t* t);
   static void onClosed(uv_handle_t* h);
   static void resumeThunk(void* self);

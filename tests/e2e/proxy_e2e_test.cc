@@ -915,6 +915,52 @@ TEST_F(ProxyE2E, IncompleteHeadGets408) {
 }
 
 // ---------------------------------------------------------------------------
+// 13a. A client that half-closes (FIN) right after a complete request still
+// gets its answer (RFC 9112 section 9.6 lets a client end its sending side
+// once the request is sent), whatever the proxy was doing when the FIN came:
+// opening the upstream connection (a fresh proxy has no pooled one), or
+// forwarding a body it had already read. A FIN in the middle of a body is an
+// abort: the backend never gets a complete request.
+
+TEST_F(ProxyE2E, HalfCloseAfterACompleteRequestIsAnswered) {
+  for (int i = 0; i < 5; ++i) {
+    Proxy proxy(options());  // fresh each time: the upstream connection is opened for this request
+    const uint64_t before = backend_.requests();
+    Client c(proxy.httpPort());
+    std::string body = uploadBlock().substr(0, 1000);
+    ASSERT_TRUE(c.send(i % 2 == 0 ? getRequest("/half-close")
+                                  : "POST /half-close HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: 1000\r\n\r\n" +
+                                        body));
+    c.shutdownWrite();
+    HttpResponse r;
+    ASSERT_EQ(c.readResponse(r), ReadResult::kOk) << "round " << i;
+    EXPECT_EQ(r.status, 200) << r.body;
+    if (i % 2 == 1) {
+      Echo e = echoOf(r);
+      EXPECT_EQ(e.body_bytes, 1000u);
+      EXPECT_EQ(e.body_sha256, sha256Hex(body));
+    }
+    // Connection: close only if the FIN came before the response head.
+    EXPECT_TRUE(c.waitClosed(Millis(5000))) << "the proxy closes once it answered";
+    EXPECT_EQ(backend_.requests(), before + 1);
+  }
+}
+
+TEST_F(ProxyE2E, HalfCloseInsideABodyIsAnAbort) {
+  Proxy proxy(options());
+  const uint64_t before = backend_.requests();
+  Client c(proxy.httpPort());
+  ASSERT_TRUE(c.send("POST /half-close HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: 100000\r\n\r\n" +
+                     uploadBlock().substr(0, 50000)));
+  c.shutdownWrite();
+  size_t extra = 0;
+  EXPECT_TRUE(c.waitClosed(Millis(5000), &extra));
+  EXPECT_EQ(extra, 0u) << "no response for an aborted request";
+  std::this_thread::sleep_for(Millis(200));
+  EXPECT_EQ(backend_.requests(), before) << "the backend never completes the cut request";
+}
+
+// ---------------------------------------------------------------------------
 // 13b. Lingering close (RFC 9112 section 9.6): a connection the proxy ends
 // while the client may still be sending is half-closed (FIN) and drained, so
 // the client reads its response and then a clean end of stream. Closing

@@ -129,6 +129,9 @@ class TlsClient {
     return ticket_;
   }
 
+  // Sends close_notify: the client's end of input, its TCP side stays open.
+  void shutdownTls() { SSL_shutdown(ssl_); }
+
   bool send(std::string_view data) {
     while (!data.empty()) {
       int n = SSL_write(ssl_, data.data(), static_cast<int>(data.size() > 65536 ? 65536 : data.size()));
@@ -496,6 +499,46 @@ TEST_F(TlsE2E, EncryptedUploadsOverTlsDecryptToWhatWasSent) {
       const std::string want = body(0, static_cast<size_t>(size));
       EXPECT_TRUE(std::memcmp(plain.data(), want.data(), want.size()) == 0) << name << ": plaintext differs";
     }
+  }
+}
+
+// close_notify right behind a complete request (in the same flight) is the
+// client's half-close: the request is still answered, whatever the proxy
+// was doing when it found the alert - opening the upstream connection (a
+// fresh proxy has none pooled) or sealing an upload in several rounds - and
+// the connection then ends with the proxy's close_notify.
+TEST_F(TlsE2E, CloseNotifyAfterACompleteRequestIsAnswered) {
+  const std::string ring = dir_.file("half-close-keyring.toml");
+  {
+    KeyringData d;
+    d.active = "test";
+    MasterKey k{};
+    k[0] = 1;
+    d.keys = {{"test", k}};
+    std::string e;
+    ASSERT_TRUE(writeKeyring(ring, d, e)) << e;
+  }
+  ProxyOptions o = options();
+  o.routes[0].extra_toml = "encrypt_body = true\n";
+  // Small segments: an upload takes several rounds of sealing and writing.
+  o.extra_toml = "[encryption]\nkeyring = \"" + ring + "\"\nsegment_bytes = 1000\n";
+  for (int i = 0; i < 4; ++i) {
+    Proxy proxy(o);  // fresh: no pooled upstream connection
+    const uint64_t before = backend_.requests();
+    const size_t size = i % 2 == 0 ? 0 : 20000 + 777 * static_cast<size_t>(i);
+    TlsClient c;
+    ASSERT_TRUE(c.connect(proxy.httpsPort(), TlsOptions{}));
+    ASSERT_TRUE(c.send("POST /upload HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: " + std::to_string(size) +
+                       "\r\n\r\n" + patternBytes(0, size)));
+    c.shutdownTls();
+    TlsClient::Response r;
+    ASSERT_TRUE(c.readResponse(r)) << "round " << i << ": no response";
+    ASSERT_EQ(r.status, 200) << r.body;
+    std::optional<Echo> echo = parseEcho(r.body);
+    ASSERT_TRUE(echo.has_value()) << r.body;
+    EXPECT_EQ(echo->body_bytes, pcx1::ciphertextLength(size, 4, 1000)) << "key id \"test\"";
+    EXPECT_EQ(c.endOfStream(), SSL_ERROR_ZERO_RETURN);
+    EXPECT_EQ(backend_.requests(), before + 1);
   }
 }
 
