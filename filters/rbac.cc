@@ -23,8 +23,15 @@ bool isHex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || 
 
 char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
 
-// "." or ".." once every "%2e" is read as '.'.
+// "." or ".." once every "%2e" is read as '.', also with path parameters
+// (";" or "%3B" and what follows: "..;x" is ".." to Tomcat and Jetty).
 bool isDotSegment(std::string_view seg) {
+  for (size_t i = 0; i < seg.size(); ++i) {
+    if (seg[i] == ';' || (seg[i] == '%' && i + 2 < seg.size() && seg[i + 1] == '3' && lower(seg[i + 2]) == 'b')) {
+      seg = seg.substr(0, i);
+      break;
+    }
+  }
   size_t dots = 0;
   for (size_t i = 0; i < seg.size();) {
     if (seg[i] == '.') {

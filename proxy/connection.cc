@@ -480,6 +480,7 @@ bool Connection::normalizeRequestTarget() {
   }
   int hosts = 0;
   int transfer_encodings = 0;
+  int authorizations = 0;
   for (const Header& h : req_.headers) {
     if (h.name.empty()) {
       sendError(400, "bad_request", "validate", "empty header name", true);
@@ -487,6 +488,8 @@ bool Connection::normalizeRequestTarget() {
     }
     if (h.id == HeaderId::kHost) {
       ++hosts;
+    } else if (h.id == HeaderId::kAuthorization) {
+      ++authorizations;
     } else if (h.id == HeaderId::kTransferEncoding) {
       ++transfer_encodings;
       if (req_.http_minor == 0 || !equalsIgnoreCase(h.value, "chunked")) {
@@ -501,6 +504,12 @@ bool Connection::normalizeRequestTarget() {
   if (transfer_encodings > 1 || hosts > 1 || (hosts == 0 && req_.http_minor >= 1)) {
     sendError(400, "bad_request", "validate", hosts != 1 ? "missing or duplicate host" : "repeated transfer-encoding",
               true);
+    return false;
+  }
+  if (authorizations > 1) {
+    // Only one credential is ever checked; a second one must not ride
+    // along to a backend (forward_authorization) or mean something to it.
+    sendError(400, "bad_request", "validate", "repeated authorization", !req_.hasBody() ? close_after_ : true);
     return false;
   }
   if (req_.method == HTTP_TRACE || req_.method == HTTP_CONNECT) {
@@ -561,8 +570,19 @@ bool Connection::checkRoute() {
 // the TCP peer rather than overwritten.
 void Connection::editRequestHead() {
   std::string_view forwarded_for;
+  // SPEC §6, on every route (token_check does the same on `auth` routes,
+  // before it adds the token's identity): the client's Authorization stays
+  // here unless forward_authorization, and a client copy of a custom
+  // account_header never passes (the default one is an X-Portcullis-*).
+  const AuthConfig& auth = snap_->config->auth;
+  const std::string_view account_header =
+      lookupHeader(auth.account_header) == HeaderId::kXPortcullis ? std::string_view() : std::string_view(auth.account_header);
   for (Header& h : req_.headers) {
+    if (!account_header.empty() && equalsIgnoreCase(h.name, account_header)) h.removed = true;
     switch (h.id) {
+      case HeaderId::kAuthorization:
+        if (!auth.forward_authorization) h.removed = true;
+        break;
       case HeaderId::kXForwardedFor:
         if (ctx_.trusted_peer && !h.value.empty()) {
           forwarded_for = forwarded_for.empty() ? h.value : arena_.concat(forwarded_for, arena_.concat(", ", h.value));

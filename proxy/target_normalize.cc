@@ -31,6 +31,18 @@ int hexVal(char ch) {
 
 constexpr char kHexUpper[] = "0123456789ABCDEF";
 
+// A normalised segment (escapes of unreserved characters decoded, others
+// uppercased) that is "." or ".." followed by path parameters: ";" or "%3B"
+// and whatever comes after.
+bool hasDotName(const char* s, size_t len) {
+  size_t name = 0;
+  while (name < len && s[name] != ';' && !(s[name] == '%' && name + 2 < len && s[name + 1] == '3' && s[name + 2] == 'B')) {
+    ++name;
+  }
+  if (name == len) return false;  // no parameters
+  return (name == 1 && s[0] == '.') || (name == 2 && s[0] == '.' && s[1] == '.');
+}
+
 }  // namespace
 
 NormalizedTarget normalizeTarget(std::string_view target, char* out, size_t out_cap) {
@@ -72,6 +84,7 @@ NormalizedTarget normalizeTarget(std::string_view target, char* out, size_t out_
     const char ch = at_end ? '/' : target[i];
     if (ch == '/') {
       const size_t len = w - seg;
+      if (len >= 2 && out[seg] == '.' && hasDotName(out + seg, len)) return fail(TargetError::kDotSegmentParams, i - 1);
       if (len == 1 && out[seg] == '.') {
         w = seg;  // drop ".", keep the '/' before it
       } else if (len == 2 && out[seg] == '.' && out[seg + 1] == '.') {
@@ -127,6 +140,7 @@ const char* targetErrorName(TargetError e) {
     case TargetError::kEncodedNul: return "encoded_nul";
     case TargetError::kBadChar: return "bad_char";
     case TargetError::kAboveRoot: return "above_root";
+    case TargetError::kDotSegmentParams: return "dot_segment_params";
     case TargetError::kBadQueryChar: return "bad_query_char";
     case TargetError::kBufferTooSmall: return "buffer_too_small";
   }

@@ -20,7 +20,12 @@
 //  - after decoding, "." and ".." segments are removed as in RFC 3986 §5.2.4
 //    remove_dot_segments (so "%2e%2E" is ".."); a ".." with no segment left to
 //    remove, i.e. an attempt to climb above the root, is kAboveRoot. Empty
-//    segments ("//") are kept.
+//    segments ("//") are kept;
+//  - a "." or ".." followed by path parameters (";" or "%3B" and anything:
+//    "..;x", ".;", "%2e%2e%3Bx") is kDotSegmentParams: servers that strip
+//    parameters before resolving dot segments (Tomcat, Jetty) read it as a
+//    dot segment, others as a name, so what routing and RBAC checked would
+//    not be what such a backend serves.
 // The query (after the first "?") is returned untouched as a view into the
 // input; it is only checked for raw CTLs (0x00-0x1F, 0x7F), SP and "#"
 // (kBadQueryChar).
@@ -46,6 +51,7 @@ enum class TargetError : uint8_t {
   kEncodedNul,      // %00
   kBadChar,         // raw byte outside pchar / "/" in the path
   kAboveRoot,       // ".." above the root
+  kDotSegmentParams,  // "." or ".." with path parameters ("..;x")
   kBadQueryChar,    // raw CTL, SP or "#" in the query
   kBufferTooSmall,  // out_cap < length of the path part of the target
 };

@@ -136,6 +136,53 @@ TEST_F(AuthE2E, RevocationStopsAnOpenConnectionWithoutASignal) {
   EXPECT_GT(proxy_->metricOr0("portcullis_file_watch_events_total"), 0);
 }
 
+// What the backend gets of the client's credentials and claimed identity,
+// on every route (SPEC §3 account_header, §6): the Authorization header
+// never (forward_authorization is off), a client copy of a custom
+// account_header never, not even on a route without `auth`; a second
+// Authorization header is refused (only one is ever checked), and so is a
+// dot segment with path parameters ("..;"), which Tomcat-like backends
+// resolve after the proxy routed and authorised the path as a name.
+TEST(AuthHeadersE2E, CredentialsAndClaimedIdentityNeverPassOnAnyRoute) {
+  TempDir dir;
+  DemoBackend backend;
+  const std::string store = dir.file("tokens.toml");
+  const std::string acme = ctl("token issue --store " + store + " --account acme --role reader");
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  RouteSpec api{"/v1/", "app", {}, 0, "", true};
+  RouteSpec open{"/public/", "app", {}, 0, ""};
+  o.routes = {api, open};
+  o.extra_toml = "[auth]\ntoken_store = \"" + store + "\"\naccount_header = \"X-Tenant\"\n" +
+                 "[[role]]\nname = \"reader\"\nallow = [\"GET /v1/accounts/{account}/*\"]\n";
+  Proxy proxy(o);
+  Client c(proxy.httpPort());
+
+  HttpResponse pub = c.roundTrip(getRequest("/public/x", bearer(acme) + "X-Tenant: beta\r\nx-tenant: beta\r\n"));
+  ASSERT_EQ(pub.status, 200) << pub.body;
+  std::optional<Echo> e = parseEcho(pub.body);
+  ASSERT_TRUE(e.has_value()) << pub.body;
+  EXPECT_EQ(e->headers.count("authorization"), 0u) << "a token reached a public route's backend";
+  EXPECT_EQ(e->headers.count("x-tenant"), 0u) << "a claimed account reached the backend";
+
+  HttpResponse own = c.roundTrip(getRequest("/v1/accounts/acme/orders", bearer(acme) + "X-Tenant: beta\r\n"));
+  ASSERT_EQ(own.status, 200) << own.body;
+  e = parseEcho(own.body);
+  ASSERT_TRUE(e.has_value()) << own.body;
+  EXPECT_EQ(e->headers["x-tenant"], "acme");
+  EXPECT_EQ(e->headers.count("authorization"), 0u);
+
+  const uint64_t before = backend.requests();
+  expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/orders", bearer(acme) + "Authorization: Bearer x\r\n")),
+                   400, "bad_request");
+  expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/orders", "Authorization: Bearer x\r\n" + bearer(acme))),
+                   400, "bad_request");
+  for (const char* path : {"/v1/accounts/acme/..;/beta/x", "/v1/accounts/acme/..;jsessionid=1/beta/x",
+                           "/v1/accounts/acme/%2e%2e%3B/beta/x", "/public/..;/v1/accounts/beta/x"}) {
+    expectProxyError(c.roundTrip(getRequest(path, bearer(acme))), 400, "bad_request");
+  }
+  EXPECT_EQ(backend.requests(), before) << "a refused request reached the backend";
+}
+
 TEST(AuthInactivityE2E, TokenUnusedTooLongIsRefused) {
   TempDir dir;
   const std::string store = dir.file("tokens.toml");

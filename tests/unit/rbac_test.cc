@@ -159,6 +159,9 @@ TEST(RbacTest, TraversalShapedPathsAreDenied) {
       "/v1/accounts/A/uploads/.%2e/x",
       "/v1/accounts/A/uploads/%2e./x",
       "/v1/accounts/A/uploads/%2e/x",
+      "/v1/accounts/A/..;/B/uploads/x",
+      "/v1/accounts/A/uploads/.;x/y",
+      "/v1/accounts/A/%2e%2e%3b/B/uploads/x",
       "/v1/accounts/A/uploads/x%2f..%2f..%2fB",
       "/v1/accounts/A/uploads/x%2F..",
       "/v1/accounts/A/uploads/x%5c..",
@@ -187,6 +190,7 @@ TEST(RbacTest, TraversalShapedPathsAreDenied) {
   EXPECT_FALSE(p->allowedByName(roles, "GET", std::string("/v1/x\0y", 7), "A"));
   // Dots inside a name and ordinary escapes are fine.
   EXPECT_TRUE(RbacPolicy::isSafePath("/v1/a..b/.hidden/x.y/%20"));
+  EXPECT_TRUE(RbacPolicy::isSafePath("/v1/x;v=1/...;y/.a;b"));
   EXPECT_TRUE(p->allowedByName(roles, "GET", "/v1/accounts/A/uploads/report%20v2.csv", "A"));
   EXPECT_TRUE(p->allowedByName(roles, "GET", "/v1/accounts/A/uploads/...", "A"));
 }

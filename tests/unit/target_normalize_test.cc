@@ -57,6 +57,7 @@ TEST(TargetNormalize, AcceptsAndNormalises) {
       {"/a//../b", "/a/b"},
       {"/.a/..b/.../a..", "/.a/..b/.../a.."},
       {"/a:b@c!$&'()*+,;=", "/a:b@c!$&'()*+,;="},
+      {"/a;v=1/...;x/.b;c/x.;y", "/a;v=1/...;x/.b;c/x.;y"},  // parameters on names, not on dot segments
       {"/v1/%61ccounts/./acme/x/../uploads", "/v1/accounts/acme/uploads"},
   };
   for (const Case& c : cases) {
@@ -126,6 +127,14 @@ TEST(TargetNormalize, Refusals) {
       {"/a/../../b", E::kAboveRoot, 7},
       {"/%2e%2e/etc/passwd", E::kAboveRoot, 6},
       {"/.%2e", E::kAboveRoot, 4},
+      // Dot segments with path parameters (Tomcat/Jetty read "..;x" as "..").
+      {"/a/..;/b", E::kDotSegmentParams, 5},
+      {"/a/..;jsessionid=1/b", E::kDotSegmentParams, 17},
+      {"/a/.;/b", E::kDotSegmentParams, 4},
+      {"/a/%2e%2e;/b", E::kDotSegmentParams, 9},
+      {"/a/..%3b/b", E::kDotSegmentParams, 7},
+      {"/a/.%2E%3Bx", E::kDotSegmentParams, 10},
+      {"/a/..;", E::kDotSegmentParams, 5},
       {"/a b", E::kBadChar, 2},
       {"/a#frag", E::kBadChar, 2},
       {"/a\x7F", E::kBadChar, 2},
