@@ -50,8 +50,10 @@ void LogFile::adopt(int fd, const std::string& path) {
   if (!tuning_.direct) return;
   // The same file, opened again for O_DIRECT. A rename between the two
   // opens (logrotate) would give another inode: then no direct writes.
-  const int dfd = ::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
-  if (dfd < 0) return;  // e.g. tmpfs: EINVAL
+  // O_APPEND: a direct write lands at the file's real end even if it was
+  // truncated or appended to since the size check in writeDirect().
+  const int dfd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_DIRECT | O_CLOEXEC);
+  if (dfd < 0) return;  // a file system without O_DIRECT: EINVAL
   struct stat dst;
   if (::fstat(dfd, &dst) != 0 || dst.st_dev != st.st_dev || dst.st_ino != st.st_ino) {
     ::close(dfd);
@@ -129,26 +131,30 @@ ssize_t LogFile::appendv(const struct iovec* iov, int iovcnt, int64_t now_us) {
   }
   take(iov, iovcnt, total);
   if (held_ >= tuning_.direct_bytes) {
-    if (writeDirect()) held_since_us_ = now_us;  // only the tail of this batch is left
+    // What is left (under a block) is the end of what was held: if all of
+    // it came in this batch, its age starts now; older bytes keep theirs.
+    if (writeDirect() && held_ <= total) held_since_us_ = now_us;
   }
   return static_cast<ssize_t>(total);
+}
+
+// The file is not where this writer left it: someone else appended (direct
+// writes off for this file) or it was truncated (continue from its new end).
+// Held bytes go out with O_APPEND, at the real end.
+bool LogFile::resyncEnd(off_t size) {
+  if (size > end_) disableDirect();
+  end_ = size;
+  const size_t to = static_cast<size_t>(end_ % static_cast<off_t>(kAlign));  // keep the alignment invariant
+  std::memmove(buf_ + to, buf_ + begin_, held_);
+  begin_ = to;
+  return drain();
 }
 
 bool LogFile::writeDirect() {
   if (dfd_ < 0) return drain();
   struct stat st;
   if (::fstat(fd_, &st) != 0) return drain();
-  if (st.st_size != end_) {
-    // Not the file this writer wrote: someone else appended (direct writes
-    // off for this file) or it was truncated (continue from its new end).
-    // Held bytes go out with O_APPEND, at the real end.
-    if (st.st_size > end_) disableDirect();
-    end_ = st.st_size;
-    const size_t to = static_cast<size_t>(end_ % static_cast<off_t>(kAlign));  // keep the alignment invariant
-    std::memmove(buf_ + to, buf_ + begin_, held_);
-    begin_ = to;
-    return drain();
-  }
+  if (st.st_size != end_) return resyncEnd(st.st_size);
   // Up to the next block boundary through the page cache.
   const size_t head = (kAlign - static_cast<size_t>(end_ % static_cast<off_t>(kAlign))) % kAlign;
   if (head >= held_) return true;
@@ -162,12 +168,18 @@ bool LogFile::writeDirect() {
   }
   const size_t blocks = held_ - held_ % kAlign;
   if (blocks == 0) return true;
+  // O_APPEND: written at the real end (the offset is ignored), so a change
+  // of size since the check above never overwrites or leaves a hole; the
+  // next check (or the EINVAL of an unaligned end) notices it.
   ssize_t w;
   do {
     w = ::pwrite(dfd_, buf_ + begin_, blocks, end_);
   } while (w < 0 && errno == EINTR);
   if (w <= 0) {
-    if (w < 0 && errno == EINVAL) {  // the file system does not do O_DIRECT after all
+    if (w < 0 && errno == EINVAL) {
+      // The end moved off the block boundary since the check, or the file
+      // system does not do O_DIRECT after all.
+      if (::fstat(fd_, &st) == 0 && st.st_size != end_) return resyncEnd(st.st_size);
       disableDirect();
       return drain();
     }

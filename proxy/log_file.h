@@ -28,14 +28,18 @@
 //    under load a line reaches the file within ~max_hold_us + the owner's
 //    wake interval.
 //  - O_DIRECT is used only where it works: the second descriptor must open
-//    (tmpfs refuses O_DIRECT), be the same inode, and the first direct write
-//    must succeed (EINVAL turns direct writes off for the file).
-//  - One appender per file is assumed for direct writes, which write at the
-//    offset this writer knows as the end. Before each direct write the file
-//    size is checked (fstat): if it is not what this writer wrote, held bytes
-//    go out through write(2) (O_APPEND: at the real end), and if someone else
-//    appended, direct writes stay off for this file (until adopt()); after a
-//    truncation (logrotate copytruncate) they continue from the new end. A
+//    (not every file system does O_DIRECT), be the same inode, and the
+//    first direct write must succeed (EINVAL turns direct writes off for the
+//    file).
+//  - One appender per file is assumed for direct writes. Both descriptors
+//    are O_APPEND, so every write lands at the file's real end, but a direct
+//    write must start on a block boundary: before each one the file size is
+//    checked (fstat), and if it is not what this writer wrote, held bytes
+//    go out through write(2), and if someone else appended, direct writes
+//    stay off for this file (until adopt()); after a truncation (logrotate
+//    copytruncate) they continue from the new end. A change between the
+//    check and the write ends up the same way (the next check, or the
+//    direct write's EINVAL at an unaligned end). A
 //    line that straddled the last direct write's end may then be split
 //    around the other appender's data, or across the two files of a
 //    copytruncate; prefer rename + reopen (SIGUSR1) for rotation.
@@ -122,12 +126,13 @@ class LogFile {
   ssize_t plainWritev(const struct iovec* iov, int iovcnt);
   void take(const struct iovec* iov, int iovcnt, size_t total);
   bool writeDirect();
+  bool resyncEnd(off_t size);
   void disableDirect();
   void consumed(size_t n);
 
   Tuning tuning_;
   int fd_ = -1;   // O_APPEND
-  int dfd_ = -1;  // O_DIRECT, same inode; -1 when direct writes are off
+  int dfd_ = -1;  // O_APPEND | O_DIRECT, same inode; -1 when direct writes are off
   DropBehind drop_behind_;
   off_t end_ = 0;  // file size as this writer knows it (held bytes not included)
   // Held bytes: buf_[begin_, begin_ + held_), for file offsets end_ onwards,

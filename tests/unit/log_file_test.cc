@@ -2,7 +2,7 @@
 // plain writes, held bytes and O_DIRECT writes it uses, the file must end up
 // holding exactly the appended bytes in order; held bytes reach the file on
 // drain, staleness and sync; a truncation or a second appender is noticed.
-// On real files in $TMPDIR; where the file system refuses O_DIRECT (tmpfs)
+// On real files in $TMPDIR; where the file system refuses O_DIRECT
 // the direct-write expectations are skipped, the content ones still hold.
 #include "proxy/log_file.h"
 
@@ -12,9 +12,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "tests/unit/temp_dir.h"
 
@@ -135,6 +139,34 @@ TEST_F(LogFileTest, HeldBytesReachTheFileWhenStaleOrDrained) {
   EXPECT_EQ(slurp(path), a + b + c);
 }
 
+// The bytes left held after a direct write (under a block) may be older
+// than the batch that triggered it: they keep their age, so held lines
+// reach the file within max_hold_us of their append, not twice that.
+TEST_F(LogFileTest, BytesLeftAfterADirectWriteKeepTheirAge) {
+  LogFile::Tuning t;  // direct_bytes 512 KiB, max_hold_us 50 ms
+  LogFile f(t);
+  const std::string start(3000, 's');  // the file ends 3000 bytes into a block
+  {
+    const int fd = openAppend(path);
+    ASSERT_EQ(::write(fd, start.data(), start.size()), static_cast<ssize_t>(start.size()));
+    ::close(fd);
+  }
+  f.adopt(openAppend(path), path);
+  const std::string old = makeLines(t.direct_bytes - 100, 23).substr(0, t.direct_bytes - 100);
+  ASSERT_EQ(f.append(old.data(), old.size(), 0), static_cast<ssize_t>(old.size()));
+  if (!f.directEnabled()) GTEST_SKIP() << dir.path << ": no O_DIRECT on this file system";
+  ASSERT_EQ(f.held(), old.size());
+  const std::string young(200, 'y');
+  ASSERT_EQ(f.append(young.data(), young.size(), 49000), static_cast<ssize_t>(young.size()));
+  ASSERT_EQ(f.directWrites(), 1u);
+  // Left: the end of `old` (appended at t = 0) and `young`, under a block.
+  ASSERT_GT(f.held(), young.size());
+  ASSERT_LT(f.held(), LogFile::kAlign);
+  ASSERT_TRUE(f.drainIfStale(50000));
+  EXPECT_EQ(f.held(), 0u) << "bytes appended at t = 0 still held at t = 50 ms";
+  EXPECT_EQ(slurp(path), start + old + young);
+}
+
 // sync() writes a large held run direct (whole blocks), a small one, and
 // the rest under a block, through the page cache; the file is complete.
 TEST_F(LogFileTest, SyncWritesALargeHeldRunDirect) {
@@ -172,6 +204,50 @@ TEST_F(LogFileTest, TruncatedFileContinuesFromItsNewEnd) {
   // What was held at the truncation (the end of `first`) and all of `second`.
   EXPECT_EQ(slurp(path), first.substr(first.size() - held_at_truncation) + second);
   EXPECT_TRUE(f.directEnabled());
+}
+
+// copytruncate racing the writer: truncations land at any moment, also
+// between the size check and the direct write. Every direct write goes to
+// the file's real end (O_APPEND), so the file never starts with a hole of
+// NUL bytes where an old end was (a write at the remembered offset after a
+// truncation would leave one). The truncating thread looks at the start of
+// the file before each truncation.
+TEST_F(LogFileTest, TruncationsAtAnyMomentNeverLeaveAHole) {
+  LogFile f(smallTuning());
+  f.adopt(openAppend(path), path);
+  const std::string probe = makeLines(100 * 1024, 20);
+  appendInBatches(f, probe, 20000);
+  if (!f.directEnabled()) GTEST_SKIP() << dir.path << ": no O_DIRECT on this file system";
+  std::atomic<bool> stop{false};
+  std::atomic<int> truncations{0};
+  std::atomic<int> holes{0};
+  std::thread truncator([&] {
+    std::mt19937 rng(21);
+    const int rfd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    char head[64];
+    while (rfd >= 0 && !stop.load()) {
+      std::this_thread::sleep_for(std::chrono::microseconds(500 + rng() % 3000));
+      const ssize_t n = ::pread(rfd, head, sizeof head, 0);
+      if (n > 0 && std::memchr(head, '\0', static_cast<size_t>(n)) != nullptr) holes.fetch_add(1);
+      if (::truncate(path.c_str(), 0) == 0) truncations.fetch_add(1);
+    }
+    if (rfd >= 0) ::close(rfd);
+  });
+  // At least 1 s and 100 truncations, at most 10 s (a bounded file either way).
+  const std::string lines = makeLines(1024 * 1024, 22);
+  const auto start = std::chrono::steady_clock::now();
+  for (int round = 0;; ++round) {
+    const auto spent = std::chrono::steady_clock::now() - start;
+    if ((spent > std::chrono::seconds(1) && truncations.load() >= 100) || spent > std::chrono::seconds(10)) break;
+    appendInBatches(f, lines, 20000 + 997 * static_cast<size_t>(round % 7));
+  }
+  stop.store(true);
+  truncator.join();
+  ASSERT_TRUE(f.sync());
+  EXPECT_GE(truncations.load(), 100);
+  EXPECT_EQ(holes.load(), 0) << "a file starting with NUL bytes, of " << truncations.load() << " truncations";
+  EXPECT_EQ(slurp(path).find('\0'), std::string::npos);
+  EXPECT_GT(f.directWrites(), 50u);
 }
 
 // Another process appending to the same file: no byte of either is lost or
