@@ -1016,7 +1016,7 @@ void Connection::handleUpstreamFailure(UpstreamError kind, int status) {
   const bool reused = up_ != nullptr && up_->reused;
   if (up_ != nullptr) releaseUpstream(false);
   if (resp_state_ == RespState::kBody || resp_bytes_out_ > 0) {
-    close();
+    abortClient();  // part of the response is out: it must not look complete
     return;
   }
   if (kind == UpstreamError::kReset && reused && !retried_ && req_body_bytes_ == 0 && !req_.hasBody() &&
@@ -1289,8 +1289,11 @@ void Connection::maybeFinishExchange() {
 
 void Connection::finishExchange() {
   if (up_ != nullptr) {
+    // Not when the last read filled its buffer: bytes after the response
+    // may wait in the socket, and the next request (pipelined, served in
+    // this same read callback) would take them for its own response.
     const bool reusable = resp_.keep_alive && up_->rbuf.unparsed() == 0 && req_state_ == ReqState::kDone &&
-                          !up_->write_pending;
+                          !up_->write_pending && !up_->last_read_full;
     ++up_->requests;
     releaseUpstream(reusable);
   }
@@ -1599,6 +1602,22 @@ void Connection::close() {
   closeHandles();
 }
 
+// A response that broke off after part of it went out: the client must see
+// the connection fail, not end. An orderly end (FIN, or close_notify over
+// TLS) would make a close-delimited body (HTTP/1.0 clients, a backend
+// response without a length) look complete; a reset (RST, no close_notify)
+// never does (RFC 9112 section 8).
+void Connection::abortClient() {
+  if (closing_) {
+    closeHandles();
+    return;
+  }
+  closing_ = true;
+  reset_on_close_ = true;
+  releaseState();
+  closeHandles();
+}
+
 // TLS: the close_notify alert before the write side closes (RFC 8446
 // section 6.1; it tells a client reading to the end of the connection that
 // nothing was cut off). Only when the socket takes it at once: a connection
@@ -1636,7 +1655,9 @@ void Connection::releaseState() {
 void Connection::closeHandles() {
   if (handles_closing_) return;
   handles_closing_ = true;
-  if (handles_open_ >= 1) uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), &Connection::onClosed);
+  if (handles_open_ >= 1 && !(reset_on_close_ && uv_tcp_close_reset(&tcp_, &Connection::onClosed) == 0)) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), &Connection::onClosed);
+  }
   if (handles_open_ >= 2) uv_close(reinterpret_cast<uv_handle_t*>(&timer_), &Connection::onClosed);
 }
 

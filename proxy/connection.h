@@ -88,6 +88,7 @@ class Connection : public BodySink {
   // then the connection closes; should its body turn out to be incomplete,
   // bodyCutShort() ends the exchange as an abort. Anything else closes.
   void clientEof(ssize_t nread);
+  void abortClient();
   // A close_notify found by a tlsPull() outside onRead() is the same end.
   void noticeTlsClose() {
     if (tls_peer_closed_ && !client_eof_ && !closing_) clientEof(UV_EOF);
@@ -224,6 +225,7 @@ class Connection : public BodySink {
   bool reading_ = false;
   bool closing_ = false;
   bool handles_closing_ = false;  // closeHandles() ran
+  bool reset_on_close_ = false;   // abortClient(): RST instead of FIN
   // Lingering close (lingerClose()).
   static constexpr uint64_t kLingerIdleMs = 2000;
   static constexpr uint64_t kLingerMaxMs = 5000;

@@ -179,6 +179,10 @@ int HttpCodec::onHeaderValueComplete(llhttp_t* p) {
   if (c->head_->headers.size() >= c->limits_.max_headers) {
     return c->fail(CodecError::kHeadersTooLarge, "too many header fields");
   }
+  // A field name is a non-empty token (RFC 9110 section 5.1); llhttp lets
+  // ": x" through. Requests get their own 400 for it (Connection), a
+  // response is refused here rather than passed on to the client.
+  if (c->resp_ != nullptr && c->field_.empty()) return c->fail(CodecError::kMalformed, "empty header name");
   // Filled in place: a Header built on the stack and copied in was read back
   // with wider loads than the stores that built it (store-forwarding stalls,
   // once per header of every message).
@@ -224,6 +228,12 @@ int HttpCodec::onHeadersComplete(llhttp_t* p) {
   } else {
     c->resp_->status = llhttp_get_status_code(p);
     c->resp_->reason = c->status_;
+    // reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (RFC 9112 section
+    // 4); llhttp passes other control bytes, which would reach the client.
+    for (const char ch : c->status_) {
+      const auto b = static_cast<unsigned char>(ch);
+      if ((b < 0x20 && b != '\t') || b == 0x7F) return c->fail(CodecError::kMalformed, "control byte in reason phrase");
+    }
   }
   c->head_done_ = true;
   // Pausing here makes llhttp_execute() return right after the head. A

@@ -108,11 +108,12 @@ void UpstreamConn::startReading() {
             // Ciphertext goes through the worker's scratch into the engine.
             buf->base = u->pool->worker()->tlsScratch();
             buf->len = Worker::kTlsScratchSize;
-            return;
+          } else {
+            u->pool->worker()->buffers().acquire(u->rbuf);
+            buf->base = u->rbuf.data + u->rbuf.end;
+            buf->len = u->rbuf.room();
           }
-          u->pool->worker()->buffers().acquire(u->rbuf);
-          buf->base = u->rbuf.data + u->rbuf.end;
-          buf->len = u->rbuf.room();
+          u->last_read_room_ = buf->len;
         },
         [](uv_stream_t* s, ssize_t nread, const uv_buf_t*) { static_cast<UpstreamConn*>(s->data)->onTcpRead(nread); });
   }
@@ -120,6 +121,7 @@ void UpstreamConn::startReading() {
 }
 
 void UpstreamConn::onTcpRead(ssize_t nread) {
+  last_read_full = nread > 0 && static_cast<size_t>(nread) == last_read_room_;
   if (state == State::kIdle || owner == nullptr) {
     // An idle pooled connection must stay silent; EOF, an error or stray
     // bytes all mean it cannot be used again. Over TLS, records that carry

@@ -62,6 +62,10 @@ class UpstreamConn {
   State state = State::kConnecting;
   bool reused = false;         // taken from the idle pool for this request
   bool write_pending = false;
+  // The last socket read filled its whole buffer: the kernel may hold more
+  // (bytes after a response would be taken for the next one's), so the
+  // connection must not go back to the pool now.
+  bool last_read_full = false;
   uint32_t requests = 0;       // requests served on this connection
 
   // Starts/stops reading into rbuf (acquired from the worker's pool).
@@ -91,6 +95,7 @@ class UpstreamConn {
  private:
   int handles_open_ = 0;
   bool reading_ = false;
+  size_t last_read_room_ = 0;  // the buffer length the last read was offered
   // TLS state (null tls_ = plaintext).
   std::unique_ptr<TlsSession> tls_;
   IoBuffer tls_out_;

@@ -489,12 +489,85 @@ TEST(ProxyE2EUpstream, ResponseHeadersFromUpstreamAreCleaned) {
   EXPECT_EQ(upstream.connectionCount(), 1);  // the upstream connection was kept alive
 }
 
+// Bytes a backend sends after a response are never taken for the response
+// to the next request. Here they sit in the socket unread: the response
+// ends exactly where a read filled the proxy's 64 KiB upstream buffer, and
+// the client's pipelined second request is served in that same read
+// callback. The connection must not be reused; the second request goes
+// to a fresh connection and gets that backend's answer.
+TEST(ProxyE2EUpstream, BytesAfterAResponseNeverAnswerTheNextRequest) {
+  constexpr size_t kBuffer = 65536;  // the worker's buffer size with default limits
+  const std::string first = "HTTP/1.1 200 OK\r\nX-Pad: " + std::string(59000, 'a') + "\r\n";
+  std::string tail;
+  for (size_t n = 1; tail.size() != kBuffer - first.size(); ++n) {
+    tail = "Content-Length: " + std::to_string(n) + "\r\n\r\n" + std::string(n, 'B');
+  }
+  const size_t body1 = tail.size() - tail.find("\r\n\r\n") - 4;
+  ScriptedUpstream upstream([&](int fd, int index) {
+    if (ScriptedUpstream::readRequest(fd).empty()) return;
+    if (index > 0) {
+      ScriptedUpstream::writeAll(fd, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal");
+      return;
+    }
+    ScriptedUpstream::writeAll(fd, first);
+    std::this_thread::sleep_for(Millis(300));  // the proxy reads the head's start on its own
+    ScriptedUpstream::writeAll(fd, tail + "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nSet-Cookie: s=attacker\r\n\r\nINJECTED");
+    if (!ScriptedUpstream::readRequest(fd, Millis(1000)).empty()) {
+      ScriptedUpstream::writeAll(fd, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal");
+    }
+  });
+  Proxy proxy(ProxyOptions::forBackend(upstream.address()));
+  Client c(proxy.httpPort());
+  ASSERT_TRUE(c.send(getRequest("/p1") + getRequest("/p2")));
+  HttpResponse r1;
+  ASSERT_EQ(c.readResponse(r1), ReadResult::kOk);
+  EXPECT_EQ(r1.status, 200);
+  EXPECT_EQ(r1.body.size(), body1);
+  HttpResponse r2;
+  ASSERT_EQ(c.readResponse(r2), ReadResult::kOk);
+  EXPECT_EQ(r2.body, "real");
+  EXPECT_FALSE(r2.hasHeader("set-cookie")) << "the stray bytes answered the pipelined request";
+  EXPECT_EQ(upstream.connectionCount(), 2);
+}
+
+// A response that breaks off never looks complete to the client, also
+// where its end is the end of the connection: a chunked body cut short
+// before its last chunk, sent to an HTTP/1.0 client (who gets it
+// close-delimited), and a backend response without a length that ends in a
+// reset. The proxy resets the client connection instead of closing it.
+TEST(ProxyE2EUpstream, BrokenOffResponseEndsInAResetNotAnEnd) {
+  ScriptedUpstream upstream([](int fd, int index) {
+    if (ScriptedUpstream::readRequest(fd).empty()) return;
+    if (index == 0) {
+      ScriptedUpstream::writeAll(fd, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+      return;  // closed without the last chunk
+    }
+    ScriptedUpstream::writeAll(fd, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello");
+    std::this_thread::sleep_for(Millis(100));
+    linger l{1, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);  // the close is a reset
+  });
+  Proxy proxy(ProxyOptions::forBackend(upstream.address()));
+  for (const char* request : {"GET /cut HTTP/1.0\r\nHost: e2e.test\r\n\r\n",
+                              "GET /reset HTTP/1.1\r\nHost: e2e.test\r\n\r\n"}) {
+    SCOPED_TRACE(request);
+    Client c(proxy.httpPort());
+    ASSERT_TRUE(c.send(request));
+    HttpResponse r;
+    // A close-delimited body ended by FIN would read as complete (kOk).
+    EXPECT_EQ(c.readResponse(r), ReadResult::kClosed) << "a cut response read as complete: " << r.body;
+  }
+}
+
 TEST(ProxyE2EUpstream, MalformedUpstreamResponseGives502) {
   const std::vector<std::string> replies = {
       "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
       "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
       "HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
       "SSH-2.0-OpenSSH_9.2\r\n",
+      std::string("HTTP/1.1 200 O\0K\r\nContent-Length: 0\r\n\r\n", 39),  // control bytes in the reason
+      "HTTP/1.1 200 \x1b[31mOK\x0b\r\nContent-Length: 0\r\n\r\n",
+      "HTTP/1.1 200 OK\r\n: x\r\nContent-Length: 0\r\n\r\n",  // empty field name
   };
   ScriptedUpstream upstream([&](int fd, int index) {
     if (ScriptedUpstream::readRequest(fd).empty()) return;
