@@ -1,5 +1,6 @@
 #include "filters/multipart_parser.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace portcullis {
@@ -160,33 +161,118 @@ void MultipartParser::fail(Error e, uint64_t at) {
   error_offset_ = at;
 }
 
-// Body or preamble bytes that are certainly not part of a delimiter.
-bool MultipartParser::emit(const uint8_t* p, size_t n, uint64_t at) {
-  if (n == 0) return true;
-  if (state_ == kPreamble) {
-    preamble_bytes_ += n;
-    if (preamble_bytes_ > limits_.max_preamble_bytes) {
-      // The preamble starts at offset 0, so its first byte over the limit is here:
-      fail(Error::kPreambleTooLarge, limits_.max_preamble_bytes);
-      return false;
+// Content bytes (preamble, part body, epilogue) must not hold "--" boundary:
+// inside content it has no CRLF before it (that would have been a
+// delimiter). p[0..n) continues the current content run (`at` is the body
+// offset of p[0]); the run's last bytes, fewer than the string, are kept in
+// tail_ so that a string split between two calls is found too. Returns the
+// body offset where the first string ending in p starts, or kNoBare. tail_
+// is left unchanged (the caller moves it on with keepTail()).
+uint64_t MultipartParser::findBare(const uint8_t* p, size_t n, uint64_t at) const {
+  const uint8_t* const pat = reinterpret_cast<const uint8_t*>(delim_) + 2;
+  const size_t plen = dlen_ - 2u;
+  if (tail_len_ > 0) {
+    // Strings that start in the kept tail (earlier than any in p).
+    uint8_t joined[2 * (70 + 2)];
+    const size_t from_p = std::min(n, plen - 1);
+    std::memcpy(joined, tail_, tail_len_);
+    std::memcpy(joined + tail_len_, p, from_p);
+    const size_t len = tail_len_ + from_p;
+    for (size_t i = 0; i < tail_len_ && i + plen <= len; ++i) {
+      if (std::memcmp(joined + i, pat, plen) == 0) return at - tail_len_ + i;
     }
-    return true;
   }
-  if (!handler_.onPartData(reinterpret_cast<const char*>(p), n)) {
+  for (const uint8_t* q = p; static_cast<size_t>(p + n - q) >= plen;) {
+    q = static_cast<const uint8_t*>(std::memchr(q, '-', static_cast<size_t>(p + n - q) - plen + 1));
+    if (q == nullptr) break;
+    if (std::memcmp(q, pat, plen) == 0) return at + static_cast<uint64_t>(q - p);
+    ++q;
+  }
+  return kNoBare;
+}
+
+// tail_ becomes the last bytes (fewer than the string) of tail_ + p[0..n).
+void MultipartParser::keepTail(const uint8_t* p, size_t n) {
+  const size_t keep = dlen_ - 3u;
+  if (n >= keep) {
+    std::memcpy(tail_, p + n - keep, keep);
+    tail_len_ = static_cast<uint8_t>(keep);
+    return;
+  }
+  const size_t old = std::min<size_t>(tail_len_, keep - n);
+  std::memmove(tail_, tail_ + tail_len_ - old, old);
+  std::memcpy(tail_ + old, p, n);
+  tail_len_ = static_cast<uint8_t>(old + n);
+}
+
+// Part data: tail_ holds bytes not yet delivered, so that nothing at or
+// after the start of a bare "--" boundary reaches the handler whatever the
+// split (a string is found with its last byte; the bytes it starts with are
+// still in tail_ then). Delivers the first `k` bytes of tail_ + p[0..n).
+bool MultipartParser::deliver(const uint8_t* p, size_t k, uint64_t at) {
+  const size_t from_tail = std::min<size_t>(k, tail_len_);
+  if (from_tail > 0 && !handler_.onPartData(reinterpret_cast<const char*>(tail_), from_tail)) {
+    fail(Error::kAborted, at - tail_len_);
+    return false;
+  }
+  if (k > from_tail && !handler_.onPartData(reinterpret_cast<const char*>(p), k - from_tail)) {
     fail(Error::kAborted, at);
     return false;
   }
   return true;
 }
 
-// The held-back partial delimiter turned out to be data.
+// Delivers what tail_ still holds of the part body (at its delimiter).
+bool MultipartParser::flushTail(uint64_t at) {
+  const bool ok = state_ != kBody || tail_len_ == 0 || deliver(nullptr, tail_len_, at);
+  tail_len_ = 0;
+  return ok;
+}
+
+// Body or preamble bytes that are certainly not part of a delimiter.
+bool MultipartParser::emit(const uint8_t* p, size_t n, uint64_t at) {
+  if (n == 0) return true;
+  const uint64_t bare = findBare(p, n, at);
+  if (state_ == kPreamble) {
+    // The preamble starts at offset 0; of its two errors the one whose last
+    // byte comes first is reported (so the split does not matter).
+    const uint64_t limit = limits_.max_preamble_bytes;
+    const bool over = preamble_bytes_ + n > limit;
+    if (bare != kNoBare && (!over || bare + (dlen_ - 3u) < limit)) {
+      fail(Error::kBadBoundaryLine, bare);
+      return false;
+    }
+    preamble_bytes_ += n;
+    if (over) {
+      fail(Error::kPreambleTooLarge, limit);
+      return false;
+    }
+    keepTail(p, n);
+    return true;
+  }
+  if (bare != kNoBare) {
+    // Everything before the string is data; the string and after are not.
+    if (!deliver(p, static_cast<size_t>(bare - (at - tail_len_)), at)) return false;
+    fail(Error::kBadBoundaryLine, bare);
+    return false;
+  }
+  const size_t total = tail_len_ + n;
+  const size_t keep = std::min<size_t>(total, dlen_ - 3u);
+  if (!deliver(p, total - keep, at)) return false;
+  keepTail(p, n);
+  return true;
+}
+
+// The held-back partial delimiter turned out to be data; `at` is the body
+// offset of the byte that ended the match (the held bytes come right
+// before it).
 bool MultipartParser::flushHeld(uint64_t at) {
   const uint8_t skip = implicit_crlf_ ? 2 : 0;
   implicit_crlf_ = false;
   const uint8_t n = match_;
   match_ = 0;
   if (n <= skip) return true;
-  return emit(reinterpret_cast<const uint8_t*>(delim_) + skip, n - skip, at);
+  return emit(reinterpret_cast<const uint8_t*>(delim_) + skip, n - skip, at - (n - skip));
 }
 
 MultipartParser::Result MultipartParser::feed(const char* data, size_t n) {
@@ -320,12 +406,22 @@ MultipartParser::Result MultipartParser::feed(const char* data, size_t n) {
         continue;
 
       case kEpilogue: {
+        // Of the epilogue's two errors the one whose last byte comes first
+        // is reported (so the split does not matter).
         const uint64_t avail = static_cast<uint64_t>(end - p);
-        if (epilogue_bytes_ + avail > limits_.max_epilogue_bytes) {
-          fail(Error::kEpilogueTooLarge, off(p) + (limits_.max_epilogue_bytes - epilogue_bytes_));
+        const uint64_t bare = findBare(p, static_cast<size_t>(avail), off(p));
+        const bool over = epilogue_bytes_ + avail > limits_.max_epilogue_bytes;
+        const uint64_t limit_at = off(p) + (limits_.max_epilogue_bytes - epilogue_bytes_);
+        if (bare != kNoBare && (!over || bare + (dlen_ - 3u) < limit_at)) {
+          fail(Error::kBadBoundaryLine, bare);
+          goto failed;
+        }
+        if (over) {
+          fail(Error::kEpilogueTooLarge, limit_at);
           goto failed;
         }
         epilogue_bytes_ += avail;
+        keepTail(p, static_cast<size_t>(avail));
         p = end;
         continue;
       }
@@ -371,6 +467,7 @@ MultipartParser::Result MultipartParser::feed(const char* data, size_t n) {
   delimiter:
     match_ = 0;
     implicit_crlf_ = false;
+    if (!flushTail(off(p))) goto failed;  // a new content run starts after this delimiter
     if (state_ == kBody && !handler_.onPartEnd()) {
       fail(Error::kAborted, off(p));
       goto failed;

@@ -17,6 +17,10 @@
 //  - a boundary line followed by anything but padding CRLF or "--" (this also
 //    refuses a delimiter string appearing inside a part body, which RFC 2046
 //    forbids the sender to produce);
+//  - "--" boundary anywhere in the preamble, a part body or the epilogue
+//    without the CRLF of a delimiter before it (kBadBoundaryLine at its first
+//    "-"): parsers that also take a bare LF, or a boundary in mid-line, as a
+//    delimiter would see other parts than the ones sniffed here;
 //  - a preamble longer than max_preamble_bytes or an epilogue longer than
 //    max_epilogue_bytes (0 refuses any; parsers disagree on both, so they are
 //    kept small and are never delivered as part data);
@@ -36,7 +40,9 @@
 // Streaming contract as for the validators: the outcome, the error and its
 // offset do not depend on how the body is split (except kAborted, raised at
 // whatever offset the handler refused, whose own result is authoritative);
-// errors are sticky. The part-data slices themselves do depend on the split.
+// errors are sticky. The part-data slices themselves do depend on the split
+// (the last bytes of a slice, fewer than "--" boundary, are delivered with
+// the next one or at the part's delimiter), not what they add up to.
 // Memory: the part-head buffer (max_head_bytes) is allocated once by the
 // constructor; feed() never allocates.
 //
@@ -146,6 +152,11 @@ class MultipartParser {
   enum State : uint8_t;
 
   bool emit(const uint8_t* p, size_t n, uint64_t at);
+  static constexpr uint64_t kNoBare = ~uint64_t{0};
+  uint64_t findBare(const uint8_t* p, size_t n, uint64_t at) const;
+  void keepTail(const uint8_t* p, size_t n);
+  bool deliver(const uint8_t* p, size_t k, uint64_t at);
+  bool flushTail(uint64_t at);
   bool flushHeld(uint64_t at);
   bool headLine(uint64_t line_offset);
   bool headEnd(uint64_t at);
@@ -159,6 +170,10 @@ class MultipartParser {
   uint8_t dlen_ = 0;
   uint8_t state_;
   uint8_t match_ = 0;    // delimiter bytes matched and held back
+  uint8_t tail_len_ = 0;  // bytes in tail_
+  // The last bytes of the current content run, fewer than "--" boundary; of
+  // a part body, not yet delivered to the handler (findBare, deliver).
+  uint8_t tail_[70 + 2] = {};
   bool implicit_crlf_ = true;  // the held-back match includes the virtual CRLF before the first boundary
   bool head_cr_ = false;
   Error error_ = Error::kNone;

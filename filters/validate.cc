@@ -5,6 +5,7 @@
 #include "filters/json_validator.h"
 #include "filters/multipart_parser.h"
 #include "filters/upload_sniff.h"
+#include "filters/utf8.h"
 #include "proxy/config.h"
 #include "proxy/headers.h"
 
@@ -85,10 +86,18 @@ class Validate final : public Filter, private MultipartHandler {
 
  private:
   // Multipart: file parts must declare an allowed upload type and match it.
+  // A part without a filename is a file part too if it declares a type other
+  // than text/plain (backends take typed parts for files); a plain form field
+  // must be text: UTF-8 without control characters but HTAB, CR and LF.
   bool onPartBegin(const MultipartPart& part) override {
     part_sniffer_.reset();
-    if (!part.has_filename) return true;  // a plain form field
+    text_field_ = false;
     const std::string_view media = mediaTypeOf(part.content_type);
+    if (!part.has_filename && (media.empty() || equalsIgnoreCase(media, "text/plain"))) {
+      text_field_ = true;
+      text_state_ = {};
+      return true;
+    }
     const UploadKind kind = uploadKindFor(media);
     if (media.empty() || kind == UploadKind::kUnsupported || kind == UploadKind::kMultipart ||
         !listed(route_->content_types.empty() ? kAnyUpload : route_->content_types, media)) {
@@ -99,6 +108,10 @@ class Validate final : public Filter, private MultipartHandler {
     return true;
   }
   bool onPartData(const char* p, size_t n) override {
+    if (text_field_ && !textBytes(p, n)) {
+      part_error_ = "form field is not text";
+      return false;
+    }
     if (part_sniffer_ && !part_sniffer_->feed(p, n).ok()) {
       part_error_ = UploadSniffer::errorName(part_sniffer_->result().error);
       return false;
@@ -106,6 +119,10 @@ class Validate final : public Filter, private MultipartHandler {
     return true;
   }
   bool onPartEnd() override {
+    if (text_field_ && text_state_.need != 0) {
+      part_error_ = "form field is not text";
+      return false;
+    }
     if (part_sniffer_ && !part_sniffer_->finish().ok()) {
       part_error_ = UploadSniffer::errorName(part_sniffer_->result().error);
       return false;
@@ -117,12 +134,28 @@ class Validate final : public Filter, private MultipartHandler {
   static inline const std::vector<std::string> kAnyUpload = {
       "text/csv", "application/vnd.ms-excel", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"};
 
+  bool textBytes(const char* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      const auto c = static_cast<uint8_t>(p[i]);
+      if (text_state_.need > 0) {
+        if (!utf8::cont(c, text_state_)) return false;
+      } else if (c >= 0x80) {
+        if (!utf8::lead(c, text_state_)) return false;
+      } else if ((c < 0x20 && c != '\t' && c != '\r' && c != '\n') || c == 0x7F) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   const RouteConfig* route_;
   std::optional<JsonValidator> json_;
   std::optional<UploadSniffer> sniffer_;
   std::optional<MultipartParser> multipart_;
   std::optional<UploadSniffer> part_sniffer_;
   const char* part_error_ = nullptr;
+  bool text_field_ = false;  // the current part is a plain form field
+  utf8::State text_state_;
 };
 
 }  // namespace

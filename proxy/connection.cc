@@ -481,6 +481,7 @@ bool Connection::normalizeRequestTarget() {
   int hosts = 0;
   int transfer_encodings = 0;
   int authorizations = 0;
+  int content_types = 0;
   for (const Header& h : req_.headers) {
     if (h.name.empty()) {
       sendError(400, "bad_request", "validate", "empty header name", true);
@@ -490,6 +491,8 @@ bool Connection::normalizeRequestTarget() {
       ++hosts;
     } else if (h.id == HeaderId::kAuthorization) {
       ++authorizations;
+    } else if (h.id == HeaderId::kContentType) {
+      ++content_types;
     } else if (h.id == HeaderId::kTransferEncoding) {
       ++transfer_encodings;
       if (req_.http_minor == 0 || !equalsIgnoreCase(h.value, "chunked")) {
@@ -506,10 +509,12 @@ bool Connection::normalizeRequestTarget() {
               true);
     return false;
   }
-  if (authorizations > 1) {
-    // Only one credential is ever checked; a second one must not ride
-    // along to a backend (forward_authorization) or mean something to it.
-    sendError(400, "bad_request", "validate", "repeated authorization", !req_.hasBody() ? close_after_ : true);
+  if (authorizations > 1 || content_types > 1) {
+    // Only one credential and one media type are ever checked (allowlist,
+    // upload sniffing, JSON validation); a second one must not ride along
+    // to a backend that reads the other or both (RFC 9110: single-valued).
+    sendError(400, "bad_request", "validate", authorizations > 1 ? "repeated authorization" : "repeated content-type",
+              !req_.hasBody() ? close_after_ : true);
     return false;
   }
   if (req_.method == HTTP_TRACE || req_.method == HTTP_CONNECT) {

@@ -145,6 +145,43 @@ TEST_F(ValidateE2E, MultipartFilePartsAreCheckedOneByOne) {
   expectRefused(post("/uploads/m", "multipart/form-data; boundary=XyZ", "--XyZ\r\nbroken"), 422, "invalid_upload");
 }
 
+// What another multipart parser would see as a file must be checked as one.
+// Werkzeug (Flask) takes a bare-LF boundary, and a boundary in mid-line of
+// the preamble, as a delimiter: the proxy refuses any "--" boundary that is
+// not a CRLF delimiter. A part with a type but no filename is a file part;
+// a plain field must be text.
+TEST_F(ValidateE2E, MultipartPartsOtherParsersWouldSeeAreChecked) {
+  const std::string exe = std::string("MZ\x90\x00\x03\x00\x00\x00\x04\x00", 10) + "executable";
+  const std::string cd = "Content-Disposition: form-data; name=";
+  auto mp = [](const std::string& body) { return post("/uploads/m", "multipart/form-data; boundary=XyZ", body); };
+  expectRefused(mp("--XyZ\r\n" + cd + "\"note\"\r\n\r\nhi\n--XyZ\n" + cd +
+                   "\"upload\"; filename=\"report.csv\"\nContent-Type: text/csv\n\n" + exe + "\r\n--XyZ--\r\n"),
+                422, "invalid_upload");
+  expectRefused(mp("junk--XyZ\r\n" + cd + "\"upload\"; filename=\"r.csv\"\r\nContent-Type: text/csv\r\n\r\n" + exe +
+                   "\r\n--XyZ\r\n" + cd + "\"a\"\r\n\r\nx\r\n--XyZ--\r\n"),
+                422, "invalid_upload");
+  expectRefused(mp("--XyZ\r\n" + cd + "\"upload\"\r\nContent-Type: application/x-msdownload\r\n\r\n" + exe +
+                   "\r\n--XyZ--\r\n"),
+                422, "invalid_upload");
+  expectRefused(mp("--XyZ\r\n" + cd + "\"note\"\r\n\r\n" + exe + "\r\n--XyZ--\r\n"), 422, "invalid_upload");
+  // Text fields (also typed text/plain), a typed CSV part without filename,
+  // and a boundary-like string that is not the boundary, pass.
+  expectServed(mp("--XyZ\r\n" + cd + "\"note\"\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nh\xc3\xa9llo\r\n\tl\u00e0 --XyY\r\n"
+                  "--XyZ\r\n" + cd + "\"rows\"\r\nContent-Type: text/csv\r\n\r\nid,qty\n1,2\n\r\n--XyZ--\r\n"));
+}
+
+// Content-Type is single-valued: a second one, which a backend might read
+// instead of (or joined with) the checked one, is refused.
+TEST_F(ValidateE2E, RepeatedContentTypeIsRefused) {
+  auto twice = [](const std::string& path, const std::string& a, const std::string& b, const std::string& body) {
+    return "POST " + path + " HTTP/1.1\r\nHost: e2e.test\r\nContent-Type: " + a + "\r\nContent-Type: " + b +
+           "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  };
+  expectRefused(twice("/api/items", "application/json", "application/xml", "{}"), 400, "bad_request");
+  expectRefused(twice("/uploads/x", "text/csv", "text/html", "<script>alert(1)</script>"), 400, "bad_request");
+  expectRefused(twice("/other", "text/plain", "application/json", "{\"a\":"), 400, "bad_request");
+}
+
 TEST_F(ValidateE2E, TargetsAreNormalisedBeforeRoutingAndForwarding) {
   Client c(proxy_->httpPort());
   HttpResponse r = c.roundTrip(getRequest("/api/a/./b/../c/%7Euser?q=%2F"));

@@ -168,6 +168,10 @@ TEST(MultipartParser, Refusals) {
   no_pre.max_preamble_bytes = 0;
   MultipartLimits small_epi;
   small_epi.max_epilogue_bytes = 3;
+  MultipartLimits small_epi_10;
+  small_epi_10.max_epilogue_bytes = 10;
+  MultipartLimits small_pre_10;
+  small_pre_10.max_preamble_bytes = 10;
   MultipartLimits two_headers;
   two_headers.max_headers = 2;
   MultipartLimits small_head;
@@ -198,6 +202,20 @@ TEST(MultipartParser, Refusals) {
       {"close_cr_without_lf", "--XyZ--\rx", E::kBadBoundaryLine, 8, {}},
       {"delimiter_inside_body", "--XyZ\r\n" + kCd + "a\r\n\r\nab\r\n--XyZabc\r\n--XyZ--", E::kBadBoundaryLine,
        7 + kCd.size() + 5 + 2 + 7, {}},
+      // "--" boundary without the CRLF of a delimiter: other parsers take a
+      // bare LF (or a boundary in mid-line) as one and see other parts.
+      {"boundary_after_bare_lf", "--XyZ\r\n" + kCd + "a\r\n\r\nhi\n--XyZ\n" + kCd + "b\n\nMZ\r\n--XyZ--",
+       E::kBadBoundaryLine, 7 + kCd.size() + 5 + 3, {}},
+      {"boundary_mid_line_in_body", "--XyZ\r\n" + kCd + "a\r\n\r\nx--XyZ\r\n--XyZ--", E::kBadBoundaryLine,
+       7 + kCd.size() + 5 + 1, {}},
+      {"boundary_in_preamble", "junk--XyZ\r\n" + kCd + "a\r\n\r\nx\r\n--XyZ--", E::kBadBoundaryLine, 4, {}},
+      {"boundary_in_epilogue", "--XyZ\r\n" + part_a + "--\r\nepi--XyZ\r\n", E::kBadBoundaryLine,
+       7 + part_a.size() + 4 + 3, {}},
+      // Of two errors, the one whose last byte comes first, however split.
+      {"epilogue_limit_before_boundary", "--XyZ--\r\nab--XyZ", E::kEpilogueTooLarge, 9 + 3, small_epi},
+      {"boundary_before_epilogue_limit", "--XyZ--\r\n--XyZ", E::kBadBoundaryLine, 9, small_epi_10},
+      {"preamble_limit_before_boundary", "abc--XyZ\r\n", E::kPreambleTooLarge, 4, small_pre},
+      {"boundary_before_preamble_limit", "a--XyZ\r\n", E::kBadBoundaryLine, 1, small_pre_10},
       {"preamble_too_large", "hello world\r\n--XyZ--", E::kPreambleTooLarge, 4, small_pre},
       {"preamble_forbidden", "x\r\n--XyZ--", E::kPreambleTooLarge, 0, no_pre},
       {"preamble_crlf_forbidden_ok_check", "\r\n\r\n--XyZ--", E::kPreambleTooLarge, 0, no_pre},
