@@ -277,9 +277,41 @@ void AuditLog::refreshKey() {
   key_pending_.store(false, std::memory_order_relaxed);
 }
 
+namespace {
+
+// Reads [start, end) of `fd` into `line` and parses it into `rec` (views into
+// `line`). -1: read error; 0: not a record (or longer than kMaxTailLine); 1: a record.
+int readRecord(int fd, off_t start, off_t end, std::string& line, AuditLine& rec) {
+  const size_t len = static_cast<size_t>(end - start);
+  if (len > kMaxTailLine) return 0;
+  line.resize(len);
+  if (len > 0 && !preadAll(fd, line.data(), len, start)) return -1;
+  return parseAuditLine(line, rec) ? 1 : 0;
+}
+
+// Whether the mac of `rec` (parsed from `line`) verifies; true when `keys`
+// no longer holds its key (nothing to check it with).
+bool lastMacVerifies(const KeyProvider& keys, std::string_view line, const AuditLine& rec) {
+  std::unique_ptr<AuditMac> m = AuditMac::create(keys, rec.key_id);
+  if (!m) return true;
+  std::string hex;
+  m->appendMacHex(rec.prev, line.substr(0, rec.mac_cut), hex);
+  return hex == rec.mac;
+}
+
+}  // namespace
+
 // Finds where the chain in `fd` ends (see start()), writes the missing '\n' of
 // a torn tail, and formats the audit.torn record describing it.
-bool AuditLog::initChain(int fd, std::string& error) {
+//
+// A crash can leave only the bytes after the last '\n' (one write cut short);
+// complete lines after the last parsable record, or a last record whose mac
+// does not verify, were edited. Then the log still starts (whoever can write
+// the file must not be able to stop the proxy through it) but blesses
+// nothing: no audit.torn covers the edited lines and the chain continues from
+// the last parsable record, so `portcullisctl audit verify` keeps failing at
+// the first edited line; one error line on stderr names the problem.
+bool AuditLog::initChain(int fd, const KeyProvider& keys, std::string& error) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     error = "audit log " + path_ + ": " + errnoMessage(errno);
@@ -292,50 +324,49 @@ bool AuditLog::initChain(int fd, std::string& error) {
     error = "audit log " + path_ + ": read failed";
     return false;
   }
-  // Walk back line by line to the last one that parses as a record.
-  off_t end = size;  // lines at [end, size) do not parse
-  bool found = false;
   std::string line;
-  while (end > 0) {
-    const off_t content_end = (end == size && last != '\n') ? end : end - 1;
-    const off_t start = findLineStart(fd, content_end);
-    if (start < 0) {
-      error = "audit log " + path_ + ": read failed";
-      return false;
-    }
-    const size_t len = static_cast<size_t>(content_end - start);
-    if (len <= kMaxTailLine) {
-      line.resize(len);
-      if (len > 0 && !preadAll(fd, line.data(), len, start)) {
-        error = "audit log " + path_ + ": read failed";
-        return false;
-      }
-      AuditLine rec;
-      if (parseAuditLine(line, rec)) {
-        next_seq_ = rec.seq + 1;
-        prev_.assign(rec.mac.data(), rec.mac.size());
-        found = true;
-        break;
-      }
-    }
-    end = start;
+  AuditLine rec;
+  // [tail, size): the unterminated last line, if any.
+  const off_t tail = last == '\n' ? size : findLineStart(fd, size);
+  int got = tail < 0 ? -1 : 0;
+  if (tail >= 0 && tail < size) got = readRecord(fd, tail, size, line, rec);
+  const bool torn = got == 0 && tail < size;  // not a complete record that only lacks its '\n'
+  off_t end = tail;  // the complete lines in [end, tail) do not parse
+  while (got == 0 && end > 0) {
+    const off_t start = findLineStart(fd, end - 1);
+    got = start < 0 ? -1 : readRecord(fd, start, end - 1, line, rec);
+    if (got == 0) end = start;
   }
-  if (found && end == size && last != '\n') {
-    // A complete record that only lacks its '\n'.
-    if (!writeAllFd(fd, "\n", 1)) {
-      error = "audit log " + path_ + ": write failed: " + errnoMessage(errno);
-      return false;
-    }
-    return true;
+  if (got < 0) {
+    error = "audit log " + path_ + ": read failed";
+    return false;
   }
-  if (end >= size) return true;  // `end` is just after the good record's '\n'
-  // Torn region [end, size), hashed without its final '\n'.
-  const off_t hashed_end = last == '\n' ? size - 1 : size;
+  std::string last_seq = "the start of the file";
+  if (got == 1) {
+    next_seq_ = rec.seq + 1;
+    prev_.assign(rec.mac.data(), rec.mac.size());
+    last_seq = "seq " + std::to_string(rec.seq);
+    if (!lastMacVerifies(keys, line, rec)) {
+      std::fprintf(stderr, "portcullis: error: audit log %s: the mac of the last record (%s) does not verify: "
+                   "it was edited; `portcullisctl audit verify` reports it\n", path_.c_str(), last_seq.c_str());
+    }
+  }
+  if (end < tail) {
+    std::fprintf(stderr, "portcullis: error: audit log %s: %lld bytes of complete lines after %s do not parse: "
+                 "edited, not torn by a crash; left uncovered (`portcullisctl audit verify` reports them)\n",
+                 path_.c_str(), static_cast<long long>(tail - end), last_seq.c_str());
+  }
+  if (tail < size && !writeAllFd(fd, "\n", 1)) {
+    error = "audit log " + path_ + ": write failed: " + errnoMessage(errno);
+    return false;
+  }
+  if (!torn || end < tail) return true;
+  // The torn line [tail, size), without the '\n' just added.
   SHA256_CTX sha;
   SHA256_Init(&sha);
   std::string chunk(kTailChunk, '\0');
-  for (off_t off = end; off < hashed_end;) {
-    const size_t n = static_cast<size_t>(std::min<off_t>(hashed_end - off, static_cast<off_t>(kTailChunk)));
+  for (off_t off = tail; off < size;) {
+    const size_t n = static_cast<size_t>(std::min<off_t>(size - off, static_cast<off_t>(kTailChunk)));
     if (!preadAll(fd, chunk.data(), n, off)) {
       error = "audit log " + path_ + ": read failed";
       return false;
@@ -345,10 +376,6 @@ bool AuditLog::initChain(int fd, std::string& error) {
   }
   uint8_t digest[32];
   SHA256_Final(digest, &sha);
-  if (last != '\n' && !writeAllFd(fd, "\n", 1)) {
-    error = "audit log " + path_ + ": write failed: " + errnoMessage(errno);
-    return false;
-  }
   static constexpr char kHex[] = "0123456789abcdef";
   std::string hex;
   for (uint8_t b : digest) {
@@ -356,7 +383,7 @@ bool AuditLog::initChain(int fd, std::string& error) {
     hex += kHex[b & 0xF];
   }
   // Not AuditFields: parseAuditLine expects exactly this layout.
-  std::string fields = "\"torn_bytes\":" + std::to_string(hashed_end - end) + ",\"torn_sha256\":\"" + hex + "\"";
+  std::string fields = "\"torn_bytes\":" + std::to_string(size - tail) + ",\"torn_sha256\":\"" + hex + "\"";
   emit("audit.torn", fields, false);
   return true;
 }
@@ -374,7 +401,7 @@ bool AuditLog::start(const std::string& path, const std::shared_ptr<const KeyPro
   path_ = path;
   mac_ = std::move(m);
   now_us_ = nowUs();
-  if (!initChain(fd, error)) {
+  if (!initChain(fd, *keys, error)) {
     ::close(fd);
     out_.clear();
     out_records_ = 0;

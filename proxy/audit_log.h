@@ -25,11 +25,11 @@
 //
 // Reserved events, written by AuditLog itself:
 //   audit.start  on every start(); fields: "pid":N
-//   audit.torn   on start() when the file did not end with a complete record:
-//                "torn_bytes":K,"torn_sha256":"<hex>" over the bytes from the
-//                start of the first unparsable (or unterminated) line after the
-//                last parsable record to the end of the file, excluding the
-//                final '\n' (start() adds that '\n' when it was missing).
+//   audit.torn   on start() when the file ended with an unterminated line
+//                that is not a record (a write cut short by a crash):
+//                "torn_bytes":K,"torn_sha256":"<hex>" over exactly the bytes
+//                after the file's last '\n' (start() then adds the '\n').
+//                Complete lines are never covered (see start()).
 // Callers must not use the `audit.` prefix.
 //
 // Key material and tokens are never written: callers put token ids, never
@@ -145,14 +145,17 @@ class AuditLog {
 
   // Opens `path` for appending (creating it with mode 0640 and missing parent
   // directories with mode 0750), continues the chain found at its end, and
-  // starts the writer thread. Continuing: the last complete line that parses
-  // as a record gives the next seq and prev (its mac is not verified, and its
-  // key_id need not be in `keys`). Anything after it (an unterminated or
-  // unparsable tail) is kept, terminated with '\n' if needed, and described by
-  // an audit.torn record; then an audit.start record follows. Events recorded
-  // before start() are written after these. Returns false with a one-line
-  // `error` if the file cannot be opened or read, `keys` is null or has no
-  // usable active key, or start() was already called. Call once.
+  // starts the writer thread. Continuing: the last line that parses as a
+  // record gives the next seq and prev (its key_id need not be in `keys`).
+  // An unterminated last line that is not a record is kept, terminated with
+  // '\n' and described by an audit.torn record; then an audit.start record
+  // follows. Events recorded before start() are written after these.
+  // Tampering found at the end (complete lines after the last record that do
+  // not parse, or a last record whose mac does not verify with `keys`) is
+  // reported on stderr and left uncovered, so that verification keeps
+  // failing; the log still starts. Returns false with a one-line `error` if
+  // the file cannot be opened or read, `keys` is null or has no usable active
+  // key, or start() was already called. Call once.
   bool start(const std::string& path, const std::shared_ptr<const KeyProvider>& keys, std::string& error);
 
   // Switches the MAC key of later records to the active key of `keys` (config
@@ -296,7 +299,7 @@ class AuditLog {
   void doReopen();
   void wakeWriter();
   void refreshKey();
-  bool initChain(int fd, std::string& error);
+  bool initChain(int fd, const KeyProvider& keys, std::string& error);
 
   const size_t mask_;
   std::unique_ptr<Cell[]> cells_;

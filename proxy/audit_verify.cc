@@ -292,11 +292,15 @@ class Verifier {
     }
     SHA256_Update(&torn_sha_, line.data(), line.size());
     torn_bytes_ += line.size();
+    ++torn_lines_;
     torn_terminated_ = terminated;
   }
 
+  // An audit.torn covers what a crash can leave: one unterminated, non-empty
+  // last line (AuditLog::start adds its '\n'). Several lines, or an empty
+  // one, were complete when AuditLog found them: edited, never covered.
   bool tornMatches(const AuditLine& rec) {
-    if (!rec.is_torn_record || rec.torn_bytes != torn_bytes_) return false;
+    if (!rec.is_torn_record || torn_lines_ != 1 || torn_bytes_ == 0 || rec.torn_bytes != torn_bytes_) return false;
     uint8_t d[32];
     SHA256_Final(d, &torn_sha_);
     char hex[64];
@@ -339,6 +343,7 @@ class Verifier {
       ++res_.torn_accepted;
       torn_line_ = 0;
       torn_bytes_ = 0;
+      torn_lines_ = 0;
     }
     if (res_.records == 0 && !have_last_) {
       if (rec.seq == 1) {
@@ -419,6 +424,7 @@ class Verifier {
   // Open torn region: its first line, its length so far and running SHA-256.
   uint64_t torn_line_ = 0;
   uint64_t torn_bytes_ = 0;
+  uint64_t torn_lines_ = 0;
   bool torn_terminated_ = false;
   SHA256_CTX torn_sha_;
 };

@@ -98,8 +98,9 @@ struct VerifyResult {
   // earlier records are elsewhere (rotated), and its first prev is taken as is.
   uint64_t continues_from_seq = 0;
   uint64_t last_seq = 0;
-  // Torn regions accepted because an audit.torn record right after them names
-  // their exact length and SHA-256 (warnings, not failures).
+  // Torn lines accepted (warnings, not failures): each one non-empty line
+  // that does not parse, right before an audit.torn record naming its exact
+  // length and SHA-256. Two or more such lines in a row are never accepted.
   uint64_t torn_accepted = 0;
   uint64_t bytes = 0;  // bytes read
 };

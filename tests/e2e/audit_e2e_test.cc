@@ -308,6 +308,38 @@ TEST_F(AuditE2E, TokenRequestBurstFarAboveItsBaselineAlerts) {
   EXPECT_EQ(proxy_->waitForMetric("portcullis_alerts_total{kind=\"token_rate\"}", 1), 1);
 }
 
+// Security review: records at the end of the log edited so that they no
+// longer parse were covered by an audit.torn at the next start and then
+// verified intact. A restart must leave them for verify to report.
+TEST_F(AuditE2E, EditedTailRecordsStayDetectedAfterARestart) {
+  start("");
+  Client c(proxy_->httpPort());
+  for (int i = 0; i < 3; ++i) expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/x")), 401, "unauthorized");
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_audit_records_written_total", 4), 4);
+  stopProxy();
+  std::vector<std::string> ls = lines(slurp(audit_));
+  ASSERT_EQ(ls.size(), 4u);
+  std::string text = ls[0] + "\n";
+  for (size_t i = 1; i < ls.size(); ++i) text += ls[i] + " \n";  // seq 2-4 no longer parse
+  std::ofstream(audit_, std::ios::binary | std::ios::trunc) << text;
+  const std::string verify = "audit verify --keyring " + keyring_ + " " + audit_;
+  int rc = -1;
+  ctlOut(verify, &rc);
+  EXPECT_EQ(rc, 1);
+  {
+    ChildProcess again({PORTCULLIS_BIN, "-c", proxy_->configPath()});
+    ASSERT_TRUE(again.waitForStderr("admin listening ", Millis(20000))) << again.stderrText();
+    EXPECT_NE(again.stderrText().find("complete lines after seq 1 do not parse"), std::string::npos)
+        << again.stderrText();
+    EXPECT_EQ(again.stop(), 0);
+  }
+  const std::string out = ctlOut(verify, &rc);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("line 2"), std::string::npos) << out;
+  EXPECT_NE(out.find("torn"), std::string::npos) << out;
+  EXPECT_EQ(slurp(audit_).find("audit.torn"), std::string::npos);
+}
+
 // The harness scans every file a test proxy wrote (and its stderr) for
 // tokens and key material when it stops it; prove the scan can fail.
 TEST_F(AuditE2E, LogScanCatchesALeakedToken) {

@@ -4,6 +4,7 @@
 #include <openssl/base64.h>
 #include <openssl/digest.h>
 #include <openssl/hmac.h>
+#include <openssl/sha.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -90,6 +91,16 @@ class AuditLogTest : public ::testing::Test {
   }
 
   VerifyResult verify(const std::string& path) { return verifyAuditFile(path, *ring); }
+
+  // Edits the "bad_secret" of line `i` (0-based) of the log, keeping it parsable.
+  void editLine(size_t i) {
+    auto v = lines(log_path);
+    ASSERT_LT(i, v.size());
+    const size_t at = v[i].find("bad_secret");
+    ASSERT_NE(at, std::string::npos);
+    v[i].replace(at, 3, "BAD");
+    writeFile(log_path, joinLines(v));
+  }
 
   TempDir dir;
   std::string log_path;
@@ -269,11 +280,7 @@ TEST_F(AuditLogTest, PackedFieldsAreFormattedByTheWriter) {
 
 TEST_F(AuditLogTest, EditedFieldIsDetectedWithItsSeq) {
   writeEvents(10, log_path);
-  auto v = lines(log_path);
-  const size_t at = v[4].find("bad_secret");
-  ASSERT_NE(at, std::string::npos);
-  v[4].replace(at, 10, "good_secre");
-  writeFile(log_path, joinLines(v));
+  editLine(4);
   const VerifyResult r = verify(log_path);
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.why, "edited");
@@ -416,16 +423,119 @@ TEST_F(AuditLogTest, CompleteLastRecordWithoutNewlineIsKept) {
   EXPECT_EQ(r.torn_accepted, 0u);
 }
 
-TEST_F(AuditLogTest, GarbageOnlyFileStartsAChainAfterIt) {
+// Complete lines that do not parse were not left by a crash (a crash leaves
+// at most one unterminated line): a restart must not cover them.
+TEST_F(AuditLogTest, GarbageOnlyFileIsNotCoveredOnRestart) {
   mkdir((dir.path + "/sub").c_str(), 0750);
   writeFile(log_path, "garbage\n\nmore");
+  writeEvents(1, log_path);
+  const VerifyResult r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "torn");
+  EXPECT_EQ(r.first_bad_line, 1u);
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 5u);  // garbage, "", more, audit.start, 1
+  EXPECT_EQ(v[2], "more");
+  EXPECT_NE(v[3].find("\"seq\":1,\"ts\""), std::string::npos);
+  EXPECT_NE(v[3].find("\"event\":\"audit.start\""), std::string::npos);
+}
+
+TEST_F(AuditLogTest, UnterminatedGarbageOnlyFileStartsAChainAfterIt) {
+  mkdir((dir.path + "/sub").c_str(), 0750);
+  writeFile(log_path, "more");
   writeEvents(1, log_path);
   const VerifyResult r = verify(log_path);
   EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
   EXPECT_EQ(r.torn_accepted, 1u);
   auto v = lines(log_path);
-  EXPECT_NE(v[3].find("\"seq\":1,"), std::string::npos);
-  EXPECT_NE(v[3].find("\"torn_bytes\":13,"), std::string::npos);
+  ASSERT_EQ(v.size(), 4u);
+  EXPECT_NE(v[1].find("\"seq\":1,"), std::string::npos);
+  EXPECT_NE(v[1].find("\"torn_bytes\":4,"), std::string::npos);
+}
+
+// Security review: records 2-5 edited so that they no longer parse were
+// covered by an audit.torn on restart and then verified intact.
+TEST_F(AuditLogTest, EditedCompleteRecordsStayDetectedAfterRestart) {
+  writeEvents(4, log_path);
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 5u);
+  for (size_t i = 1; i <= 4; ++i) v[i] += ' ';  // seq 2-5, the end of the file
+  writeFile(log_path, joinLines(v));
+  ASSERT_EQ(verify(log_path).why, "torn");
+  writeEvents(2, log_path);
+  const std::string text = readFile(log_path);
+  EXPECT_EQ(text.find("audit.torn"), std::string::npos) << text;
+  VerifyResult r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "torn");
+  EXPECT_EQ(r.first_bad_line, 2u);
+  // The same with a torn last line after the edited ones: nothing is covered.
+  writeFile(log_path, joinLines(v) + "{\"seq\":9");
+  writeEvents(1, log_path);
+  EXPECT_EQ(readFile(log_path).find("audit.torn"), std::string::npos);
+  r = verify(log_path);
+  EXPECT_EQ(r.why, "torn");
+  EXPECT_EQ(r.first_bad_line, 2u);
+}
+
+// A parsable last record whose mac was edited stays "edited" after a restart.
+TEST_F(AuditLogTest, EditedLastRecordStaysDetectedAfterRestart) {
+  writeEvents(3, log_path);
+  editLine(3);
+  writeEvents(1, log_path);
+  const VerifyResult r = verify(log_path);
+  EXPECT_EQ(r.why, "edited");
+  EXPECT_EQ(r.first_bad_seq, 4u);
+}
+
+// One signed record line (key k1 of the fixture's ring) for hand-built logs.
+std::string signedLine(const KeyProvider& keys, uint64_t seq, const std::string& event_and_fields,
+                       const std::string& prev) {
+  const std::string body = "{\"seq\":" + std::to_string(seq) + ",\"ts\":\"2026-01-01T00:00:00.000000Z\",\"event\":" +
+                           event_and_fields + ",\"key_id\":\"k1\",\"prev\":\"" + prev + "\"";
+  std::string mac;
+  AuditMac::create(keys, "k1")->appendMacHex(prev, body, mac);
+  return body + ",\"mac\":\"" + mac + "\"}";
+}
+
+std::string tornRecord(const KeyProvider& keys, uint64_t seq, const std::string& covered, const std::string& prev) {
+  uint8_t d[32];
+  SHA256(reinterpret_cast<const uint8_t*>(covered.data()), covered.size(), d);
+  std::string hex;
+  for (uint8_t b : d) {
+    hex += "0123456789abcdef"[b >> 4];
+    hex += "0123456789abcdef"[b & 0xF];
+  }
+  return signedLine(keys, seq,
+                    "\"audit.torn\",\"torn_bytes\":" + std::to_string(covered.size()) + ",\"torn_sha256\":\"" + hex +
+                        "\"",
+                    prev);
+}
+
+// The verifier accepts an audit.torn only over exactly one line: what a
+// crash can leave unterminated at the end of a file.
+TEST_F(AuditLogTest, AuditTornCoversExactlyOneLine) {
+  const std::string first = signedLine(*ring, 1, "\"audit.start\",\"pid\":1", std::string(kAuditZeroMac));
+  AuditLine rec;
+  ASSERT_TRUE(parseAuditLine(first, rec));
+  const std::string prev(rec.mac);
+  mkdir((dir.path + "/sub").c_str(), 0750);
+
+  writeFile(log_path, first + "\n{\"seq\":2,\n" + tornRecord(*ring, 2, "{\"seq\":2,", prev) + "\n");
+  VerifyResult r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+  EXPECT_EQ(r.torn_accepted, 1u);
+
+  writeFile(log_path, first + "\nedited 2\nedited 3\n" + tornRecord(*ring, 2, "edited 2\nedited 3", prev) + "\n");
+  r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "torn");
+  EXPECT_EQ(r.first_bad_line, 2u);
+
+  writeFile(log_path, first + "\n\n" + tornRecord(*ring, 2, "", prev) + "\n");
+  r = verify(log_path);
+  EXPECT_FALSE(r.ok);
+  EXPECT_EQ(r.why, "torn");
 }
 
 TEST_F(AuditLogTest, KeyRotationMidFile) {
