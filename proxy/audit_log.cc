@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -169,6 +170,20 @@ int openAudit(const std::string& path, std::string& error) {
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
   if (fd < 0) error = "cannot open audit log " + path + ": " + errnoMessage(errno);
   return fd;
+}
+
+// Takes a non-blocking exclusive flock() on `fd`, the audit log at `path`,
+// held until the descriptor is closed: two writers on one file would fork
+// its chain (each continues from the end it read).
+bool lockAudit(int fd, const std::string& path, std::string& error) {
+  while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EINTR) continue;
+    error = errno == EWOULDBLOCK
+                ? "audit log " + path + " is in use by another process (another portcullis with the same log.audit?)"
+                : "cannot lock audit log " + path + ": " + errnoMessage(errno);
+    return false;
+  }
+  return true;
 }
 
 bool preadAll(int fd, char* p, size_t n, off_t off) {
@@ -398,6 +413,10 @@ bool AuditLog::start(const std::string& path, const std::shared_ptr<const KeyPro
   if (!m) return false;
   const int fd = openAudit(path, error);
   if (fd < 0) return false;
+  if (!lockAudit(fd, path, error)) {
+    ::close(fd);
+    return false;
+  }
   path_ = path;
   mac_ = std::move(m);
   now_us_ = nowUs();
@@ -844,6 +863,17 @@ void AuditLog::doReopen() {
   const int fd = openAudit(path_, error);
   if (fd < 0) {
     std::fprintf(stderr, "portcullis: reopening audit log failed, keeping the old file: %s\n", error.c_str());
+    return;
+  }
+  struct stat now {}, cur {};
+  if (::fstat(fd, &now) == 0 && ::fstat(file_.fd(), &cur) == 0 && now.st_dev == cur.st_dev &&
+      now.st_ino == cur.st_ino) {
+    ::close(fd);  // not rotated: the file we hold (and have locked)
+    return;
+  }
+  if (!lockAudit(fd, path_, error)) {
+    std::fprintf(stderr, "portcullis: reopening audit log failed, keeping the old file: %s\n", error.c_str());
+    ::close(fd);
     return;
   }
   giveUpHeld();  // syncNow() ran before: only a write failure leaves bytes held

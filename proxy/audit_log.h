@@ -153,9 +153,11 @@ class AuditLog {
   // Tampering found at the end (complete lines after the last record that do
   // not parse, or a last record whose mac does not verify with `keys`) is
   // reported on stderr and left uncovered, so that verification keeps
-  // failing; the log still starts. Returns false with a one-line `error` if
-  // the file cannot be opened or read, `keys` is null or has no usable active
-  // key, or start() was already called. Call once.
+  // failing; the log still starts. The file is locked (flock, exclusive,
+  // until stop()): one writer per file, as two would fork the chain. Returns
+  // false with a one-line `error` if the file cannot be opened, locked (it is
+  // in use by another process or AuditLog) or read, `keys` is null or has no
+  // usable active key, or start() was already called. Call once.
   bool start(const std::string& path, const std::shared_ptr<const KeyProvider>& keys, std::string& error);
 
   // Switches the MAC key of later records to the active key of `keys` (config
@@ -231,7 +233,9 @@ class AuditLog {
   static constexpr size_t kStageMaxBytes = 64 * 1024;
 
   // Asks the writer to reopen the path (logrotate: rename, then reopen()). The
-  // new file continues seq and prev from the last record of the old one.
+  // new file continues seq and prev from the last record of the old one and
+  // is locked like start()'s; if it cannot be opened or locked, or the path
+  // still names the current file, the writer keeps the current file.
   // Thread-safe, non-blocking, not async-signal-safe.
   void reopen();
 

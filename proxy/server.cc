@@ -309,6 +309,13 @@ bool Server::startup(std::string& error) {
   });
   if (!admin_->listen(cfg.server.admin_listen.host, cfg.server.admin_listen.port, error)) return false;
   admin_port_ = admin_->port();
+  // The audit log is opened (and locked) only once every listener is bound,
+  // so a second instance of this config fails before it touches the log.
+  // The workers start below: no event was recorded before this.
+  if (audit_ && !audit_->start(cfg.log.audit, snap->keys, error)) {
+    error = "log.audit: " + error;
+    return false;
+  }
 
   health_checker_ = std::make_unique<HealthChecker>(&loop_);
   health_checker_->update(*snap);
@@ -694,6 +701,7 @@ void Server::reload() {
 // The audit log needs the [encryption] keyring (its MAC key is derived from
 // the active master key). Without one it is off, with a warning (a config
 // that names log.audit explicitly is refused by checkSupported instead).
+// The log is created here and started by startup() once listeners are bound.
 bool Server::startAuditAndAlerts(const Snapshot& snap, std::string& error) {
   const Config& cfg = *snap.config;
   webhook_ = std::make_unique<AlertWebhook>();
@@ -725,10 +733,6 @@ bool Server::startAuditAndAlerts(const Snapshot& snap, std::string& error) {
         }
         sink->send(event, line, event == "alert" ? SyslogSink::Severity::kWarning : SyslogSink::Severity::kNotice);
       });
-    }
-    if (!audit_->start(cfg.log.audit, snap.keys, error)) {
-      error = "log.audit: " + error;
-      return false;
     }
     std::const_pointer_cast<Snapshot>(snapshot_)->audit = audit_.get();
   } else {

@@ -340,6 +340,30 @@ TEST_F(AuditE2E, EditedTailRecordsStayDetectedAfterARestart) {
   EXPECT_EQ(slurp(audit_).find("audit.torn"), std::string::npos);
 }
 
+// Security review: a second instance with the same config opened the audit
+// log and appended audit.start from the chain end it read, forking the
+// chain. It must refuse to start and leave the running instance's log alone.
+TEST_F(AuditE2E, SecondInstanceOnTheSameAuditLogRefusesToStart) {
+  start("");
+  Client c(proxy_->httpPort());
+  expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/x")), 401, "unauthorized");
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_audit_records_written_total", 2), 2);
+  {
+    ChildProcess second({PORTCULLIS_BIN, "-c", proxy_->configPath()});
+    int ws = 0;
+    ASSERT_TRUE(second.waitExit(Millis(10000), &ws)) << second.stderrText();
+    EXPECT_TRUE(WIFEXITED(ws) && WEXITSTATUS(ws) != 0) << ws;
+    EXPECT_NE(second.stderrText().find("audit log " + audit_ + " is in use by another process"), std::string::npos)
+        << second.stderrText();
+  }
+  expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/y")), 401, "unauthorized");
+  stopProxy();
+  int rc = -1;
+  const std::string out = ctlOut("audit verify --keyring " + keyring_ + " " + audit_, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("intact, 3 records"), std::string::npos) << out;
+}
+
 // The harness scans every file a test proxy wrote (and its stderr) for
 // tokens and key material when it stops it; prove the scan can fail.
 TEST_F(AuditE2E, LogScanCatchesALeakedToken) {

@@ -853,5 +853,26 @@ TEST_F(AuditLogTest, StartRefusesBadKeysAndDoubleStart) {
   EXPECT_EQ(log.lost(), 1u);
 }
 
+// One writer per file (flock): a second would fork the chain. A reopen of
+// the same, unrotated file keeps writing it.
+TEST_F(AuditLogTest, SecondWriterOnTheSameFileIsRefused) {
+  AuditLog log;
+  std::string error;
+  ASSERT_TRUE(log.start(log_path, ring, error)) << error;
+  AuditLog other;
+  EXPECT_FALSE(other.start(log_path, ring, error));
+  EXPECT_NE(error.find("is in use by another process"), std::string::npos) << error;
+  log.record("auth.success", "");
+  log.reopen();
+  log.record("auth.success", "");
+  log.stop();
+  EXPECT_EQ(log.lost(), 0u);
+  const VerifyResult r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+  EXPECT_EQ(r.records, 3u);
+  AuditLog after;
+  EXPECT_TRUE(after.start(log_path, ring, error)) << error;
+}
+
 }  // namespace
 }  // namespace portcullis
