@@ -113,7 +113,9 @@ struct VerifyResult {
 //
 // Limits of any hash chain: removing whole records from the end of the file, or
 // the first records of a file (then `continues_from_seq` says so), cannot be
-// told from a shorter or rotated log.
+// told from a shorter or rotated log; nor can a last record replaced by an
+// unterminated line (which a restart covers as torn) be told from a crash.
+// Compare `last_seq` with an outside copy (syslog/SIEM) to catch these.
 VerifyResult verifyAuditLog(int fd, const KeyProvider& keys);
 VerifyResult verifyAuditFile(const std::string& path, const KeyProvider& keys);
 
