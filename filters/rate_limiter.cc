@@ -19,9 +19,8 @@
 //      store key = fp(K). Validate: rescan the other 7 cells (seq_cst loads);
 //      if any is LIVE with fp(K) or TENTATIVE with tag(K), another thread is
 //      inserting or has inserted K: give the cell back (EMPTY | gen+1), back
-//      off, restart at 1. Otherwise publish LIVE | gen+1 | f(initial) (release),
-//      where initial is fresh, or the shard's overflow state for this kind
-//      while that is active (see "Fallback" below).
+//      off, restart at 1. Otherwise publish LIVE | gen+1 | f(fresh) (release);
+//      a new cell never starts from the overflow state (see "Fallback").
 //
 //  Why K never gets two cells: two claimants A and B of K each CAS their own
 //  cell (seq_cst) and then load the other cells (seq_cst). In the single total
@@ -41,13 +40,13 @@
 //  Fallback: a key with no cell (its group full of unexpired cells, or after
 //  kMaxConflicts give-backs) is decided by overflow[kind] of its shard, one
 //  GCRA/lockout word shared by every homeless key of that shard and kind.
-//  While that word is active (unexpired), new cells of that shard and kind
-//  start from it instead of fresh. Per key this keeps the exact bound: the
-//  state each admission starts from is never older than the one left by that
-//  key's previous admission (cells are evicted only when expired, overflow
-//  is monotonic), so burst + rps * T holds for homeless keys too. The price is
-//  collateral: during an overflow episode, new keys of that shard share the
-//  homeless keys' debt (and, for kAuthFailure, their ban). Counted in
+//  A newly placed cell always starts fresh, never from the overflow word:
+//  limits are per key (SPEC §3), so one homeless key's debt or ban must not
+//  reach a key that does have a cell. The price: a key that was homeless and
+//  then gets a cell starts with a new burst (at most one extra burst per
+//  homeless episode; for kAuthFailure, an overflow ban does not follow it).
+//  Since the hash seed is random per RateLimiter, a client cannot compute
+//  colliding keys to make itself or others homeless. Counted in
 //  stats().fallbacks.
 //
 //  Progress: decisions on existing keys and inserts of distinct keys are
@@ -59,12 +58,14 @@
 #include "filters/rate_limiter.h"
 
 #include <arpa/inet.h>
+#include <openssl/rand.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -88,7 +89,6 @@ constexpr uint64_t kGenMask = uint64_t{3} << kGenShift;
 constexpr uint64_t kValueMask = (uint64_t{1} << 58) - 1;
 constexpr uint64_t kPayloadMask = kBanned | kLockout | kValueMask;
 constexpr uint64_t kMaxCount = 0xffff;
-constexpr uint64_t kSeed = 0x9e3779b97f4a7c15ull;
 constexpr int kMaxConflicts = 64;
 
 inline uint64_t status(uint64_t s) { return s >> kStatusShift; }
@@ -194,8 +194,8 @@ struct Hashed {
   uint64_t tag;
 };
 
-inline Hashed hashKey(LimitKind kind, std::string_view key, size_t groups) {
-  XXH128_hash_t h = XXH3_128bits_withSeed(key.data(), key.size(), kSeed + static_cast<uint64_t>(kind));
+inline Hashed hashKey(uint64_t seed, LimitKind kind, std::string_view key, size_t groups) {
+  XXH128_hash_t h = XXH3_128bits_withSeed(key.data(), key.size(), seed + static_cast<uint64_t>(kind));
   return {h.low64 & (groups - 1), h.high64, h.high64 & kValueMask};
 }
 
@@ -207,11 +207,20 @@ RateLimiter::RateLimiter(const RateLimiterOptions& opts) {
   shard_count_ = std::min(std::bit_ceil(std::max<size_t>(opts.shards, 1)), groups_);
   group_shift_ = static_cast<unsigned>(std::countr_zero(groups_ / shard_count_));
   grace_ns_ = std::min(opts.reclaim_grace_ns, kValueMask);
+  // Secret per instance, so colliding keys cannot be computed offline.
+  if (RAND_bytes(reinterpret_cast<uint8_t*>(&seed_), sizeof(seed_)) != 1) {
+    std::fprintf(stderr, "RateLimiter: RAND_bytes failed\n");
+    std::abort();
+  }
   table_ = std::make_unique<Group[]>(groups_);
   shards_ = std::make_unique<Shard[]>(shard_count_);
 }
 
 RateLimiter::~RateLimiter() = default;
+
+size_t RateLimiter::groupOf(LimitKind kind, std::string_view key) const {
+  return hashKey(seed_, kind, key, groups_).group;
+}
 
 size_t RateLimiter::memoryBytes() const { return groups_ * sizeof(Group) + shard_count_ * sizeof(Shard); }
 
@@ -219,7 +228,7 @@ size_t RateLimiter::memoryBytes() const { return groups_ * sizeof(Group) + shard
 // applies f (payload -> Step) with CAS; homeless keys go to the overflow cell.
 template <class F>
 auto RateLimiter::update(LimitKind kind, std::string_view key, uint64_t now, F&& f) {
-  const Hashed hk = hashKey(kind, key, groups_);
+  const Hashed hk = hashKey(seed_, kind, key, groups_);
   Group& g = table_[hk.group];
   Shard& sh = shards_[hk.group >> group_shift_];
   unsigned waits = 0;
@@ -293,13 +302,9 @@ auto RateLimiter::update(LimitKind kind, std::string_view key, uint64_t now, F&&
       backoff(waits);
       continue;
     }
-    // A new cell starts fresh, unless the shard's overflow cell for this kind
-    // is active: then it inherits that state, so a key that was admitted as
-    // homeless cannot collect a second burst by getting a cell.
-    uint64_t init = sh.overflow[static_cast<size_t>(kind)].load(std::memory_order_acquire);
-    if (expired(init, now)) init = 0;
-    auto step = f(init);
-    c.state.store((kLive << kStatusShift) | (gen << kGenShift) | (step.write ? step.payload : init),
+    // Fresh, never the overflow word: see "Fallback" above.
+    auto step = f(0);
+    c.state.store((kLive << kStatusShift) | (gen << kGenShift) | (step.write ? step.payload : 0),
                   std::memory_order_release);
     if (empty < 0) sh.reclaims.fetch_add(1, std::memory_order_relaxed);
     return step.result;
@@ -326,7 +331,7 @@ BanStatus RateLimiter::recordAuthFailure(std::string_view ip_key, const AuthFail
   Failure fail{lim, std::min(now_ns, kValueMask)};
   BanStatus b = update(LimitKind::kAuthFailure, ip_key, fail.now, [&](uint64_t p) { return fail(p); });
   if (b.ban_started) {
-    const Hashed hk = hashKey(LimitKind::kAuthFailure, ip_key, groups_);
+    const Hashed hk = hashKey(seed_, LimitKind::kAuthFailure, ip_key, groups_);
     shards_[hk.group >> group_shift_].bans_started.fetch_add(1, std::memory_order_relaxed);
   }
   return b;
@@ -334,7 +339,7 @@ BanStatus RateLimiter::recordAuthFailure(std::string_view ip_key, const AuthFail
 
 BanStatus RateLimiter::checkBan(std::string_view ip_key, const AuthFailureLimit& lim, uint64_t now_ns) {
   const uint64_t now = std::min(now_ns, kValueMask);
-  const Hashed hk = hashKey(LimitKind::kAuthFailure, ip_key, groups_);
+  const Hashed hk = hashKey(seed_, LimitKind::kAuthFailure, ip_key, groups_);
   const Group& g = table_[hk.group];
   auto fromPayload = [&](uint64_t p) {
     BanStatus b;

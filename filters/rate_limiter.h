@@ -12,7 +12,8 @@
 // TAT := max(TAT, now) + I. A denied request changes nothing. Because every
 // admission is one successful CAS that advances TAT by I, the number of
 // admissions over [t0, t1] is <= burst + rps * (t1 - t0) no matter how many
-// threads race on the key (exact, not approximate).
+// threads race on the key (exact, not approximate), as long as the key keeps
+// its cell or stays homeless (see "Full group" for the one exception).
 //
 // Table layout (see rate_limiter.cc for the full protocol):
 //   - The table is an array of groups; a group is 8 cells (128 bytes, two
@@ -40,10 +41,17 @@
 //     identical to a fresh one) and is reclaimed in place, once it has been
 //     expired for reclaim_grace_ns (default 1 s). If none is
 //     expired, the key is "homeless" and is decided by the shard's overflow
-//     cell for its kind: one GCRA state shared by all homeless keys of that
-//     shard and kind, with the requesting key's limit. This is conservative
-//     (homeless keys share one quota; they are never admitted unlimited)
-//     and every such decision is counted in `fallbacks`.
+//     cell for its kind: one GCRA or lockout state shared by all homeless
+//     keys of that shard and kind, with the requesting key's limit. Homeless
+//     keys share one quota (never admitted unlimited) and, for kAuthFailure,
+//     one ban; every such decision is counted in `fallbacks`. A key that gets
+//     a cell always starts fresh, never from the overflow state: limits are
+//     per key (SPEC §3), so a homeless key's debt or ban never reaches a
+//     placed key. The exception to the exact bound: a key that was homeless
+//     and then gets a cell starts with a new burst (one per such episode),
+//     and leaves an overflow ban behind.
+//   - Hash seed: drawn with RAND_bytes per RateLimiter, so which keys share a
+//     group cannot be computed offline to make keys homeless on purpose.
 //
 // Clock: the caller passes `now_ns` (injectable; production passes
 // CLOCK_MONOTONIC ns). Values must be < 2^58 ns (9.1 years of uptime).
@@ -144,6 +152,11 @@ class RateLimiter {
   // IPs banned at `now` (cells plus banned overflow cells); O(cells), for metrics.
   uint64_t activeBans(uint64_t now_ns) const;
 
+  // The group (of 8 cells) `key` of `kind` hashes to in this table: keys of
+  // one group compete for its cells. For tests and diagnostics; which keys
+  // share a group depends on the instance's random seed.
+  size_t groupOf(LimitKind kind, std::string_view key) const;
+
   size_t cellCount() const { return groups_ * kGroupCells; }
   size_t memoryBytes() const;
   static constexpr size_t kGroupCells = 8;
@@ -172,6 +185,7 @@ class RateLimiter {
   size_t shard_count_ = 0;
   unsigned group_shift_ = 0;  // group index >> group_shift_ = shard index
   uint64_t grace_ns_ = 0;
+  uint64_t seed_ = 0;  // XXH3 seed, random per instance (see "Hash seed")
 };
 
 // --- Response header values (SPEC §5, IETF httpapi RateLimit fields) -------

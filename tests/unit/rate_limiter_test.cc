@@ -289,20 +289,105 @@ TEST(RateLimiter, FullTableReclaimsExpiredThenFallsBack) {
   EXPECT_EQ(rl.stats().fallbacks, 4u);
 }
 
-TEST(RateLimiter, HomelessKeyGetsNoSecondBurstFromANewCell) {
+TEST(RateLimiter, HomelessKeyThatGetsACellStartsFresh) {
   RateLimiter rl(RateLimiterOptions{4, 1, 0});  // one group of 8 cells
   for (int i = 0; i < 8; ++i) ASSERT_TRUE(rl.decide(LimitKind::kIp, "f" + std::to_string(i), Limit{10, 1}, kT0).allowed);
   Limit lim{1, 2};
   EXPECT_TRUE(rl.decide(LimitKind::kIp, "h", lim, kT0).fallback);
   EXPECT_TRUE(rl.decide(LimitKind::kIp, "h", lim, kT0).allowed);
   EXPECT_FALSE(rl.decide(LimitKind::kIp, "h", lim, kT0).allowed);
-  // The fillers expire after 100 ms: "h" now gets a cell, but not a new burst.
+  // The fillers expire after 100 ms: "h" gets a cell, which starts fresh (the
+  // overflow state may be another key's debt), so one new burst (header).
   Decision d = rl.decide(LimitKind::kIp, "h", lim, kT0 + 200000000ull);
   EXPECT_FALSE(d.fallback);
-  EXPECT_FALSE(d.allowed);
-  EXPECT_EQ(d.retry_after_ns, 800000000ull);
-  EXPECT_TRUE(rl.decide(LimitKind::kIp, "h", lim, kT0 + kSec).allowed);
-  EXPECT_FALSE(rl.decide(LimitKind::kIp, "h", lim, kT0 + kSec).allowed);
+  EXPECT_TRUE(d.allowed);
+  EXPECT_TRUE(rl.decide(LimitKind::kIp, "h", lim, kT0 + 200000000ull).allowed);
+  EXPECT_FALSE(rl.decide(LimitKind::kIp, "h", lim, kT0 + 200000000ull).allowed);
+}
+
+// The first `n` keys "<prefix><i>" of `kind` that hash to group `g` (in = true)
+// or to any other group (in = false).
+std::vector<std::string> keysOf(const RateLimiter& rl, LimitKind kind, const std::string& prefix, size_t g, bool in,
+                                size_t n) {
+  std::vector<std::string> keys;
+  for (int i = 0; keys.size() < n && i < 100000; ++i) {
+    std::string k = prefix + std::to_string(i);
+    if ((rl.groupOf(kind, k) == g) == in) keys.push_back(k);
+  }
+  EXPECT_EQ(keys.size(), n);
+  return keys;
+}
+
+// 16 groups in one shard: every group shares the shard's overflow cells.
+constexpr RateLimiterOptions kOneShard16Groups{64, 1, 0};
+
+TEST(RateLimiter, OverflowDebtIsNotInheritedByNewKeys) {
+  RateLimiter rl(kOneShard16Groups);
+  ASSERT_EQ(rl.cellCount(), 128u);
+  Limit lim{1, 1};
+  const size_t g = rl.groupOf(LimitKind::kIp, "fill0");
+  std::vector<std::string> fill = keysOf(rl, LimitKind::kIp, "fill", g, true, 9);
+  for (size_t i = 0; i < 8; ++i) ASSERT_FALSE(rl.decide(LimitKind::kIp, fill[i], lim, kT0).fallback);
+  // The 9th key of the full group uses up the overflow's only request.
+  Decision h = rl.decide(LimitKind::kIp, fill[8], lim, kT0);
+  EXPECT_TRUE(h.fallback && h.allowed);
+  EXPECT_FALSE(rl.decide(LimitKind::kIp, fill[8], lim, kT0).allowed);
+  // Never-seen keys of other groups of the shard are not charged that debt.
+  for (const std::string& v : keysOf(rl, LimitKind::kIp, "victim", g, false, 3)) {
+    Decision d = rl.decide(LimitKind::kIp, v, lim, kT0);
+    EXPECT_FALSE(d.fallback) << v;
+    EXPECT_TRUE(d.allowed) << v;
+    EXPECT_FALSE(rl.decide(LimitKind::kIp, v, lim, kT0).allowed) << v;  // and have their own limit
+  }
+  // A key of the full group is still decided by the overflow cell.
+  Decision late = rl.decide(LimitKind::kIp, keysOf(rl, LimitKind::kIp, "late", g, true, 1)[0], lim, kT0);
+  EXPECT_TRUE(late.fallback);
+  EXPECT_FALSE(late.allowed);
+}
+
+TEST(Lockout, OverflowBanIsNotInheritedByNewKeys) {
+  RateLimiter rl(kOneShard16Groups);
+  const size_t g = rl.groupOf(LimitKind::kAuthFailure, ipKey("198.51.100.0").view());
+  std::vector<std::string> ips;
+  for (int i = 0; ips.size() < 10 && i < 1 << 16; ++i) {
+    std::string ip = "198.51." + std::to_string(i / 256) + "." + std::to_string(i % 256);
+    if (rl.groupOf(LimitKind::kAuthFailure, ipKey(ip).view()) == g) ips.push_back(ip);
+  }
+  ASSERT_EQ(ips.size(), 10u);
+  std::string victim;
+  for (int i = 0; victim.empty() && i < 256; ++i) {
+    std::string ip = "203.0.113." + std::to_string(i);
+    if (rl.groupOf(LimitKind::kAuthFailure, ipKey(ip).view()) != g) victim = ip;
+  }
+  ASSERT_FALSE(victim.empty());
+  AuthFailureLimit lim{2, 60, 120};
+  // 8 colliding IPs fill the group; the 9th earns a ban in the overflow cell.
+  for (int i = 0; i < 8; ++i) ASSERT_FALSE(rl.recordAuthFailure(ipKey(ips[i]).view(), lim, kT0).fallback);
+  for (int i = 0; i < 2; ++i) EXPECT_FALSE(rl.recordAuthFailure(ipKey(ips[8]).view(), lim, kT0).banned);
+  BanStatus a = rl.recordAuthFailure(ipKey(ips[8]).view(), lim, kT0);
+  EXPECT_TRUE(a.banned && a.ban_started && a.fallback);
+  // The victim's one failure gets its own cell, starting from zero failures.
+  BanStatus v = rl.recordAuthFailure(ipKey(victim).view(), lim, kT0 + kSec);
+  EXPECT_FALSE(v.fallback);
+  EXPECT_FALSE(v.banned);
+  EXPECT_FALSE(rl.checkBan(ipKey(victim).view(), lim, kT0 + kSec).banned);
+  EXPECT_FALSE(rl.recordAuthFailure(ipKey(victim).view(), lim, kT0 + kSec).banned);  // failure 2 of max 2
+  EXPECT_TRUE(rl.recordAuthFailure(ipKey(victim).view(), lim, kT0 + kSec).ban_started);  // its own ban
+  // Homeless IPs of the full group still share the overflow's ban.
+  EXPECT_TRUE(rl.checkBan(ipKey(ips[9]).view(), lim, kT0 + kSec).banned);
+  EXPECT_EQ(rl.stats().bans_started, 2u);
+}
+
+TEST(RateLimiter, HashSeedIsRandomPerTable) {
+  // With a fixed seed two tables place every key alike; with a random one
+  // 64 keys over 16 groups land alike with probability 2^-256.
+  RateLimiter a(kOneShard16Groups), b(kOneShard16Groups);
+  int same = 0;
+  for (int i = 0; i < 64; ++i) {
+    std::string k = "k" + std::to_string(i);
+    same += a.groupOf(LimitKind::kIp, k) == b.groupOf(LimitKind::kIp, k);
+  }
+  EXPECT_LT(same, 64);
 }
 
 TEST(RateLimiter, ReclaimWaitsForTheGracePeriod) {
