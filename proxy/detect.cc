@@ -73,7 +73,7 @@ constexpr int kMaxConflicts = 64;
 constexpr size_t kMaxShards = 64;
 
 // What a cell counts; also the hash seed and the overflow index.
-enum Slot : int { kAuth, kForbiddenIp, kScan, kBanSlot, kForbiddenToken, kRate, kBytes, kSlots };
+enum Slot : int { kAuth, kForbiddenIp, kScan, kForbiddenToken, kRate, kBytes, kSlots };
 
 inline uint64_t status(uint64_t s) { return s >> kStatusShift; }
 inline uint64_t tagGen(uint64_t w) { return w >> kTagShift; }
@@ -447,9 +447,17 @@ void Detector::notFound(std::string_view ip, uint64_t now_ns) {
   count(kScan, AlertKind::kScanning, ip, {}, cfg_.not_found_count, cfg_.not_found_window_s, now_ns);
 }
 
-void Detector::ban(std::string_view ip, uint64_t now_ns) {
+void Detector::ban(std::string_view ip, uint64_t) {
   if (!cfg_.enabled || ip.empty()) return;
-  count(kBanSlot, AlertKind::kBan, ip, {}, 1, 1, now_ns);
+  // No table and no cooldown (SPEC §8: a ban is always an alert); the lockout
+  // calls this once per ban, so at most once per ban_s per IP.
+  Alert a;
+  a.kind_id = AlertKind::kBan;
+  a.ip = ip;
+  a.count = 1;
+  a.threshold = 1;
+  a.window_s = 1;
+  raise(a);
 }
 
 void Detector::tokenRequest(std::string_view token_id, uint64_t response_bytes, uint64_t now_ns) {

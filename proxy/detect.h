@@ -16,13 +16,13 @@
 //                                             token's own EWMA baseline
 //                            "exfiltration"   response bytes in the current interval far
 //                                             above the token's own EWMA baseline
-//   ban(ip)                  "ban"            always (a brute-force lockout started)
+//   ban(ip)                  "ban"            always, every ban (a brute-force lockout started)
 //
 // Counting kinds use a fixed window per (kind, key) that starts at the key's
 // first event and lasts window_s; the count restarts in the next window. The
 // alert is raised by the event that brings the count in the window to the
 // threshold, or by a later event of a window already at or above it once the
-// cooldown is over. A ban is a count with threshold 1.
+// cooldown is over. A ban is not counted: every ban() raises its alert.
 //
 // Baseline kinds: time is cut into intervals of interval_s. Per token the table
 // keeps the count of the current interval and an exponentially weighted moving
@@ -33,9 +33,11 @@
 // through an interval therefore starts with a low baseline; `min` guards it).
 //
 // Dedup: an alert for a given (kind, key) is raised at most once per
-// cooldown_s. This is exact under any number of racing threads: raising is a
-// CAS on the key's "quiet until" word, and only the thread whose CAS succeeds
-// calls the sink.
+// cooldown_s, except "ban", which has no cooldown: the lockout reports each
+// ban once (BanStatus::ban_started), so ban alerts are already bounded to one
+// per ban_s per IP, and a repeat ban within cooldown_s is news. The cooldown
+// is exact under any number of racing threads: raising is a CAS on the key's
+// "quiet until" word, and only the thread whose CAS succeeds calls the sink.
 //
 // Approximations (all documented, none can duplicate an alert):
 //   - Baseline kinds: the interval roll-over is one CAS on the count word, and
@@ -85,7 +87,7 @@ struct DetectConfig {
   uint64_t bytes_min = 10ull << 20;  // ... and more than this many bytes in the interval
   uint32_t interval_s = 10;          // baseline interval
   uint32_t warmup_intervals = 6;     // intervals of history before a token can alert (<= 63)
-  uint32_t cooldown_s = 300;         // the same (kind, key) alerts at most once per cooldown
+  uint32_t cooldown_s = 300;         // the same (kind, key) alerts at most once per cooldown; bans excepted
   size_t capacity_keys = 65536;      // per table (IPs, tokens), at load factor <= 0.5
   bool enabled = true;               // false: every call returns at once, nothing is allocated
 };
@@ -143,6 +145,7 @@ class Detector {
   // the response body sent to the client.
   void tokenRequest(std::string_view token_id, uint64_t response_bytes, uint64_t now_ns);
   // The brute-force lockout just banned `ip` (BanStatus::ban_started).
+  // Raises a "ban" alert on every call, with no cooldown: call it once per ban.
   void ban(std::string_view ip, uint64_t now_ns);
 
   // For /metrics. Relaxed reads; a scrape may miss increments in flight.

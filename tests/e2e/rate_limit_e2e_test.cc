@@ -224,6 +224,10 @@ TEST_F(TokenRateE2E, RepeatedAuthFailuresBanTheIpEvenForValidTokens) {
     if (bans == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(bans, 1u);
+  // A second ban within detect.cooldown_s (300 s) is a second alert (SPEC §8).
+  for (int i = 0; i < 3; ++i) expectProxyError(c.roundTrip(getRequest("/x", wrong)), 401, "unauthorized");
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_ratelimit_bans_total", 2), 2);
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_alerts_total{kind=\"ban\"}", 2), 2);
 }
 
 // ---------------------------------------------------------------------------
