@@ -20,19 +20,22 @@ namespace {
 
 Limit toLimit(const RateSpec& r) { return Limit{r.rps, r.burst}; }
 
-// Sets the 429 reply with Retry-After and the RateLimit fields of `policy`.
-FilterStatus limited(RequestContext& ctx, std::string_view policy, const Limit* limit, const Decision* d,
-                     uint64_t retry_after_ns, std::string_view reason) {
+// Sets the 429 reply with Retry-After and the given RateLimit fields (SPEC §5).
+FilterStatus limited(RequestContext& ctx, const HeaderValue& policy, const HeaderValue& value, uint64_t retry_after_ns,
+                     std::string_view reason) {
   ctx.respond(429, "rate_limited", "rate_limit", reason);
   char secs[24];
   (void)std::snprintf(secs, sizeof(secs), "%llu", static_cast<unsigned long long>(retryAfterSeconds(retry_after_ns)));
   ctx.local_reply.headers.push_back({"Retry-After", ctx.arena().copy(secs)});
-  if (limit != nullptr && d != nullptr) {
-    ctx.local_reply.headers.push_back(
-        {"RateLimit-Policy", ctx.arena().copy(rateLimitPolicyHeader(policy, *limit).view())});
-    ctx.local_reply.headers.push_back({"RateLimit", ctx.arena().copy(rateLimitHeader(policy, *d).view())});
-  }
+  ctx.local_reply.headers.push_back({"RateLimit-Policy", ctx.arena().copy(policy.view())});
+  ctx.local_reply.headers.push_back({"RateLimit", ctx.arena().copy(value.view())});
   return FilterStatus::kRespond;
+}
+
+// The 429 of a denying decision of `policy`, with that policy's fields.
+FilterStatus limited(RequestContext& ctx, std::string_view policy, const Limit& limit, const Decision& d,
+                     std::string_view reason) {
+  return limited(ctx, rateLimitPolicyHeader(policy, limit), rateLimitHeader(policy, d), d.retry_after_ns, reason);
 }
 
 // Records an allowing decision of `kind` for the response fields.
@@ -98,13 +101,16 @@ class RateLimitIp final : public Filter {
     const uint64_t now = ctx.start_ns;
     if (cfg_->auth_failures_set) {
       BanStatus ban = table_->checkBan(key_.view(), lockout(), now);
-      if (ban.banned) return limited(ctx, "ip", nullptr, nullptr, ban.retry_after_ns, "ip banned after auth failures");
+      if (ban.banned) {
+        return limited(ctx, banPolicyHeader(lockout()), banHeader(ban.retry_after_ns), ban.retry_after_ns,
+                       "ip banned after auth failures");
+      }
     }
     if (cfg_->ip.set) {
       limit_ = toLimit(cfg_->ip);
       decision_ = table_->decide(LimitKind::kIp, key_.view(), limit_, now);
       if (!decision_.allowed) {
-        return limited(ctx, "ip", &limit_, &decision_, decision_.retry_after_ns, "ip rate");
+        return limited(ctx, "ip", limit_, decision_, "ip rate");
       }
       noteAllowed(ctx, LimitKind::kIp, policy_, decision_);
     }
@@ -156,7 +162,7 @@ class RateLimitToken final : public Filter {
     policy_ = auth_->token_rate_policy[idx];
     limit_ = toLimit(r);
     decision_ = table_->decide(LimitKind::kToken, ctx.token_id, limit_, ctx.start_ns);
-    if (!decision_.allowed) return limited(ctx, "token", &limit_, &decision_, decision_.retry_after_ns, "token rate");
+    if (!decision_.allowed) return limited(ctx, "token", limit_, decision_, "token rate");
     noteAllowed(ctx, LimitKind::kToken, policy_, decision_);
     return FilterStatus::kContinue;
   }
@@ -196,7 +202,7 @@ class RateLimitRoute final : public Filter {
     std::memcpy(key_ + 9, client.data(), client.size());
     const std::string_view key(key_, 9 + client.size());
     decision_ = table_->decide(LimitKind::kRoute, key, limit_, ctx.start_ns);
-    if (!decision_.allowed) return limited(ctx, "route", &limit_, &decision_, decision_.retry_after_ns, "route rate");
+    if (!decision_.allowed) return limited(ctx, "route", limit_, decision_, "route rate");
     noteAllowed(ctx, LimitKind::kRoute, info_->policy.view(), decision_);
     return FilterStatus::kContinue;
   }

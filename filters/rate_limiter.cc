@@ -521,4 +521,8 @@ HeaderValue rateLimitHeader(std::string_view policy, const Decision& d) {
 
 uint64_t retryAfterSeconds(uint64_t retry_after_ns) { return std::max<uint64_t>(ceilSeconds(retry_after_ns), 1); }
 
+HeaderValue banPolicyHeader(const AuthFailureLimit& lim) { return format("ban", 'q', lim.max, 'w', lim.ban_s); }
+
+HeaderValue banHeader(uint64_t retry_after_ns) { return format("ban", 'r', 0, 't', retryAfterSeconds(retry_after_ns)); }
+
 }  // namespace portcullis

@@ -200,6 +200,10 @@ struct HeaderValue {
 HeaderValue rateLimitPolicyHeader(std::string_view policy, const Limit& limit);
 // `"token";r=0;t=1`: r = remaining, t = reset in whole seconds rounded up.
 HeaderValue rateLimitHeader(std::string_view policy, const Decision& d);
+// The fields of a 429 sent to a banned IP: `"ban";q=10;w=300` (q = failures
+// tolerated, w = ban_s) and `"ban";r=0;t=120` (t = Retry-After's seconds).
+HeaderValue banPolicyHeader(const AuthFailureLimit& lim);
+HeaderValue banHeader(uint64_t retry_after_ns);
 // Retry-After in whole seconds, rounded up, at least 1: never early.
 uint64_t retryAfterSeconds(uint64_t retry_after_ns);
 

@@ -200,7 +200,11 @@ TEST_F(TokenRateE2E, RepeatedAuthFailuresBanTheIpEvenForValidTokens) {
   HttpResponse r = c.roundTrip(getRequest("/x", bearer(b_)));
   expectProxyError(r, 429, "rate_limited");
   EXPECT_EQ(backend_.requests(), before) << "a banned IP's request reached the backend";
-  EXPECT_GE(std::atoi(r.header("retry-after").value_or("0").c_str()), 1);
+  const std::string retry_after = r.header("retry-after").value_or("0");
+  EXPECT_GE(std::atoi(retry_after.c_str()), 1);
+  // SPEC §5: this 429 carries the RateLimit fields too, the ban as the policy.
+  EXPECT_EQ(r.header("ratelimit-policy").value_or(""), "\"ban\";q=2;w=2");
+  EXPECT_EQ(r.header("ratelimit").value_or(""), "\"ban\";r=0;t=" + retry_after);
   // The ban ends after ban_s (2 s); a successful request would not have
   // lifted it earlier.
   int status = 429;

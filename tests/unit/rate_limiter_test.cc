@@ -206,6 +206,13 @@ TEST(RateLimiter, HeaderValues) {
   EXPECT_EQ(rateLimitHeader("token", first).view(), "\"token\";r=199;t=1");
 }
 
+TEST(RateLimiter, BanHeaderValues) {
+  EXPECT_EQ(banPolicyHeader(AuthFailureLimit{10, 60, 300}).view(), "\"ban\";q=10;w=300");
+  EXPECT_EQ(banHeader(120 * kSec).view(), "\"ban\";r=0;t=120");
+  EXPECT_EQ(banHeader(119 * kSec + 1).view(), "\"ban\";r=0;t=120");  // as Retry-After: rounded up
+  EXPECT_EQ(banHeader(1).view(), "\"ban\";r=0;t=1");
+}
+
 // The hand-built header values equal what printf would make, at every digit
 // count and at the extremes, and a policy name is cut at 48 bytes.
 TEST(RateLimiter, HeaderValuesAtTheExtremes) {
