@@ -106,7 +106,10 @@ const std::string& multipartBinaryBody() {
   static const std::string s = [] {
     const std::string b = "----WebKitFormBoundary7MA4YWxkTrZu0gW";
     std::string m = "--" + b + "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"book.xlsx\"\r\n"
-                    "Content-Type: application/vnd.openxmlformats-officedocument.spreadsheetml.sheet\r\n\r\nPK\x03\x04";
+                    "Content-Type: application/vnd.openxmlformats-officedocument.spreadsheetml.sheet\r\n\r\n";
+    // A ZIP local file header naming an OOXML member (what the sniffer checks).
+    m += std::string("PK\x03\x04\x14\x00\x06\x00\x08\x00", 10) + std::string(16, '\0') +
+         std::string("\x13\x00\x00\x00", 4) + "[Content_Types].xml";
     uint32_t x = 2463534242u;
     for (size_t i = 0; i < kTarget; ++i) {
       x ^= x << 13;

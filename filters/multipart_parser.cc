@@ -182,11 +182,9 @@ uint64_t MultipartParser::findBare(const uint8_t* p, size_t n, uint64_t at) cons
       if (std::memcmp(joined + i, pat, plen) == 0) return at - tail_len_ + i;
     }
   }
-  for (const uint8_t* q = p; static_cast<size_t>(p + n - q) >= plen;) {
-    q = static_cast<const uint8_t*>(std::memchr(q, '-', static_cast<size_t>(p + n - q) - plen + 1));
-    if (q == nullptr) break;
-    if (std::memcmp(q, pat, plen) == 0) return at + static_cast<uint64_t>(q - p);
-    ++q;
+  if (n >= plen) {
+    const void* q = ::memmem(p, n, pat, plen);  // glibc: two-way search, no allocation
+    if (q != nullptr) return at + static_cast<uint64_t>(static_cast<const uint8_t*>(q) - p);
   }
   return kNoBare;
 }

@@ -14,10 +14,21 @@
 // multipart file part).
 //
 // UploadSniffer is the streaming checker: feed() body slices, finish() at the
-// end. The magic may arrive split across slices. For xlsx/xls only the magic
-// is checked (the rest of the file is not parsed); a body shorter than its
-// magic fails at finish(). Same streaming contract as the validators: split
-// invariant, sticky, offset of the first bad byte, no allocation.
+// end. The file's first bytes may arrive split across slices. xlsx/xls are
+// not parsed whole, but their first structure must be what those files
+// start with, not just the magic (a ZIP or OLE2 file of anything else, or
+// the magic in front of an executable, is refused with kBadHeader):
+//   xlsx: the first ZIP local file header is sane (not encrypted, stored or
+//         deflated, a printable name of 1..255 bytes) and names an OOXML
+//         package member: "[Content_Types].xml" or one under "_rels/",
+//         "docProps/", "xl/" or "customXml/";
+//   xls:  the OLE2 header has major version 3 or 4, byte order FFFE, the
+//         sector size that version uses (512 or 4096 bytes) and 64-byte mini
+//         sectors.
+// A body shorter than what is checked fails at finish() (kTooShort). Same
+// streaming contract as the validators: split invariant, sticky, the offset
+// of the first bad byte (for kBadHeader, of the field that is wrong), no
+// allocation.
 //
 // The caller answers 422 `invalid_upload` on any error (SPEC §5).
 #pragma once
@@ -53,6 +64,7 @@ class UploadSniffer {
     kNone = 0,
     kUnsupportedType,  // kind is kUnsupported or kMultipart (nothing to sniff here)
     kBadMagic,         // the first bytes are not the expected file signature
+    kBadHeader,        // the signature is there, the structure after it is not that of the type
     kTooShort,         // the body ended before the whole signature
     kCsv,              // the CSV check failed; csvError() says why
   };
@@ -82,6 +94,13 @@ class UploadSniffer {
   uint8_t matched_ = 0;
   uint8_t magic_len_ = 0;
   const uint8_t* magic_ = nullptr;
+  // The file's first bytes, up to what the header check needs (need_).
+  static constexpr size_t kHeadMax = 30 + 255;
+  uint8_t head_[kHeadMax] = {};
+  uint16_t head_len_ = 0;
+  uint16_t need_ = 0;
+  bool checked_ = false;
+  bool checkHead();
   uint64_t consumed_ = 0;
   uint64_t error_offset_ = 0;
   CsvValidator csv_;

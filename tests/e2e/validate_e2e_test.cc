@@ -12,9 +12,13 @@
 #include <thread>
 
 #include "tests/e2e/harness.h"
+#include "tests/upload_samples.h"
 
 namespace portcullis::e2e {
 namespace {
+
+using testing_samples::xlsxHead;
+using testing_samples::xlsHead;
 
 // An upstream that counts complete requests and remembers the last head.
 class RecordingUpstream {
@@ -123,9 +127,13 @@ TEST_F(ValidateE2E, JsonErrorInALaterPieceStillStopsTheRequest) {
 TEST_F(ValidateE2E, UploadsMustBeWhatTheyClaim) {
   const std::string xlsx = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
   expectServed(post("/uploads/x", "text/csv", "id,name\r\n1,\"a, b\"\r\n2,\"say \"\"hi\"\"\"\r\n"));
-  expectServed(post("/uploads/x", xlsx, std::string("PK\x03\x04", 4) + "rest of a zip"));
-  expectServed(post("/uploads/x", "application/vnd.ms-excel",
-                    std::string("\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", 8) + "ole2 body"));
+  expectServed(post("/uploads/x", xlsx, xlsxHead() + "rest of a zip"));
+  expectServed(post("/uploads/x", "application/vnd.ms-excel", xlsHead() + "ole2 body"));
+  // The signature alone does not make a spreadsheet.
+  expectRefused(post("/uploads/x", xlsx, std::string("PK\x03\x04MZ\x90\x00this is an exe", 22)), 422, "invalid_upload");
+  expectRefused(post("/uploads/x", xlsx, xlsxHead("payload.exe") + "MZ"), 422, "invalid_upload");
+  expectRefused(post("/uploads/x", "application/vnd.ms-excel", std::string("\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1MZ\x90\x00", 12)),
+                422, "invalid_upload");
   expectRefused(post("/uploads/x", "text/csv", std::string("id\n1\0\n", 6)), 422, "invalid_upload");
   expectRefused(post("/uploads/x", "text/csv", "a,b\"c\n"), 422, "invalid_upload");
   expectRefused(post("/uploads/x", xlsx, "this is not a zip file"), 422, "invalid_upload");

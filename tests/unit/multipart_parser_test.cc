@@ -12,9 +12,13 @@
 #include <vector>
 
 #include "filters/upload_sniff.h"
+#include "tests/upload_samples.h"
 
 namespace portcullis {
 namespace {
+
+using testing_samples::xlsxHead;
+
 
 using E = MultipartParser::Error;
 
@@ -303,7 +307,7 @@ TEST(MultipartParser, DrivesUploadSniffers) {
     const auto r = p.finish();
     return r.ok() ? std::string("ok") : std::string(MultipartParser::errorName(r.error)) + ":" + h.failure;
   };
-  const std::string xlsx = std::string("PK\x03\x04\x14\x00\r\n--XyY\r\n\x00\x01", 16);
+  const std::string xlsx = xlsxHead() + std::string("\r\n--XyY\r\n\x00\x01", 11);
   const std::string good = "--XyZ\r\n" + kCd + "note\r\n\r\nhello\r\n--XyZ\r\n" + kCd +
                            "f1; filename=\"a.csv\"\r\nContent-Type: text/csv\r\n\r\n\"a\",b\r\n1,2\r\n--XyZ\r\n" + kCd +
                            "f2; filename=\"b.xlsx\"\r\nContent-Type: "

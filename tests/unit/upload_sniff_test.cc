@@ -7,8 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "tests/upload_samples.h"
+
 namespace portcullis {
 namespace {
+
+using testing_samples::xlsxHead;
+using testing_samples::xlsHead;
 
 using E = UploadSniffer::Error;
 
@@ -61,24 +66,44 @@ TEST(UploadSniff, KindForContentType) {
 }
 
 TEST(UploadSniff, XlsxMagic) {
-  const std::string zip = std::string("PK\x03\x04\x14\x00\x06\x00", 8) + "[Content_Types].xml";
-  expectAllSplits(UploadKind::kXlsx, zip, E::kNone, 0);
-  expectAllSplits(UploadKind::kXlsx, std::string("PK\x03\x04", 4), E::kNone, 0);
+  expectAllSplits(UploadKind::kXlsx, xlsxHead() + std::string("\x00\x01rest", 6), E::kNone, 0);
+  expectAllSplits(UploadKind::kXlsx, xlsxHead("xl/workbook.xml", 0, 0), E::kNone, 0);
+  expectAllSplits(UploadKind::kXlsx, xlsxHead("_rels/.rels"), E::kNone, 0);
+  expectAllSplits(UploadKind::kXlsx, xlsxHead("docProps/app.xml"), E::kNone, 0);
   expectAllSplits(UploadKind::kXlsx, std::string("PK\x05\x06rest", 8), E::kBadMagic, 2);  // empty-archive record
   expectAllSplits(UploadKind::kXlsx, "pk\x03\x04", E::kBadMagic, 0);
   expectAllSplits(UploadKind::kXlsx, "id,name\n1,x\n", E::kBadMagic, 0);
   expectAllSplits(UploadKind::kXlsx, "PK\x03", E::kTooShort, 3);
   expectAllSplits(UploadKind::kXlsx, "", E::kTooShort, 0);
+  // The magic alone, or in front of something else, is not an xlsx.
+  expectAllSplits(UploadKind::kXlsx, std::string("PK\x03\x04", 4), E::kTooShort, 4);
+  expectAllSplits(UploadKind::kXlsx, std::string("PK\x03\x04MZ\x90\x00this is an exe and more bytes", 36), E::kBadHeader, 4);
+  expectAllSplits(UploadKind::kXlsx, xlsxHead("payload.exe"), E::kBadHeader, 30);
+  expectAllSplits(UploadKind::kXlsx, xlsxHead("xl/a b"), E::kBadHeader, 34);
+  expectAllSplits(UploadKind::kXlsx, xlsxHead("[Content_Types].xml", 99), E::kBadHeader, 8);
+  expectAllSplits(UploadKind::kXlsx, xlsxHead("[Content_Types].xml", 8, 7), E::kBadHeader, 6);  // encrypted
+  expectAllSplits(UploadKind::kXlsx, xlsxHead("").substr(0, 30), E::kBadHeader, 26);
+  expectAllSplits(UploadKind::kXlsx, xlsxHead().substr(0, 40), E::kTooShort, 40);
 }
 
 TEST(UploadSniff, XlsMagic) {
-  const std::string ole = std::string("\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1\x00\x00\x00", 11);
-  expectAllSplits(UploadKind::kXls, ole, E::kNone, 0);
+  const std::string ole = xlsHead();
+  expectAllSplits(UploadKind::kXls, ole + "body", E::kNone, 0);
   std::string bad = ole;
   bad[7] = '\xE0';
   expectAllSplits(UploadKind::kXls, bad, E::kBadMagic, 7);
   expectAllSplits(UploadKind::kXls, std::string("PK\x03\x04", 4), E::kBadMagic, 0);
   expectAllSplits(UploadKind::kXls, ole.substr(0, 7), E::kTooShort, 7);
+  expectAllSplits(UploadKind::kXls, ole.substr(0, 8), E::kTooShort, 8);  // the magic alone
+  std::string v5 = ole;
+  v5[10] = 5;
+  expectAllSplits(UploadKind::kXls, v5, E::kBadHeader, 10);
+  std::string order = ole;
+  order[12] = 0;
+  expectAllSplits(UploadKind::kXls, order, E::kBadHeader, 12);
+  std::string sector = ole;
+  sector[14] = 12;  // 4096-byte sectors are version 4's
+  expectAllSplits(UploadKind::kXls, sector, E::kBadHeader, 14);
 }
 
 TEST(UploadSniff, CsvUsesTheCsvValidator) {
