@@ -169,12 +169,7 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
     // filter before sees plaintext.
     keys = LocalKeyring::load(cfg->encryption.keyring, error);
     if (!keys) return false;
-    for (const std::string& id : keys->keyIds()) {
-      auto& c = enc_counters_[id];
-      if (!c) c = std::make_unique<EncryptionCounters>();
-    }
-    EncryptionCounters* counters = enc_counters_[keys->activeKeyId()].get();
-    filters.push_back(std::make_shared<UploadEncryptFactory>(keys, cfg->encryption.segment_bytes, counters));
+    filters.push_back(makeEncryptFactory(*cfg, keys));
   }
   for (const auto& f : options_.extra_filters) filters.push_back(f);
   if (filters.size() > FilterChain::kMaxFilters) {
@@ -476,9 +471,10 @@ void Server::rememberStoreStat() {
   }
 }
 
-// Every second: the token store, the keyring, the TLS certificates and
-// keys and the upstream CA files are re-read (by a full reload, validated like SIGHUP) when one of
-// their files changed; a renewed certificate (e.g. from an ACME client)
+// Every second: the token store and the keyring are re-read on the running
+// config (reloadAuthFiles), the TLS certificates and keys and the upstream
+// CA files by a full reload (validated like SIGHUP), when one of their files
+// changed; a renewed certificate (e.g. from an ACME client)
 // applies to new connections within a second, open ones keep theirs. Also
 // rotates the session ticket keys every TicketKeys::kTicketRotationS.
 void Server::onAuthTimer(uv_timer_t* t) {
@@ -501,16 +497,18 @@ void Server::checkWatchedFiles() {
   const StoreStat keyring_before = keyring_stat_;
   const std::vector<StoreStat> tls_before = tls_stats_;
   rememberStoreStat();
-  const char* what = nullptr;
-  if (watch_store && !(store_before == store_stat_)) {
-    what = "token store changed; reloading";
-  } else if (watch_keyring && !(keyring_before == keyring_stat_)) {
-    what = "keyring changed; reloading";
-  } else if (!tls_before.empty() && !(tls_before == tls_stats_)) {
-    what = "TLS certificate, key or upstream CA changed; reloading";
+  // The token store and the keyring are re-read on their own, on the running
+  // config: an unapplied (or broken) edit of the config file never rides
+  // along, and never holds a revocation back. A failed read keeps the old
+  // file state, so the next check retries it.
+  const bool store_changed = watch_store && !(store_before == store_stat_);
+  const bool keyring_changed = watch_keyring && !(keyring_before == keyring_stat_);
+  if ((store_changed || keyring_changed) && !reloadAuthFiles(store_changed, keyring_changed)) {
+    if (store_changed) store_stat_ = store_before;
+    if (keyring_changed) keyring_stat_ = keyring_before;
   }
-  if (what != nullptr) {
-    logLine("info", what);
+  if (!tls_before.empty() && !(tls_before == tls_stats_)) {
+    logLine("info", "TLS certificate, key or upstream CA changed; reloading");
     reload();
   }
 }

@@ -24,6 +24,7 @@
 namespace portcullis {
 
 class AdminServer;
+class LocalKeyring;
 class HealthChecker;
 class LogWriter;
 class AuditLog;
@@ -72,6 +73,14 @@ class Server {
   bool startup(std::string& error);
   bool buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::string& error);
   void reload();
+  // Store-only reload: a new snapshot from the RUNNING config with the token
+  // store (`store`) and/or the keyring (`keyring`) re-read; the config file
+  // is not read. Refused (false, logged and audited once per distinct error)
+  // when a file does not load; the running snapshot stays.
+  bool reloadAuthFiles(bool store, bool keyring);
+  // The upload encryption filter for `keys` (its counters registered).
+  std::shared_ptr<const FilterFactory> makeEncryptFactory(const Config& cfg,
+                                                          const std::shared_ptr<const LocalKeyring>& keys);
   void beginShutdown();
   static void onAsync(uv_async_t* a);
   static void onSignal(uv_signal_t* s, int signum);
@@ -113,6 +122,7 @@ class Server {
   // so the pointers the filter factories hold stay valid. Main thread only.
   std::unordered_map<std::string, std::unique_ptr<EncryptionCounters>> enc_counters_;
   std::unordered_map<std::string, int64_t> last_use_seed_;
+  std::string auth_reload_error_;  // last reloadAuthFiles refusal, logged once
   std::unique_ptr<LogWriter> access_log_;
   std::unique_ptr<WorkerShared> shared_;
   std::unique_ptr<RateLimiter> rate_limiter_;  // declared before workers_: outlives them

@@ -448,10 +448,21 @@ TEST_F(EncryptE2E, GroupReadableKeyringRefusedAtStartAndOnReload) {
     keyring_ = real;
   }
   EXPECT_FALSE(proxy.reload()) << "a keyring readable by the group is refused on reload";
-  ASSERT_EQ(::chmod(keyring_.c_str(), 0600), 0);  // for the decryptors below (mtime unchanged: no reload)
+  // The watch retries a refused keyring every second; while it stays 0640
+  // it is refused each time and the old snapshot (and key) stays.
+  std::this_thread::sleep_for(Millis(1500));
   HttpResponse r = upload(proxy.httpPort(), "after", 10, false, 3);
-  checkEcho(r, 10, 65536, false, "k1");  // the old snapshot (and key) stays
+  checkEcho(r, 10, 65536, false, "k1");
+  ASSERT_EQ(::chmod(keyring_.c_str(), 0600), 0);
   expectDecrypts("after", 10, patternSha(10, 3));
+  // Fixed (mode 0600, same mtime): the retried read now applies it.
+  std::string key;
+  for (int i = 0; i < 30 && key != "pcx1; key=\"k2\""; ++i) {
+    std::this_thread::sleep_for(Millis(100));
+    std::optional<Echo> e = parseEcho(upload(proxy.httpPort(), "fixed", 10, false, 4).body);
+    key = e ? e->headers["x-portcullis-encryption"] : "";
+  }
+  EXPECT_EQ(key, "pcx1; key=\"k2\"") << "a refused keyring is retried until it loads";
   // The proxy's own logs never contain key material.
   for (const MasterKey& k : keys_) {
     EXPECT_EQ(proxy.process().stderrText().find(hex(k.data(), 32)), std::string::npos);
