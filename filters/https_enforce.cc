@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cstdio>
 #include <ctime>
+#include <functional>
 
 #include "proxy/audit_log.h"
 #include "proxy/auth_state.h"
@@ -18,8 +19,9 @@ namespace portcullis {
 namespace {
 
 // A valid token sent over plaintext is exposed: revoke it in the store (on
-// libuv's thread pool: an event loop never writes files). The store watch
-// makes every worker refuse it within about a second.
+// libuv's thread pool: an event loop never writes files), then the server
+// re-reads the store (Snapshot::token_store_written, also without auth.watch)
+// so every worker refuses it within about a second.
 void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
   const Snapshot* s = ctx.snapshot;
   if (s == nullptr || !s->auth || !s->config->https.revoke_tokens_seen_in_plaintext || ctx.loop == nullptr) return;
@@ -40,11 +42,13 @@ void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
     std::string id;
     bool ok = false;
     std::string error;
+    std::function<void()> written;
   };
   auto* job = new Job;
   job->req.data = job;
   job->store = s->config->auth.token_store;
   job->id = rec.id;
+  job->written = s->token_store_written;
   std::fprintf(stderr, "portcullis: token.plaintext_revoked token_id=%s remote_ip=%.*s\n", job->id.c_str(),
                static_cast<int>(ctx.remote_ip.size()), ctx.remote_ip.data());
   if (s->audit != nullptr) {
@@ -61,6 +65,7 @@ void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
       [](uv_work_t* r, int) {
         auto* j = static_cast<Job*>(r->data);
         if (!j->ok) std::fprintf(stderr, "portcullis: cannot revoke token %s: %s\n", j->id.c_str(), j->error.c_str());
+        if (j->ok && j->written) j->written();
         delete j;
       });
 }

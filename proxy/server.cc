@@ -216,6 +216,7 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   }
   std::const_pointer_cast<Snapshot>(snap)->detector = cfg->detect.thresholds.enabled ? detector_.get() : nullptr;
   std::const_pointer_cast<Snapshot>(snap)->keys = keys;
+  std::const_pointer_cast<Snapshot>(snap)->token_store_written = [this] { requestStoreReload(); };
   std::const_pointer_cast<Snapshot>(snap)->audit = keys ? audit_.get() : nullptr;
   out = std::move(snap);
   return true;
@@ -513,6 +514,13 @@ void Server::checkWatchedFiles() {
   }
 }
 
+void Server::reloadStoreNow() {
+  if (shutting_down_ || !config_ || !config_->auth.configured()) return;
+  StoreStat now;
+  statFile(config_->auth.token_store, now.sec, now.nsec, now.size, now.ino);
+  if (reloadAuthFiles(true, false)) store_stat_ = now;  // the watch need not read it again
+}
+
 void Server::updateFileWatches() {
   if (!config_ || shutting_down_) return;
   std::vector<std::string> dirs;
@@ -619,6 +627,11 @@ void Server::requestReload() {
   std::lock_guard<std::mutex> lock(ready_mu_);
   if (async_ready_) uv_async_send(&async_);
 }
+void Server::requestStoreReload() {
+  want_store_reload_ = true;
+  std::lock_guard<std::mutex> lock(ready_mu_);
+  if (async_ready_) uv_async_send(&async_);
+}
 void Server::requestReopen() {
   want_reopen_ = true;
   std::lock_guard<std::mutex> lock(ready_mu_);
@@ -633,6 +646,7 @@ void Server::onAsync(uv_async_t* a) {
     if (s->audit_) s->audit_->reopen();
   }
   if (s->want_reload_.exchange(false)) s->reload();
+  if (s->want_store_reload_.exchange(false)) s->reloadStoreNow();
   if (s->want_shutdown_.exchange(false)) s->beginShutdown();
 }
 

@@ -56,6 +56,9 @@ class Server {
   void requestShutdown();
   void requestReload();
   void requestReopen();
+  // The token store was written by the proxy itself (a token seen over
+  // plaintext): re-read it now on the running config, also without auth.watch.
+  void requestStoreReload();
   // Blocks until startup finished (true) or failed (false).
   bool waitReady();
 
@@ -94,6 +97,7 @@ class Server {
   void updateFileWatches();
   void closeFileWatches();
   void rememberStoreStat();
+  void reloadStoreNow();  // requestStoreReload() on the main thread
   void flushLastUse(bool sync);
   bool startAuditAndAlerts(const Snapshot& snap, std::string& error);
   void stopAuditAndAlerts();
@@ -151,6 +155,7 @@ class Server {
   std::atomic<bool> want_shutdown_{false};
   std::atomic<bool> want_reload_{false};
   std::atomic<bool> want_reopen_{false};
+  std::atomic<bool> want_store_reload_{false};
   std::atomic<bool> async_ready_{false};
 
   std::mutex ready_mu_;

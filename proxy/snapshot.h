@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -60,6 +61,10 @@ struct Snapshot {
   AuditLog* audit = nullptr;
   Detector* detector = nullptr;
   std::shared_ptr<const KeyProvider> keys;
+  // Call after writing the token store (any thread): the main thread re-reads
+  // it on the running config at once, whatever auth.watch says. Empty when no
+  // server runs the snapshot (unit tests).
+  std::function<void()> token_store_written;
   // https.trusted_proxies, parsed; and the Strict-Transport-Security value
   // every HTTPS response carries (empty when hsts_max_age_s = 0).
   std::vector<Cidr> trusted_proxies;

@@ -84,5 +84,29 @@ TEST_F(AuthReloadE2E, ConfigEditOnDiskWaitsForSighupEvenWhenTokensChange) {
   EXPECT_NE(c.roundTrip(getRequest("/public/x")).status, 200);
 }
 
+// README/SPEC: a token seen over plaintext is revoked at once and refused by
+// all workers within about a second, also with auth.watch = false: the
+// proxy re-reads the store it just wrote itself.
+TEST(AuthPlaintextNoWatchE2E, TokenSeenOverPlaintextIsRefusedWithoutTheWatch) {
+  TempDir dir;
+  const std::string store = dir.file("tokens.toml");
+  const std::string token = ctlIssue(store, "acme", "reader");
+  const std::string other = ctlIssue(store, "acme", "reader");
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.routes = {RouteSpec{"/", "app", {}, 0, "", true}};
+  // The loopback peer stands in for a TLS-terminating load balancer.
+  o.https_toml = "plaintext = \"redirect\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+  o.extra_toml = "[auth]\ntoken_store = \"" + store + "\"\nwatch = false\n" +
+                 "[[role]]\nname = \"reader\"\nallow = [\"GET /*\"]\n";
+  Proxy proxy(o);
+  Client c(proxy.httpPort());
+  const std::string via_tls = "X-Forwarded-Proto: https\r\n";
+  ASSERT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(token))).status, 200);
+  EXPECT_EQ(c.roundTrip(getRequest("/x", bearer(token))).status, 308);
+  EXPECT_EQ(statusAfter(c, "/x", via_tls + bearer(token), 200, 2000), 401) << "the exposed token is revoked in the store but still accepted";
+  EXPECT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(other))).status, 200) << "only the exposed token";
+}
+
 }  // namespace
 }  // namespace portcullis::e2e
