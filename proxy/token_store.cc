@@ -3,7 +3,6 @@
 #include "proxy/token_store.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,6 +16,7 @@
 #include <toml++/toml.h>
 
 #include "proxy/errno_message.h"
+#include "proxy/file_lock.h"
 
 namespace portcullis {
 
@@ -540,19 +540,8 @@ std::shared_ptr<const TokenTable> loadTokenStore(const std::string& path, std::s
 
 bool updateTokenStoreFn(const std::string& path, bool (*mutate)(std::vector<TokenRecord>&, void*, std::string&),
                         void* arg, std::string& error) {
-  std::string lock_path = path + ".lock";
-  int lfd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (lfd < 0) {
-    error = errnoText("cannot open lock file", lock_path);
-    return false;
-  }
-  while (::flock(lfd, LOCK_EX) != 0) {
-    if (errno != EINTR) {
-      error = errnoText("cannot lock", lock_path);
-      ::close(lfd);
-      return false;
-    }
-  }
+  FileLock lock;
+  if (!lock.lock(path, error)) return false;
   bool ok = false;
   do {
     std::string text;
@@ -569,8 +558,6 @@ bool updateTokenStoreFn(const std::string& path, bool (*mutate)(std::vector<Toke
     }
     ok = writeFileAtomic(path, serialized, error);
   } while (false);
-  ::flock(lfd, LOCK_UN);
-  ::close(lfd);
   return ok;
 }
 

@@ -4,7 +4,9 @@
 //     Adds a fresh random 32-byte master key. The default id is k<N> with N one
 //     more than the largest existing k<number>. The first key of a keyring is
 //     made active; --activate makes the new key active. The file is created
-//     with mode 0600 if absent and always replaced atomically.
+//     with mode 0600 if absent and always replaced atomically, under the
+//     writers' lock <FILE>.lock (proxy/file_lock.h), so concurrent runs each
+//     add their key.
 //
 //   decrypt --keyring FILE < upload.pcx > upload.plain
 //     Streams stdin to stdout; a segment's plaintext is written only after its
@@ -24,6 +26,7 @@
 #include <vector>
 
 #include "proxy/errno_message.h"
+#include "proxy/file_lock.h"
 #include "proxy/keyring.h"
 #include "tools/ctl.h"
 #include "tools/pcx1/pcx1.h"
@@ -58,6 +61,13 @@ int keysGen(const Args& args) {
 
   portcullis::KeyringData data;
   std::string error;
+  // Held from the read to the rename: the id choice and the new file build
+  // on the keyring as it is, not as another run is about to replace it.
+  portcullis::FileLock lock;
+  if (!lock.lock(keyring, error)) {
+    std::fprintf(stderr, "portcullisctl keys gen: %s\n", error.c_str());
+    return 1;
+  }
   struct stat st {};
   if (::stat(keyring.c_str(), &st) == 0) {
     if (!portcullis::readKeyring(keyring, data, error)) {

@@ -155,6 +155,28 @@ TEST_F(CtlKeysTest, GenRefusesGroupReadableKeyring) {
   EXPECT_NE(r.err.find("group or others"), std::string::npos) << r.err;
 }
 
+// Concurrent runs serialise on <keyring>.lock: every run that reports
+// success has its own key in the file, under its own id.
+TEST_F(CtlKeysTest, ConcurrentGenRunsAllLandWithDistinctIds) {
+  constexpr int kRuns = 16;
+  std::string cmd = "cd " + dir_ + " && for i in $(seq " + std::to_string(kRuns) + "); do " + PORTCULLISCTL_BIN +
+                    " keys gen --keyring " + keyring_ + " > out.$i 2>&1 & done; wait";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  int reported = 0;
+  for (int i = 1; i <= kRuns; ++i) {
+    const std::string out = slurp(dir_ + "/out." + std::to_string(i));
+    EXPECT_NE(out.find(" added to "), std::string::npos) << out;
+    reported += out.find(" added to ") != std::string::npos ? 1 : 0;
+  }
+  KeyringData data;
+  std::string error;
+  ASSERT_TRUE(readKeyring(keyring_, data, error)) << error;
+  EXPECT_EQ(reported, kRuns);
+  ASSERT_EQ(data.keys.size(), size_t(kRuns)) << "runs reported success but their keys were lost";
+  for (int i = 1; i <= kRuns; ++i) EXPECT_NE(data.find("k" + std::to_string(i)), nullptr) << "k" << i;
+  for (size_t i = 1; i < data.keys.size(); ++i) EXPECT_NE(data.keys[i].second, data.keys[0].second);
+}
+
 class CtlDecryptTest : public CtlKeysTest {
  protected:
   void SetUp() override {

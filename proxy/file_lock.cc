@@ -1,0 +1,37 @@
+#include "proxy/file_lock.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "proxy/errno_message.h"
+
+namespace portcullis {
+
+FileLock::~FileLock() {
+  if (fd_ < 0) return;
+  ::flock(fd_, LOCK_UN);
+  ::close(fd_);
+}
+
+bool FileLock::lock(const std::string& path, std::string& error) {
+  const std::string lock_path = path + ".lock";
+  fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd_ < 0) {
+    error = "cannot open lock file " + lock_path + ": " + errnoMessage(errno);
+    return false;
+  }
+  while (::flock(fd_, LOCK_EX) != 0) {
+    if (errno != EINTR) {
+      error = "cannot lock " + lock_path + ": " + errnoMessage(errno);
+      ::close(fd_);
+      fd_ = -1;
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace portcullis
