@@ -121,7 +121,7 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
   auto at = [&](const toml::node& n) { return path + ":" + std::to_string(n.source().begin.line) + ": "; };
   for (const auto& [key, node] : root) {
     if (key.str() != "active" && key.str() != "keys") {
-      error = at(node) + "unknown key '" + std::string(key.str()) + "' (expected active and [keys])";
+      error = at(node) + "unknown key (expected only active and [keys])";
       return false;
     }
   }
@@ -134,17 +134,17 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
   for (const auto& [key, node] : *keys_node->as_table()) {
     const std::string id(key.str());
     if (!validKeyringId(id)) {
-      error = at(node) + "keys." + id + ": key id must be 1-64 characters of A-Z a-z 0-9 . _ -";
+      error = at(node) + "in [keys]: key id must be 1-64 characters of A-Z a-z 0-9 . _ - (id = \"<base64 key>\")";
       return false;
     }
     const std::optional<std::string_view> v = node.value<std::string_view>();
     if (!v) {
-      error = at(node) + "keys." + id + ": expected a base64 string";
+      error = at(node) + "in [keys]: expected a base64 string";
       return false;
     }
     MasterKey k;
     if (!decodeKey(*v, k)) {
-      error = at(node) + "keys." + id + ": not base64 of exactly 32 bytes";
+      error = at(node) + "in [keys]: not base64 of exactly 32 bytes";
       return false;
     }
     data.keys.emplace_back(id, k);
@@ -158,7 +158,7 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
   }
   data.active = std::string(*active->value<std::string_view>());
   if (data.find(data.active) == nullptr) {
-    error = at(*active) + "active key '" + data.active + "' is not in [keys]";
+    error = at(*active) + "the active key id is not in [keys]";
     return false;
   }
   out.active = data.active;

@@ -50,7 +50,9 @@ struct KeyringData {
 // the file (and line where known), a file that is not a regular file, is
 // readable or writable by group or others, does not parse, has a bad key id,
 // bad base64, a key that is not 32 bytes, unknown top-level keys, or an
-// `active` that is missing or names no key in [keys].
+// `active` that is missing or names no key in [keys]. The message names the
+// line and what is wrong, never a line's id or value text: a key pasted where
+// an id or the active id belongs must not reach stderr or the audit log.
 bool readKeyring(const std::string& path, KeyringData& out, std::string& error);
 
 // Writes `data` to `path` atomically: a temporary file in the same

@@ -88,7 +88,7 @@ TEST_F(KeyringTest, RefusesBadContentsWithoutPrintingKeys) {
       {"active = \"k1\"\n[keys]\nk1 = \"" + b64(1, 33) + "\"\n", "not base64 of exactly 32 bytes"},
       {"active = \"k1\"\n[keys]\nk1 = 5\n", "expected a base64 string"},
       {"active = \"k1\"\n[keys]\n\"bad id\" = \"" + good + "\"\n", "key id must be"},
-      {"active = \"k1\"\nextra = 1\n[keys]\nk1 = \"" + good + "\"\n", "unknown key 'extra'"},
+      {"active = \"k1\"\nextra = 1\n[keys]\nk1 = \"" + good + "\"\n", "keyring.toml:2: unknown key"},
       {"active = \"k1\"\n[keys\n", "keyring.toml:2"},
   };
   for (const Case& c : cases) {
@@ -100,6 +100,29 @@ TEST_F(KeyringTest, RefusesBadContentsWithoutPrintingKeys) {
   }
   std::remove(path_.c_str());
   EXPECT_NE(loadError().find("No such file"), std::string::npos);
+}
+
+// SECURITY.md: key material never reaches logs or stderr, also from a file
+// with a slip of the hand: a key where an id or the active id belongs, or an
+// id too close to base64 to tell apart. Only the line and what is wrong.
+TEST_F(KeyringTest, MisplacedKeyMaterialNeverAppearsInTheError) {
+  const std::string key = b64(7);
+  const std::string unpadded = key.substr(0, 43);  // no '=': would pass as an id
+  struct Case {
+    std::string text, expect;
+  } cases[] = {
+      {"active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n\"" + key + "\" = \"k2\"\n", "keyring.toml:4: in [keys]: key id"},
+      {"active = \"" + key + "\"\n[keys]\nk1 = \"" + b64(1) + "\"\n", "keyring.toml:1: the active key id is not in"},
+      {"\"" + key + "\" = \"k1\"\nactive = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n", "keyring.toml:1: unknown key"},
+      {"active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n" + unpadded + " = \"k2\"\n", "keyring.toml:4: in [keys]: not base64"},
+      {"active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n" + unpadded + " = 5\n", "keyring.toml:4: in [keys]: expected a base64"},
+  };
+  for (const Case& c : cases) {
+    writeFile(c.text);
+    const std::string error = loadError();
+    EXPECT_NE(error.find(c.expect), std::string::npos) << error;
+    EXPECT_EQ(error.find(key.substr(0, 16)), std::string::npos) << "key material in the message: " << error;
+  }
 }
 
 TEST_F(KeyringTest, WriterIsAtomicAnd0600AndRoundtrips) {
