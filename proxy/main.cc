@@ -12,6 +12,7 @@
 #include <string>
 
 #include "proxy/config.h"
+#include "proxy/core_dumps.h"
 #include "proxy/llhttp/simd.h"
 #include "proxy/server.h"
 #include "proxy/supported.h"
@@ -28,6 +29,7 @@ void usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (!portcullis::disableCoreDumps()) std::perror("portcullis: warning: prctl(PR_SET_DUMPABLE, 0)");
   std::string config_path;
   bool test_only = false;
   for (int i = 1; i < argc; ++i) {

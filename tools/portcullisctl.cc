@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "proxy/core_dumps.h"
 #include "tools/ctl.h"
 
 namespace {
@@ -22,6 +23,8 @@ void usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any command reads a keyring or a token.
+  if (!portcullis::disableCoreDumps()) std::perror("portcullisctl: warning: prctl(PR_SET_DUMPABLE, 0)");
   if (argc < 2) {
     usage();
     return 2;
