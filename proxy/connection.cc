@@ -1178,9 +1178,15 @@ void Connection::onResponseHead() {
   status_ = resp_.status;
   worker_->metrics().upstream_latency.observe(nowUs() - upstream_sent_at_us_);
   // Response edits: the upstream's identity stays private; every response
-  // carries the request id.
+  // carries the request id; over HTTPS the proxy's HSTS is the only one (a
+  // backend's, e.g. max-age=0, would come first and browsers take the
+  // first: RFC 6797 section 8.1).
+  const bool own_hsts = tls_ && !snap_->hsts.empty();
   for (Header& h : resp_.headers) {
-    if (h.id == HeaderId::kServer || h.id == HeaderId::kXRequestId) h.removed = true;
+    if (h.id == HeaderId::kServer || h.id == HeaderId::kXRequestId ||
+        (own_hsts && h.id == HeaderId::kStrictTransportSecurity)) {
+      h.removed = true;
+    }
   }
   resp_.add("X-Request-Id", ctx_.request_id);
   if (tls_ && !snap_->hsts.empty()) resp_.add("Strict-Transport-Security", snap_->hsts);

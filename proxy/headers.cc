@@ -124,6 +124,9 @@ HeaderId lookupHeader(std::string_view name) {
     case 19:
       if (is<"proxy-authorization">(p)) return HeaderId::kProxyAuthorization;
       break;
+    case 25:
+      if (c0 == 's' && is<"strict-transport-security">(p)) return HeaderId::kStrictTransportSecurity;
+      break;
     default: break;
   }
   if (n > 13 && c0 == 'x' && is<"x-portcullis-">(p)) return HeaderId::kXPortcullis;

@@ -29,6 +29,7 @@ enum class HeaderId : uint8_t {
   kXRequestId,
   kServer,
   kXPortcullis,  // any header whose name starts with "X-Portcullis-"
+  kStrictTransportSecurity,
   kCount
 };
 

@@ -129,8 +129,10 @@ void Connection::startTunnel() {
 
   // The same edits as any response (onResponseHead()), and the upgrade
   // fields, which the serialiser drops as hop-by-hop, put back.
+  const bool own_hsts = tls_ && !snap_->hsts.empty();
   for (Header& h : resp_.headers) {
-    if (h.id == HeaderId::kServer || h.id == HeaderId::kXRequestId || h.id == HeaderId::kContentLength) {
+    if (h.id == HeaderId::kServer || h.id == HeaderId::kXRequestId || h.id == HeaderId::kContentLength ||
+        (own_hsts && h.id == HeaderId::kStrictTransportSecurity)) {
       h.removed = true;
     }
   }

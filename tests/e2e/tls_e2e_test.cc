@@ -257,6 +257,30 @@ TEST_F(TlsE2E, Tls13AndTls12ServeRequestsWithHsts) {
   EXPECT_EQ(proxy.waitForMetric("portcullis_tls_handshakes_total{kind=\"full\"}", 3), 3);
 }
 
+// Over HTTPS the proxy's HSTS is the only one: a backend's own header (here
+// max-age=0, which would switch HSTS off: browsers take the first one,
+// RFC 6797 section 8.1) is dropped.
+TEST_F(TlsE2E, BackendHstsNeverReplacesTheProxysOwn) {
+  ScriptedUpstream upstream([](int fd, int) {
+    if (ScriptedUpstream::readRequest(fd).empty()) return;
+    ScriptedUpstream::writeAll(fd, "HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=0\r\n"
+                                   "strict-transport-security: max-age=1\r\nContent-Length: 2\r\n\r\nok");
+  });
+  ProxyOptions o = options();
+  o.upstreams[0].servers = {upstream.address()};
+  Proxy proxy(o);
+  TlsClient c;
+  ASSERT_TRUE(c.connect(proxy.httpsPort(), TlsOptions{}));
+  ASSERT_TRUE(c.send(getRequest("/sts")));
+  TlsClient::Response r;
+  ASSERT_TRUE(c.readResponse(r));
+  EXPECT_EQ(r.status, 200);
+  const std::string want = "\r\nstrict-transport-security: max-age=31536000; includesubdomains";
+  const size_t at = r.head.find("\r\nstrict-transport-security:");
+  EXPECT_EQ(r.head.substr(at, want.size()), want) << r.head;
+  EXPECT_EQ(r.head.find("\r\nstrict-transport-security:", at + 1), std::string::npos) << r.head;
+}
+
 // A connection the proxy ends after a response (Connection: close, or a
 // refusal while the client still sends) ends with close_notify (RFC 8446
 // section 6.1), so a client reading to the end can tell it from a cut.

@@ -1287,6 +1287,8 @@ TEST(HeadersTest, LookupAgreesWithPlainComparisonOnEveryOneByteChange) {
       {"transfer-encoding", HeaderId::kTransferEncoding},
       {"proxy-authenticate", HeaderId::kProxyAuthenticate},
       {"proxy-authorization", HeaderId::kProxyAuthorization},
+      {"Strict-Transport-Security", HeaderId::kStrictTransportSecurity},
+      {"strict-transport-securitx", HeaderId::kOther},
       {"x-portcullis-id", HeaderId::kXPortcullis},
   };
   auto reference = [&](std::string_view n) {
