@@ -42,11 +42,9 @@ class TokenCheck final : public Filter {
     auth_->last_use->record(idx, now);
     ctx.token_index = idx;
 
-    // Identity for the backend comes from the token only.
-    if (!auth_->forward_authorization) head.remove(HeaderId::kAuthorization);
-    for (Header& x : head.headers) {
-      if (equalsIgnoreCase(x.name, auth_->account_header)) x.removed = true;
-    }
+    // Identity for the backend comes from the token only. The client's
+    // Authorization and any copy of the account header are stripped on
+    // every route by Connection::editRequestHead (SPEC §3, §6).
     head.add(auth_->account_header, rec.account);
     head.add("X-Portcullis-Token-Id", rec.id);
     head.add("X-Portcullis-Roles", auth_->token_roles_header[static_cast<size_t>(idx)]);

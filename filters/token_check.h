@@ -8,9 +8,10 @@
 // - A valid token none of whose roles allows the method and normalised path
 //   (with {account} bound to the token's account): 403 forbidden.
 // - Allowed: the backend gets the account header, X-Portcullis-Token-Id and
-//   X-Portcullis-Roles from the token (client copies removed) and no
-//   Authorization unless auth.forward_authorization. The token's last use is
-//   recorded for the inactivity expiry.
+//   X-Portcullis-Roles from the token (client copies, and the client's
+//   Authorization unless auth.forward_authorization, are removed on every
+//   route by Connection::editRequestHead). The token's last use is recorded
+//   for the inactivity expiry.
 // Checked on every request, so a revocation also stops an open connection.
 #pragma once
 

@@ -57,7 +57,6 @@ std::shared_ptr<const AuthState> buildAuthState(const Config& config, const Auth
   }
   a->inactive_expiry_s = static_cast<int64_t>(config.auth.inactive_expiry_days) * 86400;
   a->account_header = config.auth.account_header;
-  a->forward_authorization = config.auth.forward_authorization;
   return a;
 }
 

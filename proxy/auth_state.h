@@ -49,7 +49,6 @@ struct AuthState {
   std::vector<std::string> token_rate_policy;
   int64_t inactive_expiry_s = 0;
   std::string account_header;
-  bool forward_authorization = false;
 
   // id -> last use, for the state file.
   std::unordered_map<std::string, int64_t> lastUseById() const;
