@@ -2,7 +2,9 @@
 // Contracts and approximations: detect.h.
 //
 // Table layout. A table is an array of groups of 8 cells; a key hashes (XXH3-128
-// of the key, seeded by its slot, i.e. what is counted) to one group and may live
+// of the key, seeded by the table's secret random seed plus its slot, i.e. what
+// is counted; so which keys share a group, and so could crowd each other into
+// the overflow counter, cannot be computed offline) to one group and may live
 // in any of its 8 cells. A group stores its cells' words column-wise (8 state
 // words, 8 key words, 8 aux words, 8 quiet words; 256 bytes) so the probe reads
 // two cache lines. Groups are split into up to 64 shards, which own the overflow
@@ -32,11 +34,14 @@
 // acquire load of LIVE makes the claimant's aux/quiet stores visible.
 #include "proxy/detect.h"
 
+#include <openssl/rand.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "filters/rate_limiter.h"  // ipKey()
@@ -68,7 +73,6 @@ constexpr uint64_t kMaxSeen = 63;
 constexpr uint64_t kEwmaMask = (uint64_t{1} << 56) - 1;
 constexpr double kEwmaScale = 256.0;
 
-constexpr uint64_t kSeed = 0x2545f4914f6cdd1dull;
 constexpr int kMaxConflicts = 64;
 constexpr size_t kMaxShards = 64;
 
@@ -151,9 +155,19 @@ class Detector::Table {
     groups_ = std::max<size_t>(cells / kGroupCells, 1);
     shard_count_ = std::min(kMaxShards, groups_);
     shift_ = static_cast<unsigned>(std::countr_zero(groups_ / shard_count_));
+    // Secret per table, as the rate limiter's (filters/rate_limiter.cc).
+    if (RAND_bytes(reinterpret_cast<uint8_t*>(&seed_), sizeof(seed_)) != 1) {
+      std::fprintf(stderr, "Detector: RAND_bytes failed\n");
+      std::abort();
+    }
     table_ = std::make_unique<Group[]>(groups_);
     shards_ = std::make_unique<Shard[]>(shard_count_);
   }
+
+  XXH128_hash_t hash(Slot slot, std::string_view key) const {
+    return XXH3_128bits_withSeed(key.data(), key.size(), seed_ + static_cast<uint64_t>(slot));
+  }
+  size_t groupOf(Slot slot, std::string_view key) const { return hash(slot, key).low64 & (groups_ - 1); }
 
   size_t memoryBytes() const { return groups_ * sizeof(Group) + shard_count_ * sizeof(Shard); }
 
@@ -176,7 +190,7 @@ class Detector::Table {
   template <class F>
   bool update(Slot slot, std::string_view key, const Now& t, bool overflow, F&& step, Ref& ref, uint64_t& before,
               uint64_t& after) {
-    XXH128_hash_t h = XXH3_128bits_withSeed(key.data(), key.size(), kSeed + static_cast<uint64_t>(slot));
+    const XXH128_hash_t h = hash(slot, key);
     const uint64_t gi = h.low64 & (groups_ - 1), fp = h.high64, tag = h.high64 & kValueMask;
     Group& g = table_[gi];
     Shard& sh = shards_[gi >> shift_];
@@ -321,6 +335,7 @@ class Detector::Table {
   size_t shard_count_ = 0;
   unsigned shift_ = 0;
   uint64_t interval_ns_ = 1;
+  uint64_t seed_ = 0;
 };
 
 std::string_view alertKindName(AlertKind k) {
@@ -353,6 +368,10 @@ uint64_t Detector::alertsRaised(AlertKind kind) const {
 }
 
 uint64_t Detector::fallbacks() const { return cfg_.enabled ? ips_->fallbacks() + tokens_->fallbacks() : 0; }
+
+size_t Detector::ipGroupOf(std::string_view ip) const {
+  return cfg_.enabled ? ips_->groupOf(kAuth, ipKeyFast(ip).view()) : 0;
+}
 
 size_t Detector::memoryBytes() const { return cfg_.enabled ? ips_->memoryBytes() + tokens_->memoryBytes() : 0; }
 

@@ -153,6 +153,10 @@ class Detector {
   uint64_t fallbacks() const;
   size_t memoryBytes() const;
   const DetectConfig& config() const { return cfg_; }
+  // The group (of kGroupCells cells) that `ip`'s auth-failure counter hashes
+  // to: keys of one group compete for its cells. For tests; which keys share
+  // a group depends on each table's secret random seed. 0 when disabled.
+  size_t ipGroupOf(std::string_view ip) const;
 
   // Internal table (detect.cc); public only so detect.cc can name it.
   class Table;

@@ -339,10 +339,41 @@ TEST_F(DetectTest, BeyondCapacityFallsBackWithoutLosingAHotKey) {
   ASSERT_FALSE(sink.alerts.empty());
   EXPECT_EQ(sink.alerts.back().ip, "192.0.2.1");
   EXPECT_EQ(sink.alerts.back().count, 20u);
-  // Once the windows are over, cells are reclaimed for new keys.
+  // Once the windows are over, every cell is reclaimed for new keys: the
+  // auth-failure counters of 128 addresses picked to fill each group's 8
+  // cells exactly (placement depends on the table's random seed) find a cell
+  // each.
+  std::vector<std::string> fill;
+  std::vector<int> per_group(16, 0);
+  for (int i = 0; fill.size() < 128 && i < 65536; ++i) {
+    std::string ip = "172.16." + std::to_string(i / 256) + "." + std::to_string(i % 256);
+    const size_t g = d.ipGroupOf(ip);
+    ASSERT_LT(g, per_group.size());
+    if (per_group[g] < 8) {
+      ++per_group[g];
+      fill.push_back(std::move(ip));
+    }
+  }
+  ASSERT_EQ(fill.size(), 128u);
   uint64_t fb = d.fallbacks();
-  for (int i = 0; i < 64; ++i) d.notFound("172.16.0." + std::to_string(i), kT0 + 400 * kSec);
+  for (const std::string& ip : fill) d.authFailure(ip, kT0 + 400 * kSec);
   EXPECT_EQ(d.fallbacks(), fb);
+}
+
+TEST_F(DetectTest, HashSeedIsRandomPerTable) {
+  // With a fixed seed two detectors place every address alike, so addresses
+  // that crowd one group (and push a victim onto the shared overflow counter)
+  // could be computed offline; with a random seed per table, 64 addresses over
+  // 16 groups land alike with probability 2^-256.
+  cfg.capacity_keys = 64;  // 128 cells, 16 groups
+  Detector a(cfg, &sink), b(cfg, &sink);
+  int same = 0;
+  for (int i = 0; i < 64; ++i) {
+    const std::string ip = "198.51.100." + std::to_string(i);
+    ASSERT_LT(a.ipGroupOf(ip), 16u);
+    same += a.ipGroupOf(ip) == b.ipGroupOf(ip);
+  }
+  EXPECT_LT(same, 64);
 }
 
 TEST(DetectKindNames, Stable) {
