@@ -1,5 +1,7 @@
 #include "filters/multipart_parser.h"
 
+#include "filters/media_type.h"  // isTchar, iequals
+
 #include <algorithm>
 #include <cstring>
 
@@ -20,18 +22,6 @@ enum MultipartParser::State : uint8_t {
 
 namespace {
 
-bool isTchar(uint8_t c) {
-  if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return true;
-  if (c >= '0' && c <= '9') return true;
-  switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
-      return true;
-    default:
-      return false;
-  }
-}
-
 bool isBchar(uint8_t c) {
   if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return true;
   if (c >= '0' && c <= '9') return true;
@@ -45,17 +35,6 @@ bool isBchar(uint8_t c) {
 }
 
 bool isOws(uint8_t c) { return c == ' ' || c == '\t'; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    uint8_t x = static_cast<uint8_t>(a[i]), y = static_cast<uint8_t>(b[i]);
-    if (x >= 'A' && x <= 'Z') x += 32;
-    if (y >= 'A' && y <= 'Z') y += 32;
-    if (x != y) return false;
-  }
-  return true;
-}
 
 // A tiny cursor over a header value for parameter lists.
 struct Cursor {

@@ -1,5 +1,7 @@
 #include "filters/upload_sniff.h"
 
+#include "filters/media_type.h"  // iequals
+
 #include <algorithm>
 #include <cstring>
 
@@ -9,17 +11,6 @@ namespace {
 
 constexpr uint8_t kZipMagic[4] = {'P', 'K', 0x03, 0x04};
 constexpr uint8_t kOle2Magic[8] = {0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1};
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + 32);
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + 32);
-    if (x != y) return false;
-  }
-  return true;
-}
 
 bool isOws(char c) { return c == ' ' || c == '\t'; }
 

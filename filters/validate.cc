@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "filters/json_validator.h"
+#include "filters/media_type.h"
 #include "filters/multipart_parser.h"
 #include "filters/upload_sniff.h"
 #include "filters/utf8.h"
@@ -41,6 +42,12 @@ class Validate final : public Filter, private MultipartHandler {
       const UploadKind kind = uploadKindFor(media);
       if (kind == UploadKind::kUnsupported) {
         ctx.respond(415, "unsupported_media_type", "validate", "not an upload type");
+        return FilterStatus::kRespond;
+      }
+      // The CSV check reads UTF-8; a body declared in another charset would
+      // pass it and be read differently by the backend.
+      if (kind == UploadKind::kCsv && textCharset(ct->value) != TextCharset::kUtf8) {
+        ctx.respond(415, "unsupported_media_type", "validate", "charset not UTF-8");
         return FilterStatus::kRespond;
       }
       if (kind == UploadKind::kMultipart) {
@@ -88,12 +95,17 @@ class Validate final : public Filter, private MultipartHandler {
   // Multipart: file parts must declare an allowed upload type and match it.
   // A part without a filename is a file part too if it declares a type other
   // than text/plain (backends take typed parts for files); a plain form field
-  // must be text: UTF-8 without control characters but HTAB, CR and LF.
+  // must be text: UTF-8 without control characters but HTAB, CR and LF. A
+  // text/plain field or text/csv file part may declare no charset but UTF-8.
   bool onPartBegin(const MultipartPart& part) override {
     part_sniffer_.reset();
     text_field_ = false;
     const std::string_view media = mediaTypeOf(part.content_type);
     if (!part.has_filename && (media.empty() || equalsIgnoreCase(media, "text/plain"))) {
+      if (!media.empty() && textCharset(part.content_type) != TextCharset::kUtf8) {
+        part_error_ = "form field charset not UTF-8";
+        return false;
+      }
       text_field_ = true;
       text_state_ = {};
       return true;
@@ -102,6 +114,10 @@ class Validate final : public Filter, private MultipartHandler {
     if (media.empty() || kind == UploadKind::kUnsupported || kind == UploadKind::kMultipart ||
         !listed(route_->content_types.empty() ? kAnyUpload : route_->content_types, media)) {
       part_error_ = "file part type not allowed";
+      return false;
+    }
+    if (kind == UploadKind::kCsv && textCharset(part.content_type) != TextCharset::kUtf8) {
+      part_error_ = "file part charset not UTF-8";
       return false;
     }
     part_sniffer_.emplace(kind);

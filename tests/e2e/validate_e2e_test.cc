@@ -178,6 +178,29 @@ TEST_F(ValidateE2E, MultipartPartsOtherParsersWouldSeeAreChecked) {
                   "--XyZ\r\n" + cd + "\"rows\"\r\nContent-Type: text/csv\r\n\r\nid,qty\n1,2\n\r\n--XyZ--\r\n"));
 }
 
+// The CSV and text-field checks read UTF-8: a body declared in another
+// charset (which the backend would decode as declared, so bytes the check
+// passed as UTF-8 would mean other characters there) is refused.
+TEST_F(ValidateE2E, TextUploadsMustBeUtf8AsDeclared) {
+  const std::string csv = "id,name\r\n1,caf\xc3\xa9\r\n";
+  expectServed(post("/uploads/x", "text/csv; charset=utf-8", csv));
+  expectServed(post("/uploads/x", "text/csv;charset=\"UTF-8\"; header=present", csv));
+  expectServed(post("/uploads/x", "text/csv; charset=us-ascii", "id\r\n1\r\n"));
+  expectRefused(post("/uploads/x", "text/csv; charset=iso-8859-1", csv), 415, "unsupported_media_type");
+  expectRefused(post("/uploads/x", "text/csv; charset=utf-16le", "i\0d\0"), 415, "unsupported_media_type");
+  expectRefused(post("/uploads/x", "text/csv; charset=utf-8; charset=latin1", csv), 415, "unsupported_media_type");
+  expectRefused(post("/uploads/x", "text/csv; charset=\"utf-8", csv), 415, "unsupported_media_type");
+  const std::string cd = "Content-Disposition: form-data; name=";
+  auto mp = [&](const std::string& part_head, const std::string& content) {
+    return post("/uploads/m", "multipart/form-data; boundary=XyZ",
+                "--XyZ\r\n" + cd + part_head + "\r\n\r\n" + content + "\r\n--XyZ--\r\n");
+  };
+  expectServed(mp("\"f\"; filename=\"a.csv\"\r\nContent-Type: text/csv; charset=UTF-8", csv));
+  expectRefused(mp("\"f\"; filename=\"a.csv\"\r\nContent-Type: text/csv; charset=windows-1252", csv), 422,
+                "invalid_upload");
+  expectRefused(mp("\"note\"\r\nContent-Type: text/plain; charset=koi8-r", "privet"), 422, "invalid_upload");
+}
+
 // Content-Type is single-valued: a second one, which a backend might read
 // instead of (or joined with) the checked one, is refused.
 TEST_F(ValidateE2E, RepeatedContentTypeIsRefused) {
