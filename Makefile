@@ -37,9 +37,9 @@ test-asan: deps $(ASAN_BUILD)/CMakeCache.txt
 
 # ThreadSanitizer over the unit tests of everything shared between threads
 # without a lock: rate limiter and lockout, detector, audit log, access log
-# writer, alert webhook and syslog queues, metrics tables.
+# writer, alert webhook and syslog queues, alert fan-out, metrics tables.
 TSAN_BUILD ?= build-tsan
-TSAN_TESTS ?= RateLimiter*:Lockout*:IpKey*:Detect*:Audit*:AccessLog*:LogWriter*:AlertWebhook*:SyslogSink*:RefusalCounters*
+TSAN_TESTS ?= RateLimiter*:Lockout*:IpKey*:Detect*:Audit*:AccessLog*:LogWriter*:AlertWebhook*:AlertDispatcher*:SyslogSink*:RefusalCounters*
 $(TSAN_BUILD)/CMakeCache.txt:
 	cmake -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPORTCULLIS_TSAN=ON -DPORTCULLIS_BENCH=OFF
 

@@ -22,6 +22,7 @@
 #include "proxy/access_log.h"
 #include "proxy/background_thread.h"
 #include "proxy/audit_verify.h"
+#include "proxy/detect.h"
 #include "proxy/errno_message.h"
 #include "proxy/write_cursor.h"
 
@@ -325,7 +326,10 @@ bool lastMacVerifies(const KeyProvider& keys, std::string_view line, const Audit
 // the file must not be able to stop the proxy through it) but blesses
 // nothing: no audit.torn covers the edited lines and the chain continues from
 // the last parsable record, so `portcullisctl audit verify` keeps failing at
-// the first edited line; one error line on stderr names the problem.
+// the first edited line. Each finding is an error line on stderr and an
+// audit_tamper alert record, chained like any record: it tells whoever reads
+// the log, or its syslog copy, from the log itself, and lets the server
+// raise it in real time (startAlerts()).
 bool AuditLog::initChain(int fd, const KeyProvider& keys, std::string& error) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
@@ -347,21 +351,29 @@ bool AuditLog::initChain(int fd, const KeyProvider& keys, std::string& error) {
   if (tail >= 0 && tail < size) got = readRecord(fd, tail, size, line, rec);
   const bool torn = got == 0 && tail < size;  // not a complete record that only lacks its '\n'
   off_t end = tail;  // the complete lines in [end, tail) do not parse
+  uint64_t bad_lines = 0;
   while (got == 0 && end > 0) {
     const off_t start = findLineStart(fd, end - 1);
     got = start < 0 ? -1 : readRecord(fd, start, end - 1, line, rec);
-    if (got == 0) end = start;
+    if (got == 0) {
+      end = start;
+      ++bad_lines;
+    }
   }
   if (got < 0) {
     error = "audit log " + path_ + ": read failed";
     return false;
   }
   std::string last_seq = "the start of the file";
+  uint64_t last_seq_num = 0;  // 0: no record
+  bool bad_mac = false;
   if (got == 1) {
     next_seq_ = rec.seq + 1;
     prev_.assign(rec.mac.data(), rec.mac.size());
+    last_seq_num = rec.seq;
     last_seq = "seq " + std::to_string(rec.seq);
-    if (!lastMacVerifies(keys, line, rec)) {
+    bad_mac = !lastMacVerifies(keys, line, rec);
+    if (bad_mac) {
       std::fprintf(stderr, "portcullis: error: audit log %s: the mac of the last record (%s) does not verify: "
                    "it was edited; `portcullisctl audit verify` reports it\n", path_.c_str(), last_seq.c_str());
     }
@@ -375,8 +387,28 @@ bool AuditLog::initChain(int fd, const KeyProvider& keys, std::string& error) {
     error = "audit log " + path_ + ": write failed: " + errnoMessage(errno);
     return false;
   }
-  if (!torn || end < tail) return true;
-  // The torn line [tail, size), without the '\n' just added.
+  if (torn && end == tail && !emitTorn(fd, tail, size, error)) return false;
+  if (bad_mac) emitTamper(AuditFields().str("found", "bad_mac").unum("seq", last_seq_num));
+  if (end < tail) {
+    emitTamper(AuditFields()
+                   .str("found", "unparsable_lines")
+                   .unum("bytes", static_cast<uint64_t>(tail - end))
+                   .unum("lines", bad_lines)
+                   .unum("after_seq", last_seq_num));
+  }
+  return true;
+}
+
+void AuditLog::emitTamper(const AuditFields& fields) {
+  std::string members = AuditFields().str("kind", alertKindName(AlertKind::kAuditTamper)).take();
+  members += ',';
+  members += fields.view();
+  emit("alert", members, false);
+  start_alerts_.push_back(std::move(members));
+}
+
+bool AuditLog::emitTorn(int fd, off_t tail, off_t size, std::string& error) {
+  // The torn line [tail, size), without the '\n' since added.
   SHA256_CTX sha;
   SHA256_Init(&sha);
   std::string chunk(kTailChunk, '\0');
@@ -424,6 +456,7 @@ bool AuditLog::start(const std::string& path, const std::shared_ptr<const KeyPro
     ::close(fd);
     out_.clear();
     out_records_ = 0;
+    start_alerts_.clear();
     return false;
   }
   file_.adopt(fd, path);

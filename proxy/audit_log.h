@@ -30,11 +30,22 @@
 //                "torn_bytes":K,"torn_sha256":"<hex>" over exactly the bytes
 //                after the file's last '\n' (start() then adds the '\n').
 //                Complete lines are never covered (see start()).
-// Callers must not use the `audit.` prefix.
+//   alert        kind "audit_tamper", on start() for each sign of editing it
+//                finds at the end of the file (see start()), with either
+//                  "found":"bad_mac","seq":N
+//                    the last record (seq N) does not verify with its key, or
+//                  "found":"unparsable_lines","bytes":K,"lines":L,"after_seq":N
+//                    L complete lines, K bytes with their '\n's, after the
+//                    record with seq N (0: no record before them) are not
+//                    records.
+// Callers must not use the `audit.` prefix; `alert` they share (the
+// detector's alerts, SPEC §8).
 //
 // Key material and tokens are never written: callers put token ids, never
 // tokens, into fields, and the audit key only ever lives in HMAC state.
 #pragma once
+
+#include <sys/types.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -46,6 +57,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "proxy/log_file.h"
 #include "proxy/keyring.h"
@@ -150,15 +162,27 @@ class AuditLog {
   // An unterminated last line that is not a record is kept, terminated with
   // '\n' and described by an audit.torn record; then an audit.start record
   // follows. Events recorded before start() are written after these.
-  // Tampering found at the end (complete lines after the last record that do
-  // not parse, or a last record whose mac does not verify with `keys`) is
-  // reported on stderr and left uncovered, so that verification keeps
-  // failing; the log still starts. The file is locked (flock, exclusive,
+  // Tampering found at the end (a last record whose mac does not verify with
+  // `keys`, complete lines after the last record that do not parse) is left
+  // uncovered, so that verification keeps failing at the edited line; the
+  // log still starts. Each finding is one line on stderr and one `alert`
+  // record of kind audit_tamper (see above), listed in startAlerts() and
+  // written right after the old content, before audit.start (when a torn
+  // last line follows a bad last record, after the audit.torn, which must
+  // follow the torn line directly). The file is locked (flock, exclusive,
   // until stop()): one writer per file, as two would fork the chain. Returns
   // false with a one-line `error` if the file cannot be opened, locked (it is
   // in use by another process or AuditLog) or read, `keys` is null or has no
   // usable active key, or start() was already called. Call once.
   bool start(const std::string& path, const std::shared_ptr<const KeyProvider>& keys, std::string& error);
+
+  // The members (after "event", starting with "kind") of each audit_tamper
+  // `alert` record start() wrote, in file order; empty if it found no
+  // tampering. The log has recorded them; raising them in real time (log
+  // line, webhook, metrics) is the caller's part (AlertDispatcher::
+  // onRecordedAlert). Set by a successful start(); read it on the thread that
+  // called start(), after it returned.
+  const std::vector<std::string>& startAlerts() const { return start_alerts_; }
 
   // Switches the MAC key of later records to the active key of `keys` (config
   // reload / key rotation). The audit key is derived here, on the caller's
@@ -304,6 +328,11 @@ class AuditLog {
   void wakeWriter();
   void refreshKey();
   bool initChain(int fd, const KeyProvider& keys, std::string& error);
+  // Formats the audit.torn record of the torn line [tail, size) of `fd`.
+  bool emitTorn(int fd, off_t tail, off_t size, std::string& error);
+  // Formats an audit_tamper `alert` record with `fields` after its kind and
+  // adds its members to start_alerts_.
+  void emitTamper(const AuditFields& fields);
 
   const size_t mask_;
   std::unique_ptr<Cell[]> cells_;
@@ -357,6 +386,8 @@ class AuditLog {
   std::string ts_text_;    // now_us_ as RFC 3339, formatted once per batch
   int64_t ts_text_us_ = 0;
   int64_t last_event_us_ = 0;  // monotonic time the writer last took an event
+
+  std::vector<std::string> start_alerts_;  // see startAlerts()
 
   std::mutex lifecycle_mu_;
   bool started_ = false;

@@ -339,8 +339,8 @@ class Detector::Table {
 };
 
 std::string_view alertKindName(AlertKind k) {
-  static constexpr std::string_view kNames[kAlertKinds] = {"auth_failures", "forbidden",    "scanning",
-                                                           "token_rate",    "exfiltration", "ban"};
+  static constexpr std::string_view kNames[kAlertKinds] = {"auth_failures", "forbidden", "scanning",    "token_rate",
+                                                           "exfiltration",  "ban",       "audit_tamper"};
   return k < AlertKind::kCount ? kNames[static_cast<size_t>(k)] : "unknown";
 }
 

@@ -17,6 +17,8 @@
 //                            "exfiltration"   response bytes in the current interval far
 //                                             above the token's own EWMA baseline
 //   ban(ip)                  "ban"            always, every ban (a brute-force lockout started)
+// One more kind is never raised by the Detector: "audit_tamper", tampering
+// the audit log found at start (AuditLog::startAlerts, AlertDispatcher).
 //
 // Counting kinds use a fixed window per (kind, key) that starts at the key's
 // first event and lasts window_s; the count restarts in the next window. The
@@ -92,9 +94,19 @@ struct DetectConfig {
   bool enabled = true;               // false: every call returns at once, nothing is allocated
 };
 
-enum class AlertKind : uint8_t { kAuthFailures, kForbidden, kScanning, kTokenRate, kExfiltration, kBan, kCount };
+enum class AlertKind : uint8_t {
+  kAuthFailures,
+  kForbidden,
+  kScanning,
+  kTokenRate,
+  kExfiltration,
+  kBan,
+  kAuditTamper,  // raised by the audit log at start, not by the Detector
+  kCount
+};
 inline constexpr size_t kAlertKinds = static_cast<size_t>(AlertKind::kCount);
-// "auth_failures", "forbidden", "scanning", "token_rate", "exfiltration", "ban".
+// "auth_failures", "forbidden", "scanning", "token_rate", "exfiltration", "ban",
+// "audit_tamper".
 std::string_view alertKindName(AlertKind k);
 
 // An alert, valid only for the duration of AlertSink::onAlert (the views point

@@ -341,14 +341,18 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
     gauge("portcullis_audit_queue_depth", "Audit events waiting to be written.",
           static_cast<int64_t>(extra.audit_queue_depth));
   }
-  if (extra.detect_enabled) {
-    out += "# HELP portcullis_alerts_total Suspicious-activity alerts raised, by kind.\n";
+  if (extra.detect_enabled || extra.audit_enabled) {
+    // The detector's kinds with [detect]; audit_tamper with the audit log.
+    out += "# HELP portcullis_alerts_total Alerts raised, by kind.\n";
     out += "# TYPE portcullis_alerts_total counter\n";
     for (size_t k = 0; k < kAlertKinds; ++k) {
-      appendF(out, "portcullis_alerts_total{kind=\"%s\"} %llu\n",
-              std::string(alertKindName(static_cast<AlertKind>(k))).c_str(),
+      const auto kind = static_cast<AlertKind>(k);
+      if (!(kind == AlertKind::kAuditTamper ? extra.audit_enabled : extra.detect_enabled)) continue;
+      appendF(out, "portcullis_alerts_total{kind=\"%s\"} %llu\n", std::string(alertKindName(kind)).c_str(),
               static_cast<unsigned long long>(extra.alerts[k]));
     }
+  }
+  if (extra.detect_enabled) {
     counter("portcullis_detect_fallbacks_total", "Detector events for keys that found no table cell.",
             extra.detect_fallbacks);
   }

@@ -10,6 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include "proxy/detect.h"
+
 namespace portcullis {
 
 // A counter with a single writer thread and any number of readers.
@@ -182,7 +184,7 @@ struct MetricsExtra {
   bool audit_enabled = false;
   uint64_t audit_written = 0, audit_overflowed = 0, audit_queue_depth = 0;
   bool detect_enabled = false;
-  uint64_t alerts[6] = {};  // by AlertKind
+  uint64_t alerts[kAlertKinds] = {};  // by AlertKind
   uint64_t detect_fallbacks = 0;
   bool webhook_enabled = false;
   uint64_t webhook_sent = 0, webhook_failed = 0, webhook_dropped = 0;

@@ -61,8 +61,18 @@ void AlertDispatcher::onAlert(const Alert& a) {
   if (!a.token_id.empty()) f.str("token_id", a.token_id);
   f.unum("count", a.count).unum("threshold", a.threshold).unum("window_s", a.window_s);
   if (a.baseline > 0) f.unum("baseline", static_cast<uint64_t>(std::round(a.baseline)));
-  const std::string& members = f.view();
-  std::string line = "alert " + std::string(a.kind) + " {" + members + "}";
+  logAndPost(a.kind, f.view());
+  if (audit_ != nullptr) audit_->record("alert", f.take());
+}
+
+void AlertDispatcher::onRecordedAlert(AlertKind kind, std::string_view members) {
+  if (kind >= AlertKind::kCount) return;
+  recorded_[static_cast<size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
+  logAndPost(alertKindName(kind), members);
+}
+
+void AlertDispatcher::logAndPost(std::string_view kind, std::string_view members) {
+  std::string line = "alert " + std::string(kind) + " {" + std::string(members) + "}";
   logLine("warn", line);
   if (webhook_ != nullptr && webhook_->enabled()) {
     std::string body = "{\"event\":\"alert\",\"ts\":\"";
@@ -74,7 +84,6 @@ void AlertDispatcher::onAlert(const Alert& a) {
     body += "}";
     webhook_->post(std::move(body));
   }
-  if (audit_ != nullptr) audit_->record("alert", f.take());
 }
 
 }  // namespace portcullis

@@ -16,7 +16,8 @@
 //
 // AlertDispatcher receives the detector's alerts on the thread that caused
 // them and fans each out to: an `alert` audit record, one stderr log line,
-// and the webhook (a JSON object, queued; never blocks).
+// and the webhook (a JSON object, queued; never blocks). The audit log's own
+// audit_tamper alerts, already recorded, get the log line and the webhook.
 #pragma once
 
 #include <atomic>
@@ -47,9 +48,26 @@ class AlertDispatcher final : public AlertSink {
   }
   void onAlert(const Alert& a) override;
 
+  // An alert whose `alert` audit record its source has already written: the
+  // audit log's audit_tamper records (AuditLog::startAlerts()). `members` are
+  // that record's members after "event", "kind" first. Raised like a
+  // detector alert less the audit record: one stderr log line and the
+  // webhook (queued: a webhook not started yet sends it once it starts), and
+  // counted in recordedAlerts(kind). Thread-safe; never blocks.
+  void onRecordedAlert(AlertKind kind, std::string_view members);
+  // Alerts of `kind` raised through onRecordedAlert (the Detector counts its
+  // own: Detector::alertsRaised). Relaxed read.
+  uint64_t recordedAlerts(AlertKind kind) const {
+    return kind < AlertKind::kCount ? recorded_[static_cast<size_t>(kind)].load(std::memory_order_relaxed) : 0;
+  }
+
  private:
+  // The log line and the webhook POST of an alert of `kind` with `members`.
+  void logAndPost(std::string_view kind, std::string_view members);
+
   AuditLog* audit_ = nullptr;
   AlertWebhook* webhook_ = nullptr;
+  std::atomic<uint64_t> recorded_[kAlertKinds] = {};
 };
 
 }  // namespace portcullis

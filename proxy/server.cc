@@ -312,6 +312,13 @@ bool Server::startup(std::string& error) {
     error = "log.audit: " + error;
     return false;
   }
+  if (audit_) {
+    // Tampering found at start: recorded in the chain by start(); raised here
+    // like a detector alert (the webhook took its URL in startAuditAndAlerts).
+    for (const std::string& members : audit_->startAlerts()) {
+      alerts_.onRecordedAlert(AlertKind::kAuditTamper, members);
+    }
+  }
 
   health_checker_ = std::make_unique<HealthChecker>(&loop_);
   health_checker_->update(*snap);
@@ -820,11 +827,12 @@ std::string Server::renderMetricsText() const {
     extra.ratelimit_keys = rate_limiter_->occupancy(now);
     extra.ratelimit_cells = st.cells;
   }
+  for (size_t k = 0; k < kAlertKinds; ++k) {
+    const auto kind = static_cast<AlertKind>(k);
+    extra.alerts[k] = (detector_ ? detector_->alertsRaised(kind) : 0) + alerts_.recordedAlerts(kind);
+  }
   if (detector_) {
     extra.detect_enabled = true;
-    for (size_t k = 0; k < kAlertKinds; ++k) {
-      extra.alerts[k] = detector_->alertsRaised(static_cast<AlertKind>(k));
-    }
     extra.detect_fallbacks = detector_->fallbacks();
   }
   if (webhook_ && webhook_->enabled()) {

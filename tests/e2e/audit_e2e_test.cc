@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "proxy/keyring.h"
+#include "tests/audit_chain_check.h"
 #include "tests/e2e/harness.h"
 
 namespace portcullis::e2e {
@@ -338,6 +340,144 @@ TEST_F(AuditE2E, EditedTailRecordsStayDetectedAfterARestart) {
   EXPECT_NE(out.find("line 2"), std::string::npos) << out;
   EXPECT_NE(out.find("torn"), std::string::npos) << out;
   EXPECT_EQ(slurp(audit_).find("audit.torn"), std::string::npos);
+}
+
+// Audit log tampering found at start (SECURITY.md): besides the stderr line,
+// an `alert` record of kind audit_tamper is the first record after the old
+// content, chained from its last parsable record, and the alert reaches the
+// webhook and /metrics like a detector alert. verify keeps failing at the
+// edited line. A crash-cut last line is no tampering: audit.torn, no alert.
+class AuditTamperE2E : public AuditE2E {
+ protected:
+  // A proxy with a webhook and an auth-failure alert after 3 failures; when it
+  // stops, the log holds audit.start, 3 auth.failure and the auth_failures
+  // alert (seq 1-5), and the webhook has had that alert.
+  void writeFiveRecordsAndStop() {
+    start("[detect]\nauth_failures = { count = 3, window_s = 60 }\nalert_webhook = \"http://" + hook_.address() +
+          "/alerts\"\n");
+    Client c(proxy_->httpPort());
+    const auto t0 = Steady::now();
+    for (int i = 0; i < 3; ++i) expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/x")), 401, "unauthorized");
+    EXPECT_EQ(proxy_->waitForMetric("portcullis_audit_records_written_total", 5), 5);  // + the auth_failures alert
+    ASSERT_GE(hook_.waitFor("\"kind\":\"auth_failures\"", t0, Millis(5000)), 0) << hook_.data();
+    stopProxy();
+    ls_ = lines(slurp(audit_));
+    ASSERT_EQ(ls_.size(), 5u);
+  }
+
+  // `line` continues `prev_line` (tests/audit_chain_check.h) under the
+  // proxy's keyring.
+  void expectChainedAfter(const std::string& line, const std::string& prev_line) {
+    std::string error;
+    auto ring = LocalKeyring::load(keyring_, error);
+    ASSERT_TRUE(ring) << error;
+    testing_audit::expectChainedAfter(*ring, line, prev_line);
+  }
+
+  std::string verifyOut(int& rc) { return ctlOut("audit verify --keyring " + keyring_ + " " + audit_, &rc); }
+
+  Collector hook_{true};
+  std::vector<std::string> ls_;  // the log's lines after writeFiveRecordsAndStop()
+};
+
+TEST_F(AuditTamperE2E, EditedLineAfterTheLastRecordRaisesAnAlertOnRestart) {
+  writeFiveRecordsAndStop();
+  const std::string forged = "{\"seq\":6,\"ts\":\"2026-01-01T00:00:00.000000Z\",\"event\":\"auth.success\"}";
+  std::ofstream(audit_, std::ios::binary | std::ios::app) << forged << "\n";
+  const auto t0 = Steady::now();
+  proxy_->relaunch();
+  const std::string members = "\"kind\":\"audit_tamper\",\"found\":\"unparsable_lines\",\"bytes\":" +
+                              std::to_string(forged.size() + 1) + ",\"lines\":1,\"after_seq\":5";
+  ASSERT_GE(hook_.waitFor(members, t0, Millis(5000)), 0) << hook_.data();
+  EXPECT_NE(hook_.data().find("POST /alerts HTTP/1.1"), std::string::npos);
+  EXPECT_NE(hook_.data().find("{\"event\":\"alert\",\"ts\":\""), std::string::npos) << hook_.data();
+  EXPECT_EQ(proxy_->metric("portcullis_alerts_total{kind=\"audit_tamper\"}"), 1);
+  EXPECT_EQ(proxy_->waitForMetric("portcullis_alert_webhook_sent_total", 1), 1);
+  const std::string err = proxy_->process().stderrText();
+  EXPECT_NE(err.find("complete lines after seq 5 do not parse"), std::string::npos) << err;
+  EXPECT_NE(err.find("alert audit_tamper {" + members + "}"), std::string::npos) << err;
+  stopProxy();
+
+  const std::vector<std::string> now = lines(slurp(audit_));
+  ASSERT_EQ(now.size(), 8u) << slurp(audit_);  // 5 records, the forged line, the alert, audit.start
+  EXPECT_EQ(now[5], forged);
+  EXPECT_NE(now[6].find(",\"event\":\"alert\"," + members + ",\"key_id\":"), std::string::npos) << now[6];
+  expectChainedAfter(now[6], now[4]);
+  EXPECT_NE(now[7].find("\"event\":\"audit.start\""), std::string::npos) << now[7];
+  expectChainedAfter(now[7], now[6]);
+  int rc = -1;
+  const std::string out = verifyOut(rc);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("line 6"), std::string::npos) << out;
+  EXPECT_NE(out.find("torn"), std::string::npos) << out;
+}
+
+TEST_F(AuditTamperE2E, LastRecordWithAChangedMacRaisesAnAlertOnRestart) {
+  writeFiveRecordsAndStop();
+  std::vector<std::string> edited = ls_;
+  std::string& last = edited.back();
+  char& digit = last[last.size() - 3];  // a hex digit of the mac
+  digit = digit == '0' ? '1' : '0';
+  std::string text;
+  for (const std::string& l : edited) text += l + "\n";
+  std::ofstream(audit_, std::ios::binary | std::ios::trunc) << text;
+  const auto t0 = Steady::now();
+  proxy_->relaunch();
+  const std::string members = "\"kind\":\"audit_tamper\",\"found\":\"bad_mac\",\"seq\":5";
+  ASSERT_GE(hook_.waitFor(members, t0, Millis(5000)), 0) << hook_.data();
+  EXPECT_EQ(proxy_->metric("portcullis_alerts_total{kind=\"audit_tamper\"}"), 1);
+  const std::string err = proxy_->process().stderrText();
+  EXPECT_NE(err.find("the mac of the last record (seq 5) does not verify"), std::string::npos) << err;
+  EXPECT_NE(err.find("alert audit_tamper {" + members + "}"), std::string::npos) << err;
+  stopProxy();
+
+  const std::vector<std::string> now = lines(slurp(audit_));
+  ASSERT_EQ(now.size(), 7u) << slurp(audit_);  // 5 records, the alert, audit.start
+  EXPECT_EQ(now[4], last);
+  EXPECT_NE(now[5].find(",\"event\":\"alert\"," + members + ",\"key_id\":"), std::string::npos) << now[5];
+  expectChainedAfter(now[5], now[4]);  // from the mac as the file has it
+  int rc = -1;
+  const std::string out = verifyOut(rc);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_NE(out.find("line 5, seq 5: edited"), std::string::npos) << out;
+}
+
+TEST_F(AuditTamperE2E, CrashCutLastLineIsTornNotTampering) {
+  writeFiveRecordsAndStop();
+  std::string text = slurp(audit_);
+  text.resize(text.size() - 40);  // the last record, cut mid-line as by a crash
+  std::ofstream(audit_, std::ios::binary | std::ios::trunc) << text;
+  proxy_->relaunch();
+  EXPECT_EQ(proxy_->metric("portcullis_alerts_total{kind=\"audit_tamper\"}"), 0);
+  // An alert raised now reaches the collector after any raised at start (one
+  // queue, in order): once it arrived, no audit_tamper alert is coming.
+  Client c(proxy_->httpPort());
+  for (int i = 0; i < 3; ++i) expectProxyError(c.roundTrip(getRequest("/v1/accounts/acme/x")), 401, "unauthorized");
+  const std::string burst = "\"kind\":\"auth_failures\"";
+  auto bursts = [&] {
+    const std::string got = hook_.data();
+    size_t n = 0;
+    for (size_t at = got.find(burst); at != std::string::npos; at = got.find(burst, at + 1)) ++n;
+    return n;
+  };
+  for (int i = 0; i < 500 && bursts() < 2; ++i) std::this_thread::sleep_for(Millis(10));
+  ASSERT_EQ(bursts(), 2u) << "the second run's auth_failures alert did not arrive: " << hook_.data();
+  EXPECT_EQ(hook_.data().find("audit_tamper"), std::string::npos) << hook_.data();
+  const std::string err = proxy_->process().stderrText();
+  EXPECT_EQ(err.find("audit_tamper"), std::string::npos) << err;
+  EXPECT_EQ(err.find("do not parse"), std::string::npos) << err;
+  EXPECT_EQ(err.find("does not verify"), std::string::npos) << err;
+  stopProxy();
+
+  const std::vector<std::string> now = lines(slurp(audit_));
+  ASSERT_GE(now.size(), 7u) << slurp(audit_);  // 4 records, the torn line, audit.torn, audit.start, ...
+  EXPECT_NE(now[5].find("\"event\":\"audit.torn\""), std::string::npos) << now[5];
+  expectChainedAfter(now[5], now[3]);
+  EXPECT_NE(now[6].find("\"event\":\"audit.start\""), std::string::npos) << now[6];
+  EXPECT_EQ(slurp(audit_).find("audit_tamper"), std::string::npos);
+  int rc = -1;
+  const std::string out = verifyOut(rc);
+  EXPECT_EQ(rc, 0) << out;
 }
 
 // Security review: a second instance with the same config opened the audit

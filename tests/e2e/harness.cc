@@ -523,9 +523,20 @@ std::string renderConfig(const ProxyOptions& o, const std::string& dir) {
 Proxy::Proxy(const ProxyOptions& options) : listen_host_(options.listen_host) {
   config_path_ = dir_.file("portcullis.toml");
   writeConfig(options);
-  std::vector<std::string> argv = options.exec_prefix;
-  argv.insert(argv.end(), {PORTCULLIS_BIN, "-c", config_path_});
-  proc_ = std::make_unique<ChildProcess>(argv);
+  argv_ = options.exec_prefix;
+  argv_.insert(argv_.end(), {PORTCULLIS_BIN, "-c", config_path_});
+  launch();
+}
+
+void Proxy::relaunch() {
+  if (!proc_->exited()) fail("relaunch: the proxy process is still running");
+  scanForSecrets(proc_->stderrText());
+  launch();
+}
+
+void Proxy::launch() {
+  proc_ = std::make_unique<ChildProcess>(argv_);
+  http_port_ = https_port_ = admin_port_ = 0;
   const Millis kStart(20000);
   auto admin_at = proc_->waitForStderr("admin listening ", kStart);
   if (!admin_at) fail("portcullis did not start; stderr:\n" + proc_->stderrText());

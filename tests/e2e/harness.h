@@ -280,12 +280,21 @@ class Proxy {
   // Dumps the captured stderr on test failure.
   void setExpectCleanExit(bool v) { expect_clean_exit_ = v; }
 
+  // Starts the proxy again, on the same config and directory, after the test
+  // stopped its process (sendSignal + waitExit): the new process finds the
+  // logs and state the last one left, as the test may have edited them
+  // meanwhile. The old process's stderr is scanned for secrets first; the
+  // ports are read again (port 0: they change). Throws like the constructor.
+  void relaunch();
+
  private:
+  void launch();
   void scanForSecrets(const std::string& err);
 
   TempDir dir_;
   std::string config_path_;
   std::string listen_host_;
+  std::vector<std::string> argv_;
   std::unique_ptr<ChildProcess> proc_;
   uint16_t http_port_ = 0;
   uint16_t https_port_ = 0;

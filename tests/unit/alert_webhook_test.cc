@@ -8,7 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "proxy/audit_log.h"
+#include "proxy/keyring.h"
+#include "proxy/security_events.h"
 #include "tests/unit/loopback_server.h"
+#include "tests/unit/temp_dir.h"
 
 namespace portcullis {
 namespace {
@@ -358,6 +362,43 @@ TEST(AlertWebhook, EmptyUrlDisables) {
   EXPECT_TRUE(hook.post("{}"));
   EXPECT_EQ(hook.dropped(), 0u);
   EXPECT_EQ(hook.depth(), 0u);
+}
+
+// The audit log's audit_tamper alerts are found at start, before the webhook
+// may have started: posted then, it is delivered once the webhook starts;
+// it is a log line and a POST like a detector alert, counted, and not
+// recorded again (the audit log wrote it already).
+TEST(AlertDispatcher, RecordedAlertReachesAWebhookStartedLaterAndIsNotRecordedAgain) {
+  testing_support::TempDir dir;
+  KeyringData data;
+  data.active = "k1";
+  MasterKey key{};
+  key[0] = 42;
+  data.keys.emplace_back("k1", key);
+  std::string error;
+  ASSERT_TRUE(writeKeyring(dir.path + "/keyring.toml", data, error)) << error;
+  const auto ring = LocalKeyring::load(dir.path + "/keyring.toml", error);
+  ASSERT_TRUE(ring) << error;
+  AuditLog audit;
+  ASSERT_TRUE(audit.start(dir.path + "/audit.log", ring, error)) << error;
+  FakeCollector collector;
+  ASSERT_TRUE(collector.ok());
+  AlertWebhook hook;
+  AlertDispatcher alerts;
+  alerts.attach(&audit, &hook);
+
+  const std::string members = R"("kind":"audit_tamper","found":"bad_mac","seq":7)";
+  alerts.onRecordedAlert(AlertKind::kAuditTamper, members);
+  EXPECT_EQ(alerts.recordedAlerts(AlertKind::kAuditTamper), 1u);
+  EXPECT_EQ(alerts.recordedAlerts(AlertKind::kBan), 0u);
+  ASSERT_TRUE(hook.start(urlFor(collector.port()), error)) << error;
+  ASSERT_TRUE(waitFor([&] { return hook.sent() == 1; }));
+  const std::string body = collector.requests().at(0).body;
+  EXPECT_EQ(body.rfind("{\"event\":\"alert\",\"ts\":\"", 0), 0u) << body;
+  EXPECT_NE(body.find("Z\"," + members + "}"), std::string::npos) << body;
+  EXPECT_EQ(body.back(), '}');
+  audit.stop();
+  EXPECT_EQ(audit.written(), 1u) << "only audit.start: the alert is not recorded twice";
 }
 
 }  // namespace

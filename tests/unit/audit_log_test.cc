@@ -22,12 +22,14 @@
 #include "proxy/access_log.h"
 #include "proxy/audit_verify.h"
 #include "proxy/keyring.h"
+#include "tests/audit_chain_check.h"
 #include "tests/unit/page_cache.h"
 #include "tests/unit/temp_dir.h"
 
 namespace portcullis {
 namespace {
 
+using testing_audit::expectChainedAfter;
 using testing_support::TempDir;
 
 std::string readFile(const std::string& path) { return testing_support::readWholeFile(path); }
@@ -434,10 +436,14 @@ TEST_F(AuditLogTest, GarbageOnlyFileIsNotCoveredOnRestart) {
   EXPECT_EQ(r.why, "torn");
   EXPECT_EQ(r.first_bad_line, 1u);
   auto v = lines(log_path);
-  ASSERT_EQ(v.size(), 5u);  // garbage, "", more, audit.start, 1
+  ASSERT_EQ(v.size(), 6u);  // garbage, "", more, the tamper alert, audit.start, 1
   EXPECT_EQ(v[2], "more");
-  EXPECT_NE(v[3].find("\"seq\":1,\"ts\""), std::string::npos);
-  EXPECT_NE(v[3].find("\"event\":\"audit.start\""), std::string::npos);
+  EXPECT_NE(v[3].find("{\"seq\":1,\"ts\""), std::string::npos);
+  EXPECT_NE(v[3].find("\"event\":\"alert\",\"kind\":\"audit_tamper\",\"found\":\"unparsable_lines\","
+                      "\"bytes\":9,\"lines\":2,\"after_seq\":0,"),
+            std::string::npos)
+      << v[3];
+  EXPECT_NE(v[4].find("\"event\":\"audit.start\""), std::string::npos);
 }
 
 TEST_F(AuditLogTest, UnterminatedGarbageOnlyFileStartsAChainAfterIt) {
@@ -486,6 +492,95 @@ TEST_F(AuditLogTest, EditedLastRecordStaysDetectedAfterRestart) {
   const VerifyResult r = verify(log_path);
   EXPECT_EQ(r.why, "edited");
   EXPECT_EQ(r.first_bad_seq, 4u);
+}
+
+// Starts and stops a log on `path`; returns what it found at start.
+std::vector<std::string> startAlertsOf(const std::string& path, const std::shared_ptr<const LocalKeyring>& ring) {
+  AuditLog log;
+  std::string error;
+  EXPECT_TRUE(log.start(path, ring, error)) << error;
+  return log.startAlerts();
+}
+
+// Tampering found at start is an audit_tamper alert record, the first one
+// after the old content and chained from its last record; verify keeps
+// failing where it did.
+TEST_F(AuditLogTest, EditedLinesAfterTheLastRecordAreATamperAlertRecord) {
+  writeEvents(3, log_path);
+  const auto before = lines(log_path);
+  writeFile(log_path, joinLines(before) + "forged one\nforged two\n");
+  EXPECT_EQ(startAlertsOf(log_path, ring),
+            std::vector<std::string>{"\"kind\":\"audit_tamper\",\"found\":\"unparsable_lines\",\"bytes\":22,"
+                                     "\"lines\":2,\"after_seq\":4"});
+  const auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 8u);  // 4 records, 2 forged lines, the alert, audit.start
+  EXPECT_NE(v[6].find("\"event\":\"alert\",\"kind\":\"audit_tamper\",\"found\":\"unparsable_lines\""),
+            std::string::npos)
+      << v[6];
+  expectChainedAfter(*ring, v[6], v[3]);
+  EXPECT_NE(v[7].find("\"event\":\"audit.start\""), std::string::npos);
+  expectChainedAfter(*ring, v[7], v[6]);
+  const VerifyResult r = verify(log_path);
+  EXPECT_EQ(r.why, "torn");
+  EXPECT_EQ(r.first_bad_line, 5u);
+}
+
+TEST_F(AuditLogTest, LastRecordWithABadMacIsATamperAlertRecord) {
+  writeEvents(3, log_path);
+  editLine(3);
+  EXPECT_EQ(startAlertsOf(log_path, ring),
+            std::vector<std::string>{"\"kind\":\"audit_tamper\",\"found\":\"bad_mac\",\"seq\":4"});
+  const auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 6u);
+  EXPECT_NE(v[4].find("\"event\":\"alert\",\"kind\":\"audit_tamper\",\"found\":\"bad_mac\",\"seq\":4,"),
+            std::string::npos)
+      << v[4];
+  expectChainedAfter(*ring, v[4], v[3]);
+  const VerifyResult r = verify(log_path);
+  EXPECT_EQ(r.why, "edited");
+  EXPECT_EQ(r.first_bad_seq, 4u);
+}
+
+// Both findings: two alerts, in file order. With a torn last line after a
+// bad last record, the audit.torn still follows the torn line directly.
+TEST_F(AuditLogTest, EachFindingIsOneAlertInFileOrderAfterAnyAuditTorn) {
+  writeEvents(3, log_path);
+  editLine(3);
+  const std::string edited = readFile(log_path);
+  writeFile(log_path, edited + "forged\n");
+  const auto alerts = startAlertsOf(log_path, ring);
+  ASSERT_EQ(alerts.size(), 2u);
+  EXPECT_EQ(alerts[0], "\"kind\":\"audit_tamper\",\"found\":\"bad_mac\",\"seq\":4");
+  EXPECT_EQ(alerts[1],
+            "\"kind\":\"audit_tamper\",\"found\":\"unparsable_lines\",\"bytes\":7,\"lines\":1,\"after_seq\":4");
+  auto v = lines(log_path);
+  ASSERT_EQ(v.size(), 8u);  // 4 records, forged, 2 alerts, audit.start
+  EXPECT_NE(v[5].find("\"found\":\"bad_mac\""), std::string::npos) << v[5];
+  EXPECT_NE(v[6].find("\"found\":\"unparsable_lines\""), std::string::npos) << v[6];
+  expectChainedAfter(*ring, v[6], v[5]);
+
+  writeFile(log_path, edited + "{\"seq\":5,");
+  EXPECT_EQ(startAlertsOf(log_path, ring),
+            std::vector<std::string>{"\"kind\":\"audit_tamper\",\"found\":\"bad_mac\",\"seq\":4"});
+  v = lines(log_path);
+  ASSERT_EQ(v.size(), 8u);  // 4 records, the torn line, audit.torn, the alert, audit.start
+  EXPECT_NE(v[5].find("\"event\":\"audit.torn\""), std::string::npos) << v[5];
+  EXPECT_NE(v[6].find("\"found\":\"bad_mac\""), std::string::npos) << v[6];
+  EXPECT_EQ(verify(log_path).why, "edited");
+}
+
+// A crash-cut last line, or a restart of an intact log, is no tampering.
+TEST_F(AuditLogTest, TornTailAndIntactLogRaiseNoTamperAlert) {
+  writeEvents(2, log_path);
+  EXPECT_TRUE(startAlertsOf(log_path, ring).empty());
+  std::string data = readFile(log_path);
+  data.resize(data.size() - 40);
+  writeFile(log_path, data);
+  EXPECT_TRUE(startAlertsOf(log_path, ring).empty());
+  EXPECT_EQ(readFile(log_path).find("audit_tamper"), std::string::npos);
+  const VerifyResult r = verify(log_path);
+  EXPECT_TRUE(r.ok) << r.why << ": " << r.detail;
+  EXPECT_EQ(r.torn_accepted, 1u);
 }
 
 // One signed record line (key k1 of the fixture's ring) for hand-built logs.

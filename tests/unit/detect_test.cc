@@ -383,6 +383,7 @@ TEST(DetectKindNames, Stable) {
   EXPECT_EQ(alertKindName(AlertKind::kTokenRate), "token_rate");
   EXPECT_EQ(alertKindName(AlertKind::kExfiltration), "exfiltration");
   EXPECT_EQ(alertKindName(AlertKind::kBan), "ban");
+  EXPECT_EQ(alertKindName(AlertKind::kAuditTamper), "audit_tamper");
 }
 
 }  // namespace

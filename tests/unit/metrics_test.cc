@@ -45,5 +45,27 @@ TEST(RefusalCountersTest, LongNamesAreCutAndTooManyPairsShareOther) {
   EXPECT_GT(d["other/other"], 0u);
 }
 
+// portcullis_alerts_total: the detector's kinds with [detect], audit_tamper
+// with the audit log (which raises it), each only when it can move.
+TEST(RenderMetricsTest, AlertKindsFollowWhatIsEnabled) {
+  RouteLabels labels;
+  MetricsExtra extra;
+  extra.alerts[static_cast<size_t>(AlertKind::kAuditTamper)] = 2;
+  extra.alerts[static_cast<size_t>(AlertKind::kBan)] = 3;
+  EXPECT_EQ(renderMetrics({}, labels, extra).find("portcullis_alerts_total"), std::string::npos);
+  extra.audit_enabled = true;
+  std::string text = renderMetrics({}, labels, extra);
+  EXPECT_NE(text.find("\nportcullis_alerts_total{kind=\"audit_tamper\"} 2\n"), std::string::npos) << text;
+  EXPECT_EQ(text.find("portcullis_alerts_total{kind=\"ban\"}"), std::string::npos) << text;
+  extra.detect_enabled = true;
+  text = renderMetrics({}, labels, extra);
+  EXPECT_NE(text.find("\nportcullis_alerts_total{kind=\"ban\"} 3\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("\nportcullis_alerts_total{kind=\"audit_tamper\"} 2\n"), std::string::npos) << text;
+  EXPECT_EQ(text.find("# TYPE portcullis_alerts_total counter"), text.rfind("# TYPE portcullis_alerts_total counter"));
+  extra.audit_enabled = false;
+  text = renderMetrics({}, labels, extra);
+  EXPECT_EQ(text.find("audit_tamper"), std::string::npos) << text;
+}
+
 }  // namespace
 }  // namespace portcullis
