@@ -8,15 +8,15 @@
 namespace portcullis {
 
 enum MultipartParser::State : uint8_t {
-  kPreamble,     // before the first boundary (delimiter search, bytes counted)
-  kBody,         // inside a part body (delimiter search, bytes emitted)
+  kPreamble,     // before the first boundary (content run: bytes counted)
+  kBody,         // inside a part body (content run: bytes delivered)
   kAfterDelim,   // right after "--boundary"
   kPadding,      // transport padding after a boundary
   kDelimCR,      // CR after a boundary line, LF must follow
   kCloseDash,    // "--boundary-", a second '-' must follow
   kAfterClose,   // after the close delimiter (padding allowed)
   kCloseCR,      // CR after the close delimiter
-  kEpilogue,
+  kEpilogue,     // after the close delimiter (content run without delimiters)
   kHead,         // inside a part head
 };
 
@@ -124,7 +124,7 @@ const char* boundaryErrorName(BoundaryError e) {
 MultipartParser::MultipartParser(std::string_view boundary, MultipartHandler& handler,
                                  const MultipartLimits& limits)
     : handler_(handler), limits_(limits), head_(new char[limits.max_head_bytes ? limits.max_head_bytes : 1]),
-      state_(kPreamble) {
+      state_(kPreamble), run_limit_(limits.max_preamble_bytes) {
   if (!validBoundary(boundary)) {
     error_ = Error::kBadBoundary;
     return;
@@ -132,7 +132,6 @@ MultipartParser::MultipartParser(std::string_view boundary, MultipartHandler& ha
   std::memcpy(delim_, "\r\n--", 4);
   std::memcpy(delim_ + 4, boundary.data(), boundary.size());
   dlen_ = static_cast<uint8_t>(4 + boundary.size());
-  match_ = 2;  // the CRLF before the first boundary is optional: pretend it was seen
 }
 
 void MultipartParser::fail(Error e, uint64_t at) {
@@ -140,116 +139,142 @@ void MultipartParser::fail(Error e, uint64_t at) {
   error_offset_ = at;
 }
 
-// Content bytes (preamble, part body, epilogue) must not hold "--" boundary:
-// inside content it has no CRLF before it (that would have been a
-// delimiter). p[0..n) continues the current content run (`at` is the body
-// offset of p[0]); the run's last bytes, fewer than the string, are kept in
-// tail_ so that a string split between two calls is found too. Returns the
-// body offset where the first string ending in p starts, or kNoBare. tail_
-// is left unchanged (the caller moves it on with keepTail()).
-uint64_t MultipartParser::findBare(const uint8_t* p, size_t n, uint64_t at) const {
-  const uint8_t* const pat = reinterpret_cast<const uint8_t*>(delim_) + 2;
+// The first "--" boundary in p[0..n), or nullptr. glibc's memmem (strings
+// up to 256 bytes) skips ahead by up to the string's length on a hash of two
+// bytes, so the longer the boundary the fewer bytes it reads; it does not
+// allocate.
+const uint8_t* MultipartParser::findDashBoundary(const uint8_t* p, size_t n) const {
   const size_t plen = dlen_ - 2u;
-  if (tail_len_ > 0) {
-    // Strings that start in the kept tail (earlier than any in p).
-    uint8_t joined[2 * (70 + 2)];
-    const size_t from_p = std::min(n, plen - 1);
-    std::memcpy(joined, tail_, tail_len_);
-    std::memcpy(joined + tail_len_, p, from_p);
-    const size_t len = tail_len_ + from_p;
-    for (size_t i = 0; i < tail_len_ && i + plen <= len; ++i) {
-      if (std::memcmp(joined + i, pat, plen) == 0) return at - tail_len_ + i;
+  if (n < plen) return nullptr;
+  return static_cast<const uint8_t*>(::memmem(p, n, delim_ + 2, plen));
+}
+
+// How many of the run's last bytes s[0..len) may still begin a delimiter:
+// those from the last CR if they are a proper prefix of "\r\n--" boundary
+// (a boundary holds no CR); at the start of the body (`body_start`: s is all
+// of it so far) all of them if they are a proper prefix of "--" boundary,
+// the CRLF before the first delimiter being optional.
+size_t MultipartParser::pendingDelimiter(const uint8_t* s, size_t len, bool body_start) const {
+  const size_t lo = len > dlen_ - 1u ? len - (dlen_ - 1u) : 0;
+  for (size_t i = len; i > lo; --i) {
+    if (s[i - 1] == '\r') {
+      const size_t k = len - (i - 1);
+      return std::memcmp(s + i - 1, delim_, k) == 0 ? k : 0;
     }
   }
-  if (n >= plen) {
-    const void* q = ::memmem(p, n, pat, plen);  // glibc: two-way search, no allocation
-    if (q != nullptr) return at + static_cast<uint64_t>(static_cast<const uint8_t*>(q) - p);
-  }
-  return kNoBare;
+  return body_start && len < dlen_ - 2u && std::memcmp(s, delim_ + 2, len) == 0 ? len : 0;
 }
 
-// tail_ becomes the last bytes (fewer than the string) of tail_ + p[0..n).
-void MultipartParser::keepTail(const uint8_t* p, size_t n) {
-  const size_t keep = dlen_ - 3u;
-  if (n >= keep) {
-    std::memcpy(tail_, p + n - keep, keep);
-    tail_len_ = static_cast<uint8_t>(keep);
-    return;
-  }
-  const size_t old = std::min<size_t>(tail_len_, keep - n);
-  std::memmove(tail_, tail_ + tail_len_ - old, old);
-  std::memcpy(tail_ + old, p, n);
-  tail_len_ = static_cast<uint8_t>(old + n);
-}
-
-// Part data: tail_ holds bytes not yet delivered, so that nothing at or
-// after the start of a bare "--" boundary reaches the handler whatever the
-// split (a string is found with its last byte; the bytes it starts with are
-// still in tail_ then). Delivers the first `k` bytes of tail_ + p[0..n).
+// Part data: delivers the first `k` bytes of hold_ + p[0..), `at` being the
+// body offset of p[0].
 bool MultipartParser::deliver(const uint8_t* p, size_t k, uint64_t at) {
-  const size_t from_tail = std::min<size_t>(k, tail_len_);
-  if (from_tail > 0 && !handler_.onPartData(reinterpret_cast<const char*>(tail_), from_tail)) {
-    fail(Error::kAborted, at - tail_len_);
+  const size_t from_hold = std::min<size_t>(k, hold_len_);
+  if (from_hold > 0 && !handler_.onPartData(reinterpret_cast<const char*>(hold_), from_hold)) {
+    fail(Error::kAborted, at - hold_len_);
     return false;
   }
-  if (k > from_tail && !handler_.onPartData(reinterpret_cast<const char*>(p), k - from_tail)) {
+  if (k > from_hold && !handler_.onPartData(reinterpret_cast<const char*>(p), k - from_hold)) {
     fail(Error::kAborted, at);
     return false;
   }
   return true;
 }
 
-// Delivers what tail_ still holds of the part body (at its delimiter).
-bool MultipartParser::flushTail(uint64_t at) {
-  const bool ok = state_ != kBody || tail_len_ == 0 || deliver(nullptr, tail_len_, at);
-  tail_len_ = 0;
-  return ok;
+// hold_ becomes the last `keep` bytes of hold_ + p[0..n).
+void MultipartParser::keepHold(const uint8_t* p, size_t n, size_t keep) {
+  if (n >= keep) {
+    std::memcpy(hold_, p + n - keep, keep);
+  } else {
+    std::memmove(hold_, hold_ + hold_len_ - (keep - n), keep - n);
+    std::memcpy(hold_ + keep - n, p, n);
+  }
+  hold_len_ = static_cast<uint8_t>(keep);
 }
 
-// Body or preamble bytes that are certainly not part of a delimiter.
-bool MultipartParser::emit(const uint8_t* p, size_t n, uint64_t at) {
-  if (n == 0) return true;
-  const uint64_t bare = findBare(p, n, at);
-  if (state_ == kPreamble) {
-    // The preamble starts at offset 0; of its two errors the one whose last
-    // byte comes first is reported (so the split does not matter).
-    const uint64_t limit = limits_.max_preamble_bytes;
-    const bool over = preamble_bytes_ + n > limit;
-    if (bare != kNoBare && (!over || bare + (dlen_ - 3u) < limit)) {
-      fail(Error::kBadBoundaryLine, bare);
-      return false;
+// The run has crossed its size limit (the preamble's or the epilogue's; a
+// part body has none): fails at its first byte over it.
+bool MultipartParser::runTooLarge() {
+  fail(state_ == kEpilogue ? Error::kEpilogueTooLarge : Error::kPreambleTooLarge, run_limit_);
+  return false;
+}
+
+// p[0..n) continues the current content run (preamble, part body or
+// epilogue; `at` is the body offset of p[0]; hold_ holds the run's unsettled
+// bytes right before it). One search for "--" boundary finds both kinds:
+// outside the epilogue, one with a CRLF before it in the run (or at the
+// start of the body) is a delimiter, which ends the run (*after points past
+// it); any other is kBadBoundaryLine at its first '-'. Of that error and the
+// run's size limit, the one whose last byte comes first is reported (so the
+// split does not matter). Part data is delivered up to the delimiter's CR or
+// the bare string; without either in p, the run's last bytes that may begin
+// a delimiter, and the fewer than "--" boundary bytes before them, are held.
+bool MultipartParser::content(const uint8_t* p, size_t n, uint64_t at, const uint8_t*& after) {
+  const uint8_t* const pat = reinterpret_cast<const uint8_t*>(delim_) + 2;
+  const size_t plen = dlen_ - 2u;
+  const uint64_t from = at - hold_len_;  // body offset of hold_[0]
+  uint64_t hit = kNoHit;
+  bool crlf = false;
+  // First hold_ and p's first bytes: a string that starts in hold_, or in
+  // p[0..2) with bytes of hold_ before it (none ends inside hold_: it would
+  // have ended the run or failed it).
+  uint8_t joined[kHoldSize + kMaxDelim - 1];
+  const size_t held = hold_len_;
+  size_t jlen = 0;
+  if (held > 0) {
+    const size_t head = std::min(n, plen + 1);
+    std::memcpy(joined, hold_, held);
+    std::memcpy(joined + held, p, head);
+    jlen = held + head;
+    for (size_t i = held + 1 > plen ? held + 1 - plen : 0; i <= held + 1 && i + plen <= jlen; ++i) {
+      if (joined[i] == '-' && std::memcmp(joined + i, pat, plen) == 0) {
+        hit = from + i;
+        crlf = i >= 2 && joined[i - 2] == '\r' && joined[i - 1] == '\n';
+        break;
+      }
     }
-    preamble_bytes_ += n;
-    if (over) {
-      fail(Error::kPreambleTooLarge, limit);
-      return false;
-    }
-    keepTail(p, n);
-    return true;
   }
-  if (bare != kNoBare) {
-    // Everything before the string is data; the string and after are not.
-    if (!deliver(p, static_cast<size_t>(bare - (at - tail_len_)), at)) return false;
-    fail(Error::kBadBoundaryLine, bare);
+  if (hit == kNoHit) {
+    // A string found here at p[0] or p[1] has no byte of the run before it.
+    const uint8_t* const q = findDashBoundary(p, n);
+    if (q != nullptr) {
+      const size_t i = static_cast<size_t>(q - p);
+      hit = at + i;
+      crlf = i >= 2 && q[-2] == '\r' && q[-1] == '\n';
+    }
+  }
+
+  if (hit != kNoHit) {
+    if (state_ != kEpilogue && (crlf || (state_ == kPreamble && hit == 0))) {
+      const uint64_t content_end = crlf ? hit - 2 : hit;
+      if (content_end > run_limit_) return runTooLarge();
+      if (state_ == kBody && !deliver(p, static_cast<size_t>(content_end - from), at)) return false;
+      hold_len_ = 0;
+      after = p + static_cast<size_t>(hit + plen - at);
+      return true;
+    }
+    if (hit + (plen - 1) >= run_limit_) return runTooLarge();
+    if (state_ == kBody && !deliver(p, static_cast<size_t>(hit - from), at)) return false;
+    fail(Error::kBadBoundaryLine, hit);
     return false;
   }
-  const size_t total = tail_len_ + n;
-  const size_t keep = std::min<size_t>(total, dlen_ - 3u);
-  if (!deliver(p, total - keep, at)) return false;
-  keepTail(p, n);
-  return true;
-}
 
-// The held-back partial delimiter turned out to be data; `at` is the body
-// offset of the byte that ended the match (the held bytes come right
-// before it).
-bool MultipartParser::flushHeld(uint64_t at) {
-  const uint8_t skip = implicit_crlf_ ? 2 : 0;
-  implicit_crlf_ = false;
-  const uint8_t n = match_;
-  match_ = 0;
-  if (n <= skip) return true;
-  return emit(reinterpret_cast<const uint8_t*>(delim_) + skip, n - skip, at - (n - skip));
+  size_t pending = 0;
+  if (state_ != kEpilogue) {
+    const size_t window = dlen_ - 1u;
+    if (n >= window) {
+      pending = pendingDelimiter(p + n - window, window, false);
+    } else if (held > 0) {
+      pending = pendingDelimiter(joined, jlen, state_ == kPreamble && from == 0);  // joined holds all of p
+    } else {
+      pending = pendingDelimiter(p, n, state_ == kPreamble && at == 0);
+    }
+  }
+  if (at + n - pending > run_limit_) return runTooLarge();
+  const size_t total = held + n;
+  const size_t keep = std::min(total, pending + plen - 1);
+  if (state_ == kBody && !deliver(p, total - keep, at)) return false;
+  keepHold(p, n, keep);
+  return true;
 }
 
 MultipartParser::Result MultipartParser::feed(const char* data, size_t n) {
@@ -257,52 +282,24 @@ MultipartParser::Result MultipartParser::feed(const char* data, size_t n) {
   const uint8_t* const begin = reinterpret_cast<const uint8_t*>(data);
   const uint8_t* p = begin;
   const uint8_t* const end = begin + n;
-  const uint8_t* const delim = reinterpret_cast<const uint8_t*>(delim_);
-  const size_t dlen = dlen_;
   auto off = [&](const uint8_t* q) { return consumed_ + static_cast<uint64_t>(q - begin); };
   uint8_t c;
 
   while (p < end) {
     switch (state_) {
       case kPreamble:
-      case kBody: {
-        // A partial delimiter held back from the previous slice.
-        while (match_ > 0 && p < end) {
-          if (*p != delim[match_]) {
-            if (!flushHeld(off(p))) goto failed;
-            break;
-          }
-          ++p;
-          if (++match_ == dlen) break;
+      case kBody:
+      case kEpilogue: {
+        const uint8_t* after = nullptr;
+        if (!content(p, static_cast<size_t>(end - p), off(p), after)) goto failed;
+        if (after == nullptr) goto done;
+        p = after;
+        if (state_ == kBody && !handler_.onPartEnd()) {
+          fail(Error::kAborted, off(p));
+          goto failed;
         }
-        if (match_ == dlen) goto delimiter;
-        if (match_ > 0) goto done;  // p == end
-        // Scan for CR; only a CR can start a delimiter ("\r\n--" boundary, and
-        // boundaries hold no CR, so a failed match never overlaps the next one).
-        const uint8_t* run = p;
-        for (;;) {
-          const uint8_t* cr = static_cast<const uint8_t*>(std::memchr(p, '\r', static_cast<size_t>(end - p)));
-          if (cr == nullptr) {
-            p = end;
-            if (!emit(run, static_cast<size_t>(end - run), off(run))) goto failed;
-            goto done;
-          }
-          const size_t avail = static_cast<size_t>(end - cr);
-          if (avail >= dlen) {
-            if (std::memcmp(cr, delim, dlen) == 0) {
-              if (!emit(run, static_cast<size_t>(cr - run), off(run))) goto failed;
-              p = cr + dlen;
-              goto delimiter;
-            }
-          } else if (std::memcmp(cr, delim, avail) == 0) {
-            if (!emit(run, static_cast<size_t>(cr - run), off(run))) goto failed;
-            match_ = static_cast<uint8_t>(avail);
-            implicit_crlf_ = false;
-            p = end;
-            goto done;
-          }
-          p = cr + 1;
-        }
+        state_ = kAfterDelim;
+        continue;
       }
 
       case kAfterDelim:
@@ -380,28 +377,8 @@ MultipartParser::Result MultipartParser::feed(const char* data, size_t n) {
         }
         ++p;
         state_ = kEpilogue;
+        run_limit_ = off(p) + limits_.max_epilogue_bytes;
         continue;
-
-      case kEpilogue: {
-        // Of the epilogue's two errors the one whose last byte comes first
-        // is reported (so the split does not matter).
-        const uint64_t avail = static_cast<uint64_t>(end - p);
-        const uint64_t bare = findBare(p, static_cast<size_t>(avail), off(p));
-        const bool over = epilogue_bytes_ + avail > limits_.max_epilogue_bytes;
-        const uint64_t limit_at = off(p) + (limits_.max_epilogue_bytes - epilogue_bytes_);
-        if (bare != kNoBare && (!over || bare + (dlen_ - 3u) < limit_at)) {
-          fail(Error::kBadBoundaryLine, bare);
-          goto failed;
-        }
-        if (over) {
-          fail(Error::kEpilogueTooLarge, limit_at);
-          goto failed;
-        }
-        epilogue_bytes_ += avail;
-        keepTail(p, static_cast<size_t>(avail));
-        p = end;
-        continue;
-      }
 
       case kHead:
         c = *p;
@@ -420,7 +397,7 @@ MultipartParser::Result MultipartParser::feed(const char* data, size_t n) {
           if (head_len_ == line_start_) {
             if (!headEnd(off(p) - 1)) goto failed;
             state_ = kBody;
-            match_ = 0;
+            run_limit_ = kNoLimit;
             continue;
           }
           if (!headLine(line_offset_)) goto failed;
@@ -439,17 +416,6 @@ MultipartParser::Result MultipartParser::feed(const char* data, size_t n) {
         ++p;
         continue;
     }
-    continue;
-
-  delimiter:
-    match_ = 0;
-    implicit_crlf_ = false;
-    if (!flushTail(off(p))) goto failed;  // a new content run starts after this delimiter
-    if (state_ == kBody && !handler_.onPartEnd()) {
-      fail(Error::kAborted, off(p));
-      goto failed;
-    }
-    state_ = kAfterDelim;
   }
 
 done:

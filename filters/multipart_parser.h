@@ -19,7 +19,8 @@
 //    forbids the sender to produce);
 //  - "--" boundary anywhere in the preamble, a part body or the epilogue
 //    without the CRLF of a delimiter before it (kBadBoundaryLine at its first
-//    "-"): parsers that also take a bare LF, or a boundary in mid-line, as a
+//    "-"; the CRLF ending a part head is not one, the start of the body needs
+//    none): parsers that also take a bare LF, or a boundary in mid-line, as a
 //    delimiter would see other parts than the ones sniffed here;
 //  - a preamble longer than max_preamble_bytes or an epilogue longer than
 //    max_epilogue_bytes (0 refuses any; parsers disagree on both, so they are
@@ -41,8 +42,10 @@
 // offset do not depend on how the body is split (except kAborted, raised at
 // whatever offset the handler refused, whose own result is authoritative);
 // errors are sticky. The part-data slices themselves do depend on the split
-// (the last bytes of a slice, fewer than "--" boundary, are delivered with
-// the next one or at the part's delimiter), not what they add up to.
+// (the last bytes of a slice that may begin a delimiter, and the fewer than
+// "--" boundary bytes before them, are delivered with the next one or at the
+// part's delimiter), not what they add up to: nothing at or after a bare
+// "--" boundary reaches the handler.
 // Memory: the part-head buffer (max_head_bytes) is allocated once by the
 // constructor; feed() never allocates.
 //
@@ -151,13 +154,19 @@ class MultipartParser {
  private:
   enum State : uint8_t;
 
-  bool emit(const uint8_t* p, size_t n, uint64_t at);
-  static constexpr uint64_t kNoBare = ~uint64_t{0};
-  uint64_t findBare(const uint8_t* p, size_t n, uint64_t at) const;
-  void keepTail(const uint8_t* p, size_t n);
+  static constexpr size_t kMaxBare = 70 + 2;         // "--" boundary
+  static constexpr size_t kMaxDelim = kMaxBare + 2;  // "\r\n--" boundary
+  // A partial delimiter and the fewer than "--" boundary bytes before it.
+  static constexpr size_t kHoldSize = (kMaxDelim - 1) + (kMaxBare - 1);
+  static constexpr uint64_t kNoHit = ~uint64_t{0};
+  static constexpr uint64_t kNoLimit = ~uint64_t{0};
+
+  bool content(const uint8_t* p, size_t n, uint64_t at, const uint8_t*& after);
+  const uint8_t* findDashBoundary(const uint8_t* p, size_t n) const;
+  size_t pendingDelimiter(const uint8_t* s, size_t len, bool body_start) const;
   bool deliver(const uint8_t* p, size_t k, uint64_t at);
-  bool flushTail(uint64_t at);
-  bool flushHeld(uint64_t at);
+  void keepHold(const uint8_t* p, size_t n, size_t keep);
+  bool runTooLarge();
   bool headLine(uint64_t line_offset);
   bool headEnd(uint64_t at);
   bool parseDisposition(char* v, size_t n, uint64_t at);
@@ -166,15 +175,14 @@ class MultipartParser {
   MultipartHandler& handler_;
   MultipartLimits limits_;
   std::unique_ptr<char[]> head_;
-  char delim_[4 + 70];   // "\r\n--" boundary
+  char delim_[kMaxDelim];  // "\r\n--" boundary
   uint8_t dlen_ = 0;
   uint8_t state_;
-  uint8_t match_ = 0;    // delimiter bytes matched and held back
-  uint8_t tail_len_ = 0;  // bytes in tail_
-  // The last bytes of the current content run, fewer than "--" boundary; of
-  // a part body, not yet delivered to the handler (findBare, deliver).
-  uint8_t tail_[70 + 2] = {};
-  bool implicit_crlf_ = true;  // the held-back match includes the virtual CRLF before the first boundary
+  uint8_t hold_len_ = 0;  // bytes in hold_
+  // The current content run's last bytes that may begin a delimiter or a
+  // bare "--" boundary (content()); of a part body, not yet delivered.
+  uint8_t hold_[kHoldSize] = {};
+  uint64_t run_limit_;  // body offset of the run's first byte over its size limit
   bool head_cr_ = false;
   Error error_ = Error::kNone;
   uint32_t parts_ = 0;
@@ -183,8 +191,6 @@ class MultipartParser {
   uint32_t head_len_ = 0;     // bytes stored in head_ (line contents, CRLFs dropped)
   uint32_t line_start_ = 0;   // where the current line starts in head_
   uint64_t line_offset_ = 0;  // body offset of the current line's first byte
-  uint64_t preamble_bytes_ = 0;
-  uint64_t epilogue_bytes_ = 0;
   uint64_t consumed_ = 0;
   uint64_t error_offset_ = 0;
   // Current part's head fields, as offsets into head_ (views are built at the end).

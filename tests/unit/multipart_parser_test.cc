@@ -1,7 +1,8 @@
 // MultipartParser: boundary extraction, well-formed bodies (events and part
 // data), and every refusal, each body checked whole, split at every byte
-// boundary, in three pieces (short bodies) and byte by byte: the events (with
-// part data concatenated), the error and its offset must not change.
+// boundary, in three pieces (short bodies) and in slices of every length up
+// to twice the delimiter's at every phase (byte by byte included): the events
+// (with part data concatenated), the error and its offset must not change.
 #include "filters/multipart_parser.h"
 
 #include <gtest/gtest.h>
@@ -55,9 +56,10 @@ struct Outcome {
   std::string log;
 };
 
-Outcome runPieces(const std::string& s, const std::vector<size_t>& cuts, const MultipartLimits& lim) {
+Outcome runPieces(const std::string& s, const std::vector<size_t>& cuts, const MultipartLimits& lim,
+                  std::string_view boundary = "XyZ") {
   Recorder rec;
-  MultipartParser p("XyZ", rec, lim);
+  MultipartParser p(boundary, rec, lim);
   size_t prev = 0;
   for (size_t c : cuts) {
     p.feed(s.data() + prev, c - prev);
@@ -68,8 +70,9 @@ Outcome runPieces(const std::string& s, const std::vector<size_t>& cuts, const M
 }
 
 // Checks every split; returns the log of the whole-body run.
-std::string expectAllSplits(const std::string& s, E want, uint64_t want_off, const MultipartLimits& lim = {}) {
-  const Outcome whole = runPieces(s, {}, lim);
+std::string expectAllSplits(const std::string& s, E want, uint64_t want_off, const MultipartLimits& lim = {},
+                            std::string_view boundary = "XyZ") {
+  const Outcome whole = runPieces(s, {}, lim, boundary);
   auto check = [&](const Outcome& o, const std::string& how) {
     EXPECT_EQ(o.r.error, want) << testing::PrintToString(s) << " " << how << ": got "
                                << MultipartParser::errorName(o.r.error) << " want " << MultipartParser::errorName(want);
@@ -79,14 +82,21 @@ std::string expectAllSplits(const std::string& s, E want, uint64_t want_off, con
     EXPECT_EQ(o.log, whole.log) << testing::PrintToString(s) << " " << how;
   };
   check(whole, "whole");
-  for (size_t k = 0; k <= s.size(); ++k) check(runPieces(s, {k}, lim), "split at " + std::to_string(k));
+  for (size_t k = 0; k <= s.size(); ++k) check(runPieces(s, {k}, lim, boundary), "split at " + std::to_string(k));
   if (s.size() <= 120) {
     for (size_t a = 0; a <= s.size(); ++a)
-      for (size_t b = a; b <= s.size(); ++b) check(runPieces(s, {a, b}, lim), "split 3");
+      for (size_t b = a; b <= s.size(); ++b) check(runPieces(s, {a, b}, lim, boundary), "split 3");
   }
-  std::vector<size_t> all;
-  for (size_t k = 1; k < s.size(); ++k) all.push_back(k);
-  check(runPieces(s, all, lim), "byte by byte");
+  // Slices of every length up to a little over twice the delimiter's, at
+  // every phase: the bytes held between slices (a partial delimiter and the
+  // bytes before it) build up over several short slices.
+  for (size_t len = 1; len <= 2 * (boundary.size() + 4) + 2 && len < s.size(); ++len) {
+    for (size_t phase = 0; phase < len; ++phase) {
+      std::vector<size_t> cuts;
+      for (size_t k = phase == 0 ? len : phase; k < s.size(); k += len) cuts.push_back(k);
+      check(runPieces(s, cuts, lim, boundary), "slices of " + std::to_string(len) + " from " + std::to_string(phase));
+    }
+  }
   return whole.log;
 }
 
@@ -261,6 +271,123 @@ TEST(MultipartParser, Refusals) {
   }
 }
 
+// One search for "--" boundary tells delimiters (a CRLF before it in the same
+// content run, or the start of the body) from bare strings; the edges of
+// that: what precedes the string at a run's start, a CR or CRLF at a slice's
+// end, boundaries that begin like their own "--", limits against a partial
+// delimiter. The logs show that part data stops right before a bare string.
+TEST(MultipartParser, DelimiterOrBareBoundary) {
+  const std::string head = "--XyZ\r\n" + kCd + "a\r\n\r\n";  // part 0's body starts after it
+  const uint64_t b0 = head.size();
+
+  // The start of the body: only "--" boundary right at offset 0 has the
+  // (optional) CRLF of a delimiter before it.
+  EXPECT_EQ(expectAllSplits("\r\r\n--XyZ\r\n" + kCd + "a\r\n\r\nx\r\n--XyZ--", E::kNone, 0), "B[0 name=a]D<x>E");
+  EXPECT_EQ(expectAllSplits("-\r\n--XyZ--", E::kNone, 0), "");
+  expectAllSplits("\n--XyZ\r\n" + kCd + "a\r\n\r\nx\r\n--XyZ--", E::kBadBoundaryLine, 1);
+  expectAllSplits("\r--XyZ\r\n" + kCd + "a\r\n\r\nx\r\n--XyZ--", E::kBadBoundaryLine, 1);
+  expectAllSplits("---XyZ\r\n" + kCd + "a\r\n\r\nx\r\n--XyZ--", E::kBadBoundaryLine, 1);
+  expectAllSplits("----XyZ--", E::kBadBoundaryLine, 2);
+
+  // A part body's first bytes: the CRLF before them ends the head, it is not
+  // a delimiter's.
+  EXPECT_EQ(expectAllSplits(head + "--XyZ--", E::kBadBoundaryLine, b0), "B[0 name=a]");
+  EXPECT_EQ(expectAllSplits(head + "\r\n--XyZ--", E::kNone, 0), "B[0 name=a]E");
+  EXPECT_EQ(expectAllSplits(head + "\n--XyZ--", E::kBadBoundaryLine, b0 + 1), "B[0 name=a]D<\n>");
+  // A CR, a CRLF, a bare LF before the string, in front of a delimiter too.
+  EXPECT_EQ(expectAllSplits(head + "ab\r\r\n--XyZ--", E::kNone, 0), "B[0 name=a]D<ab\r>E");
+  EXPECT_EQ(expectAllSplits(head + "ab\r\n\r\n--XyZ--", E::kNone, 0), "B[0 name=a]D<ab\r\n>E");
+  EXPECT_EQ(expectAllSplits(head + "ab\r--XyZ\r\n--XyZ--", E::kBadBoundaryLine, b0 + 3), "B[0 name=a]D<ab\r>");
+  EXPECT_EQ(expectAllSplits(head + "ab\n\r\n--XyZ--", E::kNone, 0), "B[0 name=a]D<ab\n>E");
+  // "--" boundary one dash late: a delimiter's CRLF is two bytes before it.
+  EXPECT_EQ(expectAllSplits(head + "a\r\n---XyZ\r\n--XyZ--", E::kBadBoundaryLine, b0 + 4), "B[0 name=a]D<a\r\n->");
+  EXPECT_EQ(expectAllSplits(head + "a\r\n-\r\n--XyZ--", E::kNone, 0), "B[0 name=a]D<a\r\n->E");
+  // A delimiter prefix that fails, then the string in what followed it.
+  EXPECT_EQ(expectAllSplits(head + "\r\n--Xy--XyZ\r\n--XyZ--", E::kBadBoundaryLine, b0 + 6),
+            "B[0 name=a]D<\r\n--Xy>");
+  // In the epilogue every "--" boundary is bare, with a CRLF before it too.
+  expectAllSplits("--XyZ--\r\nx\r\n--XyZ--", E::kBadBoundaryLine, 12);
+  expectAllSplits("--XyZ--\r\n--XyZ--", E::kBadBoundaryLine, 9);
+  // In a later part's body.
+  EXPECT_EQ(expectAllSplits(head + "1\r\n--XyZ\r\n" + kCd + "b\r\n\r\n2--XyZ--", E::kBadBoundaryLine,
+                            b0 + 10 + kCd.size() + 5 + 1),
+            "B[0 name=a]D<1>EB[1 name=b]D<2>");
+
+  // A partial delimiter at the end is not preamble (yet), nor is the start of
+  // the body while it can still become the first delimiter.
+  MultipartLimits pre4;
+  pre4.max_preamble_bytes = 4;
+  MultipartLimits pre0;
+  pre0.max_preamble_bytes = 0;
+  EXPECT_EQ(expectAllSplits("abcd\r\n--XyZ--", E::kNone, 0, pre4), "");
+  expectAllSplits("abcd\r\n--Xy", E::kMissingFinalBoundary, 10, pre4);
+  expectAllSplits("abcd\r\n--XyQ--XyZ", E::kPreambleTooLarge, 4, pre4);
+  expectAllSplits("abcd\r\r\n--XyZ--", E::kPreambleTooLarge, 4, pre4);
+  expectAllSplits("--Xy", E::kMissingFinalBoundary, 4, pre0);
+  expectAllSplits("--XQ", E::kPreambleTooLarge, 0, pre0);
+  expectAllSplits("\r\n--Xy", E::kMissingFinalBoundary, 6, pre0);
+  expectAllSplits("\r\n\r\n--Xy", E::kPreambleTooLarge, 0, pre0);
+  // A bare string wins if it ends before the preamble's first byte over the
+  // limit (here its last byte is that one, then the one before).
+  MultipartLimits pre5;
+  pre5.max_preamble_bytes = 5;
+  expectAllSplits("a--XyZ\r\n--XyZ--", E::kPreambleTooLarge, 5, pre5);
+  MultipartLimits pre6 = pre5;
+  pre6.max_preamble_bytes = 6;
+  expectAllSplits("a--XyZ\r\n--XyZ--", E::kBadBoundaryLine, 1, pre6);
+
+  // What the handler has not seen at the end of an unterminated part: the
+  // partial delimiter and the fewer than "--" boundary bytes before it.
+  EXPECT_EQ(expectAllSplits(head + "value\r\n--Xy", E::kMissingFinalBoundary, b0 + 11), "B[0 name=a]D<v>");
+  EXPECT_EQ(expectAllSplits(head + "values", E::kMissingFinalBoundary, b0 + 6), "B[0 name=a]D<va>");
+}
+
+// Boundaries that begin with dashes, so that "--" boundary overlaps itself
+// and the dashes of a delimiter or a close delimiter.
+TEST(MultipartParser, DashBoundaries) {
+  const std::string cd = kCd + "a\r\n\r\n";
+  // "-": delimiter "\r\n---", close "\r\n-----".
+  EXPECT_EQ(expectAllSplits("---\r\n" + cd + "x\r\n---\r\n" + cd + "y\r\n-----", E::kNone, 0, {}, "-"),
+            "B[0 name=a]D<x>EB[1 name=a]D<y>E");
+  EXPECT_EQ(expectAllSplits("---\r\n" + cd + "x----\r\n-----", E::kBadBoundaryLine, 5 + cd.size() + 1, {}, "-"),
+            "B[0 name=a]D<x>");
+  EXPECT_EQ(expectAllSplits("---\r\n" + cd + "x--\r\n-----", E::kNone, 0, {}, "-"), "B[0 name=a]D<x-->E");
+  // "\r\n----" is a delimiter and a '-', then not a close delimiter.
+  EXPECT_EQ(expectAllSplits("---\r\n" + cd + "x\r\n----\r\n", E::kBadBoundaryLine, 5 + cd.size() + 7, {}, "-"),
+            "B[0 name=a]D<x>E");
+  // "----": the first delimiter, then a close delimiter's first dash only.
+  expectAllSplits("----\r\n" + cd + "x\r\n-----", E::kBadBoundaryLine, 4, {}, "-");
+  // "-X": "---X".
+  EXPECT_EQ(expectAllSplits("\r\n---X\r\n" + cd + "\r\n-\r\n---X--", E::kNone, 0, {}, "-X"), "B[0 name=a]D<\r\n->E");
+  EXPECT_EQ(expectAllSplits("---X\r\n" + cd + "\r\n----X--", E::kBadBoundaryLine, 6 + cd.size() + 3, {}, "-X"),
+            "B[0 name=a]D<\r\n->");
+  EXPECT_EQ(expectAllSplits("---X\r\n" + cd + "--\r\n---X-----X--", E::kBadBoundaryLine, 6 + cd.size() + 10, {}, "-X"),
+            "B[0 name=a]D<-->E");
+}
+
+// Browser-length and maximal boundaries: longer than many slices, so a
+// delimiter or a bare string spans several of them.
+TEST(MultipartParser, LongBoundaries) {
+  for (const std::string& b : {std::string("----WebKitFormBoundary7MA4YWxkTrZu0gW"), std::string(70, 'b'),
+                               std::string(69, '-') + "z"}) {
+    SCOPED_TRACE(b);
+    const std::string d = "--" + b;
+    const std::string cd = kCd + "f; filename=\"a.csv\"\r\nContent-Type: text/csv\r\n\r\n";
+    const std::string near = "\r\n" + d.substr(0, d.size() - 1) + "\r\r\n" + d.substr(1);
+    EXPECT_EQ(expectAllSplits("pre\r\n" + d + "\r\n" + cd + "a,b" + near + "\r\n" + d + "--\r\nepi", E::kNone, 0, {}, b),
+              "B[0 name=f file=a.csv ct=text/csv]D<a,b" + near + ">E");
+    const uint64_t body = 5 + d.size() + 2 + cd.size();
+    EXPECT_EQ(expectAllSplits("pre\r\n" + d + "\r\n" + cd + "a,b\n" + d + "\r\n" + d + "--", E::kBadBoundaryLine,
+                              body + 4, {}, b),
+              "B[0 name=f file=a.csv ct=text/csv]D<a,b\n>");
+    expectAllSplits("pre" + d + "\r\n" + d + "--", E::kBadBoundaryLine, 3, {}, b);
+    expectAllSplits(d + "--\r\nepi" + d, E::kBadBoundaryLine, d.size() + 7, {}, b);
+    EXPECT_EQ(expectAllSplits(d + "\r\n" + cd + "x\r\n" + d.substr(0, d.size() - 2), E::kMissingFinalBoundary,
+                              d.size() + 2 + cd.size() + 3 + d.size() - 2, {}, b),
+              "B[0 name=f file=a.csv ct=text/csv]");
+  }
+}
+
 TEST(MultipartParser, BadBoundaryInConstructor) {
   Recorder rec;
   MultipartParser p("", rec);
@@ -381,6 +508,36 @@ TEST(MultipartParser, RandomMutationsAreSplitInvariant) {
     ASSERT_EQ(a.r.error, b.r.error) << testing::PrintToString(s);
     ASSERT_EQ(a.r.offset, b.r.offset) << testing::PrintToString(s);
     ASSERT_EQ(a.log, b.log) << testing::PrintToString(s);
+  }
+}
+
+// The same over boundaries that overlap their own "--" or a delimiter's
+// dashes, and a browser's, with small preamble and epilogue limits every
+// other time, in slices shorter and longer than the delimiter.
+TEST(MultipartParser, RandomMutationsAreSplitInvariantForAnyBoundary) {
+  std::mt19937 rng(777);
+  MultipartLimits small;
+  small.max_preamble_bytes = 12;
+  small.max_epilogue_bytes = 12;
+  for (const std::string b : {"-", "-X", "XyZ", "--X--", "----WebKitFormBoundary7MA4YWxkTrZu0gW"}) {
+    const std::string d = "--" + b;
+    const std::string seed = "p\r\n" + d + "\r\n" + kCd + "\"a\"\r\n\r\nab\r\n" + d.substr(0, d.size() - 1) + "\r\r\n" + d +
+                             "\r\n" + kCd + "b\r\n\r\n\r\n" + d + "-- \r\nep";
+    const std::string alphabet = "\r\n-" + b.substr(b.size() - 1) + "a";
+    for (int it = 0; it < 4000; ++it) {
+      const std::string s = mutate(seed, rng, alphabet);
+      const MultipartLimits lim = it % 2 ? small : MultipartLimits{};
+      std::vector<size_t> cuts;
+      for (size_t i = 0; i < s.size();) {
+        i += rng() % (d.size() + 3);
+        if (i < s.size()) cuts.push_back(i);
+      }
+      const Outcome a = runPieces(s, {}, lim, b);
+      const Outcome c = runPieces(s, cuts, lim, b);
+      ASSERT_EQ(a.r.error, c.r.error) << b << " " << testing::PrintToString(s);
+      ASSERT_EQ(a.r.offset, c.r.offset) << b << " " << testing::PrintToString(s);
+      ASSERT_EQ(a.log, c.log) << b << " " << testing::PrintToString(s);
+    }
   }
 }
 
