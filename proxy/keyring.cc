@@ -11,9 +11,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <numeric>
+#include <optional>
 #include <toml++/toml.h>
 
 #include "proxy/errno_message.h"
+#include "proxy/wiped_string.h"
 
 namespace portcullis {
 
@@ -25,12 +28,109 @@ std::string octal(unsigned mode) {
   return buf;
 }
 
-struct Wiped {
-  std::string s;
-  ~Wiped() {
-    if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
+constexpr size_t kMaxKeyringBytes = size_t{1} << 20;
+constexpr size_t kKeyB64Len = 44;  // base64 of a 32-byte key: 43 characters and one '='
+
+bool isBase64Char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
+}
+
+// The text of a keyring as toml++ gets it. toml++ holds the strings it parses
+// in std::strings that it grows (its lexer appends a character at a time)
+// and frees without wiping, so it must never see a key: each 44-character
+// run of a quote, 43 base64 characters, '=' and the same quote is replaced
+// by a placeholder of the same length, '*'s and a decimal number and '='.
+// The placeholder is not base64 and, with its '=', not a valid key id.
+// Nothing else changes, so toml++ finds the same structure and reports its
+// errors at the same lines (a message that quotes a run quotes the
+// placeholder); equal runs get equal placeholders and different runs
+// different ones, so it also finds the same redefinitions. `text` must
+// outlive the object.
+class MaskedKeyring {
+ public:
+  explicit MaskedKeyring(std::string_view text) : text_(text) {
+    masked_.s.assign(text);
+    line_starts_.push_back(0);
+    for (size_t i = 0; i < text.size(); ++i) {
+      if (text[i] == '\n') {
+        line_starts_.push_back(i + 1);
+      } else if ((text[i] == '"' || text[i] == '\'') && i + kKeyB64Len + 1 < text.size() &&
+                 text[i + kKeyB64Len] == '=' && text[i + kKeyB64Len + 1] == text[i] &&
+                 std::all_of(text.data() + i + 1, text.data() + i + kKeyB64Len, isBase64Char)) {
+        runs_.push_back(i + 1);
+        i += kKeyB64Len;  // the closing quote may open the next run
+      }
+    }
+    // Runs sorted by their text give each distinct text its number.
+    std::vector<size_t> by_text(runs_.size());
+    std::iota(by_text.begin(), by_text.end(), size_t{0});
+    std::sort(by_text.begin(), by_text.end(), [&](size_t a, size_t b) { return run(a) < run(b); });
+    size_t number = 0;
+    for (size_t i = 0; i < by_text.size(); ++i) {
+      if (i > 0 && run(by_text[i]) != run(by_text[i - 1])) ++number;
+      char* begin = masked_.s.data() + runs_[by_text[i]];
+      char* p = begin + kKeyB64Len - 1;  // the '=' stays
+      size_t n = number;
+      do {
+        *--p = char('0' + n % 10);
+        n /= 10;
+      } while (n != 0);
+      std::fill(begin, p, '*');
+    }
   }
+
+  std::string_view masked() const { return masked_.s; }
+
+  // The file's text of the string whose opening delimiter toml++ reports at
+  // `begin` and whose parsed value is `parsed`, when that string is exactly
+  // one masked run: then `parsed` is its placeholder. std::nullopt otherwise
+  // (`parsed` is then what the file says).
+  std::optional<std::string_view> original(const toml::source_position& begin, std::string_view parsed) const {
+    if (begin.line == 0 || begin.line > line_starts_.size() || begin.column == 0) return std::nullopt;
+    size_t at = line_starts_[begin.line - 1] + (begin.column - 1);  // ASCII: a column is a byte
+    if (at >= text_.size()) return std::nullopt;
+    const std::string_view from = text_.substr(at);
+    at += from.starts_with("\"\"\"") || from.starts_with("'''") ? 3 : 1;
+    if (!std::binary_search(runs_.begin(), runs_.end(), at) || parsed != masked().substr(at, kKeyB64Len)) {
+      return std::nullopt;
+    }
+    return text_.substr(at, kKeyB64Len);
+  }
+
+ private:
+  std::string_view run(size_t i) const { return text_.substr(runs_[i], kKeyB64Len); }
+
+  std::string_view text_;
+  WipedString masked_;
+  std::vector<size_t> runs_;         // offsets of the masked runs (after the quote), ascending
+  std::vector<size_t> line_starts_;  // offset of each line's first byte
 };
+
+// The entries of `t` in the order toml++ would have iterated them in had it
+// parsed the file's text (its tables are std::maps ordered by key), so that
+// the first error found is the one found without masking.
+std::vector<std::pair<std::string_view, const toml::node*>> inFileKeyOrder(const toml::table& t,
+                                                                           const MaskedKeyring& m) {
+  std::vector<std::pair<std::string_view, const toml::node*>> entries;
+  entries.reserve(t.size());
+  for (const auto& [key, node] : t) {
+    entries.emplace_back(m.original(key.source().begin, key.str()).value_or(key.str()), &node);
+  }
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return entries;
+}
+
+// Wipes every string value in the tree under `n` (toml++ frees them as they are).
+void wipeStrings(toml::node& n) {
+  if (toml::value<std::string>* s = n.as_string()) {
+    std::string& v = s->get();
+    if (!v.empty()) OPENSSL_cleanse(v.data(), v.size());
+  } else if (toml::table* t = n.as_table()) {
+    for (auto&& [key, child] : *t) wipeStrings(child);
+  } else if (toml::array* a = n.as_array()) {
+    for (toml::node& child : *a) wipeStrings(child);
+  }
+}
 
 bool decodeKey(std::string_view b64, MasterKey& out) {
   size_t max_len = 0;
@@ -59,6 +159,21 @@ KeyringData::~KeyringData() {
   for (auto& k : keys) OPENSSL_cleanse(k.second.data(), k.second.size());
 }
 
+void KeyringData::add(std::string id, const MasterKey& key) {
+  if (keys.size() == keys.capacity()) {
+    std::vector<std::pair<std::string, MasterKey>> grown;
+    grown.reserve(std::max<size_t>(4, keys.size() * 2));
+    for (auto& k : keys) {
+      grown.emplace_back(std::move(k.first), k.second);
+      OPENSSL_cleanse(k.second.data(), k.second.size());
+    }
+    keys.swap(grown);  // `grown` frees the wiped block
+  }
+  keys.emplace_back(std::move(id), key);
+  // Member-wise swaps (std::array swaps byte by byte): no temporary copy of a key.
+  for (size_t i = keys.size() - 1; i > 0 && keys[i].first < keys[i - 1].first; --i) keys[i].swap(keys[i - 1]);
+}
+
 const MasterKey* KeyringData::find(std::string_view id) const {
   for (const auto& k : keys) {
     if (k.first == id) return &k.second;
@@ -84,7 +199,9 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
             " lets group or others access it; run chmod 600 " + path;
     return false;
   }
-  Wiped text;
+  WipedString text;
+  // The whole file in one block when it does not grow while it is read.
+  text.s.reserve(std::min(size_t(st.st_size), kMaxKeyringBytes) + 1);
   char chunk[4096];
   for (;;) {
     const ssize_t r = ::read(fd, chunk, sizeof(chunk));
@@ -96,8 +213,8 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
       return false;
     }
     if (r == 0) break;
-    text.s.append(chunk, size_t(r));
-    if (text.s.size() > (1u << 20)) {
+    appendWiped(text.s, std::string_view(chunk, size_t(r)));
+    if (text.s.size() > kMaxKeyringBytes) {
       ::close(fd);
       OPENSSL_cleanse(chunk, sizeof(chunk));
       error = "keyring " + path + ": larger than 1 MiB";
@@ -111,17 +228,24 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
     error = nonAsciiError(path, bad);
     return false;
   }
-  toml::parse_result parsed = toml::parse(text.s, path);
+  const MaskedKeyring masked(text.s);
+  toml::parse_result parsed = toml::parse(masked.masked(), path);
   if (!parsed) {
     const toml::parse_error& e = parsed.error();
     error = path + ":" + std::to_string(e.source().begin.line) + ": " + std::string(e.description());
     return false;
   }
-  const toml::table& root = parsed.table();
+  toml::table& tree = parsed.table();
+  // Declared after `parsed`: wipes the tree's strings before it is freed.
+  struct TreeWiper {
+    toml::table& t;
+    ~TreeWiper() { wipeStrings(t); }
+  } wipe_tree{tree};
+  const toml::table& root = tree;
   auto at = [&](const toml::node& n) { return path + ":" + std::to_string(n.source().begin.line) + ": "; };
-  for (const auto& [key, node] : root) {
-    if (key.str() != "active" && key.str() != "keys") {
-      error = at(node) + "unknown key (expected only active and [keys])";
+  for (const auto& [key, node] : inFileKeyOrder(root, masked)) {
+    if (key != "active" && key != "keys") {
+      error = at(*node) + "unknown key (expected only active and [keys])";
       return false;
     }
   }
@@ -131,26 +255,27 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
     error = path + ": missing [keys] table";
     return false;
   }
-  for (const auto& [key, node] : *keys_node->as_table()) {
-    const std::string id(key.str());
+  // Taken in key order, the ids arrive sorted, so no sort moves a key; reserved
+  // up front, the vector never reallocates.
+  data.keys.reserve(keys_node->as_table()->size());
+  for (const auto& [id, node] : inFileKeyOrder(*keys_node->as_table(), masked)) {
     if (!validKeyringId(id)) {
-      error = at(node) + "in [keys]: key id must be 1-64 characters of A-Z a-z 0-9 . _ - (id = \"<base64 key>\")";
+      error = at(*node) + "in [keys]: key id must be 1-64 characters of A-Z a-z 0-9 . _ - (id = \"<base64 key>\")";
       return false;
     }
-    const std::optional<std::string_view> v = node.value<std::string_view>();
+    const std::optional<std::string_view> v = node->value<std::string_view>();
     if (!v) {
-      error = at(node) + "in [keys]: expected a base64 string";
+      error = at(*node) + "in [keys]: expected a base64 string";
       return false;
     }
     MasterKey k;
-    if (!decodeKey(*v, k)) {
-      error = at(node) + "in [keys]: not base64 of exactly 32 bytes";
+    if (!decodeKey(masked.original(node->source().begin, *v).value_or(*v), k)) {
+      error = at(*node) + "in [keys]: not base64 of exactly 32 bytes";
       return false;
     }
     data.keys.emplace_back(id, k);
     OPENSSL_cleanse(k.data(), k.size());
   }
-  std::sort(data.keys.begin(), data.keys.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   const toml::node* active = root.get("active");
   if (active == nullptr || !active->is_string()) {
     error = path + ": no active key (expected active = \"<key id>\")";
@@ -161,8 +286,8 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
     error = at(*active) + "the active key id is not in [keys]";
     return false;
   }
-  out.active = data.active;
-  out.keys = data.keys;
+  out.active.swap(data.active);
+  out.keys.swap(data.keys);  // `data` wipes the keys `out` held
   return true;
 }
 
@@ -171,10 +296,17 @@ bool writeKeyring(const std::string& path, const KeyringData& data, std::string&
     error = "active key '" + data.active + "' is not in the keyring";
     return false;
   }
-  Wiped text;
-  text.s = "# Portcullis keyring (SPEC section 7): master keys for upload encryption.\n"
-           "# Mode 0600. Keep old keys after rotation: older uploads need them.\n";
-  text.s += "active = \"" + data.active + "\"\n\n[keys]\n";
+  static constexpr std::string_view kHeader =
+      "# Portcullis keyring (SPEC section 7): master keys for upload encryption.\n"
+      "# Mode 0600. Keep old keys after rotation: older uploads need them.\n";
+  size_t size = kHeader.size() + data.active.size() + 20;  // + `active = ""`, `[keys]`
+  for (const auto& [id, key] : data.keys) size += id.size() + kKeyB64Len + 8;  // + `"" = ""` and '\n'
+  WipedString text;
+  text.s.reserve(size);  // the exact size: appendWiped never has to grow it
+  appendWiped(text.s, kHeader);
+  appendWiped(text.s, "active = \"");
+  appendWiped(text.s, data.active);
+  appendWiped(text.s, "\"\n\n[keys]\n");
   for (const auto& [id, key] : data.keys) {
     if (!validKeyringId(id)) {
       error = "invalid key id '" + id + "'";
@@ -182,9 +314,11 @@ bool writeKeyring(const std::string& path, const KeyringData& data, std::string&
     }
     uint8_t b64[48];
     const size_t n = EVP_EncodeBlock(b64, key.data(), key.size());
-    text.s += "\"" + id + "\" = \"";
-    text.s.append(reinterpret_cast<const char*>(b64), n);
-    text.s += "\"\n";
+    appendWiped(text.s, "\"");
+    appendWiped(text.s, id);
+    appendWiped(text.s, "\" = \"");
+    appendWiped(text.s, std::string_view(reinterpret_cast<const char*>(b64), n));
+    appendWiped(text.s, "\"\n");
     OPENSSL_cleanse(b64, sizeof(b64));
   }
 

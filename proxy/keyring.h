@@ -38,12 +38,28 @@ class KeyProvider {
 // Key ids accepted in a keyring: 1..64 characters of [A-Za-z0-9._-].
 bool validKeyringId(std::string_view id);
 
-// The parsed contents of a keyring file.
+// The parsed contents of a keyring file. The destructor wipes the keys.
+//
+// No copy of a key is left in freed heap memory: a KeyringData is neither
+// copied nor moved (each would be one more copy to account for), and keys are
+// added with add(), whose growth wipes the storage it leaves. A caller that
+// grows `keys` directly (push_back, emplace_back, insert beyond the reserved
+// capacity) frees a block that still holds keys.
 struct KeyringData {
-  std::string active;                                // may be empty only while building
-  std::vector<std::pair<std::string, MasterKey>> keys;  // sorted by id
+  std::string active;                                   // may be empty only while building
+  std::vector<std::pair<std::string, MasterKey>> keys;  // sorted by id, ids unique
+  KeyringData() = default;
+  KeyringData(const KeyringData&) = delete;
+  KeyringData& operator=(const KeyringData&) = delete;
+  KeyringData(KeyringData&&) = delete;
+  KeyringData& operator=(KeyringData&&) = delete;
   ~KeyringData();
   const MasterKey* find(std::string_view id) const;
+  // Inserts `key` under `id`, which must not be in `keys` yet, at its sorted
+  // place. When the storage must grow, the keys are copied to a larger block
+  // and the old block is wiped before it is freed; the keys already held
+  // are moved by swaps, never through a temporary copy.
+  void add(std::string id, const MasterKey& key);
 };
 
 // Reads and validates a keyring file. Refuses, with a one-line message naming
@@ -53,10 +69,20 @@ struct KeyringData {
 // `active` that is missing or names no key in [keys]. The message names the
 // line and what is wrong, never a line's id or value text: a key pasted where
 // an id or the active id belongs must not reach stderr or the audit log.
+// On success `out` holds the file's keys and the keys it held before are
+// wiped; on failure `out` is unchanged. Every heap block that held the file's
+// text, a key or its base64 text is wiped before it is freed, toml++'s
+// included: toml++ parses a copy of the text in which each quoted 44-character
+// base64 run ending in '=' (the form of a 32-byte key) is replaced by a
+// placeholder of the same length, and a [keys] value that is such a run is
+// decoded from the file's text. A key written another way (with escape
+// sequences, say; writeKeyring never does) is decoded from toml++'s value,
+// which is wiped, but toml++'s lexer may have freed partial copies of it.
 bool readKeyring(const std::string& path, KeyringData& out, std::string& error);
 
 // Writes `data` to `path` atomically: a temporary file in the same
 // directory, mode 0600, fsync, rename over `path`. Creates the file if absent.
+// The text it builds is wiped, and never left in a freed block while it grows.
 bool writeKeyring(const std::string& path, const KeyringData& data, std::string& error);
 
 // The local keyring file as a KeyProvider. Immutable after load(); a reload

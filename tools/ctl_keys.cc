@@ -101,9 +101,8 @@ int keysGen(const Args& args) {
     std::fprintf(stderr, "portcullisctl keys gen: the random generator failed\n");
     return 1;
   }
-  data.keys.emplace_back(id, key);
+  data.add(id, key);
   OPENSSL_cleanse(key.data(), key.size());
-  std::sort(data.keys.begin(), data.keys.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   const bool first = data.active.empty();
   if (first || activate) data.active = id;
   if (!portcullis::writeKeyring(keyring, data, error)) {

@@ -103,8 +103,8 @@ TEST_F(KeyringTest, RefusesBadContentsWithoutPrintingKeys) {
 }
 
 // SECURITY.md: key material never reaches logs or stderr, also from a file
-// with a slip of the hand: a key where an id or the active id belongs, or an
-// id too close to base64 to tell apart. Only the line and what is wrong.
+// with a slip of the hand: a key where an id or the active id belongs, twice,
+// or an id too close to base64 to tell apart. Only the line and what is wrong.
 TEST_F(KeyringTest, MisplacedKeyMaterialNeverAppearsInTheError) {
   const std::string key = b64(7);
   const std::string unpadded = key.substr(0, 43);  // no '=': would pass as an id
@@ -116,6 +116,11 @@ TEST_F(KeyringTest, MisplacedKeyMaterialNeverAppearsInTheError) {
       {"\"" + key + "\" = \"k1\"\nactive = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n", "keyring.toml:1: unknown key"},
       {"active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n" + unpadded + " = \"k2\"\n", "keyring.toml:4: in [keys]: not base64"},
       {"active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n" + unpadded + " = 5\n", "keyring.toml:4: in [keys]: expected a base64"},
+      // toml++'s own message quotes a redefined key.
+      {"active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n\"" + key + "\" = \"k2\"\n\"" + key + "\" = \"k3\"\n",
+       "keyring.toml:5: Error while parsing key-value pair: cannot redefine"},
+      {"active = \"k1\"\n[\"" + key + "\"]\n[\"" + key + "\"]\n[keys]\nk1 = \"" + b64(1) + "\"\n",
+       "keyring.toml:3: Error while parsing table header: cannot redefine"},
   };
   for (const Case& c : cases) {
     writeFile(c.text);
@@ -123,6 +128,40 @@ TEST_F(KeyringTest, MisplacedKeyMaterialNeverAppearsInTheError) {
     EXPECT_NE(error.find(c.expect), std::string::npos) << error;
     EXPECT_EQ(error.find(key.substr(0, 16)), std::string::npos) << "key material in the message: " << error;
   }
+}
+
+// readKeyring hands toml++ the text with each quoted key replaced by a
+// placeholder and decodes the key from the file: every TOML string form of a
+// key still loads, also one that is not masked (an escape sequence), and a
+// key's text in a comment changes nothing.
+TEST_F(KeyringTest, LoadsEveryStringFormOfAKey) {
+  const std::string k2 = b64(2);
+  ASSERT_EQ(k2[0], 'A');  // written as \u0041 for k5
+  writeFile("# old: \"" + b64(9) + "\"\r\nactive = 'k2'\r\n[keys]\r\nk1 = '" + b64(1) + "'\r\n\t\"k2\" =\t\"\"\"" + k2 +
+            "\"\"\"  # \"" + b64(9) + "\"\r\nk3 = '''" + b64(3) + "'''\r\nk4 = \"\"\"\n" + b64(4) + "\\\n  \"\"\"\r\n" +
+            "k5 = \"\\u0041" + k2.substr(1) + "\"\r\n");
+  std::string error;
+  auto k = LocalKeyring::load(path_, error);
+  ASSERT_NE(k, nullptr) << error;
+  EXPECT_EQ(k->activeKeyId(), "k2");
+  EXPECT_EQ(k->keyIds(), (std::vector<std::string>{"k1", "k2", "k3", "k4", "k5"}));
+  uint8_t key[32];
+  for (const auto& [id, first] : std::vector<std::pair<std::string, uint8_t>>{
+           {"k1", 1}, {"k2", 2}, {"k3", 3}, {"k4", 4}, {"k5", 2}}) {
+    ASSERT_TRUE(k->masterKey(id, key)) << id;
+    EXPECT_EQ(key[0], first) << id;
+    EXPECT_EQ(key[31], first + 31) << id;
+  }
+}
+
+// With several faults in one table the error names the one that sorts first
+// by the file's key text, as before keys were masked for toml++.
+TEST_F(KeyringTest, ReportsTheSameFaultWhenAKeyIsWhereAnIdBelongs) {
+  const std::string key = b64(7);  // "BwgJ...": sorts after "A" and before "b"
+  writeFile("active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n\"" + key + "\" = \"k2\"\nb = 5\n");
+  EXPECT_NE(loadError().find("keyring.toml:4: in [keys]: key id must be"), std::string::npos);
+  writeFile("active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n\"" + key + "\" = \"k2\"\nA = 5\n");
+  EXPECT_NE(loadError().find("keyring.toml:5: in [keys]: expected a base64 string"), std::string::npos);
 }
 
 TEST_F(KeyringTest, WriterIsAtomicAnd0600AndRoundtrips) {
