@@ -207,12 +207,14 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
       RateLimiterOptions opts;
       opts.capacity_keys = cfg->rate_limit.max_keys;
       rate_limiter_ = std::make_unique<RateLimiter>(opts);
+      fixed_.rate_limit_keys = cfg->rate_limit.max_keys;
     }
     std::const_pointer_cast<Snapshot>(snap)->rate_limiter = rate_limiter_.get();
   }
   if (cfg->detect.thresholds.enabled && !detector_) {
     // Like the rate limiter: one fixed-size table, sized by the first config.
     detector_ = std::make_unique<Detector>(cfg->detect.thresholds, &alerts_);
+    fixed_.detect = cfg->detect.thresholds;
   }
   std::const_pointer_cast<Snapshot>(snap)->detector = cfg->detect.thresholds.enabled ? detector_.get() : nullptr;
   std::const_pointer_cast<Snapshot>(snap)->keys = keys;
@@ -247,11 +249,15 @@ bool Server::startup(std::string& error) {
       return false;
     }
   }
+  fixed_.started = snap->config;
+  fixed_.max_header_bytes = maxHeadBytesFor(ioBufferSizeFor(cfg));
 
   access_log_ = std::make_unique<LogWriter>();
   if (!access_log_->start(cfg.log.access, error)) return false;
   if (!startAuditAndAlerts(*snap, error)) return false;
+  fixed_.audit_running = audit_ != nullptr;
   shared_ = std::make_unique<WorkerShared>();
+  shared_->workers = cfg.server.workers;
   shared_->access_log = access_log_.get();
   shared_->audit = audit_.get();
 
@@ -684,25 +690,17 @@ void Server::reload() {
     if (audit_) audit_->record("config.reload", AuditFields().str("result", "refused").str("error", error).take());
     return;
   }
-  const Config& old = *config_;
   const Config& cfg = *snap->config;
-  if (cfg.server.listen_http.str() != old.server.listen_http.str() ||
-      cfg.server.listen_https.str() != old.server.listen_https.str() || cfg.server.workers != old.server.workers ||
-      cfg.server.admin_listen.str() != old.server.admin_listen.str() || cfg.log.access != old.log.access ||
-      cfg.server.cpu_affinity != old.server.cpu_affinity ||
-      cfg.server.cpu_affinity_auto != old.server.cpu_affinity_auto ||
-      cfg.server.worker_priority != old.server.worker_priority) {
-    logLine("warn", "reload: listeners, worker count and placement, and log paths change only on restart");
+  std::string restart;  // "key,key": for the audit record
+  for (const std::string& key : keysNeedingRestart(fixed_, cfg)) {
+    logLine("warn", "reload: " + key + " changes only on restart; the running value stays");
+    restart += (restart.empty() ? "" : ",") + key;
   }
   snapshot_ = snap;
   config_ = snap->config;
   rememberStoreStat();
   for (auto& w : workers_) w->postSnapshot(snap);
   health_checker_->update(*snap);
-  if (cfg.detect.present != old.detect.present || cfg.log.audit != old.log.audit ||
-      cfg.log.syslog != old.log.syslog || cfg.detect.alert_webhook != old.detect.alert_webhook) {
-    logLine("warn", "reload: [detect], log.audit, log.syslog and the alert webhook change only on restart");
-  }
   if (audit_ && snap->keys) {
     // Key rotation: later records are signed with the new active key.
     std::string e;
@@ -713,7 +711,10 @@ void Server::reload() {
   logLine("info", "config reloaded (generation " + std::to_string(snap->generation) + ")" +
                       (snap->keys ? "; active key " + snap->keys->activeKeyId() : std::string()));
   if (audit_) {
-    audit_->record("config.reload", AuditFields().str("result", "applied").unum("generation", snap->generation).take());
+    AuditFields f;
+    f.str("result", "applied").unum("generation", snap->generation);
+    if (!restart.empty()) f.str("restart_required", restart);
+    audit_->record("config.reload", f.take());
   }
 }
 

@@ -18,6 +18,7 @@
 #include "proxy/security_events.h"
 #include "proxy/config.h"
 #include "proxy/dir_watch.h"
+#include "proxy/fixed_settings.h"
 #include "proxy/metrics.h"
 #include "proxy/snapshot.h"
 
@@ -75,6 +76,11 @@ class Server {
  private:
   bool startup(std::string& error);
   bool buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::string& error);
+  // Full reload from the config file (SIGHUP, a watched TLS file changed).
+  // A refusal is logged, counted and audited; the running snapshot stays.
+  // Keys the new config changes but a reload cannot apply
+  // (keysNeedingRestart) are logged as warnings and named in the
+  // config.reload audit record.
   void reload();
   // Store-only reload: a new snapshot from the RUNNING config with the token
   // store (`store`) and/or the keyring (`keyring`) re-read; the config file
@@ -126,6 +132,9 @@ class Server {
   // so the pointers the filter factories hold stay valid. Main thread only.
   std::unordered_map<std::string, std::unique_ptr<EncryptionCounters>> enc_counters_;
   std::unordered_map<std::string, int64_t> last_use_seed_;
+  // What a reload cannot change (set by startup, and by the config that
+  // first creates the rate-limit table or the detector).
+  FixedSettings fixed_;
   std::string auth_reload_error_;  // last reloadAuthFiles refusal, logged once
   std::unique_ptr<LogWriter> access_log_;
   std::unique_ptr<WorkerShared> shared_;

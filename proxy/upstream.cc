@@ -461,6 +461,18 @@ void UpstreamPool::dropIdle(UpstreamConn* c) {
   c->close();
 }
 
+void UpstreamPool::setTunables(const UpstreamConfig& other) {
+  config_.max_idle_per_server = other.max_idle_per_server;
+  config_.fail_timeout_ms = other.fail_timeout_ms;
+  config_.health_check = other.health_check;
+  for (Server& s : servers_) {
+    while (s.idle.size() > config_.max_idle_per_server) {
+      s.idle.front()->close();  // the longest idle
+      s.idle.erase(s.idle.begin());
+    }
+  }
+}
+
 void UpstreamPool::markFailed(size_t server) {
   servers_[server].down_until_us = nowUs() + static_cast<uint64_t>(config_.fail_timeout_ms) * 1000u;
 }

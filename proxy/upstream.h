@@ -141,6 +141,12 @@ class UpstreamPool : public std::enable_shared_from_this<UpstreamPool> {
   void dropIdle(UpstreamConn* c);
 
   bool sameServers(const UpstreamConfig& other) const;
+  // A reload kept this pool (sameServers): takes the settings that do not
+  // touch its connections from `other`, so max_idle_per_server,
+  // fail_timeout_ms and health_check changes apply to it as to a new pool.
+  // Idle connections above a lowered max_idle_per_server are closed as they
+  // would have been refused; a server already failed keeps its deadline.
+  void setTunables(const UpstreamConfig& other);
   // TLS context for new connections (null = plaintext); replaced on reload.
   // A new context (the CA file may have changed) drops the kept sessions,
   // so no connection resumes a session verified under the old CA.

@@ -20,16 +20,14 @@
 
 namespace portcullis {
 
-namespace {
-// Pool buffers must hold a whole request head plus some body, so their size
-// follows limits.max_header_bytes (at least 64 KiB).
-size_t bufferSizeFor(const Config& c) {
+size_t ioBufferSizeFor(const Config& c) {
   size_t want = static_cast<size_t>(c.limits.max_header_bytes) + 16384;
   size_t size = 65536;
   while (size < want) size <<= 1;
   return size;
 }
-}  // namespace
+
+uint32_t maxHeadBytesFor(size_t buffer_size) { return static_cast<uint32_t>(buffer_size - 4096); }
 
 Worker::Worker(unsigned id, WorkerShared* shared)
     : id_(id),
@@ -59,7 +57,7 @@ bool Worker::listen(uv_tcp_t* handle, int fd, std::string& error) {
 bool Worker::init(int listen_fd, int tls_listen_fd, std::shared_ptr<const Snapshot> snapshot, std::string& error) {
   uv_loop_init(&loop_);
   loop_.data = this;
-  buffers_.setBufferSize(bufferSizeFor(*snapshot->config));
+  buffers_.setBufferSize(ioBufferSizeFor(*snapshot->config));
   if (listen_fd >= 0) {
     has_listener_ = true;
     if (!listen(&listener_, listen_fd, error)) return false;
@@ -176,7 +174,11 @@ void Worker::applySnapshot(std::shared_ptr<const Snapshot> snap) {
         break;
       }
     }
-    if (!keep) keep = std::make_shared<UpstreamPool>(this, cfg.upstreams[i], snap->health[i]);
+    if (keep) {
+      keep->setTunables(cfg.upstreams[i]);
+    } else {
+      keep = std::make_shared<UpstreamPool>(this, cfg.upstreams[i], snap->health[i]);
+    }
     // A reload re-reads the CA file: new connections verify with it, pooled
     // ones (already verified) stay.
     keep->setTls(i < snap->upstream_tls.size() ? snap->upstream_tls[i] : nullptr);
@@ -198,7 +200,9 @@ void Worker::applySnapshot(std::shared_ptr<const Snapshot> snap) {
   snapshot_ = std::move(snap);
   // Overload watermark: this worker's share of limits.buffer_memory_bytes.
   const uint64_t budget = snapshot_->config->limits.buffer_memory_bytes;
-  const unsigned workers = snapshot_->config->server.workers == 0 ? 1 : snapshot_->config->server.workers;
+  // Split by the workers running, not by server.workers of the snapshot: a
+  // reload does not change the worker count.
+  const unsigned workers = shared_->workers == 0 ? 1 : shared_->workers;
   buffers_.setWatermark(static_cast<size_t>(budget / workers), &Worker::onWatermark, this);
 }
 
@@ -244,7 +248,7 @@ void Worker::unpinSnapshot(SnapshotPin* p) {
 CodecLimits Worker::codecLimits() const {
   const LimitsConfig& l = snapshot_->config->limits;
   CodecLimits c{l.max_uri_bytes, l.max_header_bytes, l.max_headers};
-  const uint32_t cap = static_cast<uint32_t>(buffers_.bufferSize() - 4096);
+  const uint32_t cap = maxHeadBytesFor(buffers_.bufferSize());
   if (c.max_header_bytes > cap) c.max_header_bytes = cap;
   return c;
 }

@@ -26,8 +26,17 @@ namespace portcullis {
 
 class Connection;
 
+// Bytes of each pooled I/O buffer of a worker started with `config`: a whole
+// request head (limits.max_header_bytes) plus some body, at least 64 KiB. Fixed
+// when the worker starts; a reload keeps the buffers.
+size_t ioBufferSizeFor(const Config& config);
+// The largest request head a worker whose buffers hold `buffer_size` bytes
+// accepts: a larger limits.max_header_bytes (from a reload) is capped to it.
+uint32_t maxHeadBytesFor(size_t buffer_size);
+
 // Shared by all workers, owned by the Server.
 struct WorkerShared {
+  unsigned workers = 1;  // workers running (fixed at start; a reload keeps them)
   LogWriter* access_log = nullptr;
   AuditLog* audit = nullptr;  // null when there is no audit log
   std::atomic<uint64_t> connections{0};  // open client connections, all workers

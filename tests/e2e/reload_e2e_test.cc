@@ -1,0 +1,189 @@
+// SIGHUP reload end to end (README "Configuration reference", SPEC §2, §8
+// config.reload): a key the reload cannot apply is named, in a warning and in
+// the audit record, never silently ignored; keys it can apply do apply, also
+// on an upstream pool that the reload keeps.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/e2e/harness.h"
+#include "tests/e2e/tls_upstream.h"
+
+namespace portcullis::e2e {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Waits (bounded) until the file at `path` contains `needle`; its content.
+std::string waitForFileText(const std::string& path, const std::string& needle, Millis timeout = Millis(5000)) {
+  const auto deadline = Clock::now() + timeout;
+  std::string text = slurp(path);
+  while (text.find(needle) == std::string::npos && Clock::now() < deadline) {
+    std::this_thread::sleep_for(Millis(20));
+    text = slurp(path);
+  }
+  return text;
+}
+
+// The config.reload audit records of `text`, one a line.
+std::vector<std::string> reloadRecords(const std::string& text) {
+  std::vector<std::string> out;
+  for (const std::string& l : lines(text)) {
+    if (l.find("\"event\":\"config.reload\"") != std::string::npos) out.push_back(l);
+  }
+  return out;
+}
+
+// Sends `request` on a new connection each time, for up to 5 s, while the
+// answer is `from`; returns the last status. A reload counts as applied once
+// the main thread swapped the snapshot; each worker takes it up just after,
+// so the first requests after Proxy::reload() may still see the old config.
+int statusAfterReload(uint16_t port, const std::string& request, int from) {
+  const auto deadline = Clock::now() + Millis(5000);
+  for (;;) {
+    Client c(port);
+    const int status = c.roundTrip(request).status;
+    if (status != from || Clock::now() >= deadline) return status;
+    std::this_thread::sleep_for(Millis(20));
+  }
+}
+
+// A route the reloaded configs add: once it answers, the worker runs them.
+RouteSpec appliedRoute() { return RouteSpec{"/applied/", "app", {}, 0, ""}; }
+
+ProxyOptions limitedOptions(const std::string& backend) {
+  ProxyOptions o = ProxyOptions::forBackend(backend);
+  o.extra_toml = "[rate_limit]\nip = { rps = 1000, burst = 1000 }\nmax_keys = 65536\n"
+                 "[detect]\nnot_found = { count = 50, window_s = 60 }\n";
+  return o;
+}
+
+TEST(ReloadE2E, KeysOnlyARestartAppliesAreWarnedAndAudited) {
+  DemoBackend backend;
+  ProxyOptions o = limitedOptions(backend.address());
+  Proxy proxy(o);
+  const double cells = proxy.metricOr0("portcullis_ratelimit_cells");
+  ASSERT_GT(cells, 0);
+
+  ProxyOptions changed = o;
+  changed.workers = 2;
+  changed.extra_toml = "[rate_limit]\nip = { rps = 1000, burst = 1000 }\nmax_keys = 1024\n"
+                       "[detect]\nnot_found = { count = 2, window_s = 60 }\n";
+  changed.routes[0].max_body_bytes = 4096;  // applies
+  proxy.writeConfig(changed);
+  const size_t from = proxy.process().stderrSize();
+  ASSERT_TRUE(proxy.reload());
+  for (const char* key : {"server.workers", "rate_limit.max_keys", "detect.not_found"}) {
+    EXPECT_TRUE(proxy.process().waitForStderr(std::string("[warn] reload: ") + key + " changes only on restart",
+                                              Millis(5000), from))
+        << key << "\n" << proxy.process().stderrText().substr(from);
+  }
+  const std::string audit = proxy.dir().file("audit.log");
+  std::vector<std::string> records = reloadRecords(waitForFileText(audit, "restart_required"));
+  ASSERT_EQ(records.size(), 1u) << slurp(audit);
+  EXPECT_NE(records[0].find("\"result\":\"applied\""), std::string::npos) << records[0];
+  EXPECT_NE(records[0].find("\"restart_required\":\"server.workers,rate_limit.max_keys,detect.not_found\""),
+            std::string::npos)
+      << records[0];
+  // What the warning says: the table keeps its size, and the rest applied.
+  EXPECT_EQ(proxy.metricOr0("portcullis_ratelimit_cells"), cells);
+  EXPECT_EQ(statusAfterReload(proxy.httpPort(),
+                              "POST /x HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: 5000\r\n\r\n" +
+                                  patternBytes(0, 5000),
+                              200),
+            413);
+
+  // Back to what runs: nothing to warn about, no restart_required.
+  proxy.writeConfig(o);
+  const size_t again = proxy.process().stderrSize();
+  ASSERT_TRUE(proxy.reload());
+  records = reloadRecords(waitForFileText(audit, "\"generation\":3"));
+  ASSERT_EQ(records.size(), 2u) << slurp(audit);
+  EXPECT_EQ(records[1].find("restart_required"), std::string::npos) << records[1];
+  ASSERT_TRUE(proxy.process().waitForStderr("config reloaded (generation 3)", Millis(5000), again));
+  EXPECT_EQ(proxy.process().stderrText().find("changes only on restart", again), std::string::npos)
+      << proxy.process().stderrText().substr(again);
+}
+
+// An upstream whose servers stay keeps its pool (and warm connections) across
+// a reload; the pool's other settings still follow the new config.
+TEST(ReloadE2E, KeptUpstreamPoolTakesTheReloadedSettings) {
+  TempDir dir;
+  ASSERT_TRUE(makeTestCertificate(dir.path(), "unused", "IP:127.0.0.1"));
+  TlsUpstream origin(dir.file("unused.crt"), dir.file("unused.key"), /*plaintext=*/true);
+  ProxyOptions o = ProxyOptions::forBackend(origin.address());
+  o.upstreams[0].extra_toml = "max_idle_per_server = 0\n";
+  Proxy proxy(o);
+  Client c(proxy.httpPort());
+  for (int i = 0; i < 2; ++i) {
+    HttpResponse r = c.roundTrip(getRequest("/nopool"));
+    ASSERT_EQ(r.status, 200);
+    EXPECT_EQ(r.body.rfind("conn=" + std::to_string(i) + " req=0 ", 0), 0u) << "nothing pooled: " << r.body;
+  }
+  o.upstreams[0].extra_toml = "max_idle_per_server = 4\n";
+  o.routes.push_back(appliedRoute());
+  proxy.writeConfig(o);
+  ASSERT_TRUE(proxy.reload());
+  // The first request the worker serves under the new config opens conn=2.
+  ASSERT_EQ(statusAfterReload(proxy.httpPort(), getRequest("/applied/x"), 404), 200);
+  for (int i = 1; i <= 3; ++i) {
+    HttpResponse r = c.roundTrip(getRequest("/pooled"));
+    ASSERT_EQ(r.status, 200);
+    EXPECT_EQ(r.body.rfind("conn=2 req=" + std::to_string(i) + " ", 0), 0u)
+        << "max_idle_per_server = 4 must pool the connection: " << r.body;
+  }
+  EXPECT_EQ(origin.connections(), 3);
+}
+
+// limits.buffer_memory_bytes is split between the workers that run; a
+// server.workers the reload cannot apply must not shrink each one's share.
+TEST(ReloadE2E, UnappliedWorkerCountLeavesTheWatermarkShare) {
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  o.workers = 1;
+  o.limits["buffer_memory_bytes"] = 8 * 65536;  // 64 KiB pool buffers: 8 of them
+  o.routes[0].max_body_bytes = 1 << 20;
+  Proxy proxy(o);
+  o.workers = 8;  // would leave one buffer per worker
+  o.routes.push_back(appliedRoute());
+  proxy.writeConfig(o);
+  ASSERT_TRUE(proxy.reload());
+  ASSERT_TRUE(proxy.process().waitForStderr("server.workers changes only on restart", Millis(5000)));
+  ASSERT_EQ(statusAfterReload(proxy.httpPort(), getRequest("/applied/x"), 404), 200);
+
+  // Two uploads in progress hold a read buffer each, well under 8.
+  constexpr size_t kBody = 100000;
+  std::vector<std::unique_ptr<Client>> uploads;
+  for (int i = 0; i < 2; ++i) {
+    auto c = std::make_unique<Client>(proxy.httpPort());
+    ASSERT_TRUE(c->send("POST /upload HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: " + std::to_string(kBody) +
+                        "\r\n\r\n" + patternBytes(0, 1000)));
+    uploads.push_back(std::move(c));
+  }
+  const auto deadline = Clock::now() + Millis(5000);
+  double buffered = 0;
+  double overloaded = 0;
+  while (Clock::now() < deadline) {
+    const std::string text = proxy.metricsText();
+    buffered = findMetric(text, "portcullis_buffered_bytes").value_or(0);
+    overloaded = findMetric(text, "portcullis_overload_active").value_or(0);
+    if (overloaded != 0 || buffered >= 2 * 65536) break;
+    std::this_thread::sleep_for(Millis(10));
+  }
+  EXPECT_GE(buffered, 2 * 65536);
+  EXPECT_EQ(overloaded, 0) << "the watermark was split by the config's worker count, not the running one";
+  for (auto& c : uploads) ASSERT_TRUE(c->send(patternBytes(1000, kBody - 1000)));
+  for (auto& c : uploads) {
+    HttpResponse r;
+    ASSERT_EQ(c->readResponse(r), ReadResult::kOk);
+    EXPECT_EQ(r.status, 200);
+  }
+}
+
+}  // namespace
+}  // namespace portcullis::e2e
