@@ -63,6 +63,18 @@ std::string cpuList(const cpu_set_t& set) {
   return out;
 }
 
+// Creates server.state_dir (and its parents) if missing, as at start: a
+// directory the proxy cannot create stops the start and refuses a reload.
+bool ensureStateDir(const std::string& dir, std::string& error) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    error = dir + ": cannot create state_dir: " + ec.message();
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 bool workerCpus(const ServerConfig& s, unsigned workers, std::vector<int>& out, std::string& error) {
@@ -241,14 +253,7 @@ bool Server::startup(std::string& error) {
   config_ = snap->config;
 
   // Runtime state (token last use) lives here; created on first start.
-  {
-    std::error_code ec;
-    std::filesystem::create_directories(cfg.server.state_dir, ec);
-    if (ec) {
-      error = cfg.server.state_dir + ": cannot create state_dir: " + ec.message();
-      return false;
-    }
-  }
+  if (!ensureStateDir(cfg.server.state_dir, error)) return false;
   fixed_.started = snap->config;
   fixed_.max_header_bytes = maxHeadBytesFor(ioBufferSizeFor(cfg));
 
@@ -684,7 +689,9 @@ void Server::reload() {
   if (shutting_down_) return;
   std::string error;
   std::shared_ptr<const Snapshot> snap;
-  if (!buildSnapshotFromFile(snap, error)) {
+  // The state directory is made before the swap, as startup() makes it
+  // before serving: a new one that cannot be made refuses the reload.
+  if (!buildSnapshotFromFile(snap, error) || !ensureStateDir(snap->config->server.state_dir, error)) {
     reload_failures_++;
     logLine("error", "reload refused, keeping the running config: " + error);
     if (audit_) audit_->record("config.reload", AuditFields().str("result", "refused").str("error", error).take());

@@ -1,8 +1,10 @@
 // SIGHUP reload end to end (README "Configuration reference", SPEC §2, §8
 // config.reload): a key the reload cannot apply is named, in a warning and in
 // the audit record, never silently ignored; keys it can apply do apply, also
-// on an upstream pool that the reload keeps.
+// on an upstream pool that the reload keeps; a new state_dir is created as at
+// start, and one that cannot be created refuses the reload.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cstdio>
@@ -183,6 +185,48 @@ TEST(ReloadE2E, UnappliedWorkerCountLeavesTheWatermarkShare) {
     ASSERT_EQ(c->readResponse(r), ReadResult::kOk);
     EXPECT_EQ(r.status, 200);
   }
+}
+
+mode_t modeOf(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return 0;
+  return st.st_mode;
+}
+
+TEST(ReloadE2E, NewStateDirIsCreatedAsAtStart) {
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  Proxy proxy(o);
+  const mode_t started = modeOf(proxy.dir().file("state"));
+  ASSERT_TRUE(S_ISDIR(started));
+  o.state_dir = proxy.dir().file("moved/state");
+  proxy.writeConfig(o);
+  ASSERT_TRUE(proxy.reload());
+  EXPECT_EQ(modeOf(o.state_dir), started) << "reload must create the new state_dir as start does";
+}
+
+TEST(ReloadE2E, StateDirThatCannotBeCreatedRefusesTheReload) {
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  Proxy proxy(o);
+  const std::string file = proxy.dir().file("plain-file");
+  writeFileAtomic(file, "not a directory\n");
+  ProxyOptions bad = o;
+  bad.state_dir = file + "/state";
+  bad.routes[0].prefix = "/moved/";  // would answer /x with 404 if applied
+  proxy.writeConfig(bad);
+  const size_t from = proxy.process().stderrSize();
+  EXPECT_FALSE(proxy.reload());
+  EXPECT_TRUE(proxy.process().waitForStderr(
+      "reload refused, keeping the running config: " + bad.state_dir + ": cannot create state_dir: ", Millis(5000),
+      from))
+      << proxy.process().stderrText().substr(from);
+  Client c(proxy.httpPort());
+  EXPECT_EQ(c.roundTrip(getRequest("/x")).status, 200) << "the running config keeps serving";
+  const std::vector<std::string> records = reloadRecords(waitForFileText(proxy.dir().file("audit.log"), "refused"));
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_NE(records[0].find("\"result\":\"refused\""), std::string::npos) << records[0];
+  EXPECT_NE(records[0].find("cannot create state_dir"), std::string::npos) << records[0];
 }
 
 }  // namespace
