@@ -522,7 +522,10 @@ void Server::checkWatchedFiles() {
   // file state, so the next check retries it.
   const bool store_changed = watch_store && !(store_before == store_stat_);
   const bool keyring_changed = watch_keyring && !(keyring_before == keyring_stat_);
-  if ((store_changed || keyring_changed) && !reloadAuthFiles(store_changed, keyring_changed)) {
+  // A failed re-read the proxy asked for itself (reloadStoreNow) is retried
+  // here, also without auth.watch.
+  const bool read_store = store_changed || store_reread_pending_;
+  if ((read_store || keyring_changed) && !reloadAuthFiles(read_store, keyring_changed)) {
     if (store_changed) store_stat_ = store_before;
     if (keyring_changed) keyring_stat_ = keyring_before;
   }
@@ -536,7 +539,11 @@ void Server::reloadStoreNow() {
   if (shutting_down_ || !config_ || !config_->auth.configured()) return;
   StoreStat now;
   statFile(config_->auth.token_store, now.sec, now.nsec, now.size, now.ino);
-  if (reloadAuthFiles(true, false)) store_stat_ = now;  // the watch need not read it again
+  if (reloadAuthFiles(true, false)) {
+    store_stat_ = now;  // the watch need not read it again
+  } else {
+    store_reread_pending_ = true;  // the revocation it carries must not wait for SIGHUP
+  }
 }
 
 void Server::updateFileWatches() {
@@ -705,6 +712,8 @@ void Server::reload() {
   }
   snapshot_ = snap;
   config_ = snap->config;
+  // The new snapshot read the token store: nothing is left to retry.
+  store_reread_pending_ = false;
   rememberStoreStat();
   for (auto& w : workers_) w->postSnapshot(snap);
   health_checker_->update(*snap);

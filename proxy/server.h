@@ -103,7 +103,10 @@ class Server {
   void updateFileWatches();
   void closeFileWatches();
   void rememberStoreStat();
-  void reloadStoreNow();  // requestStoreReload() on the main thread
+  // requestStoreReload() on the main thread. A re-read that fails sets
+  // store_reread_pending_: checkWatchedFiles() retries it every second until
+  // the store loads, whatever auth.watch says.
+  void reloadStoreNow();
   void flushLastUse(bool sync);
   bool startAuditAndAlerts(const Snapshot& snap, std::string& error);
   void stopAuditAndAlerts();
@@ -125,6 +128,9 @@ class Server {
   StoreStat store_stat_;
   StoreStat keyring_stat_;
   std::vector<StoreStat> tls_stats_;  // [tls] cert, key, then each [[tls.sni]] cert, key
+  // A token-store re-read the proxy asked for itself failed: retried every
+  // second until a store read succeeds (the retry, a watch reload, SIGHUP).
+  bool store_reread_pending_ = false;
   uint64_t ticket_ticks_ = 0;
   std::vector<DirWatch*> file_watches_;  // owned; freed in their close callbacks
   std::atomic<uint64_t> watch_events_{0};

@@ -57,6 +57,7 @@ bool Server::reloadAuthFiles(bool store, bool keyring) {
     return false;
   }
   auth_reload_error_.clear();
+  if (store) store_reread_pending_ = false;
   snap->generation = ++generation_;
   snapshot_ = snap;
   for (auto& w : workers_) w->postSnapshot(snap);
