@@ -529,10 +529,14 @@ void Server::checkWatchedFiles() {
     if (store_changed) store_stat_ = store_before;
     if (keyring_changed) keyring_stat_ = keyring_before;
   }
-  if (!tls_before.empty() && !(tls_before == tls_stats_)) {
-    logLine("info", "TLS certificate, key or upstream CA changed; reloading");
-    reload();
-  }
+  // A TLS file change is a full reload. The file state is already taken, so
+  // a refused one is retried on every check until one applies (a fix need
+  // not change the files' stat: chmod 600, or a repaired config file); the
+  // running certificates serve meanwhile, and an error that lasts through
+  // retries and further changes is said once.
+  const bool tls_changed = !tls_before.empty() && !(tls_before == tls_stats_);
+  if (tls_changed) logLine("info", "TLS certificate, key or upstream CA changed; reloading");
+  if (tls_changed || tls_reload_pending_) tls_reload_pending_ = !reload(/*quiet_repeat=*/true);
 }
 
 void Server::reloadStoreNow() {
@@ -692,18 +696,21 @@ void Server::onSignal(uv_signal_t* sig, int signum) {
   }
 }
 
-void Server::reload() {
-  if (shutting_down_) return;
+bool Server::reload(bool quiet_repeat) {
+  if (shutting_down_) return true;
   std::string error;
   std::shared_ptr<const Snapshot> snap;
   // The state directory is made before the swap, as startup() makes it
   // before serving: a new one that cannot be made refuses the reload.
   if (!buildSnapshotFromFile(snap, error) || !ensureStateDir(snap->config->server.state_dir, error)) {
+    if (quiet_repeat && error == reload_error_) return false;
+    reload_error_ = error;
     reload_failures_++;
     logLine("error", "reload refused, keeping the running config: " + error);
     if (audit_) audit_->record("config.reload", AuditFields().str("result", "refused").str("error", error).take());
-    return;
+    return false;
   }
+  reload_error_.clear();
   const Config& cfg = *snap->config;
   std::string restart;  // "key,key": for the audit record
   for (const std::string& key : keysNeedingRestart(fixed_, cfg)) {
@@ -712,8 +719,9 @@ void Server::reload() {
   }
   snapshot_ = snap;
   config_ = snap->config;
-  // The new snapshot read the token store: nothing is left to retry.
+  // The new snapshot read every file: nothing is left to retry.
   store_reread_pending_ = false;
+  tls_reload_pending_ = false;
   rememberStoreStat();
   for (auto& w : workers_) w->postSnapshot(snap);
   health_checker_->update(*snap);
@@ -732,6 +740,7 @@ void Server::reload() {
     if (!restart.empty()) f.str("restart_required", restart);
     audit_->record("config.reload", f.take());
   }
+  return true;
 }
 
 // The audit log needs the [encryption] keyring (its MAC key is derived from

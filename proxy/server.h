@@ -76,12 +76,15 @@ class Server {
  private:
   bool startup(std::string& error);
   bool buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::string& error);
-  // Full reload from the config file (SIGHUP, a watched TLS file changed).
-  // A refusal is logged, counted and audited; the running snapshot stays.
+  // Full reload from the config file (SIGHUP, a watched TLS file changed, or
+  // the retry of such a reload). Returns false when refused: the running
+  // snapshot stays. A refusal is logged, counted and audited; with
+  // `quiet_repeat` (the watch's reloads) not if its error is the one of the
+  // previous refusal, so a lasting problem retried every second is said once.
   // Keys the new config changes but a reload cannot apply
   // (keysNeedingRestart) are logged as warnings and named in the
   // config.reload audit record.
-  void reload();
+  bool reload(bool quiet_repeat = false);
   // Store-only reload: a new snapshot from the RUNNING config with the token
   // store (`store`) and/or the keyring (`keyring`) re-read; the config file
   // is not read. Refused (false, logged and audited once per distinct error)
@@ -131,6 +134,12 @@ class Server {
   // A token-store re-read the proxy asked for itself failed: retried every
   // second until a store read succeeds (the retry, a watch reload, SIGHUP).
   bool store_reread_pending_ = false;
+  // A full reload for a changed TLS or CA file was refused: retried every
+  // second until one is applied. The file state is taken before each
+  // attempt, so without this a fix that leaves the files' stat as it was
+  // (chmod 600 of a key, a fixed config file) would never be tried.
+  bool tls_reload_pending_ = false;
+  std::string reload_error_;  // last full reload refusal, for quiet_repeat
   uint64_t ticket_ticks_ = 0;
   std::vector<DirWatch*> file_watches_;  // owned; freed in their close callbacks
   std::atomic<uint64_t> watch_events_{0};

@@ -646,6 +646,63 @@ TEST_F(TlsE2E, ReplacedCertificateFilesApplyWithoutDroppingConnections) {
   EXPECT_EQ(r2.status, 200);
 }
 
+// The common name a new connection to `port` is served (polled up to
+// `ms` while it is `from`).
+std::string servedNameAfter(uint16_t port, const std::string& from, int ms) {
+  std::string cn = from;
+  for (int waited = 0; cn == from && waited <= ms; waited += 50) {
+    if (waited > 0) std::this_thread::sleep_for(Millis(50));
+    TlsClient probe;
+    if (!probe.connect(port, TlsOptions{})) return "";
+    cn = probe.peerCommonName();
+  }
+  return cn;
+}
+
+size_t occurrences(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+// A renewal the watch picks up but a reload refuses is retried until one
+// applies, the running certificate serving meanwhile. Here the new key came
+// out readable by others; the fix the error asks for, chmod 600, changes
+// neither its mtime, size nor inode, so the watch alone would never see it.
+TEST_F(TlsE2E, RefusedCertificateReloadIsRetriedAfterAChmodFix) {
+  makeCertificate(dir_, "ec", "before.test");
+  Proxy proxy(options());
+  makeCertificate(dir_, "new", "after.test");
+  ASSERT_EQ(::chmod(dir_.file("new.key").c_str(), 0644), 0);
+  ASSERT_EQ(::rename(dir_.file("new.key").c_str(), dir_.file("ec.key").c_str()), 0);
+  ASSERT_EQ(::rename(dir_.file("new.crt").c_str(), dir_.file("ec.crt").c_str()), 0);
+  const std::string refused = "private key is accessible by group or others (mode 0644)";
+  ASSERT_TRUE(proxy.process().waitForStderr(refused, Millis(5000))) << proxy.process().stderrText();
+  EXPECT_EQ(servedNameAfter(proxy.httpsPort(), "", 0), "before.test") << "the running certificate serves";
+  ASSERT_EQ(::chmod(dir_.file("ec.key").c_str(), 0600), 0);
+  EXPECT_EQ(servedNameAfter(proxy.httpsPort(), "before.test", 5000), "after.test")
+      << "the fixed key was never tried again";
+  EXPECT_EQ(occurrences(proxy.process().stderrText(), refused), 1u) << "retries say a lasting error once";
+}
+
+// The same when what failed the reload was the config file (a full reload
+// reads it): the renewed certificate goes live once the file is repaired,
+// without SIGHUP.
+TEST_F(TlsE2E, CertificateChangeRefusedForABrokenConfigAppliesOnceItIsRepaired) {
+  makeCertificate(dir_, "ec", "before.test");
+  Proxy proxy(options());
+  const std::string good = slurp(proxy.configPath());
+  proxy.writeConfigText(good + "typo_key = 1\n");
+  makeCertificate(dir_, "new", "after.test");
+  ASSERT_EQ(::rename(dir_.file("new.key").c_str(), dir_.file("ec.key").c_str()), 0);
+  ASSERT_EQ(::rename(dir_.file("new.crt").c_str(), dir_.file("ec.crt").c_str()), 0);
+  ASSERT_TRUE(proxy.process().waitForStderr("typo_key: unknown key", Millis(5000))) << proxy.process().stderrText();
+  EXPECT_EQ(servedNameAfter(proxy.httpsPort(), "", 0), "before.test");
+  proxy.writeConfigText(good);
+  EXPECT_EQ(servedNameAfter(proxy.httpsPort(), "before.test", 5000), "after.test")
+      << "the renewed certificate waits for SIGHUP";
+}
+
 TEST(TlsSniE2E, ServerNamePicksTheCertificateDefaultOtherwise) {
   TempDir dir;
   makeCertificate(dir, "default", "default.test");
