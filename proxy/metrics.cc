@@ -377,6 +377,12 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
   counter("portcullis_config_reloads_total", "Successful configuration reloads.", extra.config_reloads);
   counter("portcullis_config_reload_failures_total", "Refused configuration reloads.",
           extra.config_reload_failures);
+  gauge("portcullis_config_generation", "Generation of the running configuration (1 at start, +1 per reload).",
+        static_cast<int64_t>(extra.config_generation));
+  gauge("portcullis_config_generation_applied",
+        "Oldest configuration generation a worker still takes new requests under (equals "
+        "portcullis_config_generation once every worker has taken up a reload).",
+        static_cast<int64_t>(extra.config_generation_applied));
   counter("portcullis_file_watch_events_total",
           "Change notifications (inotify) for the token store, keyring and TLS files: one per batch of events naming them.",
           extra.file_watch_events);

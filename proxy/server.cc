@@ -835,6 +835,9 @@ std::string Server::renderMetricsText() const {
   }
   extra.config_reloads = reloads_.load();
   extra.config_reload_failures = reload_failures_.load();
+  extra.config_generation = snapshot_ ? snapshot_->generation : 0;
+  extra.config_generation_applied = extra.config_generation;
+  for (const auto& w : workers_) extra.config_generation_applied = std::min(extra.config_generation_applied, w->appliedGeneration());
   extra.file_watch_events = watch_events_.load();
   extra.upstream_health = health_.list();
   if (audit_) {

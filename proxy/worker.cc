@@ -204,6 +204,7 @@ void Worker::applySnapshot(std::shared_ptr<const Snapshot> snap) {
   // reload does not change the worker count.
   const unsigned workers = shared_->workers == 0 ? 1 : shared_->workers;
   buffers_.setWatermark(static_cast<size_t>(budget / workers), &Worker::onWatermark, this);
+  applied_generation_.store(snapshot_->generation, std::memory_order_release);
 }
 
 // The overload manager (limits.buffer_memory_bytes). Every connection's

@@ -75,6 +75,9 @@ class Worker {
   // --- Worker thread only. ---
   uv_loop_t* loop() { return &loop_; }
   const std::shared_ptr<const Snapshot>& snapshot() const { return snapshot_; }
+  // The generation of the snapshot this worker serves new requests with
+  // (any thread; set by the worker when it applies one).
+  uint64_t appliedGeneration() const { return applied_generation_.load(std::memory_order_acquire); }
   // Pins the current snapshot for a request; unpin when the request ends.
   SnapshotPin* pinSnapshot() {
     SnapshotPin* p = pins_.back().get();
@@ -154,6 +157,7 @@ class Worker {
   LogWriter::Stage access_stage_;
   AuditLog::Stage audit_stage_;  // attached on the worker thread
   std::shared_ptr<const Snapshot> snapshot_;
+  std::atomic<uint64_t> applied_generation_{0};
   std::vector<std::unique_ptr<SnapshotPin>> pins_;  // back() is current
   std::vector<std::shared_ptr<UpstreamPool>> pools_;
   Connection* connections_ = nullptr;  // intrusive list head

@@ -650,7 +650,11 @@ bool Proxy::reload() {
     std::string text = metricsText();
     double ok = findMetric(text, "portcullis_config_reloads_total").value_or(0);
     double bad = findMetric(text, "portcullis_config_reload_failures_total").value_or(0);
-    if (ok > ok0) return true;
+    // Applied: done once every worker takes new requests under it.
+    if (ok > ok0 && findMetric(text, "portcullis_config_generation_applied") ==
+                        findMetric(text, "portcullis_config_generation")) {
+      return true;
+    }
     if (bad > bad0) return false;
     std::this_thread::sleep_for(Millis(5));
   }

@@ -262,8 +262,9 @@ class Proxy {
   void writeConfig(const ProxyOptions& options);
   void writeConfigText(std::string_view text);
 
-  // Sends SIGHUP and waits (bounded) until the reload was applied or refused,
-  // judged by the admin counters. Returns true if applied, false if refused.
+  // Sends SIGHUP and waits (bounded) until the reload was refused or applied
+  // and taken up by every worker, judged by the admin metrics. Returns true
+  // if applied, false if refused.
   bool reload();
 
   // GET /metrics from the admin listener.
