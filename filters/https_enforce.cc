@@ -19,9 +19,9 @@ namespace portcullis {
 namespace {
 
 // A valid token sent over plaintext is exposed: revoke it in the store (on
-// libuv's thread pool: an event loop never writes files), then the server
-// re-reads the store (Snapshot::token_store_written, also without auth.watch)
-// so every worker refuses it within about a second.
+// libuv's thread pool: an event loop never writes files), then tell the
+// server (Snapshot::token_revoked), which refuses it in every worker at once,
+// whether or not the store could be written, and re-reads the store.
 void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
   const Snapshot* s = ctx.snapshot;
   if (s == nullptr || !s->auth || !s->config->https.revoke_tokens_seen_in_plaintext || ctx.loop == nullptr) return;
@@ -42,13 +42,13 @@ void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
     std::string id;
     bool ok = false;
     std::string error;
-    std::function<void()> written;
+    std::function<void(const std::string&, bool)> revoked;
   };
   auto* job = new Job;
   job->req.data = job;
   job->store = s->config->auth.token_store;
   job->id = rec.id;
-  job->written = s->token_store_written;
+  job->revoked = s->token_revoked;
   std::fprintf(stderr, "portcullis: token.plaintext_revoked token_id=%s remote_ip=%.*s\n", job->id.c_str(),
                static_cast<int>(ctx.remote_ip.size()), ctx.remote_ip.data());
   if (s->audit != nullptr) {
@@ -64,8 +64,11 @@ void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
       },
       [](uv_work_t* r, int) {
         auto* j = static_cast<Job*>(r->data);
-        if (!j->ok) std::fprintf(stderr, "portcullis: cannot revoke token %s: %s\n", j->id.c_str(), j->error.c_str());
-        if (j->ok && j->written) j->written();
+        if (!j->ok) {
+          std::fprintf(stderr, "portcullis: cannot revoke token %s in the store: %s\n", j->id.c_str(),
+                       j->error.c_str());
+        }
+        if (j->revoked) j->revoked(j->id, j->ok);
         delete j;
       });
 }

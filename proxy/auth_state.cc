@@ -60,4 +60,29 @@ std::shared_ptr<const AuthState> buildAuthState(const Config& config, const Auth
   return a;
 }
 
+std::shared_ptr<const AuthState> withInMemoryRevocations(const AuthState& a, InMemoryRevocations& revoked,
+                                                         bool from_store) {
+  const std::vector<TokenRecord>& recs = a.tokens->records();
+  std::vector<int32_t> mark;
+  for (auto it = revoked.begin(); it != revoked.end();) {
+    const int32_t i = a.tokens->indexOf(it->first);
+    const bool store_has_it = i < 0 || recs[static_cast<size_t>(i)].revoked;
+    if (from_store && store_has_it) {
+      it = revoked.erase(it);
+      continue;
+    }
+    if (!store_has_it) mark.push_back(i);
+    ++it;
+  }
+  if (mark.empty()) return nullptr;
+  std::vector<TokenRecord> copy = recs;
+  for (int32_t i : mark) copy[static_cast<size_t>(i)].revoked = true;
+  std::string error;
+  std::shared_ptr<const TokenTable> table = TokenTable::build(std::move(copy), error);
+  if (!table) return nullptr;  // cannot happen: the records were valid and only a flag changed
+  auto b = std::make_shared<AuthState>(a);
+  b->tokens = std::move(table);
+  return b;
+}
+
 }  // namespace portcullis

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -60,5 +61,24 @@ struct AuthState {
 std::shared_ptr<const AuthState> buildAuthState(const Config& config, const AuthState* previous,
                                                 const std::unordered_map<std::string, int64_t>& seed,
                                                 std::string& error);
+
+// Tokens the proxy revoked itself (https.revoke_tokens_seen_in_plaintext),
+// by id. They are refused in memory from the moment the main thread hears of
+// them until the store revokes them itself, so a store that cannot be
+// written (read-only mount, lock file in the way) or read back (replaced by
+// a broken file) holds no revocation back; the server keeps them in
+// <state_dir>/token_revoked_here.tsv across restarts.
+struct InMemoryRevocation {
+  bool written = false;  // the store write succeeded (else it is retried)
+  int64_t since = 0;     // Unix seconds
+};
+using InMemoryRevocations = std::map<std::string, InMemoryRevocation>;
+
+// `a` with every token of `revoked` marked revoked: a copy sharing `a`'s
+// last-use table (token indices do not change), or null when none needed
+// marking. With `from_store`, `a` was just read from the store: ids it no
+// longer has, or revokes itself, are dropped from `revoked` first.
+std::shared_ptr<const AuthState> withInMemoryRevocations(const AuthState& a, InMemoryRevocations& revoked,
+                                                         bool from_store);
 
 }  // namespace portcullis

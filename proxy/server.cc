@@ -32,6 +32,7 @@
 #include "proxy/keyring.h"
 #include "proxy/syslog_sink.h"
 #include "proxy/tls.h"
+#include "proxy/token_store.h"
 #include "proxy/worker.h"
 
 namespace portcullis {
@@ -207,6 +208,7 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   if (cfg->auth.configured()) {
     auth = buildAuthState(*cfg, snapshot_ ? snapshot_->auth.get() : nullptr, last_use_seed_, error);
     if (!auth) return false;
+    if (auto r = withInMemoryRevocations(*auth, revoked_here_, /*from_store=*/true)) auth = std::move(r);
   }
   auto snap = buildSnapshot(cfg, std::move(filters), health_, labels_, ++generation_);
   std::const_pointer_cast<Snapshot>(snap)->tls = std::move(tls);
@@ -230,7 +232,9 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   }
   std::const_pointer_cast<Snapshot>(snap)->detector = cfg->detect.thresholds.enabled ? detector_.get() : nullptr;
   std::const_pointer_cast<Snapshot>(snap)->keys = keys;
-  std::const_pointer_cast<Snapshot>(snap)->token_store_written = [this] { requestStoreReload(); };
+  std::const_pointer_cast<Snapshot>(snap)->token_revoked = [this](const std::string& id, bool written) {
+    requestRevocation(id, written);
+  };
   std::const_pointer_cast<Snapshot>(snap)->audit = keys ? audit_.get() : nullptr;
   out = std::move(snap);
   return true;
@@ -244,6 +248,14 @@ bool Server::startup(std::string& error) {
     if (loadConfig(options_.config_path, peek, ignored) && peek.auth.configured()) {
       std::string e;
       readLastUse(lastUsePath(peek.server.state_dir), last_use_seed_, e);
+      // Tokens an earlier run refused in memory: refused again from the
+      // first snapshot, and written to the store when it can take them.
+      std::unordered_map<std::string, int64_t> kept;
+      if (!readLastUse(revokedHerePath(peek.server.state_dir), kept, e)) {
+        logLine("error", "tokens refused in memory by an earlier run are not known: " + e);
+      }
+      for (const auto& [id, since] : kept) revoked_here_[id] = InMemoryRevocation{false, since};
+      revoked_persisted_ = std::move(kept);
     }
   }
   std::shared_ptr<const Snapshot> snap;
@@ -505,6 +517,8 @@ void Server::onAuthTimer(uv_timer_t* t) {
   }
   s->checkWatchedFiles();
   if (!s->config_->auth.configured()) return;
+  s->retryRevocationWrites();
+  s->persistRevocations();
   if (++s->auth_ticks_ % 10 == 0) s->flushLastUse(false);
 }
 
@@ -537,6 +551,121 @@ void Server::checkWatchedFiles() {
   const bool tls_changed = !tls_before.empty() && !(tls_before == tls_stats_);
   if (tls_changed) logLine("info", "TLS certificate, key or upstream CA changed; reloading");
   if (tls_changed || tls_reload_pending_) tls_reload_pending_ = !reload(/*quiet_repeat=*/true);
+}
+
+void Server::applyRevocations() {
+  std::vector<std::pair<std::string, bool>> queued;
+  {
+    std::lock_guard<std::mutex> lock(revoke_mu_);
+    queued.swap(revoke_queue_);
+  }
+  if (shutting_down_ || !snapshot_ || !snapshot_->auth || queued.empty()) return;
+  bool reread = false;
+  const int64_t now = unixNow();
+  for (auto& [id, written] : queued) {
+    InMemoryRevocation& r = revoked_here_[id];
+    if (r.since == 0) r.since = now;
+    r.written = r.written || written;
+    reread = reread || written;
+  }
+  if (auto auth = withInMemoryRevocations(*snapshot_->auth, revoked_here_, /*from_store=*/false)) {
+    auto snap = std::make_shared<Snapshot>(*snapshot_);
+    snap->auth = std::move(auth);
+    snap->generation = ++generation_;
+    snapshot_ = snap;
+    for (auto& w : workers_) w->postSnapshot(snap);
+    std::string ids;
+    for (const auto& [id, written] : queued) ids += (ids.empty() ? "" : ", ") + id;
+    logLine("info", "token " + ids + " refused in memory (generation " + std::to_string(snap->generation) + ")");
+  }
+  if (reread) reloadStoreNow();
+  persistRevocations();
+}
+
+void Server::persistRevocations() {
+  if (!config_ || !config_->auth.configured()) return;
+  std::unordered_map<std::string, int64_t> now;
+  for (const auto& [id, r] : revoked_here_) now[id] = r.since;
+  if (now == revoked_persisted_) return;
+  if (revoke_persist_in_flight_) return;  // the 1 s timer calls again
+  struct Job {
+    uv_work_t req;
+    std::string path;
+    std::unordered_map<std::string, int64_t> values;
+    std::string error;
+  };
+  auto job = std::make_unique<Job>();
+  job->req.data = job.get();
+  job->path = revokedHerePath(config_->server.state_dir);
+  job->values = now;
+  revoke_persist_in_flight_ = true;
+  uv_queue_work(
+      &loop_, &job.release()->req,
+      [](uv_work_t* r) {
+        auto* j = static_cast<Job*>(r->data);
+        writeRevokedHere(j->path, j->values, j->error);
+      },
+      [](uv_work_t* r, int) {
+        std::unique_ptr<Job> j(static_cast<Job*>(r->data));
+        auto* s = static_cast<Server*>(r->loop->data);
+        s->revoke_persist_in_flight_ = false;
+        if (j->error.empty()) {
+          s->revoked_persisted_ = std::move(j->values);
+        } else if (j->error != s->revoke_persist_error_) {
+          logLine("error", "cannot keep tokens refused in memory across a restart (retried every second): " +
+                               j->error);
+        }
+        s->revoke_persist_error_ = j->error;
+      });
+}
+
+void Server::retryRevocationWrites() {
+  if (revoke_write_in_flight_ || !config_ || !config_->auth.configured()) return;
+  struct Job {
+    uv_work_t req;
+    std::string store;
+    std::vector<std::string> ids;
+    std::vector<std::string> written;
+    std::string error;
+  };
+  auto job = std::make_unique<Job>();
+  for (const auto& [id, r] : revoked_here_) {
+    if (!r.written) job->ids.push_back(id);
+  }
+  if (job->ids.empty()) return;
+  job->req.data = job.get();
+  job->store = config_->auth.token_store;
+  revoke_write_in_flight_ = true;
+  uv_queue_work(
+      &loop_, &job.release()->req,
+      [](uv_work_t* r) {
+        auto* j = static_cast<Job*>(r->data);
+        for (const std::string& id : j->ids) {
+          std::string e;
+          if (revokeToken(j->store, id, e)) {
+            j->written.push_back(id);
+          } else {
+            j->error = e;
+          }
+        }
+      },
+      [](uv_work_t* r, int) {
+        std::unique_ptr<Job> j(static_cast<Job*>(r->data));
+        auto* s = static_cast<Server*>(r->loop->data);
+        s->revoke_write_in_flight_ = false;
+        if (!j->error.empty() && j->error != s->revoke_write_error_) {
+          logLine("error", "revoking tokens refused in memory in the store, retried every second: " + j->error);
+        }
+        s->revoke_write_error_ = j->error;
+        if (j->written.empty()) return;
+        for (const std::string& id : j->written) {
+          auto it = s->revoked_here_.find(id);
+          if (it != s->revoked_here_.end()) it->second.written = true;
+        }
+        logLine("info", "the token store now revokes " + std::to_string(j->written.size()) +
+                            " token(s) refused in memory");
+        s->reloadStoreNow();
+      });
 }
 
 void Server::reloadStoreNow() {
@@ -656,8 +785,12 @@ void Server::requestReload() {
   std::lock_guard<std::mutex> lock(ready_mu_);
   if (async_ready_) uv_async_send(&async_);
 }
-void Server::requestStoreReload() {
-  want_store_reload_ = true;
+void Server::requestRevocation(const std::string& id, bool written) {
+  {
+    std::lock_guard<std::mutex> lock(revoke_mu_);
+    revoke_queue_.emplace_back(id, written);
+  }
+  want_revocation_ = true;
   std::lock_guard<std::mutex> lock(ready_mu_);
   if (async_ready_) uv_async_send(&async_);
 }
@@ -675,7 +808,7 @@ void Server::onAsync(uv_async_t* a) {
     if (s->audit_) s->audit_->reopen();
   }
   if (s->want_reload_.exchange(false)) s->reload();
-  if (s->want_store_reload_.exchange(false)) s->reloadStoreNow();
+  if (s->want_revocation_.exchange(false)) s->applyRevocations();
   if (s->want_shutdown_.exchange(false)) s->beginShutdown();
 }
 

@@ -16,6 +16,7 @@
 #include "filters/filter_chain.h"
 #include "filters/upload_encrypt.h"
 #include "proxy/security_events.h"
+#include "proxy/auth_state.h"
 #include "proxy/config.h"
 #include "proxy/dir_watch.h"
 #include "proxy/fixed_settings.h"
@@ -57,9 +58,12 @@ class Server {
   void requestShutdown();
   void requestReload();
   void requestReopen();
-  // The token store was written by the proxy itself (a token seen over
-  // plaintext): re-read it now on the running config, also without auth.watch.
-  void requestStoreReload();
+  // The proxy revoked token `id` itself (a token seen over plaintext);
+  // `written`: the store took it. On the main thread: the token is refused
+  // in memory in every worker at once; a written store is re-read on the
+  // running config (also without auth.watch), a failed write retried every
+  // second until the store takes it (InMemoryRevocations, auth_state.h).
+  void requestRevocation(const std::string& id, bool written);
   // Blocks until startup finished (true) or failed (false).
   bool waitReady();
 
@@ -106,7 +110,15 @@ class Server {
   void updateFileWatches();
   void closeFileWatches();
   void rememberStoreStat();
-  // requestStoreReload() on the main thread. A re-read that fails sets
+  // requestRevocation() on the main thread: the queued ids into revoked_here_
+  // and the running snapshot, then the store re-read for written ones.
+  void applyRevocations();
+  // A store write of revoked_here_ that failed, tried again (1 s timer).
+  void retryRevocationWrites();
+  // Writes revoked_here_ to <state_dir>/token_revoked_here.tsv when it
+  // changed (thread pool; after applyRevocations and on the 1 s timer).
+  void persistRevocations();
+  // A store re-read for a revocation, on the main thread. A re-read that fails sets
   // store_reread_pending_: checkWatchedFiles() retries it every second until
   // the store loads, whatever auth.watch says.
   void reloadStoreNow();
@@ -151,6 +163,17 @@ class Server {
   // first creates the rate-limit table or the detector).
   FixedSettings fixed_;
   std::string auth_reload_error_;  // last reloadAuthFiles refusal, logged once
+  // Tokens the proxy revoked itself, refused in memory until the store
+  // revokes them (main thread); the queue from workers, under revoke_mu_.
+  InMemoryRevocations revoked_here_;
+  std::mutex revoke_mu_;  // never on the request path: a plaintext exposure's write completion
+  std::vector<std::pair<std::string, bool>> revoke_queue_;
+  bool revoke_write_in_flight_ = false;
+  std::string revoke_write_error_;  // last failed retry, logged once
+  // revoked_here_ as <state_dir>/token_revoked_here.tsv last holds it.
+  std::unordered_map<std::string, int64_t> revoked_persisted_;
+  bool revoke_persist_in_flight_ = false;
+  std::string revoke_persist_error_;
   std::unique_ptr<LogWriter> access_log_;
   std::unique_ptr<WorkerShared> shared_;
   std::unique_ptr<RateLimiter> rate_limiter_;  // declared before workers_: outlives them
@@ -179,7 +202,7 @@ class Server {
   std::atomic<bool> want_shutdown_{false};
   std::atomic<bool> want_reload_{false};
   std::atomic<bool> want_reopen_{false};
-  std::atomic<bool> want_store_reload_{false};
+  std::atomic<bool> want_revocation_{false};
   std::atomic<bool> async_ready_{false};
 
   std::mutex ready_mu_;

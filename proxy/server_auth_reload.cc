@@ -30,6 +30,9 @@ bool Server::reloadAuthFiles(bool store, bool keyring) {
   if (store && cfg.auth.configured()) {
     snap->auth = buildAuthState(cfg, snapshot_->auth.get(), last_use_seed_, error);
     ok = snap->auth != nullptr;
+    if (ok) {
+      if (auto r = withInMemoryRevocations(*snap->auth, revoked_here_, /*from_store=*/true)) snap->auth = std::move(r);
+    }
   }
   std::shared_ptr<const LocalKeyring> keys;
   if (ok && keyring && cfg.encryption.configured()) {

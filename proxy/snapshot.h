@@ -61,10 +61,13 @@ struct Snapshot {
   AuditLog* audit = nullptr;
   Detector* detector = nullptr;
   std::shared_ptr<const KeyProvider> keys;
-  // Call after writing the token store (any thread): the main thread re-reads
-  // it on the running config at once, whatever auth.watch says. Empty when no
-  // server runs the snapshot (unit tests).
-  std::function<void()> token_store_written;
+  // Call (any thread) once the proxy tried to revoke token `id` in the store
+  // itself; `written` says whether the store took it. The main thread then
+  // refuses the token in memory in every worker at once, re-reads a store
+  // that was written (whatever auth.watch says), and retries a failed write
+  // every second (auth_state.h InMemoryRevocations). Empty when no server
+  // runs the snapshot (unit tests).
+  std::function<void(const std::string& id, bool written)> token_revoked;
   // https.trusted_proxies, parsed; and the Strict-Transport-Security value
   // every HTTPS response carries (empty when hsts_max_age_s = 0).
   std::vector<Cidr> trusted_proxies;

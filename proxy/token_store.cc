@@ -683,11 +683,32 @@ bool rotateToken(const std::string& path, std::string_view id, int64_t grace_s, 
       error);
 }
 
-std::string lastUsePath(const std::string& state_dir) {
-  if (state_dir.empty()) return "token_last_use.tsv";
-  if (state_dir.back() == '/') return state_dir + "token_last_use.tsv";
-  return state_dir + "/token_last_use.tsv";
+namespace {
+
+std::string statePath(const std::string& state_dir, const char* name) {
+  if (state_dir.empty()) return name;
+  if (state_dir.back() == '/') return state_dir + name;
+  return state_dir + "/" + name;
 }
+
+bool writeIdSeconds(const std::string& path, const char* header,
+                    const std::unordered_map<std::string, int64_t>& values, std::string& error) {
+  std::string text = header;
+  for (const auto& [id, ts] : values) {
+    if (!isValidTokenId(id) || ts < 0) continue;
+    text += id;
+    text.push_back('\t');
+    text += std::to_string(ts);
+    text.push_back('\n');
+  }
+  return writeFileAtomic(path, text, error);
+}
+
+}  // namespace
+
+std::string lastUsePath(const std::string& state_dir) { return statePath(state_dir, "token_last_use.tsv"); }
+
+std::string revokedHerePath(const std::string& state_dir) { return statePath(state_dir, "token_revoked_here.tsv"); }
 
 bool readLastUse(const std::string& path, std::unordered_map<std::string, int64_t>& out, std::string& error) {
   out.clear();
@@ -740,15 +761,15 @@ bool readLastUse(const std::string& path, std::unordered_map<std::string, int64_
 
 bool writeLastUse(const std::string& path, const std::unordered_map<std::string, int64_t>& values,
                   std::string& error) {
-  std::string text = "# portcullis token last use: <id>\\t<unix seconds>\n";
-  for (const auto& [id, ts] : values) {
-    if (!isValidTokenId(id) || ts < 0) continue;
-    text += id;
-    text.push_back('\t');
-    text += std::to_string(ts);
-    text.push_back('\n');
-  }
-  return writeFileAtomic(path, text, error);
+  return writeIdSeconds(path, "# portcullis token last use: <id>\\t<unix seconds>\n", values, error);
+}
+
+bool writeRevokedHere(const std::string& path, const std::unordered_map<std::string, int64_t>& values,
+                      std::string& error) {
+  return writeIdSeconds(path,
+                        "# portcullis: tokens revoked by the proxy that the token store has not taken yet, "
+                        "refused until it does: <id>\\t<unix seconds>\n",
+                        values, error);
 }
 
 }  // namespace portcullis

@@ -179,6 +179,14 @@ bool readLastUse(const std::string& path, std::unordered_map<std::string, int64_
 bool writeLastUse(const std::string& path, const std::unordered_map<std::string, int64_t>& values,
                   std::string& error);
 
+// `<state_dir>/token_revoked_here.tsv`: tokens the proxy revoked itself
+// (https.revoke_tokens_seen_in_plaintext) that the store has not taken yet,
+// "<id>\t<unix seconds>\n" as for last use, read and written the same way;
+// so a restart keeps refusing them (auth_state.h InMemoryRevocations).
+std::string revokedHerePath(const std::string& state_dir);
+bool writeRevokedHere(const std::string& path, const std::unordered_map<std::string, int64_t>& values,
+                      std::string& error);
+
 int64_t unixNow();
 
 // --- implementation of the template ------------------------------------------

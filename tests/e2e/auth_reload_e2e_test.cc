@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -185,10 +186,10 @@ class MainThreadHold {
 
 // The re-read the proxy asks for after revoking a token seen over plaintext
 // can fail: the store is briefly unloadable (here: restored with mode 0644,
-// which the reader refuses). With auth.watch = false nothing else reads it, so
-// the failed re-read is retried every second until the store loads, and the
-// revocation applies once it is fixed (chmod 600), without SIGHUP; the lasting
-// error is logged once.
+// which the reader refuses). The token is refused in memory all the same, at
+// once; with auth.watch = false nothing else reads the store, so the failed
+// re-read is retried every second until the store loads once it is fixed
+// (chmod 600), without SIGHUP; the lasting error is logged once.
 TEST_F(AuthPlaintextNoWatchE2E, FailedReReadAfterARevocationIsRetriedUntilTheStoreLoads) {
   ProxyOptions o = options();
   // Dumpable, so that its parent may ptrace it without CAP_SYS_PTRACE.
@@ -219,14 +220,80 @@ TEST_F(AuthPlaintextNoWatchE2E, FailedReReadAfterARevocationIsRetriedUntilTheSto
   }
   ASSERT_TRUE(proxy.process().waitForStderr("token store reload refused", Millis(5000)))
       << proxy.process().stderrText();
-  EXPECT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(token_))).status, 200) << "not re-read yet";
+  EXPECT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(token_))).status, 401) << "refused in memory";
+  const size_t fixed_at = proxy.process().stderrSize();
   ASSERT_EQ(::chmod(store_.c_str(), 0600), 0);  // the fix: same content, same mtime
-  EXPECT_EQ(statusAfter(c, "/x", via_tls + bearer(token_), 200, 5000), 401)
-      << "the revocation waits for SIGHUP once its re-read failed";
+  EXPECT_TRUE(proxy.process().waitForStderr("token store reloaded on the running config", Millis(5000), fixed_at))
+      << "the failed re-read waits for SIGHUP:\n" << proxy.process().stderrText();
+  EXPECT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(token_))).status, 401);
   EXPECT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(other_))).status, 200);
   const std::string err = proxy.process().stderrText();
   const size_t first = err.find("token store reload refused");
   EXPECT_EQ(err.find("token store reload refused", first + 1), std::string::npos) << "said once:\n" << err;
+}
+
+// A store the proxy cannot write (read-only mount; here its lock file is a
+// directory, which stops root too) holds no revocation back: the exposed
+// token is refused in memory by every worker at once, also across a SIGHUP
+// reload that re-reads the unchanged store and across a restart (the state
+// directory keeps it), and the store write is retried every second until
+// the store takes it.
+TEST_F(AuthPlaintextNoWatchE2E, StoreThatCannotBeWrittenStillRefusesTheExposedToken) {
+  const std::string lock = store_ + ".lock";
+  ::unlink(lock.c_str());
+  ASSERT_EQ(::mkdir(lock.c_str(), 0700), 0);
+  const std::string before = slurp(store_);
+  ProxyOptions o = options();
+  o.workers = 2;
+  Proxy proxy(o);
+  Client c(proxy.httpPort());
+  ASSERT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(token_))).status, 200);
+  EXPECT_EQ(c.roundTrip(getRequest("/x", bearer(token_))).status, 308);
+  ASSERT_TRUE(proxy.process().waitForStderr("cannot revoke token", Millis(5000))) << proxy.process().stderrText();
+  EXPECT_EQ(statusAfter(c, "/x", via_tls + bearer(token_), 200, 2000), 401) << "an unwritable store kept the token";
+  for (int i = 0; i < 4; ++i) {  // every worker: new connections land on either
+    EXPECT_EQ(Client(proxy.httpPort()).roundTrip(getRequest("/x", via_tls + bearer(token_))).status, 401);
+  }
+  EXPECT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(other_))).status, 200) << "only the exposed token";
+  EXPECT_EQ(slurp(store_), before) << "the store was written after all";
+  ASSERT_TRUE(proxy.reload());
+  EXPECT_EQ(c.roundTrip(getRequest("/x", via_tls + bearer(token_))).status, 401) << "a reload resurrected it";
+
+  // Kept across a restart: the state directory remembers it.
+  const std::string kept = proxy.dir().file("state/token_revoked_here.tsv");
+  const std::string id_line = token_.substr(4, 12) + "\t";
+  const auto kept_by = std::chrono::steady_clock::now() + Millis(5000);
+  while (slurp(kept).find(id_line) == std::string::npos) {
+    ASSERT_LT(std::chrono::steady_clock::now(), kept_by) << "not in " << kept;
+    std::this_thread::sleep_for(Millis(20));
+  }
+  proxy.process().sendSignal(SIGTERM);
+  ASSERT_TRUE(proxy.process().waitExit(Millis(10000)));
+  proxy.relaunch();
+  Client after(proxy.httpPort());
+  EXPECT_EQ(after.roundTrip(getRequest("/x", via_tls + bearer(token_))).status, 401) << "a restart resurrected it";
+  EXPECT_EQ(after.roundTrip(getRequest("/x", via_tls + bearer(other_))).status, 200);
+
+  ASSERT_EQ(::rmdir(lock.c_str()), 0);
+  const std::string record = "id = \"" + token_.substr(4, 12) + "\"";
+  const auto deadline = std::chrono::steady_clock::now() + Millis(5000);
+  for (;;) {
+    const std::string text = slurp(store_);
+    const size_t at = text.find(record);
+    ASSERT_NE(at, std::string::npos);
+    if (text.find("revoked = true", at) < text.find("[[token]]", at)) break;
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the store write was not retried";
+    std::this_thread::sleep_for(Millis(20));
+  }
+  EXPECT_TRUE(proxy.process().waitForStderr("the token store now revokes 1 token(s)", Millis(5000)));
+  EXPECT_EQ(after.roundTrip(getRequest("/x", via_tls + bearer(token_))).status, 401);
+  EXPECT_EQ(after.roundTrip(getRequest("/x", via_tls + bearer(other_))).status, 200);
+  // The store has it now: nothing left for the state file to keep.
+  const auto dropped_by = std::chrono::steady_clock::now() + Millis(5000);
+  while (slurp(kept).find(id_line) != std::string::npos) {
+    ASSERT_LT(std::chrono::steady_clock::now(), dropped_by) << "still kept in " << kept;
+    std::this_thread::sleep_for(Millis(20));
+  }
 }
 
 }  // namespace

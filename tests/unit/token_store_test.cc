@@ -2,6 +2,8 @@
 // last-use state file.
 #include "proxy/token_store.h"
 
+#include "proxy/auth_state.h"
+
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -566,6 +568,42 @@ TEST(TokenStoreRoundTrip, EarlyYearsAreWrittenWithFourDigits) {
   std::vector<TokenRecord> records2;
   ASSERT_TRUE(parseTokenStore(again, "again", records2, error)) << error;
   EXPECT_EQ(serializeTokenStore(records2), again);
+}
+
+}  // namespace
+}  // namespace portcullis
+
+namespace portcullis {
+namespace {
+
+// InMemoryRevocations (auth_state.h): marked in a copy that keeps indices and
+// the last-use table; pruned only against what the store itself says.
+TEST(InMemoryRevocations, MarkedInACopyAndDroppedOnceTheStoreHasThem) {
+  AuthState a;
+  std::string error;
+  TokenRecord gone_revoked = makeRecord("cbcdefghijkl", 3);
+  gone_revoked.revoked = true;
+  a.tokens = TokenTable::build({makeRecord("abcdefghijkl", 1), makeRecord("bbcdefghijkl", 2), gone_revoked}, error);
+  ASSERT_TRUE(a.tokens) << error;
+  a.last_use = std::make_shared<LastUseTable>(3);
+  InMemoryRevocations revoked{{"bbcdefghijkl", {false, 1}}, {"cbcdefghijkl", {true, 1}}, {"zzzzzzzzzzzz", {true, 1}}};
+
+  std::shared_ptr<const AuthState> b = withInMemoryRevocations(a, revoked, /*from_store=*/false);
+  ASSERT_TRUE(b);
+  EXPECT_FALSE(a.tokens->find("bbcdefghijkl")->revoked) << "the running state is immutable";
+  EXPECT_TRUE(b->tokens->find("bbcdefghijkl")->revoked);
+  EXPECT_FALSE(b->tokens->find("abcdefghijkl")->revoked);
+  EXPECT_EQ(b->tokens->indexOf("bbcdefghijkl"), a.tokens->indexOf("bbcdefghijkl"));
+  EXPECT_EQ(b->last_use, a.last_use);
+  EXPECT_EQ(revoked.size(), 3u) << "nothing is dropped without a store read";
+  EXPECT_FALSE(withInMemoryRevocations(*b, revoked, /*from_store=*/false)) << "nothing left to mark";
+
+  // A store read that revokes one and lacks another leaves only the first.
+  b = withInMemoryRevocations(a, revoked, /*from_store=*/true);
+  ASSERT_TRUE(b);
+  EXPECT_TRUE(b->tokens->find("bbcdefghijkl")->revoked);
+  EXPECT_EQ(revoked.size(), 1u);
+  EXPECT_EQ(revoked.count("bbcdefghijkl"), 1u);
 }
 
 }  // namespace
