@@ -18,10 +18,14 @@ namespace portcullis {
 
 namespace {
 
-// A valid token sent over plaintext is exposed: revoke it in the store (on
-// libuv's thread pool: an event loop never writes files), then tell the
-// server (Snapshot::token_revoked), which refuses it in every worker at once,
-// whether or not the store could be written, and re-reads the store.
+// A valid token sent over plaintext is exposed: the server is told at once
+// (Snapshot::token_revoked), so every worker refuses it in memory whatever
+// happens to the store; then it is revoked in the store (on libuv's thread
+// pool: an event loop never writes files; waiting at most kLockWaitMs for
+// another writer), and the server hears how that went: a written store is
+// re-read, a failed write audited and retried by the server every second.
+constexpr int kLockWaitMs = 1000;
+
 void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
   const Snapshot* s = ctx.snapshot;
   if (s == nullptr || !s->auth || !s->config->https.revoke_tokens_seen_in_plaintext || ctx.loop == nullptr) return;
@@ -43,12 +47,16 @@ void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
     bool ok = false;
     std::string error;
     std::function<void(const std::string&, bool)> revoked;
+    AuditLog* audit = nullptr;
+    std::string request_id;
   };
   auto* job = new Job;
   job->req.data = job;
   job->store = s->config->auth.token_store;
   job->id = rec.id;
   job->revoked = s->token_revoked;
+  job->audit = s->audit;
+  job->request_id = std::string(ctx.request_id);
   std::fprintf(stderr, "portcullis: token.plaintext_revoked token_id=%s remote_ip=%.*s\n", job->id.c_str(),
                static_cast<int>(ctx.remote_ip.size()), ctx.remote_ip.data());
   if (s->audit != nullptr) {
@@ -56,19 +64,25 @@ void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
     f.str("request_id", ctx.request_id).str("ip", ctx.remote_ip).str("token_id", rec.id).str("account", rec.account);
     s->audit->record("token.plaintext_revoked", f.take());
   }
+  if (job->revoked) job->revoked(job->id, false);  // refused in memory now
   uv_queue_work(
       ctx.loop, &job->req,
       [](uv_work_t* r) {
         auto* j = static_cast<Job*>(r->data);
-        j->ok = revokeToken(j->store, j->id, j->error);
+        j->ok = revokeToken(j->store, j->id, j->error, nullptr, kLockWaitMs);
       },
       [](uv_work_t* r, int) {
         auto* j = static_cast<Job*>(r->data);
         if (!j->ok) {
           std::fprintf(stderr, "portcullis: cannot revoke token %s in the store: %s\n", j->id.c_str(),
                        j->error.c_str());
+          if (j->audit != nullptr) {
+            AuditFields f;
+            f.str("request_id", j->request_id).str("token_id", j->id).str("error", j->error);
+            j->audit->record("token.revocation_pending", f.take());
+          }
         }
-        if (j->revoked) j->revoked(j->id, j->ok);
+        if (j->ok && j->revoked) j->revoked(j->id, true);
         delete j;
       });
 }

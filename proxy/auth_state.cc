@@ -66,12 +66,16 @@ std::shared_ptr<const AuthState> withInMemoryRevocations(const AuthState& a, InM
   std::vector<int32_t> mark;
   for (auto it = revoked.begin(); it != revoked.end();) {
     const int32_t i = a.tokens->indexOf(it->first);
-    const bool store_has_it = i < 0 || recs[static_cast<size_t>(i)].revoked;
-    if (from_store && store_has_it) {
-      it = revoked.erase(it);
+    if (i < 0) {  // not in this store: kept, in case a later one has it again
+      ++it;
       continue;
     }
-    if (!store_has_it) mark.push_back(i);
+    if (!recs[static_cast<size_t>(i)].revoked) {
+      mark.push_back(i);
+    } else if (from_store) {
+      it = revoked.erase(it);  // the store revokes it itself
+      continue;
+    }
     ++it;
   }
   if (mark.empty()) return nullptr;

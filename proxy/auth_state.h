@@ -76,8 +76,12 @@ using InMemoryRevocations = std::map<std::string, InMemoryRevocation>;
 
 // `a` with every token of `revoked` marked revoked: a copy sharing `a`'s
 // last-use table (token indices do not change), or null when none needed
-// marking. With `from_store`, `a` was just read from the store: ids it no
-// longer has, or revokes itself, are dropped from `revoked` first.
+// marking. With `from_store`, `a` was just read from the store: ids it
+// revokes itself are dropped from `revoked`. Ids it does not have are kept
+// (a store put in place in two steps, or a SIGHUP naming another store and
+// then this one again, must not end the refusal): the set grows only with
+// exposures of working tokens, and the refusal is by id, so a token
+// rotated at the store's source stays refused until its id is revoked.
 std::shared_ptr<const AuthState> withInMemoryRevocations(const AuthState& a, InMemoryRevocations& revoked,
                                                          bool from_store);
 

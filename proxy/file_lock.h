@@ -15,9 +15,10 @@ class FileLock {
   FileLock& operator=(const FileLock&) = delete;
   ~FileLock();  // releases the lock, if held
 
-  // Blocks until `path`.lock is held exclusively. False with `error` when the
-  // lock file cannot be opened or locked.
-  bool lock(const std::string& path, std::string& error);
+  // Blocks until `path`.lock is held exclusively; with timeout_ms >= 0, for
+  // at most about that long (then false: another process holds it). False
+  // with `error` when the lock file cannot be opened or locked.
+  bool lock(const std::string& path, std::string& error, int timeout_ms = -1);
 
  private:
   int fd_ = -1;

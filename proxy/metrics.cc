@@ -377,7 +377,8 @@ std::string renderMetrics(const std::vector<const WorkerMetrics*>& workers, cons
   counter("portcullis_config_reloads_total", "Successful configuration reloads.", extra.config_reloads);
   counter("portcullis_config_reload_failures_total", "Refused configuration reloads.",
           extra.config_reload_failures);
-  gauge("portcullis_config_generation", "Generation of the running configuration (1 at start, +1 per reload).",
+  gauge("portcullis_config_generation", "Generation of the running configuration (1 at start, +1 per applied change: a reload, a "
+        "token store or keyring re-read, a token refused in memory).",
         static_cast<int64_t>(extra.config_generation));
   gauge("portcullis_config_generation_applied",
         "Oldest configuration generation a worker still takes new requests under (equals "

@@ -171,7 +171,7 @@ struct MetricsExtra {
   size_t log_queue_depth = 0;
   uint64_t config_reloads = 0;
   uint64_t config_reload_failures = 0;
-  uint64_t config_generation = 0;          // of the running config (1 at start, +1 per applied reload)
+  uint64_t config_generation = 0;          // of the running snapshot (1 at start, +1 per applied change)
   uint64_t config_generation_applied = 0;  // the oldest generation a worker still serves new requests with
   uint64_t file_watch_events = 0;
   std::vector<std::pair<std::string, bool>> upstream_health;  // "upstream/host:port" -> healthy

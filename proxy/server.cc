@@ -163,7 +163,8 @@ Server::Server(ServerOptions options) : options_(std::move(options)) {}
 
 Server::~Server() = default;
 
-bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::string& error) {
+bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, InMemoryRevocations& revocations,
+                                   std::string& error) {
   auto cfg = std::make_shared<Config>();
   if (!loadConfig(options_.config_path, *cfg, error)) return false;
   if (!checkSupported(*cfg, error)) return false;
@@ -208,7 +209,7 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::st
   if (cfg->auth.configured()) {
     auth = buildAuthState(*cfg, snapshot_ ? snapshot_->auth.get() : nullptr, last_use_seed_, error);
     if (!auth) return false;
-    if (auto r = withInMemoryRevocations(*auth, revoked_here_, /*from_store=*/true)) auth = std::move(r);
+    if (auto r = withInMemoryRevocations(*auth, revocations, /*from_store=*/true)) auth = std::move(r);
   }
   auto snap = buildSnapshot(cfg, std::move(filters), health_, labels_, ++generation_);
   std::const_pointer_cast<Snapshot>(snap)->tls = std::move(tls);
@@ -251,15 +252,22 @@ bool Server::startup(std::string& error) {
       // Tokens an earlier run refused in memory: refused again from the
       // first snapshot, and written to the store when it can take them.
       std::unordered_map<std::string, int64_t> kept;
-      if (!readLastUse(revokedHerePath(peek.server.state_dir), kept, e)) {
-        logLine("error", "tokens refused in memory by an earlier run are not known: " + e);
+      if (!readRevokedHere(revokedHerePath(peek.server.state_dir), kept, e)) {
+        logLine("error", "tokens refused in memory by an earlier run: " + e);
       }
       for (const auto& [id, since] : kept) revoked_here_[id] = InMemoryRevocation{false, since};
+      if (!kept.empty()) {
+        logLine("warn", std::to_string(kept.size()) +
+                            " token(s) an earlier run refused in memory stay refused until the store revokes them");
+      }
       revoked_persisted_ = std::move(kept);
+      revoked_persisted_path_ = revokedHerePath(peek.server.state_dir);
     }
   }
   std::shared_ptr<const Snapshot> snap;
-  if (!buildSnapshotFromFile(snap, error)) return false;
+  InMemoryRevocations revocations = revoked_here_;
+  if (!buildSnapshotFromFile(snap, revocations, error)) return false;
+  revoked_here_ = std::move(revocations);
   const Config& cfg = *snap->config;
   snapshot_ = snap;
   config_ = snap->config;
@@ -437,6 +445,7 @@ int Server::run() {
   for (auto& w : workers_) w->join();
   workers_.clear();
   flushLastUse(true);
+  persistRevocationsAtExit();
   access_log_->stop();
   stopAuditAndAlerts();
   if (signals_installed_) {
@@ -586,7 +595,8 @@ void Server::persistRevocations() {
   if (!config_ || !config_->auth.configured()) return;
   std::unordered_map<std::string, int64_t> now;
   for (const auto& [id, r] : revoked_here_) now[id] = r.since;
-  if (now == revoked_persisted_) return;
+  const std::string path = revokedHerePath(config_->server.state_dir);
+  if (now == revoked_persisted_ && path == revoked_persisted_path_) return;
   if (revoke_persist_in_flight_) return;  // the 1 s timer calls again
   struct Job {
     uv_work_t req;
@@ -596,7 +606,7 @@ void Server::persistRevocations() {
   };
   auto job = std::make_unique<Job>();
   job->req.data = job.get();
-  job->path = revokedHerePath(config_->server.state_dir);
+  job->path = path;
   job->values = now;
   revoke_persist_in_flight_ = true;
   uv_queue_work(
@@ -611,12 +621,39 @@ void Server::persistRevocations() {
         s->revoke_persist_in_flight_ = false;
         if (j->error.empty()) {
           s->revoked_persisted_ = std::move(j->values);
+          s->revoked_persisted_path_ = j->path;
         } else if (j->error != s->revoke_persist_error_) {
           logLine("error", "cannot keep tokens refused in memory across a restart (retried every second): " +
                                j->error);
         }
         s->revoke_persist_error_ = j->error;
       });
+}
+
+void Server::persistRevocationsAtExit() {
+  if (!config_ || !config_->auth.configured()) return;
+  std::vector<std::pair<std::string, bool>> queued;
+  {
+    std::lock_guard<std::mutex> lock(revoke_mu_);
+    queued.swap(revoke_queue_);
+  }
+  const int64_t t = unixNow();
+  for (const auto& [id, written] : queued) {
+    InMemoryRevocation& r = revoked_here_[id];
+    if (r.since == 0) r.since = t;
+    r.written = r.written || written;
+  }
+  std::unordered_map<std::string, int64_t> now;
+  for (const auto& [id, r] : revoked_here_) now[id] = r.since;
+  const std::string path = revokedHerePath(config_->server.state_dir);
+  if (now == revoked_persisted_ && path == revoked_persisted_path_) return;
+  std::string e;
+  if (writeRevokedHere(path, now, e)) {
+    revoked_persisted_ = std::move(now);
+    revoked_persisted_path_ = path;
+  } else {
+    logLine("error", "cannot keep tokens refused in memory across a restart: " + e);
+  }
 }
 
 void Server::retryRevocationWrites() {
@@ -630,7 +667,10 @@ void Server::retryRevocationWrites() {
   };
   auto job = std::make_unique<Job>();
   for (const auto& [id, r] : revoked_here_) {
-    if (!r.written) job->ids.push_back(id);
+    // Only ids the running store has: the others wait for a store that does.
+    if (!r.written && snapshot_ && snapshot_->auth && snapshot_->auth->tokens->indexOf(id) >= 0) {
+      job->ids.push_back(id);
+    }
   }
   if (job->ids.empty()) return;
   job->req.data = job.get();
@@ -642,7 +682,7 @@ void Server::retryRevocationWrites() {
         auto* j = static_cast<Job*>(r->data);
         for (const std::string& id : j->ids) {
           std::string e;
-          if (revokeToken(j->store, id, e)) {
+          if (revokeToken(j->store, id, e, nullptr, /*lock_timeout_ms=*/1000)) {
             j->written.push_back(id);
           } else {
             j->error = e;
@@ -661,6 +701,7 @@ void Server::retryRevocationWrites() {
         for (const std::string& id : j->written) {
           auto it = s->revoked_here_.find(id);
           if (it != s->revoked_here_.end()) it->second.written = true;
+          if (s->audit_) s->audit_->record("token.revocation_stored", AuditFields().str("token_id", id).take());
         }
         logLine("info", "the token store now revokes " + std::to_string(j->written.size()) +
                             " token(s) refused in memory");
@@ -835,7 +876,8 @@ bool Server::reload(bool quiet_repeat) {
   std::shared_ptr<const Snapshot> snap;
   // The state directory is made before the swap, as startup() makes it
   // before serving: a new one that cannot be made refuses the reload.
-  if (!buildSnapshotFromFile(snap, error) || !ensureStateDir(snap->config->server.state_dir, error)) {
+  InMemoryRevocations revocations = revoked_here_;
+  if (!buildSnapshotFromFile(snap, revocations, error) || !ensureStateDir(snap->config->server.state_dir, error)) {
     if (quiet_repeat && error == reload_error_) return false;
     reload_error_ = error;
     reload_failures_++;
@@ -852,6 +894,7 @@ bool Server::reload(bool quiet_repeat) {
   }
   snapshot_ = snap;
   config_ = snap->config;
+  revoked_here_ = std::move(revocations);  // pruned against the store it read
   // The new snapshot read every file: nothing is left to retry.
   store_reread_pending_ = false;
   tls_reload_pending_ = false;

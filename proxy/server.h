@@ -79,7 +79,12 @@ class Server {
 
  private:
   bool startup(std::string& error);
-  bool buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, std::string& error);
+  // `revocations`: a copy of revoked_here_, pruned against the store just
+  // read (withInMemoryRevocations, from_store); the caller makes it
+  // revoked_here_ only once the snapshot applies, so a refused reload
+  // changes nothing.
+  bool buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, InMemoryRevocations& revocations,
+                             std::string& error);
   // Full reload from the config file (SIGHUP, a watched TLS file changed, or
   // the retry of such a reload). Returns false when refused: the running
   // snapshot stays. A refusal is logged, counted and audited; with
@@ -115,9 +120,14 @@ class Server {
   void applyRevocations();
   // A store write of revoked_here_ that failed, tried again (1 s timer).
   void retryRevocationWrites();
-  // Writes revoked_here_ to <state_dir>/token_revoked_here.tsv when it
-  // changed (thread pool; after applyRevocations and on the 1 s timer).
+  // Writes revoked_here_ to <state_dir>/token_revoked_here.tsv when it, or
+  // the state_dir a reload named, changed (thread pool; after
+  // applyRevocations and on the 1 s timer).
   void persistRevocations();
+  // At exit, after the workers stopped: exposures reported during the drain
+  // (applyRevocations no longer runs) and a change the 1 s timer did not
+  // write yet go to the state file, synchronously.
+  void persistRevocationsAtExit();
   // A store re-read for a revocation, on the main thread. A re-read that fails sets
   // store_reread_pending_: checkWatchedFiles() retries it every second until
   // the store loads, whatever auth.watch says.
@@ -172,6 +182,7 @@ class Server {
   std::string revoke_write_error_;  // last failed retry, logged once
   // revoked_here_ as <state_dir>/token_revoked_here.tsv last holds it.
   std::unordered_map<std::string, int64_t> revoked_persisted_;
+  std::string revoked_persisted_path_;  // where: a reload may name another state_dir
   bool revoke_persist_in_flight_ = false;
   std::string revoke_persist_error_;
   std::unique_ptr<LogWriter> access_log_;

@@ -539,9 +539,9 @@ std::shared_ptr<const TokenTable> loadTokenStore(const std::string& path, std::s
 }
 
 bool updateTokenStoreFn(const std::string& path, bool (*mutate)(std::vector<TokenRecord>&, void*, std::string&),
-                        void* arg, std::string& error) {
+                        void* arg, std::string& error, int lock_timeout_ms) {
   FileLock lock;
-  if (!lock.lock(path, error)) return false;
+  if (!lock.lock(path, error, lock_timeout_ms)) return false;
   bool ok = false;
   do {
     std::string text;
@@ -616,7 +616,8 @@ bool issueToken(const std::string& path, const IssueRequest& req, GeneratedToken
       error);
 }
 
-bool revokeToken(const std::string& path, std::string_view id, std::string& error, bool* already_revoked) {
+bool revokeToken(const std::string& path, std::string_view id, std::string& error, bool* already_revoked,
+                 int lock_timeout_ms) {
   if (already_revoked) *already_revoked = false;
   return updateTokenStore(
       path,
@@ -630,7 +631,7 @@ bool revokeToken(const std::string& path, std::string_view id, std::string& erro
         err = "no token with id " + std::string(id);
         return false;
       },
-      error);
+      error, lock_timeout_ms);
 }
 
 bool rotateToken(const std::string& path, std::string_view id, int64_t grace_s, GeneratedToken& out,
@@ -710,7 +711,12 @@ std::string lastUsePath(const std::string& state_dir) { return statePath(state_d
 
 std::string revokedHerePath(const std::string& state_dir) { return statePath(state_dir, "token_revoked_here.tsv"); }
 
-bool readLastUse(const std::string& path, std::unordered_map<std::string, int64_t>& out, std::string& error) {
+namespace {
+
+// "<id>\t<unix seconds>" lines. keep_good: a malformed line is skipped (and
+// named in `error`, the result false) instead of failing the whole file.
+bool readIdSeconds(const std::string& path, std::unordered_map<std::string, int64_t>& out, std::string& error,
+                   bool keep_good) {
   out.clear();
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -725,6 +731,7 @@ bool readLastUse(const std::string& path, std::unordered_map<std::string, int64_
     error = errnoText("cannot read", path);
     return false;
   }
+  std::string bad;
   size_t line_no = 0;
   size_t start = 0;
   while (start < text.size()) {
@@ -749,14 +756,32 @@ bool readLastUse(const std::string& path, std::unordered_map<std::string, int64_
       }
     }
     if (!good) {
-      error = path + ":" + std::to_string(line_no) + ": expected <id>\\t<unix seconds>";
-      out.clear();
-      return false;
+      if (!keep_good) {
+        error = path + ":" + std::to_string(line_no) + ": expected <id>\\t<unix seconds>";
+        out.clear();
+        return false;
+      }
+      bad += (bad.empty() ? "" : ", ") + std::to_string(line_no);
+      continue;
     }
     int64_t& slot = out[std::string(line.substr(0, tab))];
     if (value > slot) slot = value;
   }
+  if (!bad.empty()) {
+    error = path + ": skipped malformed line(s) " + bad + " (expected <id>\\t<unix seconds>)";
+    return false;
+  }
   return true;
+}
+
+}  // namespace
+
+bool readLastUse(const std::string& path, std::unordered_map<std::string, int64_t>& out, std::string& error) {
+  return readIdSeconds(path, out, error, /*keep_good=*/false);
+}
+
+bool readRevokedHere(const std::string& path, std::unordered_map<std::string, int64_t>& out, std::string& error) {
+  return readIdSeconds(path, out, error, /*keep_good=*/true);
 }
 
 bool writeLastUse(const std::string& path, const std::unordered_map<std::string, int64_t>& values,

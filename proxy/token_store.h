@@ -141,9 +141,11 @@ std::shared_ptr<const TokenTable> loadTokenStore(const std::string& path, std::s
 // old or new file. `mutate` returns false (with `error` set) to abandon the
 // change; the file is then left untouched.
 template <class F>
-bool updateTokenStore(const std::string& path, F&& mutate, std::string& error);
+bool updateTokenStore(const std::string& path, F&& mutate, std::string& error, int lock_timeout_ms = -1);
+// lock_timeout_ms >= 0: give up (false) when the writers' lock is not had
+// within about that long, instead of waiting for it (FileLock::lock).
 bool updateTokenStoreFn(const std::string& path, bool (*mutate)(std::vector<TokenRecord>&, void*, std::string&),
-                        void* arg, std::string& error);
+                        void* arg, std::string& error, int lock_timeout_ms = -1);
 
 struct IssueRequest {
   std::string account;
@@ -158,9 +160,10 @@ struct IssueRequest {
 // the caller prints once; the store receives only its hash.
 bool issueToken(const std::string& path, const IssueRequest& req, GeneratedToken& out, std::string& error);
 // Marks a token revoked. Revoking a revoked token succeeds and sets
-// `already_revoked`. An unknown id is an error.
+// `already_revoked`. An unknown id is an error. lock_timeout_ms: as for
+// updateTokenStoreFn (the proxy never waits on another writer for long).
 bool revokeToken(const std::string& path, std::string_view id, std::string& error,
-                 bool* already_revoked = nullptr);
+                 bool* already_revoked = nullptr, int lock_timeout_ms = -1);
 // Gives the token a new secret; the old hash becomes previous_sha256, valid until
 // now + grace_s (grace 0: the old secret stops at once). Refuses a revoked or
 // expired token. `out.id` is the unchanged id, `out.token` the new token.
@@ -184,6 +187,9 @@ bool writeLastUse(const std::string& path, const std::unordered_map<std::string,
 // "<id>\t<unix seconds>\n" as for last use, read and written the same way;
 // so a restart keeps refusing them (auth_state.h InMemoryRevocations).
 std::string revokedHerePath(const std::string& state_dir);
+// Unlike readLastUse, a malformed line does not cost the others: the good
+// lines are in `out` even when it returns false (`error` names the bad ones).
+bool readRevokedHere(const std::string& path, std::unordered_map<std::string, int64_t>& out, std::string& error);
 bool writeRevokedHere(const std::string& path, const std::unordered_map<std::string, int64_t>& values,
                       std::string& error);
 
@@ -198,10 +204,10 @@ bool thunk(std::vector<TokenRecord>& records, void* arg, std::string& error) {
 }  // namespace token_store_detail
 
 template <class F>
-bool updateTokenStore(const std::string& path, F&& mutate, std::string& error) {
+bool updateTokenStore(const std::string& path, F&& mutate, std::string& error, int lock_timeout_ms) {
   using Fn = std::remove_reference_t<F>;
   return updateTokenStoreFn(path, &token_store_detail::thunk<Fn>, const_cast<void*>(static_cast<const void*>(&mutate)),
-                            error);
+                            error, lock_timeout_ms);
 }
 
 }  // namespace portcullis

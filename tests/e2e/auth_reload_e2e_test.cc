@@ -17,11 +17,11 @@
 #include <thread>
 
 #include "tests/e2e/harness.h"
+#include "tests/e2e/plaintext_exposure.h"
 
 namespace portcullis::e2e {
 namespace {
 
-std::string bearer(const std::string& token) { return "Authorization: Bearer " + token + "\r\n"; }
 
 void revoke(const std::string& store, const std::string& token) {
   const std::string cmd =
@@ -29,16 +29,6 @@ void revoke(const std::string& store, const std::string& token) {
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
 }
 
-// Polls (up to `ms`) while GET `path` with `headers` gets `from`; returns the
-// last status.
-int statusAfter(Client& c, const std::string& path, const std::string& headers, int from, int ms) {
-  int status = c.roundTrip(getRequest(path, headers)).status;
-  for (int waited = 0; waited < ms && status == from; waited += 100) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    status = c.roundTrip(getRequest(path, headers)).status;
-  }
-  return status;
-}
 
 class AuthReloadE2E : public ::testing::Test {
  protected:
@@ -91,32 +81,7 @@ TEST_F(AuthReloadE2E, ConfigEditOnDiskWaitsForSighupEvenWhenTokensChange) {
   EXPECT_NE(c.roundTrip(getRequest("/public/x")).status, 200);
 }
 
-// auth.watch = false behind a TLS-terminating load balancer (the loopback
-// peer stands in for it, X-Forwarded-Proto: https says so): two tokens of one
-// account, and a route that needs one.
-class AuthPlaintextNoWatchE2E : public ::testing::Test {
- protected:
-  void SetUp() override {
-    store_ = dir_.file("tokens.toml");
-    token_ = ctlIssue(store_, "acme", "reader");
-    other_ = ctlIssue(store_, "acme", "reader");
-    ASSERT_FALSE(token_.empty());
-    ASSERT_FALSE(other_.empty());
-  }
-  ProxyOptions options() const {
-    ProxyOptions o = ProxyOptions::forBackend(backend_.address());
-    o.routes = {RouteSpec{"/", "app", {}, 0, "", true}};
-    o.https_toml = "plaintext = \"redirect\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
-    o.extra_toml = "[auth]\ntoken_store = \"" + store_ + "\"\nwatch = false\n" +
-                   "[[role]]\nname = \"reader\"\nallow = [\"GET /*\"]\n";
-    return o;
-  }
-  const std::string via_tls = "X-Forwarded-Proto: https\r\n";
-
-  TempDir dir_;
-  std::string store_, token_, other_;
-  DemoBackend backend_;
-};
+class AuthPlaintextNoWatchE2E : public PlaintextExposureTest {};
 
 // README/SPEC: a token seen over plaintext is revoked at once and refused by
 // all workers within about a second, also with auth.watch = false: the
@@ -239,9 +204,7 @@ TEST_F(AuthPlaintextNoWatchE2E, FailedReReadAfterARevocationIsRetriedUntilTheSto
 // directory keeps it), and the store write is retried every second until
 // the store takes it.
 TEST_F(AuthPlaintextNoWatchE2E, StoreThatCannotBeWrittenStillRefusesTheExposedToken) {
-  const std::string lock = store_ + ".lock";
-  ::unlink(lock.c_str());
-  ASSERT_EQ(::mkdir(lock.c_str(), 0700), 0);
+  blockStore();
   const std::string before = slurp(store_);
   ProxyOptions o = options();
   o.workers = 2;
@@ -274,7 +237,7 @@ TEST_F(AuthPlaintextNoWatchE2E, StoreThatCannotBeWrittenStillRefusesTheExposedTo
   EXPECT_EQ(after.roundTrip(getRequest("/x", via_tls + bearer(token_))).status, 401) << "a restart resurrected it";
   EXPECT_EQ(after.roundTrip(getRequest("/x", via_tls + bearer(other_))).status, 200);
 
-  ASSERT_EQ(::rmdir(lock.c_str()), 0);
+  ASSERT_EQ(::rmdir(lock_.c_str()), 0);
   const std::string record = "id = \"" + token_.substr(4, 12) + "\"";
   const auto deadline = std::chrono::steady_clock::now() + Millis(5000);
   for (;;) {

@@ -578,7 +578,7 @@ namespace {
 
 // InMemoryRevocations (auth_state.h): marked in a copy that keeps indices and
 // the last-use table; pruned only against what the store itself says.
-TEST(InMemoryRevocations, MarkedInACopyAndDroppedOnceTheStoreHasThem) {
+TEST(InMemoryRevocations, MarkedInACopyAndDroppedOnceTheStoreRevokesThem) {
   AuthState a;
   std::string error;
   TokenRecord gone_revoked = makeRecord("cbcdefghijkl", 3);
@@ -598,12 +598,14 @@ TEST(InMemoryRevocations, MarkedInACopyAndDroppedOnceTheStoreHasThem) {
   EXPECT_EQ(revoked.size(), 3u) << "nothing is dropped without a store read";
   EXPECT_FALSE(withInMemoryRevocations(*b, revoked, /*from_store=*/false)) << "nothing left to mark";
 
-  // A store read that revokes one and lacks another leaves only the first.
+  // A store read drops the one it revokes itself; the one it lacks stays
+  // (a later store may have it again).
   b = withInMemoryRevocations(a, revoked, /*from_store=*/true);
   ASSERT_TRUE(b);
   EXPECT_TRUE(b->tokens->find("bbcdefghijkl")->revoked);
-  EXPECT_EQ(revoked.size(), 1u);
+  EXPECT_EQ(revoked.size(), 2u);
   EXPECT_EQ(revoked.count("bbcdefghijkl"), 1u);
+  EXPECT_EQ(revoked.count("zzzzzzzzzzzz"), 1u);
 }
 
 }  // namespace
