@@ -132,6 +132,25 @@ void wipeStrings(toml::node& n) {
   }
 }
 
+// toml++'s message for a redefined key quotes the key's source text
+// ("cannot redefine existing string '<key>'", "... array '<key>' as table",
+// "cannot insert '<key>' into existing inline table"). Masking hides a key
+// pasted there only in its quoted, padded form, so the quoted text is cut
+// from these messages whatever it is: the line says which key it was.
+std::string withoutQuotedKey(std::string_view description) {
+  if (description.find("cannot redefine existing ") == std::string_view::npos &&
+      description.find("cannot insert '") == std::string_view::npos) {
+    return std::string(description);
+  }
+  const size_t open = description.find('\'');
+  const size_t close = description.rfind('\'');
+  if (open == std::string_view::npos || close == open) return std::string(description);
+  std::string out(description.substr(0, open));
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  out.append(description.substr(close + 1));
+  return out;
+}
+
 bool decodeKey(std::string_view b64, MasterKey& out) {
   size_t max_len = 0;
   if (b64.size() != 44 || !EVP_DecodedLength(&max_len, b64.size())) return false;
@@ -232,7 +251,7 @@ bool readKeyring(const std::string& path, KeyringData& out, std::string& error) 
   toml::parse_result parsed = toml::parse(masked.masked(), path);
   if (!parsed) {
     const toml::parse_error& e = parsed.error();
-    error = path + ":" + std::to_string(e.source().begin.line) + ": " + std::string(e.description());
+    error = path + ":" + std::to_string(e.source().begin.line) + ": " + withoutQuotedKey(e.description());
     return false;
   }
   toml::table& tree = parsed.table();

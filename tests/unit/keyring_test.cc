@@ -121,6 +121,18 @@ TEST_F(KeyringTest, MisplacedKeyMaterialNeverAppearsInTheError) {
        "keyring.toml:5: Error while parsing key-value pair: cannot redefine"},
       {"active = \"k1\"\n[\"" + key + "\"]\n[\"" + key + "\"]\n[keys]\nk1 = \"" + b64(1) + "\"\n",
        "keyring.toml:3: Error while parsing table header: cannot redefine"},
+      // Not masked for toml++ (no '=', or not alone in its quotes): the message
+      // names no redefined key at all.
+      {"active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n" + unpadded + " = \"k2\"\n" + unpadded + " = \"k3\"\n",
+       "keyring.toml:5: Error while parsing key-value pair: cannot redefine existing string"},
+      {"active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n\" " + key + "\" = \"k2\"\n\" " + key + "\" = \"k3\"\n",
+       "keyring.toml:5: Error while parsing key-value pair: cannot redefine existing string"},
+      {"active = \"k1\"\n[\"" + unpadded + "\"]\n[\"" + unpadded + "\"]\n[keys]\nk1 = \"" + b64(1) + "\"\n",
+       "keyring.toml:3: Error while parsing table header: cannot redefine existing table"},
+      {"active = \"k1\"\n[keys]\nk1 = \"" + b64(1) + "\"\n[[\"" + unpadded + "\"]]\n[\"" + unpadded + "\"]\n",
+       "keyring.toml:5: Error while parsing table header: cannot redefine existing array as table"},
+      {"active = \"k1\"\nkeys = { k1 = \"" + b64(1) + "\" }\n[keys.\"" + unpadded + "\".a]\n",
+       "keyring.toml:3: Error while parsing table header: cannot insert into existing inline table"},
   };
   for (const Case& c : cases) {
     writeFile(c.text);
