@@ -76,8 +76,10 @@ struct KeyringData {
 // base64 run ending in '=' (the form of a 32-byte key) is replaced by a
 // placeholder of the same length, and a [keys] value that is such a run is
 // decoded from the file's text. A key written another way (with escape
-// sequences, say; writeKeyring never does) is decoded from toml++'s value,
-// which is wiped, but toml++'s lexer may have freed partial copies of it.
+// sequences, in a multi-line string that starts with a newline, or without
+// its '=' where it does not belong; writeKeyring never does) is decoded from
+// toml++'s value, which is wiped, but toml++'s lexer may have freed partial
+// copies of it, as it may of any refused file's text.
 bool readKeyring(const std::string& path, KeyringData& out, std::string& error);
 
 // Writes `data` to `path` atomically: a temporary file in the same
