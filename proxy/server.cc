@@ -211,6 +211,11 @@ bool Server::buildSnapshotFromFile(std::shared_ptr<const Snapshot>& out, InMemor
     if (!auth) return false;
     if (auto r = withInMemoryRevocations(*auth, revocations, /*from_store=*/true)) auth = std::move(r);
   }
+  // The state directory is made here, before anything below that outlives
+  // a refusal (the generation, the rate-limit table and the detector are
+  // created once, sized by the first config that applies): a new one that
+  // cannot be made refuses the reload with no effect, as it stops a start.
+  if (!ensureStateDir(cfg->server.state_dir, error)) return false;
   auto snap = buildSnapshot(cfg, std::move(filters), health_, labels_, ++generation_);
   std::const_pointer_cast<Snapshot>(snap)->tls = std::move(tls);
   std::const_pointer_cast<Snapshot>(snap)->upstream_tls = std::move(upstream_tls);
@@ -877,7 +882,7 @@ bool Server::reload(bool quiet_repeat) {
   // The state directory is made before the swap, as startup() makes it
   // before serving: a new one that cannot be made refuses the reload.
   InMemoryRevocations revocations = revoked_here_;
-  if (!buildSnapshotFromFile(snap, revocations, error) || !ensureStateDir(snap->config->server.state_dir, error)) {
+  if (!buildSnapshotFromFile(snap, revocations, error)) {
     if (quiet_repeat && error == reload_error_) return false;
     reload_error_ = error;
     reload_failures_++;

@@ -230,5 +230,31 @@ TEST(ReloadE2E, StateDirThatCannotBeCreatedRefusesTheReload) {
   EXPECT_NE(records[0].find("cannot create state_dir"), std::string::npos) << records[0];
 }
 
+// A refused reload has no effect, also on what the first applied config
+// fixes for the process: the rate-limit table's size and the generation.
+TEST(ReloadE2E, RefusedReloadFixesNothing) {
+  DemoBackend backend;
+  ProxyOptions o = ProxyOptions::forBackend(backend.address());
+  Proxy proxy(o);
+  EXPECT_EQ(proxy.metricOr0("portcullis_ratelimit_cells"), 0);
+  const std::string file = proxy.dir().file("plain-file");
+  writeFileAtomic(file, "not a directory\n");
+  ProxyOptions bad = o;
+  bad.state_dir = file + "/state";
+  bad.extra_toml = "[rate_limit]\nip = { rps = 1000, burst = 1000 }\nmax_keys = 1024\n";
+  proxy.writeConfig(bad);
+  EXPECT_FALSE(proxy.reload());
+  EXPECT_EQ(proxy.metricOr0("portcullis_config_generation"), 1);
+  ProxyOptions good = o;
+  good.extra_toml = "[rate_limit]\nip = { rps = 1000, burst = 1000 }\nmax_keys = 65536\n";
+  proxy.writeConfig(good);
+  const size_t from = proxy.process().stderrSize();
+  ASSERT_TRUE(proxy.reload());
+  EXPECT_EQ(proxy.metricOr0("portcullis_config_generation"), 2);
+  EXPECT_GT(proxy.metricOr0("portcullis_ratelimit_cells"), 65536) << "sized by the refused config";
+  EXPECT_EQ(proxy.process().stderrText().find("rate_limit.max_keys changes only on restart", from), std::string::npos)
+      << proxy.process().stderrText().substr(from);
+}
+
 }  // namespace
 }  // namespace portcullis::e2e
