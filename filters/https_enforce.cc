@@ -21,10 +21,10 @@ namespace {
 // A valid token sent over plaintext is exposed: the server is told at once
 // (Snapshot::token_revoked), so every worker refuses it in memory whatever
 // happens to the store; then it is revoked in the store (on libuv's thread
-// pool: an event loop never writes files; waiting at most kLockWaitMs for
-// another writer), and the server hears how that went: a written store is
-// re-read, a failed write audited and retried by the server every second.
-constexpr int kLockWaitMs = 1000;
+// pool: an event loop never writes files; waiting at most
+// kProxyStoreLockWaitMs for another writer), and the server hears how that
+// went: a written store is re-read, a failed write audited and retried by
+// the server every second.
 
 void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
   const Snapshot* s = ctx.snapshot;
@@ -69,7 +69,7 @@ void revokeExposedToken(RequestContext& ctx, const RequestHead& head) {
       ctx.loop, &job->req,
       [](uv_work_t* r) {
         auto* j = static_cast<Job*>(r->data);
-        j->ok = revokeToken(j->store, j->id, j->error, nullptr, kLockWaitMs);
+        j->ok = revokeToken(j->store, j->id, j->error, nullptr, kProxyStoreLockWaitMs);
       },
       [](uv_work_t* r, int) {
         auto* j = static_cast<Job*>(r->data);

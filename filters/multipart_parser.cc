@@ -1,6 +1,6 @@
 #include "filters/multipart_parser.h"
 
-#include "filters/media_type.h"  // isTchar, iequals
+#include "filters/media_type.h"
 
 #include <algorithm>
 #include <cstring>
@@ -60,52 +60,27 @@ bool validBoundary(std::string_view b) {
 }
 
 BoundaryError multipartBoundary(std::string_view ct, std::string_view& boundary) {
-  Cursor c{ct.data(), ct.data() + ct.size()};
-  c.skipOws();
-  const std::string_view type = c.token();
-  if (c.p == c.end || *c.p != '/') return BoundaryError::kNotMultipartFormData;
-  ++c.p;
-  const std::string_view sub = c.token();
-  if (!iequals(type, "multipart") || !iequals(sub, "form-data")) return BoundaryError::kNotMultipartFormData;
-  bool found = false;
-  for (;;) {
-    c.skipOws();
-    if (c.p == c.end) break;
-    if (*c.p != ';') return BoundaryError::kBadSyntax;
-    ++c.p;
-    c.skipOws();
-    const std::string_view pname = c.token();
-    if (pname.empty() || c.p == c.end || *c.p != '=') return BoundaryError::kBadSyntax;
-    ++c.p;
-    std::string_view value;
-    bool quoted = false;
-    if (c.p < c.end && *c.p == '"') {
-      quoted = true;
-      const char* s = ++c.p;
-      while (c.p < c.end && *c.p != '"') {
-        const uint8_t ch = static_cast<uint8_t>(*c.p);
-        if (ch == '\\' || (ch < 0x20 && ch != '\t') || ch == 0x7F) return BoundaryError::kBadSyntax;
-        ++c.p;
-      }
-      if (c.p == c.end) return BoundaryError::kBadSyntax;
-      value = {s, static_cast<size_t>(c.p - s)};
-      ++c.p;
-    } else {
-      value = c.token();
-      if (value.empty()) return BoundaryError::kBadSyntax;
-    }
-    if (iequals(pname, "boundary")) {
-      if (found) return BoundaryError::kDuplicate;
-      found = true;
-      if (!validBoundary(value)) return BoundaryError::kBadBoundary;
-      if (!quoted) {
-        // Token form: only characters that are both bchars and tchars.
-        for (char ch : value)
-          if (!isTchar(static_cast<uint8_t>(ch))) return BoundaryError::kBadBoundary;
-      }
-      boundary = value;
-    }
+  std::string_view type, sub, rest;
+  if (!splitMediaType(ct, type, sub, rest) || !iequals(type, "multipart") || !iequals(sub, "form-data")) {
+    return BoundaryError::kNotMultipartFormData;
   }
+  MediaParams params(rest);
+  MediaParam p;
+  bool found = false;
+  while (params.next(p)) {
+    if (p.escaped) return BoundaryError::kBadSyntax;  // no bchar needs a quoted-pair
+    if (!iequals(p.name, "boundary")) continue;
+    if (found) return BoundaryError::kDuplicate;
+    found = true;
+    if (!validBoundary(p.value)) return BoundaryError::kBadBoundary;
+    if (!p.quoted) {
+      // Token form: only characters that are both bchars and tchars.
+      for (char ch : p.value)
+        if (!isTchar(static_cast<uint8_t>(ch))) return BoundaryError::kBadBoundary;
+    }
+    boundary = p.value;
+  }
+  if (params.bad()) return BoundaryError::kBadSyntax;
   return found ? BoundaryError::kNone : BoundaryError::kMissing;
 }
 

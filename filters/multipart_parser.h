@@ -99,9 +99,10 @@ enum class BoundaryError : uint8_t {
 };
 
 // Extracts the boundary from a Content-Type header value such as
-// `multipart/form-data; boundary="abc def"`. Parameters are `;`-separated
-// name=value pairs, value a token or a quoted-string (a backslash in a quoted
-// boundary is refused: no bchar needs escaping). The boundary must be 1..70
+// `multipart/form-data; boundary="abc def"`. Parameters as media_type.h
+// parses them (`;`-separated name=value pairs, empty ones allowed, value a
+// token or a quoted-string; a quoted-pair in any of them is refused: no
+// bchar needs escaping). The boundary must be 1..70
 // characters from RFC 2046 bchars, not ending in a space; the token form
 // additionally admits only characters that are also tchars. On success
 // `boundary` views into `content_type`.

@@ -687,7 +687,7 @@ void Server::retryRevocationWrites() {
         auto* j = static_cast<Job*>(r->data);
         for (const std::string& id : j->ids) {
           std::string e;
-          if (revokeToken(j->store, id, e, nullptr, /*lock_timeout_ms=*/1000)) {
+          if (revokeToken(j->store, id, e, nullptr, kProxyStoreLockWaitMs)) {
             j->written.push_back(id);
           } else {
             j->error = e;

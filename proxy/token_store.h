@@ -164,6 +164,8 @@ bool issueToken(const std::string& path, const IssueRequest& req, GeneratedToken
 // updateTokenStoreFn (the proxy never waits on another writer for long).
 bool revokeToken(const std::string& path, std::string_view id, std::string& error,
                  bool* already_revoked = nullptr, int lock_timeout_ms = -1);
+// How long the proxy's own store writes wait for another writer's lock.
+inline constexpr int kProxyStoreLockWaitMs = 1000;
 // Gives the token a new secret; the old hash becomes previous_sha256, valid until
 // now + grace_s (grace 0: the old secret stops at once). Refuses a revoked or
 // expired token. `out.id` is the unchanged id, `out.token` the new token.

@@ -117,6 +117,11 @@ TEST(MultipartBoundary, FromContentType) {
   EXPECT_EQ(b, "x");
   EXPECT_EQ(multipartBoundary("multipart/form-data; boundary=" + std::string(70, 'a'), b), BoundaryError::kNone);
 
+  // Empty parameters are allowed (RFC 9110 §5.6.6); a quoted-pair anywhere is not.
+  EXPECT_EQ(multipartBoundary("multipart/form-data;; boundary=x;", b), BoundaryError::kNone);
+  EXPECT_EQ(b, "x");
+  EXPECT_EQ(multipartBoundary("multipart/form-data; a=\"q\\\"\"; boundary=x", b), BoundaryError::kBadSyntax);
+
   EXPECT_EQ(multipartBoundary("multipart/form-data", b), BoundaryError::kMissing);
   EXPECT_EQ(multipartBoundary("multipart/form-data; charset=x", b), BoundaryError::kMissing);
   EXPECT_EQ(multipartBoundary("multipart/mixed; boundary=x", b), BoundaryError::kNotMultipartFormData);
